@@ -1,0 +1,48 @@
+"""Explicit numpy implementations of the SPEC formulas, for the tests to compare against.
+
+Written independently of `keras_layers.factors`: loops and `numpy.einsum` on the
+paper's layout `W (out, in[, k1, k2])`, converted to Keras layout at the end.
+"""
+
+import numpy as np
+
+
+def matrix_term(x, y):
+  """`W = X Y^T`, paper layout `(out, in)`."""
+  out, rank = x.shape
+  w = np.zeros((out, y.shape[0]))
+  for r in range(rank):
+    w += np.outer(x[:, r], y[:, r])
+  return w
+
+
+def tucker_term(t, x, y):
+  """`W[o, i, a, b] = sum_{p,q} T[p, q, a, b] X[o, p] Y[i, q]`, paper layout `(O, I, k...)`."""
+  return np.einsum('pq...,op,iq->oi...', t, x, y)
+
+
+def to_keras(w):
+  """Paper layout `(out, in, k...)` -> Keras layout `(k..., in, out)`."""
+  return np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))
+
+
+def combine(scheme, terms, nonlinearity=None):
+  f = np.tanh if nonlinearity == 'tanh' else (lambda v: v)
+  if scheme == 'lowrank':
+    return f(terms[0])
+  if scheme == 'fedpara':
+    return f(terms[0]) * f(terms[1])
+  return f(terms[0]) * (f(terms[1]) + 1.0)
+
+
+def sigmoid(v):
+  return 1.0 / (1.0 + np.exp(-v))
+
+
+def lstm_step(x, h, c, kernel, recurrent_kernel, bias):
+  """One LSTM step with Keras' gate order i, f, g, o (kernels in Keras layout)."""
+  z = x @ kernel + h @ recurrent_kernel + bias
+  i, f, g, o = np.split(z, 4, axis=-1)
+  c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+  h = sigmoid(o) * np.tanh(c)
+  return h, c

@@ -1,0 +1,55 @@
+"""Every bad argument gives one clear error naming the value and what is allowed."""
+
+import pytest
+import tensorflow as tf
+
+import keras_layers as kl
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda: kl.FedParaDense(8, gamma=1.2), r'gamma must be a number in \[0, 1\]; got 1.2'),
+    (lambda: kl.FedParaConv2D(8, 3, gamma=-0.5), r'gamma must be a number in \[0, 1\]; got -0.5'),
+    (lambda: kl.FedParaDense(8, rank=0), r'rank must be a positive integer; got 0'),
+    (lambda: kl.FedParaDense(8, rank=2.5), r'rank must be a positive integer; got 2.5'),
+    (lambda: kl.FedParaDense(8, gamma=0.3, rank=4),
+     r'give only one of gamma, rank or param_ratio; got gamma and rank'),
+    (lambda: kl.FedParaDense(8.0), r'units must be a positive integer; got 8.0'),
+    (lambda: kl.FedParaDense('8'), r"units must be a positive integer; got '8'"),
+    (lambda: kl.FedParaConv2D(0, 3), r'filters must be a positive integer; got 0'),
+    (lambda: kl.FedParaConv2D(4.5, 3), r'filters must be a positive integer; got 4.5'),
+    (lambda: kl.FedParaLSTM(-3), r'units must be a positive integer; got -3'),
+    (lambda: kl.FedParaConv2D(8, 3, data_format='channels_first'),
+     r"data_format must be 'channels_last' \(or None\); got 'channels_first'"),
+    (lambda: kl.FedParaConv2D(8, 3, groups=2), r'groups must be 1 .*; got 2'),
+    (lambda: kl.FedParaConv2D(8, 3, padding='causal'),
+     r"padding must be one of \('valid', 'same'\); got 'causal'"),
+    (lambda: kl.FedParaConv2D(8, (3, 3, 3)), r'kernel_size must be .*; got \(3, 3, 3\)'),
+    (lambda: kl.FedParaDense(8, nonlinearity='relu'),
+     r"nonlinearity must be one of \(None, 'tanh'\); got 'relu'"),
+    (lambda: kl.FedParaDense(8, factor_init='xavier'), r"factor_init must be one of .*got 'xavier'"),
+    (lambda: kl.FedParaDense(8, param_ratio=2.0), r'param_ratio must be a number in \(0, 1\]; got 2.0'),
+])
+def test_bad_constructor_argument_is_named(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()
+
+
+@pytest.mark.parametrize('layer, shape, message', [
+    (lambda: kl.FedParaDense(16, rank=17), (4, 32),
+     r'rank 17 exceeds the maximum 16 .* kernel shape \(32, 16\)'),
+    (lambda: kl.FedParaConv2D(8, 3, rank=9), (1, 6, 6, 12),
+     r'rank 9 exceeds the maximum 8 .* kernel shape \(3, 3, 12, 8\)'),
+    (lambda: kl.FedParaConv2D(8, 5, rank=2), (1, 4, 9, 3),
+     r'kernel_size \(5, 5\) .* spans 5 on spatial axis 0, larger than the input size 4 '
+     r'allowed by padding "valid"'),
+    (lambda: kl.FedParaDense(1, gamma=0.5), (2, 8), r'too small to factorise'),
+])
+def test_bad_shape_at_build_is_named(layer, shape, message):
+  with pytest.raises(ValueError, match=message):
+    layer()(tf.zeros(shape))
+
+
+def test_explicit_rank_up_to_min_dimension_is_accepted():
+  layer = kl.FedParaDense(16, rank=16)
+  layer(tf.zeros((1, 32)))
+  assert layer.ranks == [16]
