@@ -69,13 +69,25 @@ def compose_matrix_term(x, y):
 def compose_tucker_term(t, x, y):
   """Returns the Tucker-2 kernel `(k1, ..., kd, I, O)`.
 
+  Computes `W[a, b, i, o] = sum_{p,q} t[p, q, a, b] x[o, p] y[i, q]` as two
+  matrix products that land directly in Keras layout: first
+  `A[k, i, p] = sum_q y[i, q] t[p, q, k]` (a batched product over the spatial
+  positions k), then `W[k, i, :] = A[k, i, :] X^T` (one large GEMM).
+
   Args:
     t: core, shape `(R, R, k1, ..., kd)`.
     x: output-channel factor, shape `(O, R)`.
     y: input-channel factor, shape `(I, R)`.
   """
-  spatial = 'abcdefgh'[:len(t.shape) - 2]
-  return tf.einsum(f'pq{spatial},op,iq->{spatial}io', t, x, y)
+  rank_p, rank_q = t.shape[0], t.shape[1]
+  spatial = list(t.shape[2:])
+  fan_in, fan_out = y.shape[0], x.shape[0]
+  n = len(spatial)
+  # (R_p, R_q, k...) -> (K, R_q, R_p)
+  t_k = tf.reshape(tf.transpose(t, list(range(2, n + 2)) + [1, 0]), [-1, rank_q, rank_p])
+  a = tf.matmul(y[tf.newaxis], t_k)                         # (K, I, R_p)
+  w = tf.matmul(tf.reshape(a, [-1, rank_p]), x, transpose_b=True)  # (K * I, O)
+  return tf.reshape(w, spatial + [fan_in, fan_out])
 
 
 def compose_term(factors):

@@ -1,0 +1,113 @@
+r"""Train-step time of FedPara layers vs plain Keras layers, as ratios measured in one run.
+
+Each case times a compiled (`tf.function`) SGD train step, forward + backward +
+update, on random data of the stated size; the plain and FedPara models are
+timed alternately in several rounds and the median per-step time is compared.
+
+Targets (issue "Foundation and keras_layers"): conv <= 1.25x, dense <= 2x,
+exported plain model = 1.0x (+-5%) of the plain model.
+
+  python -m benchmarks.layer_speed            # full sizes (a few minutes on 2 cores)
+  python -m benchmarks.layer_speed --quick    # smaller batches, for a smoke run
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import statistics  # pylint: disable=g-import-not-at-top
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import keras_layers as kl
+
+_GAMMA = flags.DEFINE_float('gamma', 0.1, 'FedPara rank knob.')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating timing rounds per case.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Train steps per timing round.')
+_QUICK = flags.DEFINE_bool('quick', False, 'Batch 8 instead of 64 (smoke run).')
+
+
+def conv_model(channels, size, layer):
+  return tf.keras.Sequential([tf.keras.Input((size, size, channels)), layer,
+                              tf.keras.layers.GlobalAveragePooling2D()])
+
+
+def dense_model(width, layer):
+  return tf.keras.Sequential([tf.keras.Input((width,)), layer])
+
+
+def make_step(model):
+  optimizer = tf.keras.optimizers.SGD(0.01)
+
+  @tf.function
+  def step(x):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.square(model(x, training=True)))
+    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                  model.trainable_variables))
+    return loss
+
+  return step
+
+
+def time_steps(step, x, steps):
+  step(x).numpy()
+  start = time.perf_counter()
+  for _ in range(steps):
+    loss = step(x)
+  loss.numpy()
+  return (time.perf_counter() - start) / steps
+
+
+def compare(models, x, rounds, steps):
+  """Median seconds per train step of each model, timed alternately."""
+  steps_fns = {name: make_step(m) for name, m in models.items()}
+  for fn in steps_fns.values():  # trace and warm up
+    time_steps(fn, x, 2)
+  samples = {name: [] for name in models}
+  for _ in range(rounds):
+    for name, fn in steps_fns.items():
+      samples[name].append(time_steps(fn, x, steps))
+  return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  batch = 8 if _QUICK.value else 64
+  rng = np.random.default_rng(0)
+  gamma = _GAMMA.value
+  cases = []
+  for channels, size in ((128, 32), (512, 4)):
+    x = tf.constant(rng.normal(size=(batch, size, size, channels)), tf.float32)
+    fedpara = conv_model(channels, size, kl.FedParaConv2D(channels, 3, padding='same', gamma=gamma))
+    cases.append((f'conv {channels}->{channels} 3x3 on {size}x{size}', x, {
+        'plain': conv_model(channels, size, tf.keras.layers.Conv2D(channels, 3, padding='same')),
+        'fedpara': fedpara,
+        'exported': kl.export(fedpara)}))
+  x = tf.constant(rng.normal(size=(batch, 512)), tf.float32)
+  fedpara = dense_model(512, kl.FedParaDense(512, gamma=gamma))
+  cases.append(('dense 512->512', x, {
+      'plain': dense_model(512, tf.keras.layers.Dense(512)),
+      'fedpara': fedpara,
+      'exported': kl.export(fedpara)}))
+
+  print(f'train step (forward+backward+SGD), batch {batch}, gamma {gamma}, median of '
+        f'{_ROUNDS.value} alternating rounds x {_STEPS.value} steps; '
+        f'{os.cpu_count()} CPU cores, TF {tf.__version__}')
+  print(f'{"case":<30} {"rank":>5} {"plain ms":>9} {"fedpara ms":>11} {"fedpara/plain":>14} '
+        f'{"exported/plain":>15}')
+  for name, x, models in cases:
+    times = compare(models, x, _ROUNDS.value, _STEPS.value)
+    rank = models['fedpara'].layers[0].ranks[0]
+    print(f'{name:<30} {rank:>5} {times["plain"] * 1e3:>9.2f} {times["fedpara"] * 1e3:>11.2f} '
+          f'{times["fedpara"] / times["plain"]:>14.2f} '
+          f'{times["exported"] / times["plain"]:>15.2f}')
+
+
+if __name__ == '__main__':
+  app.run(main)
