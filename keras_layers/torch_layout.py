@@ -45,13 +45,13 @@ def load_torch_factors(layer, terms, bias=None):
       if key not in term:
         raise ValueError(f'{layer.name}: term is missing {key!r} (for {name}); '
                          f'it has {sorted(term)}.')
-      value = np.asarray(term[key])
-      value = value if key == 'T' else value.T
+      given = np.asarray(term[key])
+      value = given if key == 'T' else given.T
       variable = factorization.factors[name]
-      if tuple(value.shape) != tuple(variable.shape):
-        raise ValueError(f'{layer.name}: {key} for {name} has shape '
-                         f'{np.asarray(term[key]).shape}; expected '
-                         f'{tuple(variable.shape) if key == "T" else tuple(variable.shape)[::-1]}.')
+      if value.shape != tuple(variable.shape):
+        expected = tuple(variable.shape) if key == 'T' else tuple(variable.shape)[::-1]
+        raise ValueError(f'{layer.name}: {key} for {name} has shape {given.shape}; '
+                         f'expected {expected}.')
       variable.assign(value)
   if bias is not None:
     layer.bias.assign(np.asarray(bias))

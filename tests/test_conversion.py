@@ -177,3 +177,15 @@ def test_factors_in_pytorch_layout_load_to_the_same_kernel(scheme_layer, terms):
   with pytest.raises(ValueError, match=r"expected \(\d+, 6\)"):
     kl.load_torch_factors(layer, [{'O': np.zeros((rank, 7)), 'I': np.zeros((rank, 4)),
                                    'T': np.zeros((rank, rank, 3, 3))}] * terms)
+
+
+@pytest.mark.parametrize('return_sequences, go_backwards', [(False, False), (True, True)])
+def test_lstm_masking_and_direction_match_keras_lstm_after_export(return_sequences, go_backwards):
+  inputs = tf.keras.Input((6,), dtype=tf.int32)
+  h = tf.keras.layers.Embedding(20, 8, mask_zero=True, name='embed')(inputs)
+  h = tf.keras.layers.LSTM(12, return_sequences=return_sequences, go_backwards=go_backwards,
+                           name='lstm')(h)
+  twin = kl.convert(tf.keras.Model(inputs, h), 'fedpara', rank=3)
+  perturb(twin)
+  x = np.array([[3, 4, 5, 0, 0, 0], [7, 1, 2, 9, 11, 12]], np.int32)
+  np.testing.assert_allclose(kl.export(twin)(x).numpy(), twin(x).numpy(), rtol=1e-5, atol=1e-5)
