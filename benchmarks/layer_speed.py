@@ -2,7 +2,7 @@ r"""Train-step time of FedPara layers vs plain Keras layers, as ratios measured 
 
 Each case times a compiled (`tf.function`) SGD train step, forward + backward +
 update, on random data of the stated size; the plain and FedPara models are
-timed alternately in several rounds and the median per-step time is compared.
+timed alternately in several rounds and the best per-step time is compared.
 
 Targets (issue "Foundation and keras_layers"): conv <= 1.25x, dense <= 2x,
 exported plain model = 1.0x (+-5%) of the plain model.
@@ -15,8 +15,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-import statistics  # pylint: disable=g-import-not-at-top
-import time
+import time  # pylint: disable=g-import-not-at-top
 
 from absl import app
 from absl import flags
@@ -64,7 +63,11 @@ def time_steps(step, x, steps):
 
 
 def compare(models, x, rounds, steps):
-  """Median seconds per train step of each model, timed alternately."""
+  """Best (minimum) seconds per train step of each model over alternating rounds.
+
+  The minimum is the figure least disturbed by other load on a shared machine
+  (as `timeit` advises); every model gets the same number of rounds.
+  """
   steps_fns = {name: make_step(m) for name, m in models.items()}
   for fn in steps_fns.values():  # trace and warm up
     time_steps(fn, x, 2)
@@ -72,7 +75,7 @@ def compare(models, x, rounds, steps):
   for _ in range(rounds):
     for name, fn in steps_fns.items():
       samples[name].append(time_steps(fn, x, steps))
-  return {name: statistics.median(s) for name, s in samples.items()}
+  return {name: min(s) for name, s in samples.items()}
 
 
 def main(argv):
@@ -96,7 +99,7 @@ def main(argv):
       'fedpara': fedpara,
       'exported': kl.export(fedpara)}))
 
-  print(f'train step (forward+backward+SGD), batch {batch}, gamma {gamma}, median of '
+  print(f'train step (forward+backward+SGD), batch {batch}, gamma {gamma}, best of '
         f'{_ROUNDS.value} alternating rounds x {_STEPS.value} steps; '
         f'{os.cpu_count()} CPU cores, TF {tf.__version__}')
   print(f'{"case":<30} {"rank":>5} {"plain ms":>9} {"fedpara ms":>11} {"fedpara/plain":>14} '

@@ -61,41 +61,52 @@ def check_factor_init(factor_init):
 # Composition (pure functions of tensors).
 
 
-def compose_matrix_term(x, y):
-  """Returns `Y X^T`, shape `(in, out)`, from `x (out, R)` and `y (in, R)`."""
+def compose_matrix_terms(x, y):
+  """Returns `Y_b X_b^T`, shape `(B, in, out)`, from `x (B, out, R)` and `y (B, in, R)`."""
   return tf.matmul(y, x, transpose_b=True)
 
 
-def compose_tucker_term(t, x, y):
-  """Returns the Tucker-2 kernel `(k1, ..., kd, I, O)`.
+def compose_tucker_terms(t, x, y):
+  """Returns B Tucker-2 kernels, shape `(B, k1, ..., kd, I, O)`.
 
-  Computes `W[a, b, i, o] = sum_{p,q} t[p, q, a, b] x[o, p] y[i, q]` as two
-  matrix products that land directly in Keras layout: first
-  `A[k, i, p] = sum_q y[i, q] t[p, q, k]` (a batched product over the spatial
-  positions k), then `W[k, i, :] = A[k, i, :] X^T` (one large GEMM).
+  Computes `W[b, k, i, o] = sum_{p,q} t[b, p, q, k] x[b, o, p] y[b, i, q]` as two
+  batched matrix products that land directly in Keras layout: first
+  `A[b, k, i, p] = sum_q y[b, i, q] t[b, p, q, k]` (one small product per spatial
+  position k), then `W[b, k, i, :] = A[b, k, i, :] X_b^T` (one large GEMM per term).
 
   Args:
-    t: core, shape `(R, R, k1, ..., kd)`.
-    x: output-channel factor, shape `(O, R)`.
-    y: input-channel factor, shape `(I, R)`.
+    t: cores, shape `(B, R, R, k1, ..., kd)`.
+    x: output-channel factors, shape `(B, O, R)`.
+    y: input-channel factors, shape `(B, I, R)`.
   """
-  rank_p, rank_q = t.shape[0], t.shape[1]
-  spatial = list(t.shape[2:])
-  fan_in, fan_out = y.shape[0], x.shape[0]
+  terms, rank_p, rank_q = t.shape[0], t.shape[1], t.shape[2]
+  spatial = list(t.shape[3:])
+  fan_in, fan_out = y.shape[1], x.shape[1]
   n = len(spatial)
-  # (R_p, R_q, k...) -> (K, R_q, R_p)
-  t_k = tf.reshape(tf.transpose(t, list(range(2, n + 2)) + [1, 0]), [-1, rank_q, rank_p])
-  a = tf.matmul(y[tf.newaxis], t_k)                         # (K, I, R_p)
-  w = tf.matmul(tf.reshape(a, [-1, rank_p]), x, transpose_b=True)  # (K * I, O)
-  return tf.reshape(w, spatial + [fan_in, fan_out])
+  # (B, R_p, R_q, k...) -> (B, K, R_q, R_p)
+  t_k = tf.reshape(tf.transpose(t, [0] + list(range(3, n + 3)) + [2, 1]),
+                   [terms, -1, rank_q, rank_p])
+  a = tf.matmul(y[:, tf.newaxis], t_k)                                   # (B, K, I, R_p)
+  w = tf.matmul(tf.reshape(a, [terms, -1, rank_p]), x, transpose_b=True)  # (B, K*I, O)
+  return tf.reshape(w, [terms] + spatial + [fan_in, fan_out])
 
 
-def compose_term(factors):
-  """Composes one term from `(x, y)` or `(x, y, t)`."""
-  if len(factors) == 2:
-    return compose_matrix_term(*factors)
-  x, y, t = factors
-  return compose_tucker_term(t, x, y)
+def compose_terms(term_factors):
+  """Composes every term at once from per-term `(x, y)` or `(x, y, t)` lists.
+
+  The terms share their shapes, so their factors are stacked and composed
+  with batched products (one pass instead of one per term).
+
+  Returns:
+    A list with one kernel per term, Keras layout.
+  """
+  stacked = [tf.stack(list(same_kind)) for same_kind in zip(*term_factors)]
+  if len(stacked) == 2:
+    composed = compose_matrix_terms(*stacked)
+  else:
+    x, y, t = stacked
+    composed = compose_tucker_terms(t, x, y)
+  return tf.unstack(composed, num=len(term_factors))
 
 
 def _apply(nonlinearity, w):
@@ -265,8 +276,8 @@ class KernelFactorization:
 
   def compose_terms(self):
     """The composed terms `W_i` (before the nonlinearity), Keras layout."""
-    return [compose_term(self._term_factors(i))
-            for i in range(_term_count(self.scheme))]
+    return compose_terms([self._term_factors(i)
+                          for i in range(_term_count(self.scheme))])
 
   def compose(self):
     """The layer's kernel in Keras layout, composed from the current factors."""
