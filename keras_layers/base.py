@@ -175,6 +175,17 @@ class FactorizedLayer(tf.keras.layers.Layer):
                 for f in self.factorizations)
     return count + (int(self.bias.shape.num_elements()) if self.bias is not None else 0)
 
+  def plain_weights(self):
+    """Weights of the equivalent plain layer, as numpy arrays.
+
+    Every composed kernel in creation order, then the bias: `[kernel(, bias)]`
+    for Dense and Conv, `[kernel, recurrent_kernel(, bias)]` for the LSTM cell,
+    the order in which Keras' plain layers hold them.
+    """
+    weights = [f.compose() for f in self.factorizations]
+    weights += [self.bias] if self.bias is not None else []
+    return [tf.convert_to_tensor(w).numpy() for w in weights]
+
   def get_config(self):
     config = super().get_config()
     config.update(

@@ -172,11 +172,6 @@ class _FactorizedConv(base.FactorizedLayer):
     conv_args = {k: config[k] for k in self._CONV_ARGS}
     return self.plain_class(**conv_args, **self.common_plain_kwargs())
 
-  def plain_weights(self):
-    """`[kernel]` or `[kernel, bias]` for `to_plain()`, as numpy arrays."""
-    weights = [self.composed_kernel()] + ([self.bias] if self.bias is not None else [])
-    return [tf.convert_to_tensor(w).numpy() for w in weights]
-
 
 class _Conv2D(_FactorizedConv):
   spatial_rank = 2

@@ -78,11 +78,6 @@ class _FactorizedDense(base.FactorizedLayer):
     """An unbuilt `tf.keras.layers.Dense` with this layer's arguments."""
     return tf.keras.layers.Dense(self.units, **self.common_plain_kwargs())
 
-  def plain_weights(self):
-    """`[kernel]` or `[kernel, bias]` for `to_plain()`, as numpy arrays."""
-    weights = [self.composed_kernel()] + ([self.bias] if self.bias is not None else [])
-    return [tf.convert_to_tensor(w).numpy() for w in weights]
-
 
 @_register
 class FedParaDense(_FactorizedDense):

@@ -276,10 +276,7 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
 
   def plain_weights(self):
     """`[kernel, recurrent_kernel(, bias)]` for `to_plain()`, as numpy arrays."""
-    weights = [self.composed_kernel(), self.composed_recurrent_kernel()]
-    if self.cell.bias is not None:
-      weights.append(self.cell.bias)
-    return [tf.convert_to_tensor(w).numpy() for w in weights]
+    return self.cell.plain_weights()
 
 
 @_register
