@@ -8,7 +8,6 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
-import numbers
 
 import tensorflow as tf
 
@@ -27,8 +26,7 @@ SHARED_PLAIN_ARGS = ('activation', 'use_bias', 'bias_initializer',
 
 def check_positive_int(value, name):
   """Returns `value` as int, or raises naming the bad value."""
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < 1):
+  if not ranks.is_positive_int(value):
     raise ValueError(f'{name} must be a positive integer; got {value!r}.')
   return int(value)
 

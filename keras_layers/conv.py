@@ -10,6 +10,7 @@ import numbers
 import tensorflow as tf
 
 from keras_layers import base
+from keras_layers import ranks
 
 _register = tf.keras.utils.register_keras_serializable(package='fedpara')
 
@@ -21,9 +22,7 @@ def _normalize_tuple(value, n, name):
     items = tuple(items)
   except TypeError:
     items = ()
-  if len(items) != n or any(
-      not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1
-      for v in items):
+  if len(items) != n or not all(ranks.is_positive_int(v) for v in items):
     raise ValueError(
         f'{name} must be a positive integer or a tuple of {n} positive '
         f'integers; got {value!r}.')

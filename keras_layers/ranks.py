@@ -18,11 +18,14 @@ import warnings
 _CEIL_EPS = 1e-9
 
 
+def is_positive_int(value):
+  """True for a positive integer (bools, floats and strings are not)."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def _check_kernel_shape(kernel_shape):
   shape = tuple(kernel_shape)
-  if len(shape) < 2 or any(
-      not isinstance(d, numbers.Integral) or isinstance(d, bool) or d < 1
-      for d in shape):
+  if len(shape) < 2 or not all(is_positive_int(d) for d in shape):
     raise ValueError(
         f'kernel_shape must be a tuple of positive integers (in, out) or '
         f'(k1, ..., I, O); got {kernel_shape!r}.')
