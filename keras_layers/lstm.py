@@ -150,6 +150,8 @@ _RNN_ARGS = ('return_sequences', 'return_state', 'go_backwards', 'unroll')
 _CELL_PLAIN_ARGS = ('units', 'activation', 'recurrent_activation', 'use_bias',
                     'unit_forget_bias', 'bias_initializer', 'kernel_regularizer',
                     'bias_regularizer', 'bias_constraint')
+# Arguments a factorised LSTM shares, with the same meaning, with tf.keras.layers.LSTM.
+_SHARED_PLAIN_ARGS = _CELL_PLAIN_ARGS + _RNN_ARGS + _LAYER_KWARGS
 # Arguments of tf.keras.layers.LSTM that have no factorised counterpart, with
 # the only value we accept.
 _UNSUPPORTED_PLAIN_ARGS = {'dropout': 0.0, 'recurrent_dropout': 0.0, 'time_major': False,
@@ -264,15 +266,13 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
       if config.get(key, allowed) != allowed:
         raise ValueError(f'{layer.name}: {key}={config[key]!r} is not supported by '
                          f'{cls.__name__}; allowed: {allowed!r}.')
-    kwargs = {k: config[k] for k in _CELL_PLAIN_ARGS + _RNN_ARGS + _LAYER_KWARGS
-              if k in config}
+    kwargs = {k: config[k] for k in _SHARED_PLAIN_ARGS if k in config}
     return cls(**kwargs, **options)
 
   def to_plain(self):
     """An unbuilt `tf.keras.layers.LSTM` with this layer's arguments."""
     config = self.get_config()
-    return tf.keras.layers.LSTM(**{k: config[k] for k in _CELL_PLAIN_ARGS + _RNN_ARGS
-                                   + _LAYER_KWARGS if k in config})
+    return tf.keras.layers.LSTM(**{k: config[k] for k in _SHARED_PLAIN_ARGS if k in config})
 
   def plain_weights(self):
     """`[kernel, recurrent_kernel(, bias)]` for `to_plain()`, as numpy arrays."""
