@@ -26,9 +26,13 @@ fi
 
 echo "setup_env: creating $venv with $("$python" --version) (first use only; a few minutes cold)"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
-"${pip[@]}" install -r requirements.txt 2> >(grep -v 'is ignored: it is neither' >&2)
-"${pip[@]}" install --no-deps -r requirements-nodeps.txt 2> >(grep -v 'is ignored: it is neither' >&2)
-"${pip[@]}" install --no-deps --no-build-isolation -e . 2> >(grep -v 'is ignored: it is neither' >&2)
+# pip install, without the registry mirror's "Location ... is ignored" warnings.
+pip_install() {
+  "$venv/bin/python" -m pip --disable-pip-version-check -q install "$@" \
+    2> >(grep -v 'is ignored: it is neither' >&2)
+}
+pip_install -r requirements.txt
+pip_install --no-deps -r requirements-nodeps.txt
+pip_install --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "setup_env: ready ($venv)"
