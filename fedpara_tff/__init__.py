@@ -1,4 +1,19 @@
-"""TensorFlow Federated wiring for FedPara: model adapters, aggregators, processes.
+"""TensorFlow Federated wiring for FedPara: aggregators with measured communication.
 
-Imports TFF; the Keras layers themselves live in `keras_layers`, which never does.
+FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated
+Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022. Imports TFF; the Keras layers live in
+`keras_layers`, which never does. Importing this package registers an exit hook that
+stops TFF's worker_binary subprocesses (`fedpara_tff.runtime`).
 """
+
+# runtime first: it sets TF_CPP_MIN_LOG_LEVEL before TF/TFF start and registers the exit hook.
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
+from fedpara_tff.aggregators import factor_aggregator
+from fedpara_tff.aggregators import FactorAggregatorFactory
+from fedpara_tff.aggregators import quantized_mean
+from fedpara_tff.aggregators import travel_mask
+from fedpara_tff.distributors import build_measured_broadcast
+from fedpara_tff.processes import ALGORITHMS
+from fedpara_tff.processes import build_evaluation
+from fedpara_tff.processes import build_fedpara_process
+from fedpara_tff.runtime import shutdown_workers

@@ -1,0 +1,49 @@
+"""TFF runtime housekeeping: quiet logs and no orphaned `worker_binary` processes.
+
+TFF 0.87 runs computations in a C++ `worker_binary` subprocess that it stops
+only from a destructor that often does not run at interpreter exit; the orphan
+then keeps the parent's stdout/stderr pipes open (TFF_NOTES section 6.8).
+Importing this module registers an exit hook that stops the workers this
+Python process started.
+"""
+
+import atexit
+import os
+import signal
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import psutil  # pylint: disable=g-import-not-at-top
+
+WORKER_NAME = 'worker_binary'
+
+
+def _own_workers():
+  workers = []
+  for child in psutil.Process().children(recursive=True):
+    try:
+      if any(WORKER_NAME in part for part in child.cmdline()):
+        workers.append(child)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+      continue
+  return workers
+
+
+def shutdown_workers(timeout=5.0):
+  """Stops this process's TFF workers (SIGINT, then SIGKILL); returns how many."""
+  workers = _own_workers()
+  for worker in workers:
+    try:
+      worker.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
+      pass
+  _, alive = psutil.wait_procs(workers, timeout=timeout)
+  for worker in alive:
+    try:
+      worker.kill()
+    except psutil.NoSuchProcess:
+      pass
+  return len(workers)
+
+
+atexit.register(shutdown_workers)

@@ -1,0 +1,177 @@
+"""fedpara_tff: factor aggregator and learning processes on the TFF C++ runtime."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest
+import tensorflow as tf
+
+import fedpara_tff
+import tensorflow_federated as tff
+from tests import tff_support as ts
+
+SIZES = (30, 47, 23)
+
+
+@pytest.fixture(scope='module')
+def clients():
+  return [ts.to_dataset(x, y) for x, y in ts.client_arrays(SIZES)]
+
+
+@pytest.fixture(scope='module')
+def stock_fedavg():
+  """An unmodified TFF builder call, with our aggregator, as a user writes it."""
+  return tff.learning.algorithms.build_weighted_fed_avg(
+      ts.model_fn,
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+      model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model))
+
+
+def train_locally(initial, x, y, learning_rate):
+  """The client work of FedAvg, by hand: plain SGD over the batches, from `initial`."""
+  model = ts.keras_model()
+  model.set_weights(initial)
+  loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  for start in range(0, len(y), ts.BATCH):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(y[start:start + ts.BATCH], model(x[start:start + ts.BATCH], training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    for v, g in zip(model.trainable_variables, grads):
+      v.assign_sub(learning_rate * g)
+  return [v.numpy() for v in model.trainable_variables]
+
+
+def weighted_average_of_local_training(initial, learning_rate):
+  local = [train_locally(initial, x, y, learning_rate) for x, y in ts.client_arrays(SIZES)]
+  weights = np.array(SIZES, np.float64) / sum(SIZES)
+  return [sum(w * l[i] for w, l in zip(weights, local)) for i in range(len(initial))]
+
+
+def assert_weights_close(actual, expected):
+  for got, want in zip(actual, expected):
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def trainable(process, state):
+  return [np.asarray(w) for w in process.get_model_weights(state).trainable]
+
+
+def test_stock_fedavg_with_factor_aggregator_is_the_weighted_average(stock_fedavg, clients):
+  state = stock_fedavg.initialize()
+  initial = trainable(stock_fedavg, state)
+  output = stock_fedavg.next(state, clients)
+  assert_weights_close(trainable(stock_fedavg, output.state),
+                       weighted_average_of_local_training(initial, 0.1))
+  comm = output.metrics['aggregator']['communication']
+  assert comm['elements_uploaded_per_client'] == ts.FEDPARA_ELEMENTS == 814
+  assert comm['bytes_uploaded_per_client'] == 814 * 4
+  assert comm['bytes_uploaded'] == 3 * 814 * 4
+  assert comm['paper_bytes_both_directions'] == 2 * 3 * 814 * 4
+  assert output.metrics['aggregator']['clients'] == {'non_finite_clients': 0,
+                                                     'zero_weight_clients': 0}
+
+
+@pytest.mark.parametrize('algorithm', ['fedavg', 'fedprox', 'fedadam', 'fedyogi', 'mimelite'])
+def test_fedpara_process_lowers_the_loss(clients, algorithm):
+  server_lr = {'fedadam': 0.02, 'fedyogi': 0.02}.get(algorithm, 1.0)
+  process = fedpara_tff.build_fedpara_process(
+      ts.model_fn, algorithm=algorithm, client_learning_rate=0.1,
+      server_learning_rate=server_lr, keras_model_fn=ts.keras_model)
+  evaluation = fedpara_tff.build_evaluation(ts.model_fn)
+
+  def loss(state):
+    eval_state = evaluation.set_model_weights(evaluation.initialize(),
+                                              process.get_model_weights(state))
+    return evaluation.next(eval_state, clients).metrics['client_work']['eval'][
+        'current_round_metrics']['loss']
+
+  state = process.initialize()
+  before = loss(state)
+  for _ in range(4):
+    output = process.next(state, clients)
+    state = output.state
+  assert loss(state) < before - 0.05
+  assert output.metrics['distributor'] == {'bytes_downloaded': 3 * 814 * 4,
+                                           'bytes_downloaded_per_client': 814 * 4}
+  assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
+
+
+def test_learning_rate_decays_per_round(clients):
+  process = fedpara_tff.build_fedpara_process(ts.model_fn, client_learning_rate=0.4,
+                                              lr_decay=0.5, keras_model_fn=ts.keras_model)
+  state = process.initialize()
+  for round_num in range(3):
+    initial = trainable(process, state)
+    state = process.next(state, clients).state
+    # Round r trains the clients with 0.4 * 0.5**r.
+    assert_weights_close(trainable(process, state),
+                         weighted_average_of_local_training(initial, 0.4 * 0.5**round_num))
+
+
+def aggregate(factory, values, weights):
+  value_type = tff.types.tensorflow_to_type([tf.TensorSpec(v.shape, tf.float32)
+                                             for v in values[0]])
+  process = factory.create(value_type, tff.TensorType(np.float32))
+  return process.next(process.initialize(), values, weights)
+
+
+def test_non_finite_and_empty_clients_are_not_folded_in_and_are_counted():
+  good = [np.full((3,), 2.0, np.float32), np.ones((2, 2), np.float32)]
+  nan = [np.array([1.0, np.nan, 0.0], np.float32), np.ones((2, 2), np.float32)]
+  inf = [np.zeros((3,), np.float32), np.full((2, 2), np.inf, np.float32)]
+  empty = [np.zeros((3,), np.float32), np.zeros((2, 2), np.float32)]
+  output = aggregate(fedpara_tff.factor_aggregator(), [good, nan, inf, empty],
+                     [5.0, 7.0, 1.0, 0.0])
+  np.testing.assert_array_equal(output.result[0], good[0])
+  np.testing.assert_array_equal(output.result[1], good[1])
+  assert output.measurements['clients'] == {'non_finite_clients': 2, 'zero_weight_clients': 1}
+
+
+def test_local_variables_never_enter_the_aggregator_and_come_back_zero():
+  mask = [True, False, True]
+  factory = fedpara_tff.factor_aggregator(mask=mask)
+  values = [[np.ones(4, np.float32), np.full(6, np.nan, np.float32), np.ones(2, np.float32)]]
+  output = aggregate(factory, values, [1.0])
+  # The NaN sits in the local tensor, so it is never looked at: the client still counts.
+  assert output.measurements['clients']['non_finite_clients'] == 0
+  np.testing.assert_array_equal(output.result[1], np.zeros(6))
+  assert output.measurements['communication']['bytes_uploaded_per_client'] == (4 + 2) * 4
+
+
+def test_quantized_upload_counts_payload_plus_range_per_tensor():
+  shapes = [(300, 4), (50,), (30, 30)]
+  values = [[np.random.default_rng(i).normal(size=s).astype(np.float32) for s in shapes]
+            for i in range(2)]
+  output = aggregate(fedpara_tff.factor_aggregator(quantization_bits=8, quantization_threshold=100),
+                     values, [1.0, 3.0])
+  # 1200 and 900 elements are quantized to 1 byte each + 8 bytes range; 50 stays float32.
+  expected = (1200 + 8) + (900 + 8) + 50 * 4
+  comm = output.measurements['communication']
+  assert comm['bytes_uploaded_per_client'] == expected
+  float32 = (1200 + 50 + 900) * 4
+  assert expected / float32 == pytest.approx(0.25 + (16 + 150) / float32)
+  mean = [(values[0][i] + 3 * values[1][i]) / 4 for i in range(3)]
+  for got, want in zip(output.result, mean):
+    np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
+
+
+def test_bad_inputs_are_named():
+  with pytest.raises(ValueError, match=r"algorithm must be one of .*; got 'sgd'"):
+    fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='sgd')
+  with pytest.raises(ValueError, match=r'client_learning_rate must be a number > 0; got 0'):
+    fedpara_tff.build_fedpara_process(ts.model_fn, client_learning_rate=0)
+  with pytest.raises(ValueError, match=r'server_learning_rate must be a number > 0; got -1'):
+    fedpara_tff.build_fedpara_process(ts.model_fn, server_learning_rate=-1)
+  with pytest.raises(ValueError, match=r"lr_decay=0.9 is not available with 'fedprox'"):
+    fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='fedprox', lr_decay=0.9)
+  plain = lambda: tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
+  with pytest.raises(ValueError, match=r"model 'sequential.*' has no factorised layer"):
+    fedpara_tff.factor_aggregator(keras_model_fn=plain)
+  with pytest.raises(ValueError, match=r'the travel mask has 2 entries but the model update has 3'):
+    aggregate(fedpara_tff.factor_aggregator(mask=[True, False]),
+              [[np.ones(1, np.float32)] * 3], [1.0])
+  with pytest.raises(ValueError, match=r'quantization_bits must be an integer in \[1, 16\]; got 0'):
+    fedpara_tff.factor_aggregator(quantization_bits=0)

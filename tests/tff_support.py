@@ -1,0 +1,57 @@
+"""Tiny real-data federated set-up shared by the fedpara_tff tests."""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import keras_layers as kl
+from experiments.data import mnist5k
+
+FEATURES = 98  # every 8th pixel of the real MNIST digits: a tiny, fast model
+BATCH = 10
+ELEMENT_SPEC = collections.OrderedDict(
+    x=tf.TensorSpec([None, FEATURES], tf.float32), y=tf.TensorSpec([None], tf.int32))
+
+
+def digits():
+  images, labels = mnist5k.load()
+  return images.reshape(-1, 784)[:, ::8].astype(np.float32), labels
+
+
+def client_arrays(sizes, offset=0):
+  """Consecutive slices of the real digits, one per client, of the given sizes."""
+  x, y = digits()
+  arrays, start = [], offset
+  for size in sizes:
+    arrays.append((x[start:start + size], y[start:start + size]))
+    start += size
+  return arrays
+
+
+def to_dataset(x, y):
+  return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH)
+
+
+def keras_model(parameterization='fedpara'):
+  layers = {'fedpara': (kl.FedParaDense, kl.FedParaDense),
+            'pfedpara': (kl.PFedParaDense, kl.PFedParaDense)}[parameterization]
+  return tf.keras.Sequential([
+      tf.keras.Input((FEATURES,)),
+      layers[0](16, rank=3, activation='relu', name='hidden'),
+      layers[1](10, rank=2, name='logits'),
+  ])
+
+
+def model_fn(parameterization='fedpara'):
+  return tff.learning.models.from_keras_model(
+      keras_model(parameterization),
+      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      input_spec=ELEMENT_SPEC,
+      metrics=[tf.keras.metrics.SparseCategoricalAccuracy()])
+
+
+# Trainable tensors of keras_model('fedpara'), by hand: hidden x1, y1, x2, y2 (16x3, 98x3), bias 16;
+# logits x1, y1, x2, y2 (10x2, 16x2), bias 10.
+FEDPARA_ELEMENTS = 2 * (16 * 3 + 98 * 3) + 16 + 2 * (10 * 2 + 16 * 2) + 10  # 814
