@@ -13,6 +13,9 @@ from fedpara_tff.aggregators import FactorAggregatorFactory
 from fedpara_tff.aggregators import quantized_mean
 from fedpara_tff.aggregators import travel_mask
 from fedpara_tff.distributors import build_measured_broadcast
+from fedpara_tff.personalization import build_fedper_process
+from fedpara_tff.personalization import build_pfedpara_process
+from fedpara_tff.personalization import PersonalizedTrainer
 from fedpara_tff.processes import ALGORITHMS
 from fedpara_tff.processes import build_evaluation
 from fedpara_tff.processes import build_fedpara_process

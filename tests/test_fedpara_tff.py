@@ -76,9 +76,9 @@ def test_stock_fedavg_with_factor_aggregator_is_the_weighted_average(stock_fedav
 
 @pytest.mark.parametrize('algorithm', ['fedavg', 'fedprox', 'fedadam', 'fedyogi', 'mimelite'])
 def test_fedpara_process_lowers_the_loss(clients, algorithm):
-  server_lr = {'fedadam': 0.02, 'fedyogi': 0.02}.get(algorithm, 1.0)
+  server_lr = {'fedadam': 0.05, 'fedyogi': 0.05}.get(algorithm, 1.0)
   process = fedpara_tff.build_fedpara_process(
-      ts.model_fn, algorithm=algorithm, client_learning_rate=0.1,
+      ts.model_fn, algorithm=algorithm, client_learning_rate=0.3,
       server_learning_rate=server_lr, keras_model_fn=ts.keras_model)
   evaluation = fedpara_tff.build_evaluation(ts.model_fn)
 
@@ -90,10 +90,11 @@ def test_fedpara_process_lowers_the_loss(clients, algorithm):
 
   state = process.initialize()
   before = loss(state)
-  for _ in range(4):
+  for _ in range(6):
     output = process.next(state, clients)
     state = output.state
-  assert loss(state) < before - 0.05
+  after = loss(state)
+  assert after < before - 0.05
   assert output.metrics['distributor'] == {'bytes_downloaded': 3 * 814 * 4,
                                            'bytes_downloaded_per_client': 814 * 4}
   assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4

@@ -16,8 +16,17 @@ ELEMENT_SPEC = collections.OrderedDict(
 
 
 def digits():
+  """The real MNIST-5k digits (stored sorted by label), in a fixed shuffled order."""
   images, labels = mnist5k.load()
-  return images.reshape(-1, 784)[:, ::8].astype(np.float32), labels
+  order = np.random.default_rng(0).permutation(len(labels))
+  return images.reshape(-1, 784)[order, ::8].astype(np.float32), labels[order]
+
+
+def label_skewed_arrays(labels_per_client, size):
+  """One client per label set: `size` digits whose labels are in that set."""
+  x, y = digits()
+  return [(x[np.isin(y, list(labels))][:size], y[np.isin(y, list(labels))][:size])
+          for labels in labels_per_client]
 
 
 def client_arrays(sizes, offset=0):
