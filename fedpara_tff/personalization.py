@@ -25,6 +25,7 @@ import tensorflow_federated as tff
 
 from fedpara_tff import aggregators
 from fedpara_tff import communication
+from fedpara_tff import processes
 from fedpara_tff import runtime  # pylint: disable=unused-import
 
 
@@ -62,6 +63,7 @@ class PersonalizedTrainer:
     loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     with tf.Graph().as_default():
       model = keras_model_fn()
+      processes.check_no_non_trainable(len(model.non_trainable_variables))
       sent = aggregators.travel_mask(model, local_layers)
       variables = model.trainable_variables
       global_specs = _specs([v for v, s in zip(variables, sent) if s])

@@ -26,6 +26,19 @@ def _check_positive(value, name):
   return float(value)
 
 
+def check_no_non_trainable(count):
+  """Refuses models with non-trainable variables (e.g. BatchNorm statistics).
+
+  TFF 0.87 never aggregates non-trainable variables: the server would keep
+  their initial values forever (TFF_NOTES section 6.4). Rather than freeze them
+  silently, we refuse such models; use GroupNorm or LayerNorm instead.
+  """
+  if count:
+    raise ValueError(f'the model has {count} non-trainable variable(s) (e.g. BatchNorm '
+                     f'statistics), which TFF 0.87 never aggregates; use GroupNormalization '
+                     f'or LayerNormalization instead.')
+
+
 def _server_optimizer(algorithm, server_learning_rate, server_momentum):
   if algorithm == 'fedadam':
     return tff.learning.optimizers.build_adam(server_learning_rate)
@@ -81,8 +94,9 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   factory = aggregators.factor_aggregator(
       inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,
       quantization_bits=quantization_bits)
-  distributor = distributors.build_measured_broadcast(
-      tff.learning.models.weights_type_from_model(model_fn))
+  weights_type = tff.learning.models.weights_type_from_model(model_fn)
+  check_no_non_trainable(len(weights_type.non_trainable))
+  distributor = distributors.build_measured_broadcast(weights_type)
   server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum)
   client_sgd = tff.learning.optimizers.build_sgdm(client_lr, momentum=client_momentum or None)
   common = dict(model_distributor=distributor, model_aggregator=factory)

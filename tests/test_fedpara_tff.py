@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import fedpara_tff
+import keras_layers as kl
 import tensorflow_federated as tff
 from tests import tff_support as ts
 
@@ -174,5 +175,13 @@ def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match=r'the travel mask has 2 entries but the model update has 3'):
     aggregate(fedpara_tff.factor_aggregator(mask=[True, False]),
               [[np.ones(1, np.float32)] * 3], [1.0])
+  def batch_norm_model_fn():
+    model = tf.keras.Sequential([tf.keras.Input((ts.FEATURES,)), kl.FedParaDense(8, rank=2),
+                                 tf.keras.layers.BatchNormalization(), tf.keras.layers.Dense(10)])
+    return tff.learning.models.from_keras_model(
+        model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        input_spec=ts.ELEMENT_SPEC)
+  with pytest.raises(ValueError, match=r'2 non-trainable variable\(s\) .* use GroupNormalization'):
+    fedpara_tff.build_fedpara_process(batch_norm_model_fn)
   with pytest.raises(ValueError, match=r'quantization_bits must be an integer in \[1, 16\]; got 0'):
     fedpara_tff.factor_aggregator(quantization_bits=0)

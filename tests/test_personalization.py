@@ -6,8 +6,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest
+import tensorflow as tf
 
 import fedpara_tff
+import keras_layers as kl
 from tests import tff_support as ts
 
 # Three clients with disjoint label sets: personalisation has something to learn.
@@ -100,5 +102,10 @@ def test_bad_inputs_are_named(pfedpara, data):
     fedpara_tff.build_pfedpara_process(ts.keras_model, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r'FedPer needs at least one local layer'):
     fedpara_tff.build_fedper_process(ts.keras_model, ts.ELEMENT_SPEC, local_layers=[])
+  batch_norm = lambda: tf.keras.Sequential([
+      tf.keras.Input((ts.FEATURES,)), kl.PFedParaDense(8, rank=2, name='h'),
+      tf.keras.layers.BatchNormalization(), tf.keras.layers.Dense(10)])
+  with pytest.raises(ValueError, match=r'2 non-trainable variable\(s\) .* use GroupNormalization'):
+    fedpara_tff.build_pfedpara_process(batch_norm, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r"client_ids must be distinct .* got \['a', 'a'\]"):
     pfedpara.next(pfedpara.initialize(), ['a', 'a'], data[0][:2])
