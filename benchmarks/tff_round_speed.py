@@ -1,0 +1,146 @@
+r"""Per-round wall time of the TFF FedPara process vs a plain TensorFlow loop, in one run.
+
+Both do the same work each round: 10 clients, each trains the small FedPara CNN
+for one epoch of SGD over its 100 real MNIST digits (batch 20) from the global
+weights, then the server takes the example-weighted mean. TFF runs
+`fedpara_tff.build_fedpara_process` on its C++ runtime; the plain loop runs one
+`tf.function` epoch per client and averages with numpy. Rounds after the first
+(tracing) are timed; the median is reported. Two plain loops are timed: one
+`tf.function` per client epoch over the dataset, and one `tf.function` per step
+with the dataset iterated in Python. Target: TFF / plain <= 1.5.
+
+  python -m benchmarks.tff_round_speed --rounds=6
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import collections  # pylint: disable=g-import-not-at-top
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+import fedpara_tff  # before TFF: quiet logs, worker stopped at exit
+import keras_layers as kl
+import tensorflow_federated as tff
+from experiments import models
+from experiments.data import mnist5k
+
+_ROUNDS = flags.DEFINE_integer('rounds', 6, 'Rounds per implementation (the first is not timed).')
+_CLIENTS = flags.DEFINE_integer('clients', 10, 'Clients per round.')
+_EXAMPLES = flags.DEFINE_integer('examples', 100, 'Examples per client.')
+_LOOP = flags.DEFINE_enum('loop', 'DATASET_ITERATOR', ['DATASET_REDUCE', 'DATASET_ITERATOR'],
+                          'tff.learning.LoopImplementation of the TFF client loop.')
+flags.register_validator('rounds', lambda v: v >= 2, 'rounds must be >= 2.')
+
+BATCH = 20
+LEARNING_RATE = 0.05
+SPEC = collections.OrderedDict(x=tf.TensorSpec([None, 28, 28, 1], tf.float32),
+                               y=tf.TensorSpec([None], tf.int32))
+
+
+def keras_model():
+  return kl.convert(models.small_cnn(), 'fedpara', gamma=0.1, exclude=['logits'],
+                    copy_weights=False)
+
+
+def model_fn():
+  return tff.learning.models.from_keras_model(
+      keras_model(), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      input_spec=SPEC)
+
+
+def plain_round_fn(model, per_step):
+  """One FedAvg round in plain TF; numpy example-weighted mean of the clients' weights.
+
+  `per_step=False`: one `tf.function` runs the whole epoch over the dataset.
+  `per_step=True`: Python iterates the dataset and a `tf.function` does each step.
+  """
+  loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+  @tf.function
+  def step(batch):
+    with tf.GradientTape() as tape:
+      loss = loss_fn(batch['y'], model(batch['x'], training=True))
+    for v, g in zip(model.trainable_variables, tape.gradient(loss, model.trainable_variables)):
+      v.assign_sub(LEARNING_RATE * g)
+
+  @tf.function
+  def epoch(dataset):
+    for batch in dataset:
+      step(batch)
+
+  def train(dataset):
+    if per_step:
+      for batch in dataset:
+        step(batch)
+    else:
+      epoch(dataset)
+
+  def run(global_weights, datasets, sizes):
+    summed = [np.zeros_like(w) for w in global_weights]
+    for dataset, size in zip(datasets, sizes):
+      model.set_weights(global_weights)
+      train(dataset)
+      for total, w in zip(summed, model.get_weights()):
+        total += size * w
+    return [total / sum(sizes) for total in summed]
+
+  return run
+
+
+def timed(fn, rounds):
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  images, labels = mnist5k.load()
+  n, k = _CLIENTS.value, _EXAMPLES.value
+  datasets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+      x=images[i * k:(i + 1) * k], y=labels[i * k:(i + 1) * k])).batch(BATCH) for i in range(n)]
+  sizes = [k] * n
+
+  process = fedpara_tff.build_fedpara_process(
+      model_fn, client_learning_rate=LEARNING_RATE, keras_model_fn=keras_model,
+      loop_implementation=getattr(tff.learning.LoopImplementation, _LOOP.value))
+  state = [process.initialize()]
+
+  def tff_round():
+    state[0] = process.next(state[0], datasets).state
+
+  results = [('TFF process', timed(tff_round, _ROUNDS.value))]
+  for name, per_step in (('plain, epoch fn', False), ('plain, step fn', True)):
+    model = keras_model()
+    run = plain_round_fn(model, per_step)
+    weights = [model.get_weights()]
+
+    def plain_round(run=run, weights=weights):
+      weights[0] = run(weights[0], datasets, sizes)
+
+    results.append((name, timed(plain_round, _ROUNDS.value)))
+
+  steady = {name: statistics.median(times[1:]) for name, times in results}
+  print(f'{n} clients x {k} real MNIST digits, 1 epoch, batch {BATCH}, FedPara small CNN '
+        f'({model.count_params():,} params); median of rounds 2..{_ROUNDS.value}; '
+        f'{os.cpu_count()} CPU cores; TFF loop {_LOOP.value}')
+  print(f'{"implementation":<18} {"first round s":>14} {"steady s/round":>15} {"TFF / this":>11}')
+  for name, times in results:
+    print(f'{name:<18} {times[0]:>14.3f} {steady[name]:>15.3f} '
+          f'{steady["TFF process"] / steady[name]:>11.2f}')
+  print('target: TFF / plain <= 1.5')
+
+
+if __name__ == '__main__':
+  app.run(main)
