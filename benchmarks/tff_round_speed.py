@@ -49,10 +49,7 @@ def keras_model():
                     copy_weights=False)
 
 
-def model_fn():
-  return tff.learning.models.from_keras_model(
-      keras_model(), loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      input_spec=SPEC)
+model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model, SPEC)
 
 
 def plain_round_fn(model, per_step):

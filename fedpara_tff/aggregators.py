@@ -81,7 +81,7 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     if len(mask) != len(specs):
       raise ValueError(f'the travel mask has {len(mask)} entries but the model update has '
                        f'{len(specs)} tensors; build the mask from the same model.')
-    if not any(mask):
+    if specs and not any(mask):
       raise ValueError('the travel mask sends nothing; at least one variable must be global.')
     sent = [s for s, m in zip(specs, mask) if m]
     bytes_per_client = communication.structure_bytes(sent, self._bits, self._threshold)

@@ -75,6 +75,19 @@ def test_stock_fedavg_with_factor_aggregator_is_the_weighted_average(stock_fedav
                                                      'zero_weight_clients': 0}
 
 
+def test_client_with_no_examples_completes_the_round_with_weight_zero(stock_fedavg, clients):
+  x, y = ts.client_arrays((1,))[0]
+  empty = ts.to_dataset(x[:0], y[:0])
+  state = stock_fedavg.initialize()
+  initial = trainable(stock_fedavg, state)
+  output = stock_fedavg.next(state, clients + [empty])
+  assert_weights_close(trainable(stock_fedavg, output.state),
+                       weighted_average_of_local_training(initial, 0.1))
+  assert output.metrics['aggregator']['clients'] == {'non_finite_clients': 0,
+                                                     'zero_weight_clients': 1}
+  assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 4 * 814 * 4
+
+
 @pytest.mark.parametrize('algorithm', ['fedavg', 'fedprox', 'fedadam', 'fedyogi', 'mimelite'])
 def test_fedpara_process_lowers_the_loss(clients, algorithm):
   server_lr = {'fedadam': 0.05, 'fedyogi': 0.05}.get(algorithm, 1.0)

@@ -95,6 +95,34 @@ def test_fedper_keeps_whole_layers_local(data):
   assert metrics['aggregator']['communication']['elements_uploaded_per_client'] == 2 * (48 + 294) + 16
 
 
+def plain_model():
+  return tf.keras.Sequential([tf.keras.Input((ts.FEATURES,)),
+                              tf.keras.layers.Dense(16, activation='relu', name='hidden'),
+                              tf.keras.layers.Dense(10, name='logits')])
+
+
+def test_fedper_runs_on_a_plain_model_too(data):
+  trainer = fedpara_tff.build_fedper_process(plain_model, ts.ELEMENT_SPEC, local_layers=['logits'])
+  _, metrics = trainer.next(trainer.initialize(), ['a'], data[0][:1])
+  assert metrics['aggregator']['communication']['elements_uploaded_per_client'] == 98 * 16 + 16
+
+
+def test_local_only_sends_nothing_and_keeps_every_variable_per_client(data):
+  train, test = data
+  trainer = fedpara_tff.build_local_only_process(lambda: ts.keras_model('pfedpara'),
+                                                 ts.ELEMENT_SPEC, client_learning_rate=0.2)
+  assert len(trainer.aggregator_value_type) == 0
+  assert len(trainer.local_type) == 10  # 8 factors and 2 biases of keras_model('pfedpara')
+  state = trainer.initialize()
+  for _ in range(2):
+    state, metrics = trainer.next(state, ['a', 'b'], train[:2])
+  assert metrics['aggregator']['communication']['bytes_uploaded'] == 0
+  assert metrics['train']['bytes_downloaded'] == 0
+  assert any(not np.allclose(v, w) for v, w in zip(trainer.local_store['a'],
+                                                   trainer.local_store['b']))
+  assert len(trainer.evaluate(state, ['a', 'b'], test[:2])) == 2
+
+
 def test_bad_inputs_are_named(pfedpara, data):
   with pytest.raises(ValueError, match=r'client_learning_rate must be a number > 0; got 0'):
     fedpara_tff.build_pfedpara_process(ts.keras_model, ts.ELEMENT_SPEC, client_learning_rate=0)
@@ -109,3 +137,26 @@ def test_bad_inputs_are_named(pfedpara, data):
     fedpara_tff.build_pfedpara_process(batch_norm, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r"client_ids must be distinct .* got \['a', 'a'\]"):
     pfedpara.next(pfedpara.initialize(), ['a', 'a'], data[0][:2])
+
+
+def test_variables_are_classified_factor_local_global_other():
+  model = tf.keras.Sequential([tf.keras.Input((ts.FEATURES,)),
+                               kl.PFedParaDense(8, rank=2, name='h'),
+                               tf.keras.layers.BatchNormalization(name='bn'),
+                               kl.FedParaDense(6, rank=2, name='f'),
+                               tf.keras.layers.Dense(10, name='out')])
+  kinds = fedpara_tff.classify_variables(model, local_layers=['out'])
+  short = {name.split(':')[0]: kind for name, kind in kinds.items()}
+  assert short == {
+      'h/x1': 'factor', 'h/y1': 'factor', 'h/x2_local': 'local', 'h/y2_local': 'local',
+      'h/bias': 'global', 'bn/gamma': 'global', 'bn/beta': 'global',
+      'bn/moving_mean': 'other', 'bn/moving_variance': 'other',
+      'f/x1': 'factor', 'f/y1': 'factor', 'f/x2': 'factor', 'f/y2': 'factor', 'f/bias': 'global',
+      'out/kernel': 'local', 'out/bias': 'local'}
+
+
+def test_model_fn_adapter_feeds_a_stock_tff_builder():
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  model_fn = fedpara_tff.keras_model_fn_to_tff(ts.keras_model, ts.ELEMENT_SPEC)
+  weights_type = tff.learning.models.weights_type_from_model(model_fn)
+  assert len(weights_type.trainable) == 10 and len(weights_type.non_trainable) == 0
