@@ -12,6 +12,7 @@ from fedpara_tff.aggregators import factor_aggregator
 from fedpara_tff.aggregators import FactorAggregatorFactory
 from fedpara_tff.aggregators import quantized_mean
 from fedpara_tff.aggregators import travel_mask
+from fedpara_tff.aggregators import UnweightedFactorAggregatorFactory
 from fedpara_tff.distributors import build_measured_broadcast
 from fedpara_tff.models import classify_variables
 from fedpara_tff.models import keras_model_fn_to_tff

@@ -63,10 +63,11 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
                          f'got {quantization_bits!r}.')
       inner = quantized_mean(quantization_bits, quantization_threshold)
     inner = inner or tff.aggregators.MeanFactory()
+    if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
+      inner = tff.aggregators.as_weighted_aggregator(inner)  # e.g. DP factories
     if not isinstance(inner, tff.aggregators.WeightedAggregationFactory):
-      raise TypeError(f'inner must be a tff.aggregators.WeightedAggregationFactory; got '
-                      f'{type(inner).__name__} (wrap unweighted factories with '
-                      f'tff.aggregators.as_weighted_aggregator... or use a weighted one).')
+      raise TypeError(f'inner must be a TFF aggregation factory (weighted or unweighted); '
+                      f'got {type(inner).__name__}.')
     self._inner = inner
     self._mask = None if mask is None else [bool(m) for m in mask]
     self._bits = quantization_bits
@@ -139,13 +140,36 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     return tff.templates.AggregationProcess(inner_process.initialize, next_fn)
 
 
+class UnweightedFactorAggregatorFactory(tff.aggregators.UnweightedAggregationFactory):
+  """`FactorAggregatorFactory` for the unweighted builders: every client weighs 1.
+
+  Clients whose update is non-finite still get weight 0, so the result is the
+  plain mean over the finite clients.
+  """
+
+  def __init__(self, weighted_factory):
+    self._weighted = weighted_factory
+
+  def create(self, value_type):
+    process = self._weighted.create(value_type, tff.TensorType(np.float32))
+
+    @tff.federated_computation(process.initialize.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      return process.next(state, value, tff.federated_value(np.float32(1.0), tff.CLIENTS))
+
+    return tff.templates.AggregationProcess(process.initialize, next_fn)
+
+
 def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=None,
-                      quantization_bits=None, quantization_threshold=20000):
+                      quantization_bits=None, quantization_threshold=20000, weighted=True):
   """The aggregation factory to pass as `model_aggregator=` to a `tff.learning` builder.
 
   Args:
-    inner: weighted TFF factory applied to the travelling subset (default
-      `tff.aggregators.MeanFactory()`); e.g. zeroing/clipping chains.
+    inner: TFF factory applied to the travelling subset (default
+      `tff.aggregators.MeanFactory()`); e.g. zeroing/clipping chains. An
+      unweighted one (e.g. differential privacy) is wrapped with
+      `tff.aggregators.as_weighted_aggregator` and then ignores the weights.
     keras_model_fn: no-argument function returning the (unbuilt or built)
       Keras model of the learning process; its pFedPara local factors and
       `local_layers` are not sent. Without it (and without `mask`) every
@@ -157,9 +181,12 @@ def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=Non
     quantization_bits: quantize the travelling tensors above
       `quantization_threshold` elements to this many bits (instead of `inner`).
     quantization_threshold: see `quantization_bits`.
+    weighted: False for the unweighted builders (`build_unweighted_fed_avg`,
+      `build_unweighted_fed_prox`): returns an unweighted factory.
 
   Returns:
-    A `FactorAggregatorFactory`. Its measurements: `inner` (the inner
+    A `FactorAggregatorFactory` (an `UnweightedFactorAggregatorFactory` with
+    `weighted=False`). Its measurements: `inner` (the inner
     factory's), `communication` (`bytes_uploaded`, `bytes_uploaded_per_client`,
     `elements_uploaded_per_client`, `paper_bytes_both_directions`) and
     `clients` (`non_finite_clients`, `zero_weight_clients`).
@@ -175,4 +202,5 @@ def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=Non
   if keras_model_fn is not None:
     with tf.Graph().as_default():
       mask = travel_mask(keras_model_fn(), local_layers)
-  return FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold)
+  factory = FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold)
+  return factory if weighted else UnweightedFactorAggregatorFactory(factory)

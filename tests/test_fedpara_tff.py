@@ -45,9 +45,10 @@ def train_locally(initial, x, y, learning_rate):
   return [v.numpy() for v in model.trainable_variables]
 
 
-def weighted_average_of_local_training(initial, learning_rate):
+def weighted_average_of_local_training(initial, learning_rate, uniform=False):
   local = [train_locally(initial, x, y, learning_rate) for x, y in ts.client_arrays(SIZES)]
-  weights = np.array(SIZES, np.float64) / sum(SIZES)
+  weights = np.ones(len(SIZES)) if uniform else np.array(SIZES, np.float64)
+  weights = weights / weights.sum()
   return [sum(w * l[i] for w, l in zip(weights, local)) for i in range(len(initial))]
 
 
@@ -73,6 +74,32 @@ def test_stock_fedavg_with_factor_aggregator_is_the_weighted_average(stock_fedav
   assert comm['paper_bytes_both_directions'] == 2 * 3 * 814 * 4
   assert output.metrics['aggregator']['clients'] == {'non_finite_clients': 0,
                                                      'zero_weight_clients': 0}
+
+
+def test_unweighted_stock_builder_takes_the_unweighted_factor_aggregator(clients):
+  process = tff.learning.algorithms.build_unweighted_fed_avg(
+      ts.model_fn,
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model,
+                                                     weighted=False))
+  state = process.initialize()
+  initial = trainable(process, state)
+  output = process.next(state, clients)
+  assert_weights_close(trainable(process, output.state),
+                       weighted_average_of_local_training(initial, 0.1, uniform=True))
+  assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
+
+
+def test_inner_zeroing_and_clipping_chain_runs_inside_the_process(clients):
+  inner = tff.aggregators.zeroing_factory(
+      50.0, tff.aggregators.clipping_factory(5.0, tff.aggregators.MeanFactory()))
+  process = fedpara_tff.build_fedpara_process(ts.model_fn, keras_model_fn=ts.keras_model,
+                                              aggregator=inner)
+  output = process.next(process.initialize(), clients)
+  measurements = output.metrics['aggregator']
+  assert measurements['inner']['zeroing_norm'] == 50.0
+  assert measurements['inner']['zeroed_count'] == 0
+  assert measurements['communication']['bytes_uploaded'] == 3 * 814 * 4
 
 
 def test_client_with_no_examples_completes_the_round_with_weight_zero(stock_fedavg, clients):
