@@ -4,7 +4,7 @@ FedPara ("FedPara: Low-Rank Hadamard Product for Communication-Efficient
 Federated Learning", ICLR 2022) trains a model of factorised layers with the
 usual federated algorithms; what changes is what travels. `build_fedpara_process`
 wires a Keras FedPara model into TFF's FedAvg / FedProx / FedAdam / FedYogi /
-MIME-lite builders with the factor aggregator (measured upload) and a measured
+MIME-lite builders (and FedAdagrad) with the factor aggregator (measured upload) and a measured
 broadcast (measured download), and a per-round client learning-rate decay.
 """
 
@@ -16,7 +16,7 @@ import tensorflow_federated as tff
 from fedpara_tff import aggregators
 from fedpara_tff import distributors
 
-ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'mimelite')
+ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite')
 
 
 def _check_positive(value, name):
@@ -44,6 +44,8 @@ def _server_optimizer(algorithm, server_learning_rate, server_momentum):
     return tff.learning.optimizers.build_adam(server_learning_rate)
   if algorithm == 'fedyogi':
     return tff.learning.optimizers.build_yogi(server_learning_rate)
+  if algorithm == 'fedadagrad':
+    return tff.learning.optimizers.build_adagrad(server_learning_rate)
   return tff.learning.optimizers.build_sgdm(server_learning_rate, momentum=server_momentum or None)
 
 
@@ -58,8 +60,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
     model_fn: no-argument function returning a `tff.learning` model (e.g.
       `tff.learning.models.from_keras_model` of a model built with
       `keras_layers`), built inside the function.
-    algorithm: `'fedavg'` (server SGD), `'fedprox'`, `'fedadam'`, `'fedyogi'` or
-      `'mimelite'`.
+    algorithm: `'fedavg'` (server SGD), `'fedprox'`, `'fedadam'`, `'fedyogi'`,
+      `'fedadagrad'` (adaptive server optimizers, Reddi et al. 2021) or `'mimelite'`.
     client_learning_rate: client SGD learning rate at round 0 (> 0).
     server_learning_rate: server optimizer learning rate (> 0; 1.0 for plain
       FedAvg).

@@ -115,9 +115,9 @@ def test_client_with_no_examples_completes_the_round_with_weight_zero(stock_feda
   assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 4 * 814 * 4
 
 
-@pytest.mark.parametrize('algorithm', ['fedavg', 'fedprox', 'fedadam', 'fedyogi', 'mimelite'])
+@pytest.mark.parametrize('algorithm', fedpara_tff.ALGORITHMS)
 def test_fedpara_process_lowers_the_loss(clients, algorithm):
-  server_lr = {'fedadam': 0.05, 'fedyogi': 0.05}.get(algorithm, 1.0)
+  server_lr = {'fedadam': 0.05, 'fedyogi': 0.05, 'fedadagrad': 0.2}.get(algorithm, 1.0)
   process = fedpara_tff.build_fedpara_process(
       ts.model_fn, algorithm=algorithm, client_learning_rate=0.3,
       server_learning_rate=server_lr, keras_model_fn=ts.keras_model)
