@@ -116,17 +116,13 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
           paper_bytes_both_directions=tf.constant(
               communication.paper_bytes(1, elements_per_client), tf.int64) * clients)
 
-    @tff.tensorflow.computation
-    def one():
-      return tf.constant(1, tf.int32)
-
     @tff.federated_computation(inner_process.initialize.type_signature.result,
                                tff.FederatedType(value_type, tff.CLIENTS),
                                tff.FederatedType(weight_type, tff.CLIENTS))
     def next_fn(state, value, weight):
       sent_value, sent_weight, counts = tff.federated_map(select, (value, weight))
       inner_output = inner_process.next(state, sent_value, sent_weight)
-      clients = tff.federated_sum(tff.federated_eval(one, tff.CLIENTS))
+      clients = communication.count_clients()
       figures = tff.federated_map(round_figures, clients)
       measurements = tff.federated_zip(collections.OrderedDict(
           inner=inner_output.measurements,

@@ -4,11 +4,14 @@ A float32 tensor of n elements costs `4 n` bytes. A tensor that the 8-bit (or
 b-bit) uniform quantizer encodes costs `ceil(n b / 8)` bytes of payload plus
 8 bytes for its float32 minimum and maximum; TFF's quantizer only encodes
 tensors with more than `threshold` elements, the others travel as float32.
+`count_clients` counts the participants inside a federated computation.
 """
 
 import math
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
 
 FLOAT_BYTES = 4
 RANGE_BYTES = 8  # float32 min and max sent with each quantized tensor
@@ -31,3 +34,13 @@ def structure_bytes(specs, quantization_bits=None, threshold=0):
 def paper_bytes(clients, transmitted_params):
   """The paper's analytic per-round figure: `2 x clients x params x 4 bytes`."""
   return 2 * clients * transmitted_params * FLOAT_BYTES
+
+
+def count_clients():
+  """Inside a federated computation: the number of participating clients, int32 at SERVER."""
+
+  @tff.tensorflow.computation
+  def one():
+    return tf.constant(1, tf.int32)
+
+  return tff.federated_sum(tff.federated_eval(one, tff.CLIENTS))

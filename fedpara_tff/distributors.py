@@ -21,10 +21,6 @@ def build_measured_broadcast(model_weights_type):
   specs = tff.types.type_to_tf_tensor_specs(model_weights_type)
   per_client = communication.structure_bytes(tf.nest.flatten(specs))
 
-  @tff.tensorflow.computation
-  def one():
-    return tf.constant(1, tf.int32)
-
   @tff.tensorflow.computation(tf.int32)
   def figures(clients):
     return collections.OrderedDict(
@@ -38,7 +34,7 @@ def build_measured_broadcast(model_weights_type):
   @tff.federated_computation(init_fn.type_signature.result,
                              tff.FederatedType(model_weights_type, tff.SERVER))
   def next_fn(state, weights):
-    clients = tff.federated_sum(tff.federated_eval(one, tff.CLIENTS))
+    clients = communication.count_clients()
     return tff.templates.MeasuredProcessOutput(
         state=state, result=tff.federated_broadcast(weights),
         measurements=tff.federated_map(figures, clients))

@@ -55,10 +55,8 @@ class PersonalizedTrainer:
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
                aggregator=None):
-    for name, value in (('client_learning_rate', client_learning_rate),
-                        ('server_learning_rate', server_learning_rate)):
-      if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f'{name} must be a number > 0; got {value!r}.')
+    processes.check_positive(client_learning_rate, 'client_learning_rate')
+    processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(local_epochs, int) or local_epochs < 1:
       raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
     loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -159,10 +157,6 @@ class PersonalizedTrainer:
           num_examples=examples,
           bytes_downloaded=tf.cast(clients, tf.int64) * download_per_client)
 
-    @tff.tensorflow.computation
-    def one():
-      return tf.constant(1, tf.int32)
-
     @tff.federated_computation
     def initialize():
       return tff.federated_zip(collections.OrderedDict(
@@ -178,7 +172,7 @@ class PersonalizedTrainer:
           client_update, (tff.federated_broadcast(state.global_weights), local_values, data))
       aggregated = aggregation.next(state.aggregator, update, examples)
       new_global = tff.federated_map(server_update, (state.global_weights, aggregated.result))
-      clients = tff.federated_sum(tff.federated_eval(one, tff.CLIENTS))
+      clients = communication.count_clients()
       metrics = tff.federated_zip(collections.OrderedDict(
           train=tff.federated_map(round_metrics, (tff.federated_sum(loss_sum),
                                                   tff.federated_sum(examples), clients)),

@@ -19,7 +19,8 @@ from fedpara_tff import distributors
 ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite')
 
 
-def _check_positive(value, name):
+def check_positive(value, name):
+  """`value` as float if it is a number > 0, else a ValueError naming it."""
   if (not isinstance(value, numbers.Real) or isinstance(value, bool)
       or not value > 0):
     raise ValueError(f'{name} must be a number > 0; got {value!r}.')
@@ -88,8 +89,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'algorithm must be one of {ALGORITHMS}; got {algorithm!r}.')
-  client_lr = _check_positive(client_learning_rate, 'client_learning_rate')
-  server_lr = _check_positive(server_learning_rate, 'server_learning_rate')
+  client_lr = check_positive(client_learning_rate, 'client_learning_rate')
+  server_lr = check_positive(server_learning_rate, 'server_learning_rate')
   if not isinstance(lr_decay, numbers.Real) or not 0 < lr_decay <= 1:
     raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
   if lr_decay != 1 and algorithm in ('fedprox', 'mimelite'):
