@@ -1,9 +1,11 @@
 """Bytes that cross the network, counted from tensor shapes (SPEC section 5).
 
-A float32 tensor of n elements costs `4 n` bytes. A tensor that the 8-bit (or
-b-bit) uniform quantizer encodes costs `ceil(n b / 8)` bytes of payload plus
-8 bytes for its float32 minimum and maximum; TFF's quantizer only encodes
-tensors with more than `threshold` elements, the others travel as float32.
+A float32 tensor of n elements costs `4 n` bytes. A tensor that TFF's b-bit
+uniform quantizer (`EncodedSumFactory.quantize_above_threshold`) encodes costs
+`4 ceil(n b / 28)` bytes of payload, because its bitpacking stage packs 28 bits
+into each int32 (so that each packed value serialises to 4 bytes), plus 8 bytes
+for the float32 minimum and maximum it sends with the tensor. The quantizer only
+encodes tensors with more than `threshold` elements; the others travel as float32.
 `count_clients` counts the participants inside a federated computation.
 """
 
@@ -15,13 +17,14 @@ import tensorflow_federated as tff
 
 FLOAT_BYTES = 4
 RANGE_BYTES = 8  # float32 min and max sent with each quantized tensor
+PACKED_BITS = 28  # bits TFF's bitpacking stage stores in each 4-byte int32
 
 
 def tensor_bytes(shape, dtype=np.float32, quantization_bits=None, threshold=0):
   """Bytes of one tensor on the wire (see the module docstring)."""
   elements = math.prod(shape)
   if quantization_bits is not None and elements > threshold:
-    return math.ceil(elements * quantization_bits / 8) + RANGE_BYTES
+    return 4 * math.ceil(elements * quantization_bits / PACKED_BITS) + RANGE_BYTES
   return elements * np.dtype(dtype).itemsize
 
 

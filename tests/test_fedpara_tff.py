@@ -189,12 +189,14 @@ def test_quantized_upload_counts_payload_plus_range_per_tensor():
             for i in range(2)]
   output = aggregate(fedpara_tff.factor_aggregator(quantization_bits=8, quantization_threshold=100),
                      values, [1.0, 3.0])
-  # 1200 and 900 elements are quantized to 1 byte each + 8 bytes range; 50 stays float32.
-  expected = (1200 + 8) + (900 + 8) + 50 * 4
+  # 1200 and 900 elements at 8 bits are packed 28 bits per 4-byte int32, plus 8 bytes of
+  # min/max: 4 * ceil(9600 / 28) + 8 = 1380 and 4 * ceil(7200 / 28) + 8 = 1040; 50 stay float32.
+  expected = 1380 + 1040 + 50 * 4
   comm = output.measurements['communication']
   assert comm['bytes_uploaded_per_client'] == expected
-  float32 = (1200 + 50 + 900) * 4
-  assert expected / float32 == pytest.approx(0.25 + (16 + 150) / float32)
+  assert comm['bytes_uploaded'] == 2 * expected
+  # About a quarter of float32 for the quantized tensors, times the 32/28 packing overhead.
+  assert (1380 + 1040) / ((1200 + 900) * 4) == pytest.approx(0.25 * 32 / 28, abs=0.005)
   mean = [(values[0][i] + 3 * values[1][i]) / 4 for i in range(3)]
   for got, want in zip(output.result, mean):
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
@@ -225,3 +227,15 @@ def test_bad_inputs_are_named():
     fedpara_tff.build_fedpara_process(batch_norm_model_fn)
   with pytest.raises(ValueError, match=r'quantization_bits must be an integer in \[1, 16\]; got 0'):
     fedpara_tff.factor_aggregator(quantization_bits=0)
+
+
+@pytest.mark.parametrize('elements, bits', [(1200, 8), (900, 8), (1001, 4), (333, 2), (50, 16)])
+def test_quantized_byte_formula_matches_the_tff_encoder_output(elements, bits):
+  from tensorflow_model_optimization.python.core.internal import tensor_encoding as te  # pylint: disable=g-import-not-at-top
+  from fedpara_tff import communication  # pylint: disable=g-import-not-at-top
+  encoder = te.encoders.uniform_quantization(bits)
+  params = encoder.get_params(encoder.initial_state())[0]
+  x = tf.constant(np.random.default_rng(0).normal(size=elements).astype(np.float32))
+  encoded = tf.nest.flatten(encoder.encode(x, params)[0])
+  sent = sum(t.dtype.size * t.shape.num_elements() for t in encoded)
+  assert communication.tensor_bytes((elements,), quantization_bits=bits) == sent
