@@ -90,6 +90,24 @@ def test_unweighted_stock_builder_takes_the_unweighted_factor_aggregator(clients
   assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
 
 
+def test_unweighted_fed_prox_with_a_differential_privacy_inner_factory(clients):
+  dp = tff.aggregators.DifferentiallyPrivateFactory.gaussian_fixed(
+      noise_multiplier=0.0, clients_per_round=3, clip=100.0)
+  process = tff.learning.algorithms.build_unweighted_fed_prox(
+      ts.model_fn, proximal_strength=0.0,
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      model_aggregator=fedpara_tff.factor_aggregator(inner=dp, keras_model_fn=ts.keras_model,
+                                                     weighted=False))
+  state = process.initialize()
+  initial = trainable(process, state)
+  output = process.next(state, clients)
+  # No noise and a clip far above the update norms: the DP sum divided by 3 is the plain mean.
+  assert_weights_close(trainable(process, output.state),
+                       weighted_average_of_local_training(initial, 0.1, uniform=True))
+  assert 'dp' in output.metrics['aggregator']['inner']
+  assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
+
+
 def test_inner_zeroing_and_clipping_chain_runs_inside_the_process(clients):
   inner = tff.aggregators.zeroing_factory(
       50.0, tff.aggregators.clipping_factory(5.0, tff.aggregators.MeanFactory()))
