@@ -1,6 +1,16 @@
-"""Model zoo: plain Keras models; factorised twins come from `keras_layers.convert`."""
+"""Model zoo: plain Keras models; factorised twins come from `keras_layers.convert`.
+
+`build` turns a zoo name, the data's shape and a parameterisation into the
+Keras model of a run; every model is available as original, low-rank, FedPara
+and pFedPara (FedPer and local-only use the original model).
+"""
 
 import tensorflow as tf
+
+import keras_layers
+
+MODELS = ('vgg16', 'small_cnn', 'mlp', 'lstm')
+PARAMETERIZATIONS = ('original', 'lowrank', 'fedpara', 'pfedpara', 'fedper', 'local')
 
 # VGG16 convolution plan: channels, 'M' = 2x2 max pooling.
 VGG16_PLAN = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
@@ -53,11 +63,78 @@ def small_cnn(input_shape=(28, 28, 1), num_classes=10, name='small_cnn'):
   ], name=name)
 
 
-def mlp(input_dim=784, hidden=200, num_classes=10, name='mlp'):
-  """The 2-layer MLP of the personalisation experiments: in - hidden - hidden - C."""
+def mlp(input_shape=(28, 28, 1), hidden=200, num_classes=10, name='mlp'):
+  """The 2-layer MLP of the personalisation experiments: flatten - hidden - hidden - C."""
   return tf.keras.Sequential([
-      tf.keras.Input(shape=(input_dim,)),
+      tf.keras.Input(shape=input_shape),
+      tf.keras.layers.Flatten(),
       tf.keras.layers.Dense(hidden, activation='relu', name='fc1'),
       tf.keras.layers.Dense(hidden, activation='relu', name='fc2'),
       tf.keras.layers.Dense(num_classes, name='logits'),
   ], name=name)
+
+
+def shakespeare_lstm(vocab_size, sequence_length=80, embedding=8, units=256,
+                     name='shakespeare_lstm'):
+  """TFF's Shakespeare model: Embedding(8) - LSTM(256) - LSTM(256) - Dense(vocab) per step.
+
+  Input: int32 character ids `(batch, sequence_length)`; output: logits
+  `(batch, sequence_length, vocab_size)` for the next character at each step.
+  """
+  return tf.keras.Sequential([
+      tf.keras.Input(shape=(sequence_length,), dtype=tf.int32),
+      tf.keras.layers.Embedding(vocab_size, embedding, name='embedding'),
+      tf.keras.layers.LSTM(units, return_sequences=True, name='lstm1'),
+      tf.keras.layers.LSTM(units, return_sequences=True, name='lstm2'),
+      tf.keras.layers.Dense(vocab_size, name='logits'),
+  ], name=name)
+
+
+def plain_model(model, input_shape, num_classes):
+  """The plain zoo model `model` for inputs of `input_shape` and `num_classes` outputs."""
+  if model == 'vgg16':
+    return vgg16_gn(input_shape, num_classes)
+  if model == 'small_cnn':
+    return small_cnn(input_shape, num_classes)
+  if model == 'mlp':
+    return mlp(input_shape, num_classes=num_classes)
+  if model == 'lstm':
+    if len(input_shape) != 1:
+      raise ValueError(f'model=lstm needs character sequences; the data has inputs of shape '
+                       f'{input_shape}.')
+    return shakespeare_lstm(num_classes, input_shape[0])
+  raise ValueError(f'model must be one of {MODELS}; got {model!r}.')
+
+
+def build(model, input_shape, num_classes, parameterization='original', gamma=None,
+          rank=None, keep_plain=(), nonlinearity=None, weight_decay=0.0):
+  """The Keras model of a run.
+
+  Args:
+    model: one of `MODELS`.
+    input_shape, num_classes: of the data.
+    parameterization: one of `PARAMETERIZATIONS`; `original`, `fedper` and
+      `local` give the plain model.
+    gamma, rank: the rank option of the factorised layers (at most one).
+    keep_plain: layer names left plain in a factorised model.
+    nonlinearity: None or 'tanh', applied to each Hadamard term (FedPara).
+    weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable
+      variables (factors, not composed kernels) to the loss, i.e. SGD weight
+      decay of `weight_decay`.
+  """
+  if parameterization not in PARAMETERIZATIONS:
+    raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}; '
+                     f'got {parameterization!r}.')
+  if weight_decay < 0:
+    raise ValueError(f'weight_decay must be >= 0; got {weight_decay!r}.')
+  keras_model = plain_model(model, input_shape, num_classes)
+  if parameterization in ('lowrank', 'fedpara', 'pfedpara'):
+    options = {'nonlinearity': nonlinearity} if parameterization != 'lowrank' else {}
+    keras_model = keras_layers.convert(keras_model, parameterization, gamma=gamma, rank=rank,
+                                       exclude=list(keep_plain) or None, copy_weights=False,
+                                       **options)
+  if weight_decay:
+    variables = keras_model.trainable_variables
+    keras_model.add_loss(lambda: 0.5 * weight_decay * tf.add_n(
+        [tf.reduce_sum(tf.square(v)) for v in variables]))
+  return keras_model

@@ -34,6 +34,13 @@ def _specs(variables):
   return [tf.TensorSpec(v.shape, v.dtype) for v in variables]
 
 
+def _correct_and_total(logits, labels):
+  """Correct arg-max predictions and the number of labels, as float32 scalars."""
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+  return correct, tf.cast(tf.size(labels), tf.float32)
+
+
 class PersonalizedTrainer:
   """Driver of the stateful-client process; keeps every client's local variables.
 
@@ -50,13 +57,20 @@ class PersonalizedTrainer:
     loss_fn: no-argument function returning the Keras loss (default sparse
       categorical cross-entropy on logits).
     aggregator: inner weighted TFF factory for the global updates.
+    lr_decay: the client learning rate at round r (from 0) is
+      `client_learning_rate * lr_decay**r`; in (0, 1] (the paper's
+      personalisation runs use 0.999).
+    quantization_bits: quantize the uploaded global updates to this many bits
+      (instead of `aggregator`); bytes are counted as sent.
   """
 
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
-               aggregator=None):
+               aggregator=None, lr_decay=1.0, quantization_bits=None):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
+    if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
+      raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
     if not isinstance(local_epochs, int) or local_epochs < 1:
       raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
     loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -74,6 +88,9 @@ class PersonalizedTrainer:
     self.global_type = tff.types.tensorflow_to_type(global_specs)
     self.local_type = tff.types.tensorflow_to_type(local_specs)
     data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
+    # Labels per example: 1 for classification, the sequence length for
+    # next-character targets `(batch, length)`.
+    outputs_per_example = float(np.prod(element_spec['y'].shape[1:]))
     g_index, l_index = self.global_index, self.local_index
 
     def split(model):
@@ -88,8 +105,8 @@ class PersonalizedTrainer:
     def init_local():
       return split(keras_model_fn())[1]
 
-    @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
-    def client_update(global_values, local_values, dataset):
+    @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
+    def client_update(global_values, local_values, dataset, learning_rate):
       model = keras_model_fn()
       global_vars, local_vars = split(model)
       loss = loss_fn()
@@ -97,27 +114,32 @@ class PersonalizedTrainer:
       # Variable assignments inside a TFF computation are only ordered inside
       # a tf.function (TFF_NOTES section 6.1).
       @tf.function
-      def train(global_values, local_values, dataset):
+      def train(global_values, local_values, dataset, learning_rate):
         for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
           v.assign(value)
 
         def step(totals, batch):
           with tf.GradientTape() as tape:
-            batch_loss = loss(batch['y'], model(batch['x'], training=True))
-          grads = tape.gradient(batch_loss, model.trainable_variables)
+            logits = model(batch['x'], training=True)
+            batch_loss = loss(batch['y'], logits)
+            # Regularisation terms of the model (e.g. weight decay), as TFF's
+            # from_keras_model adds them.
+            objective = tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss
+          grads = tape.gradient(objective, model.trainable_variables)
           for v, grad in zip(model.trainable_variables, grads):
-            v.assign_sub(client_learning_rate * grad)
+            v.assign_sub(learning_rate * grad)
           size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
-          return totals[0] + size, totals[1] + batch_loss * size
+          correct, _ = _correct_and_total(logits, batch['y'])
+          return totals[0] + size, totals[1] + objective * size, totals[2] + correct
 
-        seen, loss_sum = dataset.repeat(local_epochs).reduce(
-            (tf.constant(0.0), tf.constant(0.0)), step)
+        seen, loss_sum, correct = dataset.repeat(local_epochs).reduce(
+            (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), step)
         # The update TFF's FedAvg sends: initial minus trained global values.
         update = [a - b for a, b in zip(global_values, global_vars)]
         return (update, [tf.identity(v) for v in local_vars],
-                seen / float(local_epochs), loss_sum)
+                seen / float(local_epochs), loss_sum, correct)
 
-      return train(global_values, local_values, dataset)
+      return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
     def client_eval(global_values, local_values, dataset):
@@ -130,10 +152,8 @@ class PersonalizedTrainer:
           v.assign(value)
 
         def step(totals, batch):
-          predicted = tf.argmax(model(batch['x'], training=False), axis=-1, output_type=tf.int32)
-          correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(batch['y'], tf.int32)),
-                                          tf.float32))
-          return totals[0] + correct, totals[1] + tf.cast(tf.shape(batch['y'])[0], tf.float32)
+          correct, total = _correct_and_total(model(batch['x'], training=False), batch['y'])
+          return totals[0] + correct, totals[1] + total
 
         correct, total = dataset.reduce((tf.constant(0.0), tf.constant(0.0)), step)
         return collections.OrderedDict(accuracy=tf.math.divide_no_nan(correct, total),
@@ -141,7 +161,8 @@ class PersonalizedTrainer:
 
       return evaluate(global_values, local_values, dataset)
 
-    aggregation = aggregators.FactorAggregatorFactory(inner=aggregator).create(
+    aggregation = aggregators.FactorAggregatorFactory(
+        inner=aggregator, quantization_bits=quantization_bits).create(
         self.global_type, tff.TensorType(np.float32))
     self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
     download_per_client = communication.structure_bytes(global_specs)
@@ -150,10 +171,24 @@ class PersonalizedTrainer:
     def server_update(global_values, mean_update):
       return [w - server_learning_rate * u for w, u in zip(global_values, mean_update)]
 
-    @tff.tensorflow.computation(tf.float32, tf.float32, tf.int32)
-    def round_metrics(loss_sum, examples, clients):
+    @tff.tensorflow.computation(tf.int32)
+    def learning_rate_at(round_num):
+      return client_learning_rate * tf.pow(float(lr_decay), tf.cast(round_num, tf.float32))
+
+    @tff.tensorflow.computation(tf.int32)
+    def increment(round_num):
+      return round_num + 1
+
+    @tff.tensorflow.computation
+    def zero_rounds():
+      return tf.constant(0, tf.int32)
+
+    @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32)
+    def round_metrics(loss_sum, examples, correct, clients):
+      passes = examples * float(local_epochs)
       return collections.OrderedDict(
-          loss=tf.math.divide_no_nan(loss_sum, examples * float(local_epochs)),
+          loss=tf.math.divide_no_nan(loss_sum, passes),
+          accuracy=tf.math.divide_no_nan(correct, passes * outputs_per_example),
           num_examples=examples,
           bytes_downloaded=tf.cast(clients, tf.int64) * download_per_client)
 
@@ -161,24 +196,29 @@ class PersonalizedTrainer:
     def initialize():
       return tff.federated_zip(collections.OrderedDict(
           global_weights=tff.federated_eval(init_global, tff.SERVER),
-          aggregator=aggregation.initialize()))
+          aggregator=aggregation.initialize(),
+          round_num=tff.federated_eval(zero_rounds, tff.SERVER)))
 
     state_type = initialize.type_signature.result
 
     @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS),
                                tff.FederatedType(self.local_type, tff.CLIENTS))
     def next_fn(state, data, local_values):
-      update, new_local, examples, loss_sum = tff.federated_map(
-          client_update, (tff.federated_broadcast(state.global_weights), local_values, data))
+      learning_rate = tff.federated_map(learning_rate_at, state.round_num)
+      update, new_local, examples, loss_sum, correct = tff.federated_map(
+          client_update, (tff.federated_broadcast(state.global_weights), local_values, data,
+                          tff.federated_broadcast(learning_rate)))
       aggregated = aggregation.next(state.aggregator, update, examples)
       new_global = tff.federated_map(server_update, (state.global_weights, aggregated.result))
       clients = communication.count_clients()
       metrics = tff.federated_zip(collections.OrderedDict(
-          train=tff.federated_map(round_metrics, (tff.federated_sum(loss_sum),
-                                                  tff.federated_sum(examples), clients)),
+          train=tff.federated_map(round_metrics, (
+              tff.federated_sum(loss_sum), tff.federated_sum(examples),
+              tff.federated_sum(correct), clients)),
           aggregator=aggregated.measurements))
       new_state = tff.federated_zip(collections.OrderedDict(
-          global_weights=new_global, aggregator=aggregated.state))
+          global_weights=new_global, aggregator=aggregated.state,
+          round_num=tff.federated_map(increment, state.round_num)))
       return new_state, new_local, metrics
 
     @tff.federated_computation(tff.FederatedType(self.global_type, tff.SERVER),
@@ -193,9 +233,27 @@ class PersonalizedTrainer:
     self._initial_local = [np.asarray(a) for a in init_local()]
     self.local_store = {}
 
-  def initialize(self):
-    """The server state: `OrderedDict(global_weights=[...], aggregator=...)`."""
-    return self.process.initialize()
+  def initialize(self, initial_weights=None):
+    """The server state: `OrderedDict(global_weights=[...], aggregator=..., round_num=0)`.
+
+    Args:
+      initial_weights: optional list of all trainable values of the Keras
+        model (`model.trainable_variables` order), e.g. from a seeded model
+        built eagerly; the global ones start the server state and the local
+        ones become every client's initial local variables. Default: TFF's
+        own (unseeded) initialisation.
+    """
+    state = self.process.initialize()
+    if initial_weights is None:
+      return state
+    values = [np.asarray(v) for v in initial_weights]
+    expected = len(self.global_index) + len(self.local_index)
+    if len(values) != expected:
+      raise ValueError(f'initial_weights has {len(values)} arrays; the model has {expected} '
+                       f'trainable variables.')
+    state['global_weights'] = [values[i] for i in self.global_index]
+    self._initial_local = [values[i] for i in self.local_index]
+    return state
 
   def local_state(self, client_id):
     """The client's local variables: stored ones, or the initial ones if never sampled."""
@@ -205,7 +263,7 @@ class PersonalizedTrainer:
     """One round on the sampled clients; stores their new local variables.
 
     Returns:
-      `(state, metrics)`; metrics hold `train` (loss, num_examples,
+      `(state, metrics)`; metrics hold `train` (loss, accuracy, num_examples,
       bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
     """
     client_ids = list(client_ids)

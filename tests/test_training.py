@@ -27,9 +27,7 @@ def test_mnist5k_is_real_balanced_digits(digits):
 @pytest.mark.parametrize('parameterization', ['fedpara', 'pfedpara'])
 def test_fedpara_mlp_learns_mnist_digits(digits, parameterization):
   x_train, y_train, x_test, y_test = digits
-  plain = models.mlp(hidden=128)
-  model = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), tf.keras.layers.Flatten(),
-                               kl.convert(plain, parameterization, gamma=0.2)])
+  model = kl.convert(models.mlp(hidden=128), parameterization, gamma=0.2)
   model.compile(tf.keras.optimizers.Adam(3e-3),
                 tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=['accuracy'])

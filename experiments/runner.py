@@ -1,0 +1,376 @@
+"""One federated experiment, end to end: data, clients, model, process, rounds, outputs.
+
+`run(config)` is what `python -m experiments.train` executes. Everything that
+can be refused (flags, data, partition, model options, output folder) is
+checked before the output folder is touched. Rounds are deterministic given
+the seed (initial weights, client sampling and each client's shuffling), so a
+run killed after round k and restarted continues at round k + 1 from its
+latest checkpoint and ends where an uninterrupted run ends.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+import tqdm
+
+import fedpara_tff
+import keras_layers
+from experiments import checkpoints
+from experiments import models
+from experiments import plot
+from experiments import run_io
+from experiments.data import clients as clients_lib
+from experiments.data import registry
+
+PERSONALIZED = ('pfedpara', 'fedper', 'local')
+# Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
+NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
+                       'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples')
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Every setting of a run; the training binary's flags map one to one onto it."""
+  output_dir: str
+  dataset: str = 'mnist5k'
+  data_dir: Optional[str] = None
+  download: bool = False
+  sequence_length: int = 80
+  model: str = 'small_cnn'
+  parameterization: str = 'fedpara'
+  gamma: Optional[float] = 0.1
+  rank: Optional[int] = None
+  nonlinearity: Optional[str] = None
+  keep_plain: Tuple[str, ...] = ('logits',)
+  local_layers: Tuple[str, ...] = ('logits',)
+  algorithm: str = 'fedavg'
+  client_learning_rate: float = 0.1
+  server_learning_rate: float = 1.0
+  lr_decay: float = 1.0
+  client_momentum: float = 0.0
+  server_momentum: float = 0.0
+  weight_decay: float = 0.0
+  fedprox_mu: float = 0.01
+  quantization_bits: int = 0
+  clients: int = 20
+  clients_per_round: int = 10
+  local_epochs: int = 1
+  batch_size: int = 32
+  rounds: int = 10
+  partition: str = 'iid'
+  alpha: float = 0.5
+  shards_per_client: int = 2
+  client_test_fraction: float = 0.2
+  seed: int = 0
+  eval_every: int = 1
+  checkpoint_every: int = 1
+  overwrite: bool = False
+  cache_dir: Optional[str] = None
+  max_test_examples: int = 0
+  progress: bool = True
+
+  def identity(self):
+    """The flags a restart must repeat to resume this run (JSON-ready)."""
+    fields = dataclasses.asdict(self)
+    for key in NOT_IN_RUN_IDENTITY:
+      fields.pop(key)
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+
+
+def check(config):
+  """Refuses inconsistent settings with one line naming the bad value."""
+  if config.clients_per_round > config.clients:
+    raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
+                     f'clients={config.clients}.')
+  if config.parameterization in PERSONALIZED:
+    if config.algorithm != 'fedavg':
+      raise ValueError(f'parameterization={config.parameterization} runs stateful clients with '
+                       f'FedAvg only; got algorithm={config.algorithm!r}.')
+    if config.client_momentum or config.server_momentum:
+      raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
+                       f'client_momentum={config.client_momentum}, '
+                       f'server_momentum={config.server_momentum}.')
+  if config.partition == 'natural' and config.dataset not in registry.NATURAL:
+    raise ValueError(f'partition=natural needs a naturally federated dataset '
+                     f'{registry.NATURAL}; got dataset={config.dataset!r}.')
+  if config.model == 'lstm' and config.dataset not in ('shakespeare', 'shakespeare_tff'):
+    raise ValueError(f'model=lstm reads character sequences (dataset shakespeare or '
+                     f'shakespeare_tff); got dataset={config.dataset!r}.')
+  if config.model != 'lstm' and config.dataset in ('shakespeare', 'shakespeare_tff'):
+    raise ValueError(f'dataset={config.dataset} is character sequences; use model=lstm, '
+                     f'got model={config.model!r}.')
+
+
+def _element_spec(data):
+  return collections.OrderedDict(
+      x=tf.TensorSpec((None,) + data.x_train.shape[1:], tf.as_dtype(data.x_train.dtype)),
+      y=tf.TensorSpec((None,) + data.y_train.shape[1:], tf.int32))
+
+
+class _Process:
+  """A `tff.learning` process (original, low-rank, FedPara) behind the runner's interface."""
+
+  local_store = None
+
+  def __init__(self, config, keras_model_fn, element_spec):
+    model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model_fn, element_spec)
+    self._process = fedpara_tff.build_fedpara_process(
+        model_fn, algorithm=config.algorithm,
+        client_learning_rate=config.client_learning_rate,
+        server_learning_rate=config.server_learning_rate,
+        client_momentum=config.client_momentum, server_momentum=config.server_momentum,
+        lr_decay=config.lr_decay, proximal_strength=config.fedprox_mu,
+        keras_model_fn=keras_model_fn, quantization_bits=config.quantization_bits or None)
+    self._epochs = config.local_epochs
+
+  def initialize(self, weights):
+    state = self._process.initialize()
+    return self._process.set_model_weights(
+        state, tff.learning.models.ModelWeights(trainable=list(weights), non_trainable=[]))
+
+  def train_dataset(self, dataset):
+    return dataset.repeat(self._epochs)
+
+  def next(self, state, client_ids, datasets):
+    del client_ids
+    output = self._process.next(state, datasets)
+    metrics = output.metrics
+    train = metrics['client_work']['train']
+    return output.state, dict(
+        train_loss=float(train['loss']), train_accuracy=float(train['sparse_categorical_accuracy']),
+        bytes_uploaded=int(metrics['aggregator']['communication']['bytes_uploaded']),
+        bytes_downloaded=int(metrics['distributor']['bytes_downloaded']))
+
+  def global_weights(self, state):
+    return self._process.get_model_weights(state).trainable
+
+
+class _Personalized:
+  """pFedPara / FedPer / local-only (`fedpara_tff.PersonalizedTrainer`)."""
+
+  def __init__(self, config, keras_model_fn, element_spec):
+    options = dict(client_learning_rate=config.client_learning_rate,
+                   server_learning_rate=config.server_learning_rate,
+                   local_epochs=config.local_epochs, lr_decay=config.lr_decay,
+                   quantization_bits=config.quantization_bits or None)
+    if config.parameterization == 'pfedpara':
+      self.trainer = fedpara_tff.build_pfedpara_process(keras_model_fn, element_spec, **options)
+    elif config.parameterization == 'fedper':
+      self.trainer = fedpara_tff.build_fedper_process(
+          keras_model_fn, element_spec, local_layers=list(config.local_layers), **options)
+    else:
+      self.trainer = fedpara_tff.build_local_only_process(keras_model_fn, element_spec,
+                                                          **options)
+
+  @property
+  def local_store(self):
+    return self.trainer.local_store
+
+  def initialize(self, weights):
+    return self.trainer.initialize(weights)
+
+  def train_dataset(self, dataset):
+    return dataset  # the trainer repeats it local_epochs times itself
+
+  def next(self, state, client_ids, datasets):
+    state, metrics = self.trainer.next(state, client_ids, datasets)
+    communication = metrics['aggregator']['communication']
+    return state, dict(
+        train_loss=float(metrics['train']['loss']),
+        train_accuracy=float(metrics['train']['accuracy']),
+        bytes_uploaded=int(communication['bytes_uploaded']),
+        bytes_downloaded=int(metrics['train']['bytes_downloaded']))
+
+  def evaluate(self, state, client_ids, datasets):
+    results = self.trainer.evaluate(state, client_ids, datasets)
+    total = sum(r['num_examples'] for r in results)
+    return sum(r['accuracy'] * r['num_examples'] for r in results) / total
+
+
+def _shuffle_seed(seed, round_num, client):
+  return int((seed * 1_000_003 + round_num * 10_007 + client) % (2**31 - 1))
+
+
+def sample_clients(seed, round_num, clients, per_round):
+  """The clients of round `round_num` (1-based): a pure function of the seed and the round."""
+  rng = np.random.default_rng([seed, round_num])
+  return np.sort(rng.choice(clients, size=per_round, replace=False))
+
+
+class _Evaluator:
+  """Loss and accuracy of the global model on the held-out pool (global runs only)."""
+
+  def __init__(self, keras_model_fn, x, y, max_examples):
+    if max_examples:
+      x, y = x[:max_examples], y[:max_examples]
+    self._model = keras_model_fn()
+    self._dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(256)
+    loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction='sum')
+    model = self._model
+
+    @tf.function
+    def evaluate():
+      totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+      for batch_x, batch_y in self._dataset:
+        logits = model(batch_x, training=False)
+        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        totals = (totals[0] + loss(batch_y, logits),
+                  totals[1] + tf.reduce_sum(tf.cast(tf.equal(predicted, batch_y), tf.float32)),
+                  totals[2] + tf.cast(tf.size(batch_y), tf.float32))
+      return totals[0] / totals[2], totals[1] / totals[2]
+
+    self._evaluate = evaluate
+
+  def __call__(self, weights):
+    for variable, value in zip(self._model.trainable_variables, weights):
+      variable.assign(value)
+    loss, accuracy = self._evaluate()
+    return float(loss), float(accuracy)
+
+
+def _parameter_counts(keras_model, config):
+  """`(parameters of the run's model, parameters of the plain model)`."""
+  if keras_layers.is_factorized(keras_model) or any(
+      keras_layers.is_factorized(layer) for layer in keras_model.layers):
+    original, factorized = keras_layers.total_params(keras_model)
+    return factorized, original
+  count = int(sum(np.prod(v.shape) for v in keras_model.trainable_variables))
+  return count, count
+
+
+def prepare(config):
+  """Loads and checks everything a run needs, touching nothing in the output folder."""
+  check(config)
+  data = registry.load(config.dataset, config.data_dir,
+                       max_clients=config.clients if config.partition == 'natural' else None,
+                       download=config.download, sequence_length=config.sequence_length)
+  spec = clients_lib.PartitionSpec(
+      config.dataset, config.partition, config.clients, config.seed,
+      alpha=config.alpha if config.partition == 'dirichlet' else None,
+      shards_per_client=config.shards_per_client if config.partition == 'shards' else None,
+      client_test_fraction=(config.client_test_fraction
+                            if config.parameterization in PERSONALIZED else None))
+  parts = clients_lib.load_or_compute(spec, data, config.cache_dir)
+  keras_model_fn = functools.partial(
+      models.build, config.model, data.input_shape, data.num_classes, config.parameterization,
+      gamma=None if config.rank else config.gamma, rank=config.rank or None,
+      keep_plain=config.keep_plain, nonlinearity=config.nonlinearity,
+      weight_decay=config.weight_decay)
+  tf.keras.utils.set_random_seed(config.seed)
+  keras_model = keras_model_fn()
+  if config.parameterization == 'fedper':
+    names = {layer.name for layer in keras_model.layers}
+    unknown = sorted(set(config.local_layers) - names)
+    if unknown or not config.local_layers:
+      raise ValueError(f'local_layers={list(config.local_layers)} must name layers of the model '
+                       f'{sorted(names)}.')
+  return data, parts, keras_model_fn, keras_model
+
+
+def run(config):
+  """Runs (or resumes) the experiment of `config`; returns its summary dict."""
+  data, parts, keras_model_fn, keras_model = prepare(config)
+  initial_weights = [v.numpy() for v in keras_model.trainable_variables]
+  signature = checkpoints.model_signature(keras_model)
+  params, plain_params = _parameter_counts(keras_model, config)
+  resuming = run_io.prepare(config.output_dir, config.identity(), config.overwrite)
+
+  element_spec = _element_spec(data)
+  personalized = config.parameterization in PERSONALIZED
+  process = (_Personalized if personalized else _Process)(config, keras_model_fn, element_spec)
+  state = process.initialize(initial_weights)
+  counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
+  start_round = 0
+  checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
+  found = checkpoints.latest(checkpoint_dir) if resuming else None
+  if found:
+    start_round, state, counters, local_store = checkpoints.load(found[1], state, signature)
+    if personalized:
+      process.trainer.local_store.update(local_store)
+  train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
+  ids = train_cd.client_ids
+  test_cd = (clients_lib.to_client_data(data.x_train, data.y_train, parts.test)
+             if personalized else None)
+  evaluator = None if personalized else _Evaluator(
+      keras_model_fn, data.x_test, data.y_test, config.max_test_examples)
+
+  writer = run_io.MetricsWriter(config.output_dir, start_round)
+  row = {}
+  bar = tqdm.tqdm(range(start_round + 1, config.rounds + 1), initial=start_round,
+                  total=config.rounds, disable=None if config.progress else True, desc=config.parameterization,
+                  unit='round', leave=False)
+  try:
+    for round_num in bar:
+      began = time.perf_counter()
+      chosen = sample_clients(config.seed, round_num, len(ids), config.clients_per_round)
+      datasets = [process.train_dataset(
+          train_cd.create_tf_dataset_for_client(ids[c]).shuffle(
+              len(parts.train[c]), seed=_shuffle_seed(config.seed, round_num, c),
+              reshuffle_each_iteration=True).batch(config.batch_size)) for c in chosen]
+      state, row = process.next(state, [ids[c] for c in chosen], datasets)
+      counters['bytes_uploaded'] += row['bytes_uploaded']
+      counters['bytes_downloaded'] += row['bytes_downloaded']
+      counters['wall_time_s'] += time.perf_counter() - began
+      row.update(round=round_num, clients=len(chosen),
+                 cumulative_gb=(counters['bytes_uploaded'] + counters['bytes_downloaded']) / 1e9,
+                 wall_time_s=counters['wall_time_s'])
+      if round_num % config.eval_every == 0 or round_num == config.rounds:
+        if evaluator:
+          row['test_loss'], row['test_accuracy'] = evaluator(process.global_weights(state))
+        if personalized:
+          row['personalized_accuracy'] = process.evaluate(
+              state, list(ids), [test_cd.create_tf_dataset_for_client(i).batch(256) for i in ids])
+      writer.write(row)
+      bar.set_postfix(loss=f'{row["train_loss"]:.3f}', gb=f'{row["cumulative_gb"]:.4f}')
+      if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+        checkpoints.save(checkpoint_dir, round_num, state, signature, counters,
+                         process.local_store)
+  finally:
+    bar.close()
+    writer.close()
+
+  rows = run_io.read_metrics(config.output_dir)
+  last = rows[-1] if rows else {}
+  summary = dict(
+      parameterization=config.parameterization, model=config.model, dataset=config.dataset,
+      parameters=params, plain_parameters=plain_params, rounds=int(last.get('round', 0)),
+      train_loss=last.get('train_loss', math.nan),
+      test_accuracy=_last_value(rows, 'test_accuracy'),
+      personalized_accuracy=_last_value(rows, 'personalized_accuracy'),
+      gb_uploaded=counters['bytes_uploaded'] / 1e9, gb_downloaded=counters['bytes_downloaded'] / 1e9,
+      gb_total=(counters['bytes_uploaded'] + counters['bytes_downloaded']) / 1e9,
+      wall_time_s=counters['wall_time_s'], output_dir=config.output_dir)
+  run_io.write_summary(config.output_dir, summary)
+  plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
+  return summary
+
+
+def _last_value(rows, key):
+  values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
+  return values[-1] if values else math.nan
+
+
+def format_summaries(summaries):
+  """The final table of one or more runs, as printed on stdout."""
+  header = (f'{"run":<10} {"params":>11} {"rounds":>6} {"train loss":>10} {"test acc":>9} '
+            f'{"pers. acc":>9} {"GB up":>9} {"GB down":>9} {"GB total":>9} {"time s":>8}')
+  lines = [header, '-' * len(header)]
+  for s in summaries:
+    lines.append(
+        f'{s["parameterization"]:<10} {s["parameters"]:>11,} {s["rounds"]:>6} '
+        f'{s["train_loss"]:>10.4f} {_fmt(s["test_accuracy"]):>9} '
+        f'{_fmt(s["personalized_accuracy"]):>9} {s["gb_uploaded"]:>9.4f} '
+        f'{s["gb_downloaded"]:>9.4f} {s["gb_total"]:>9.4f} {s["wall_time_s"]:>8.1f}')
+  return '\n'.join(lines)
+
+
+def _fmt(value):
+  return '-' if value is None or math.isnan(value) else f'{value:.4f}'
