@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import time
 from typing import Optional, Tuple
 
@@ -31,6 +32,7 @@ from experiments.data import clients as clients_lib
 from experiments.data import registry
 
 PERSONALIZED = ('pfedpara', 'fedper', 'local')
+PAUSE_ENV = 'FEDPARA_PAUSE_AFTER_ROUND'
 # Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
                        'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples')
@@ -128,7 +130,7 @@ class _Process:
         server_learning_rate=config.server_learning_rate,
         client_momentum=config.client_momentum, server_momentum=config.server_momentum,
         lr_decay=config.lr_decay, proximal_strength=config.fedprox_mu,
-        keras_model_fn=keras_model_fn, quantization_bits=config.quantization_bits or None)
+        quantization_bits=config.quantization_bits or None)
     self._epochs = config.local_epochs
 
   def initialize(self, weights):
@@ -333,6 +335,7 @@ def run(config):
       if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
         checkpoints.save(checkpoint_dir, round_num, state, signature, counters,
                          process.local_store)
+      _pause_if_asked(round_num)
   finally:
     bar.close()
     writer.close()
@@ -351,6 +354,14 @@ def run(config):
   run_io.write_summary(config.output_dir, summary)
   plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
   return summary
+
+
+def _pause_if_asked(round_num):
+  """Fault injection for the resume test: with FEDPARA_PAUSE_AFTER_ROUND=k the run stops
+  after round k's checkpoint and waits to be killed."""
+  if os.environ.get(PAUSE_ENV) == str(round_num):
+    print(f'paused after round {round_num}', file=sys.stderr, flush=True)
+    time.sleep(3600)
 
 
 def _last_value(rows, key):
