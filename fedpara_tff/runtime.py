@@ -8,6 +8,7 @@ Python process started.
 """
 
 import atexit
+import gc
 import os
 import signal
 
@@ -46,4 +47,20 @@ def shutdown_workers(timeout=5.0):
   return len(workers)
 
 
-atexit.register(shutdown_workers)
+def _disarm_service_managers():
+  """Silences the destructor of TFF's `ServiceManager` once its workers are stopped.
+
+  That destructor runs during interpreter teardown, when the `subprocess` module
+  is already gone, and prints an AttributeError traceback on every exit.
+  """
+  for cls in {type(obj) for obj in gc.get_objects()
+              if type(obj).__name__ == 'ServiceManager' and hasattr(obj, '_process')}:
+    cls.__del__ = lambda self: None
+
+
+def _at_exit():
+  shutdown_workers()
+  _disarm_service_managers()
+
+
+atexit.register(_at_exit)

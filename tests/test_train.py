@@ -1,0 +1,314 @@
+"""The training binary end to end: every parameterisation, outputs, resume, refusals, configs."""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from absl import flags
+import numpy as np
+import psutil
+import pytest
+import tensorflow as tf
+
+import fedpara_tff
+from experiments import checkpoints
+from experiments import compare
+from experiments import models
+from experiments import plot
+from experiments import run_io
+from experiments import runner
+from experiments import train
+from experiments.data import common
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(dataset='mnist5k', model='mlp', clients=6, clients_per_round=2, rounds=2,
+            batch_size=64, progress=False)
+
+
+def _config(tmp_path, name='run', **overrides):
+  return runner.RunConfig(output_dir=str(tmp_path / name), cache_dir=str(tmp_path / 'cache'),
+                          **{**TINY, **overrides})
+
+
+def _rows(run_dir):
+  with open(os.path.join(run_dir, run_io.METRICS_FILE), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def _travelling_elements(config):
+  """Trainable elements that travel each way, from the model itself (factors + globals)."""
+  summary_model = models.build(config.model, (28, 28, 1), 10, config.parameterization,
+                               gamma=config.gamma, keep_plain=config.keep_plain)
+  if config.parameterization == 'local':
+    return 0
+  local_layers = config.local_layers if config.parameterization == 'fedper' else ()
+  kinds = fedpara_tff.classify_variables(summary_model, local_layers)
+  sizes = {v.name: int(np.prod(v.shape)) for v in summary_model.variables}
+  return sum(sizes[name] for name, kind in kinds.items() if kind in ('factor', 'global'))
+
+
+def _tensorboard_tags(run_dir):
+  tags = set()
+  for path in glob.glob(os.path.join(run_dir, 'tensorboard', 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags
+
+
+@pytest.mark.parametrize('parameterization', models.PARAMETERIZATIONS)
+def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, parameterization):
+  config = _config(tmp_path, parameterization=parameterization)
+  summary = runner.run(config)
+  rows = _rows(config.output_dir)
+  assert [r['round'] for r in rows] == ['1', '2'] and summary['rounds'] == 2
+  per_round = config.clients_per_round * 4 * _travelling_elements(config)
+  for row in rows:
+    assert int(row['bytes_uploaded']) == per_round and int(row['bytes_downloaded']) == per_round
+    assert np.isfinite(float(row['train_loss'])) and 0 <= float(row['train_accuracy']) <= 1
+  assert float(rows[-1]['cumulative_gb']) == pytest.approx(4 * per_round / 1e9, rel=1e-5)
+  personalized = parameterization in runner.PERSONALIZED
+  assert (rows[-1]['personalized_accuracy'] != '') == personalized
+  assert (rows[-1]['test_accuracy'] != '') == (not personalized)
+  assert {'train_loss', 'bytes_uploaded', 'cumulative_gb'} <= _tensorboard_tags(config.output_dir)
+  assert checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))[0] == 2
+  with open(os.path.join(config.output_dir, run_io.PLOT_FILE), 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(os.path.join(config.output_dir, run_io.SUMMARY_FILE)) as f:
+    assert json.load(f)['gb_total'] == pytest.approx(4 * per_round / 1e9)
+
+
+def test_lstm_on_the_plays_runs(tmp_path):
+  config = _config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
+                   sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,
+                   client_learning_rate=0.5)
+  summary = runner.run(config)
+  assert summary['rounds'] == 1 and 0 <= summary['test_accuracy'] <= 1
+  assert summary['parameters'] < summary['plain_parameters']
+
+
+def _train_command(config):
+  args = [sys.executable, '-m', 'experiments.train', '--progress=false']
+  for key, value in vars(config).items():
+    if key == 'progress' or value is None:
+      continue
+    if isinstance(value, bool):
+      args.append(f'--{key}' if value else f'--no{key}')
+    elif isinstance(value, tuple):
+      args.append(f'--{key}={",".join(value)}')
+    else:
+      args.append(f'--{key}={value}')
+  return args
+
+
+def _run_killed_after(config, round_num):
+  """Starts the binary in its own process group, waits until round `round_num` is
+  checkpointed, then SIGKILLs the whole group (TFF's worker included)."""
+  env = dict(os.environ, **{runner.PAUSE_ENV: str(round_num)})
+  process = subprocess.Popen(_train_command(config), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  deadline = time.monotonic() + 240
+  for line in process.stderr:
+    if f'paused after round {round_num}' in line or time.monotonic() > deadline:
+      break
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait(timeout=30)
+  assert process.returncode == -signal.SIGKILL
+  time.sleep(0.5)
+  assert not [p for p in psutil.process_iter(['pid']) if _in_group(p, process.pid)]
+
+
+def _in_group(proc, group):
+  """True for a live (not zombie) process of process group `group`."""
+  try:
+    return os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE
+  except (ProcessLookupError, psutil.Error):
+    return False
+
+
+@pytest.mark.parametrize('parameterization', ['fedpara', 'pfedpara'])
+def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, parameterization):
+  common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99)
+  whole = _config(tmp_path, 'whole', **common_flags)
+  runner.run(whole)
+  cut = _config(tmp_path, 'cut', **common_flags)
+  _run_killed_after(cut, 1)
+  assert checkpoints.latest(os.path.join(cut.output_dir, 'checkpoints'))[0] == 1
+  resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  final = {}
+  for run in (whole, cut):
+    with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
+      final[run.output_dir] = {k: stored[k] for k in stored.files if k != 'meta'}
+  a, b = final[whole.output_dir], final[cut.output_dir]
+  assert sorted(a) == sorted(b)
+  if parameterization == 'pfedpara':
+    assert any(k.startswith('local_') for k in a)  # every trained client's local factors
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+  for column in ('train_loss', 'bytes_uploaded', 'cumulative_gb'):
+    assert [r[column] for r in _rows(whole.output_dir)] == [r[column] for r in _rows(cut.output_dir)]
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+def _refused(config, match, error=ValueError):
+  with pytest.raises(error, match=match):
+    runner.run(config)
+  assert not os.path.exists(config.output_dir)  # nothing half-written
+
+
+def test_inconsistent_settings_are_refused_before_writing(tmp_path):
+  _refused(_config(tmp_path, clients=4, clients_per_round=5),
+           'clients_per_round=5 exceeds clients=4')
+  _refused(_config(tmp_path, clients=4001, clients_per_round=2),
+           'clients=4001 exceeds the 4000 training examples')
+  _refused(_config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
+  _refused(_config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
+  _refused(_config(tmp_path, parameterization='pfedpara', algorithm='fedadam'),
+           "FedAvg only; got algorithm='fedadam'")
+  _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
+           r"local_layers=\['nope'\] must name layers")
+
+
+def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
+  _refused(_config(tmp_path, dataset='fashion_mnist', model='small_cnn',
+                   data_dir=str(tmp_path / 'empty')),
+           'apt-get install -y dataset-fashion-mnist', common.DataNotFoundError)
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  real = runner.registry.mnist5k.default_path()
+  with open(real, 'rb') as f:
+    (broken / 'mnist_5k.csv.gz').write_bytes(f.read()[:5000])
+  _refused(_config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
+
+
+def test_output_dir_of_another_run_needs_overwrite(tmp_path):
+  runner.run(_config(tmp_path, rounds=1))
+  other = _config(tmp_path, rounds=1, client_learning_rate=0.05)
+  with pytest.raises(run_io.RunConflictError,
+                     match=r'different flags \(client_learning_rate: 0.1 -> 0.05\).*--overwrite'):
+    runner.run(other)
+  assert len(_rows(other.output_dir)) == 1  # the old run is untouched
+  other.overwrite = True
+  assert runner.run(other)['rounds'] == 1
+  with open(os.path.join(other.output_dir, run_io.RUN_FILE)) as f:
+    assert json.load(f)['client_learning_rate'] == 0.05
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  mlp_run = _config(tmp_path, 'mlp', rounds=1)
+  runner.run(mlp_run)
+  cnn_run = _config(tmp_path, 'cnn', model='small_cnn', rounds=1)
+  runner.run(cnn_run)
+  source = checkpoints.path_for(os.path.join(mlp_run.output_dir, 'checkpoints'), 1)
+  shutil.copy(source, checkpoints.path_for(os.path.join(cnn_run.output_dir, 'checkpoints'), 5))
+  cnn_run.rounds = 6
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='written for another model'):
+    runner.run(cnn_run)
+
+
+def _binary(*args):
+  return subprocess.run([sys.executable, '-m', 'experiments.train', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
+  out = tmp_path / 'out'
+  result = _binary(f'--output_dir={out}', '--dataset=imagenet')
+  assert result.returncode != 0 and "flag --dataset=imagenet: value should be one of" in result.stderr
+  result = _binary(f'--output_dir={out}', '--dataset=fashion_mnist',
+                   f'--data_dir={tmp_path / "none"}', f'--cache_dir={tmp_path / "cache"}')
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if 'error' in line.lower()]
+  assert len(errors) == 1 and errors[0].startswith('train: error: Fashion-MNIST not found')
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('argv, match', [
+    (['--alpha=0'], '--alpha must be > 0'),
+    (['--clients=3', '--clients_per_round=4'], 'clients_per_round must not exceed --clients'),
+    (['--partition=random'], 'value should be one of'),
+    (['--model=resnet'], 'value should be one of'),
+    (['--gamma=1.5'], r'--gamma must be in \[0, 1\]'),
+])
+def test_flag_validators(argv, match):
+  try:
+    with pytest.raises(flags.Error, match=match):
+      flags.FLAGS(['train', '--output_dir=unused', *argv])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(REPO, 'experiments', 'configs',
+                                                               '*.cfg'))))
+def test_every_flagfile_parses_and_is_consistent(path):
+  try:
+    flags.FLAGS(['train', f'--flagfile={path}'])
+    config = train.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  runner.check(config)
+  assert config.output_dir.startswith('runs/')
+
+
+# ---- zoo and plot --------------------------------------------------------------------------
+
+@pytest.mark.parametrize('model, shape, classes', [('vgg16', (32, 32, 3), 10),
+                                                    ('small_cnn', (28, 28, 1), 10),
+                                                    ('mlp', (28, 28, 1), 62),
+                                                    ('lstm', (20,), 98)])
+def test_zoo_builds_every_parameterization(model, shape, classes):
+  counts = {}
+  for parameterization in ('original', 'lowrank', 'fedpara', 'pfedpara'):
+    keras_model = models.build(model, shape, classes, parameterization, gamma=0.1, keep_plain=())
+    counts[parameterization] = int(sum(np.prod(v.shape) for v in keras_model.trainable_variables))
+    assert keras_model.output_shape[-1] == classes
+  # Low-rank baselines take FedPara's count exactly (dense) or the most that fits in it (conv).
+  assert counts['fedpara'] < counts['original'] and counts['lowrank'] <= counts['fedpara']
+  assert counts['lowrank'] > 0.95 * counts['fedpara'] and counts['pfedpara'] == counts['fedpara']
+  if model == 'vgg16':
+    assert counts['original'] == 15_253_578
+
+
+def test_weight_decay_adds_half_l2_of_every_trainable_variable():
+  model = models.build('mlp', (4,), 3, 'fedpara', rank=1, keep_plain=(), weight_decay=0.1)
+  expected = 0.05 * sum(float(np.sum(v.numpy() ** 2)) for v in model.trainable_variables)
+  assert float(tf.add_n(model.losses)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_plot_draws_one_curve_per_run_from_the_csv(tmp_path):
+  runs = []
+  for name, accuracies in (('a', [0.5, 0.7]), ('b', [0.4, 0.8])):
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    (run_dir / run_io.RUN_FILE).write_text(json.dumps(dict(parameterization=name,
+                                                           dataset='d', model='m')))
+    with open(run_dir / run_io.METRICS_FILE, 'w', newline='') as f:
+      writer = csv.DictWriter(f, run_io.COLUMNS)
+      writer.writeheader()
+      for i, accuracy in enumerate(accuracies):
+        writer.writerow(dict(round=i + 1, test_accuracy=accuracy, cumulative_gb=0.1 * (i + 1)))
+    runs.append(str(run_dir))
+  drawn = plot.plot_runs(runs, str(tmp_path / 'figure.png'))
+  assert drawn[runs[1]] == ([0.1, 0.2], [0.4, 0.8])
+  assert (tmp_path / 'figure.png').read_bytes()[:4] == b'\x89PNG'
+  with pytest.raises(ValueError, match='holds no run'):
+    plot.plot_runs([str(tmp_path)], str(tmp_path / 'x.png'))
+
+
+def test_compare_lines_state_the_ratio():
+  base = dict(parameterization='original', test_accuracy=0.95, personalized_accuracy=float('nan'),
+              gb_total=0.72, parameters=225_034)
+  other = dict(base, parameterization='fedpara', test_accuracy=0.93, gb_total=0.18,
+               parameters=63_656)
+  assert compare.comparison_lines([base, other]) == [
+      'fedpara vs original: accuracy 0.9300 vs 0.9500, communication 0.1800 GB vs 0.7200 GB '
+      '(4.00x less), parameters 63,656 vs 225,034']
