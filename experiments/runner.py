@@ -238,10 +238,9 @@ class _Evaluator:
     return float(loss), float(accuracy)
 
 
-def _parameter_counts(keras_model, config):
-  """`(parameters of the run's model, parameters of the plain model)`."""
-  if keras_layers.is_factorized(keras_model) or any(
-      keras_layers.is_factorized(layer) for layer in keras_model.layers):
+def _parameter_counts(keras_model):
+  """`(parameters of the run's model, parameters of its plain counterpart)`."""
+  if any(keras_layers.is_factorized(layer) for layer in keras_model.layers):
     original, factorized = keras_layers.total_params(keras_model)
     return factorized, original
   count = int(sum(np.prod(v.shape) for v in keras_model.trainable_variables))
@@ -282,7 +281,7 @@ def run(config):
   data, parts, keras_model_fn, keras_model = prepare(config)
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
   signature = checkpoints.model_signature(keras_model)
-  params, plain_params = _parameter_counts(keras_model, config)
+  params, plain_params = _parameter_counts(keras_model)
   resuming = run_io.prepare(config.output_dir, config.identity(), config.overwrite)
 
   element_spec = _element_spec(data)

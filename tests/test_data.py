@@ -203,6 +203,22 @@ def test_cifar100_and_shakespeare_sqlite_caches(tmp_path):
   assert text.decode(data.x_train[0]) == 'writer_a s'
 
 
+def test_femnist_from_older_tff_hdf5_files(tmp_path):
+  import h5py  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  pixels = {}
+  for file, n in (('fed_emnist_train.h5', 3), ('fed_emnist_test.h5', 1)):
+    with h5py.File(tmp_path / file, 'w') as f:
+      for writer in ('f0001', 'f0000'):
+        pixels[file, writer] = rng.random((n, 28, 28)).astype(np.float32)
+        f.create_dataset(f'examples/{writer}/pixels', data=pixels[file, writer])
+        f.create_dataset(f'examples/{writer}/label', data=np.arange(n) + 7)
+  data = registry.load('femnist', str(tmp_path))
+  assert data.group_names == ('f0000', 'f0001') and data.train_groups.tolist() == [0, 0, 0, 1, 1, 1]
+  np.testing.assert_allclose(data.x_train[3, ..., 0], 1.0 - pixels['fed_emnist_train.h5', 'f0001'][0])
+  assert data.y_test.tolist() == [7, 7]
+
+
 def test_sqlite_missing_and_corrupt(tmp_path):
   with pytest.raises(common.DataNotFoundError, match=r'emnist_all.sqlite.*--download'):
     registry.load('femnist', str(tmp_path))

@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedpara_tff import runtime  # pylint: disable=unused-import  (stops TFF's worker at exit)
+
 from experiments.data import partition
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'fedpara_tff', 'partitions')

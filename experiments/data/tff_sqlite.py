@@ -1,5 +1,9 @@
 """TFF 0.87's federated SQLite caches: FEMNIST, Shakespeare and CIFAR-100 by client.
 
+FEMNIST is also read from the HDF5 files older TFF releases cached
+(`fed_emnist_train.h5` / `fed_emnist_test.h5`: group `examples/<writer>` with
+datasets `pixels` and `label`) when there is no SQLite file.
+
 `tff.simulation.datasets.<name>.load_data(cache_dir=DIR)` reads
 `DIR/<file>.sqlite` when it exists and otherwise downloads `<file>.sqlite.lzma`
 from TFF's public bucket. We read the same file directly (tables `examples`
@@ -13,6 +17,7 @@ import os
 import socket
 import sqlite3
 
+import h5py
 import numpy as np
 import tensorflow as tf
 
@@ -23,6 +28,7 @@ from experiments.data import text
 BUCKET = 'https://storage.googleapis.com/tff-datasets-public'
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.tff')
 DOWNLOAD_TIMEOUT_SECONDS = 30
+H5_FILES = ('fed_emnist_train.h5', 'fed_emnist_test.h5')
 
 # name -> (file, train split, test split)
 SOURCES = {
@@ -125,6 +131,10 @@ def load_tff_sqlite(name, cache_dir=None, max_clients=None, download=False,
   of the same clients. Text (`shakespeare_tff`): each client's train snippets
   are cut into sequences and split in time like the plays.
   """
+  h5_train = os.path.join(cache_dir or DEFAULT_CACHE_DIR, H5_FILES[0])
+  if name == 'femnist' and os.path.isfile(h5_train) and not os.path.isfile(
+      os.path.join(cache_dir or DEFAULT_CACHE_DIR, SOURCES[name][0])):
+    return load_femnist_h5(cache_dir or DEFAULT_CACHE_DIR, max_clients)
   path = database_path(name, cache_dir, download)
   _, train_split, test_split = SOURCES[name]
   ids = client_ids(path, train_split)[:max_clients or None]
@@ -147,6 +157,34 @@ def load_tff_sqlite(name, cache_dir=None, max_clients=None, download=False,
   num_classes = 62 if name == 'femnist' else 100
   return common.Dataset(name, x_train, y_train, x_test, y_test, num_classes,
                         train_groups=train_groups, test_groups=None, group_names=tuple(ids))
+
+
+def _read_h5(path, ids=None):
+  try:
+    with h5py.File(path, 'r') as f:
+      writers = sorted(f['examples']) if ids is None else ids
+      parts = [(np.asarray(f['examples'][w]['pixels'], np.float32),
+                np.asarray(f['examples'][w]['label'], np.int32)) for w in writers if
+               w in f['examples']]
+  except (OSError, KeyError) as e:
+    raise common.CorruptDataError(f'{path} is not a readable TFF EMNIST HDF5 file: {e}') from e
+  return writers, parts
+
+
+def load_femnist_h5(directory, max_clients=None):
+  """FEMNIST from the HDF5 files of older TFF releases (same arrays as the SQLite form)."""
+  writers, train = _read_h5(os.path.join(directory, H5_FILES[0]))
+  writers, train = writers[:max_clients or None], train[:max_clients or None]
+  test_path = os.path.join(directory, H5_FILES[1])
+  _, test = _read_h5(test_path, writers) if os.path.isfile(test_path) else (None, [])
+  if not test:
+    raise common.DataNotFoundError(f'{test_path} not found or holds none of the chosen writers; '
+                                   f'put it next to {H5_FILES[0]}.')
+  stack = lambda parts, k: np.concatenate([p[k] for p in parts])
+  groups = np.concatenate([np.full(len(p[1]), i, np.int32) for i, p in enumerate(train)])
+  return common.Dataset('femnist', (1.0 - stack(train, 0))[..., None], stack(train, 1),
+                        (1.0 - stack(test, 0))[..., None], stack(test, 1), num_classes=62,
+                        train_groups=groups, group_names=tuple(writers))
 
 
 def _grouped_snippets(path, split, ids):
