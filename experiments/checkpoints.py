@@ -33,9 +33,14 @@ def path_for(directory, round_num):
 
 def latest(directory):
   """`(round, path)` of the newest checkpoint in `directory`, or None."""
-  found = sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(directory, 'ckpt-*.npz'))
-                 if (m := _NAME.search(p)))
+  found = _all(directory)
   return found[-1] if found else None
+
+
+def _all(directory):
+  """Sorted `(round, path)` of the checkpoints in `directory`."""
+  paths = glob.glob(os.path.join(directory, 'ckpt-*.npz'))
+  return sorted((int(m.group(1)), p) for p in paths if (m := _NAME.search(p)))
 
 
 def save(directory, round_num, state, signature, counters, local_store=None, keep=2):
@@ -65,8 +70,7 @@ def save(directory, round_num, state, signature, counters, local_store=None, kee
     f.flush()
     os.fsync(f.fileno())
   os.replace(temporary, path)
-  for _, old in sorted((int(m.group(1)), p) for p in glob.glob(os.path.join(directory, 'ckpt-*.npz'))
-                       if (m := _NAME.search(p)))[:-keep]:
+  for _, old in _all(directory)[:-keep]:
     os.remove(old)
   return path
 

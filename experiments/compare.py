@@ -9,7 +9,9 @@ resumes there if interrupted).
   python -m experiments.compare --flagfile=experiments/configs/mnist5k_quick.cfg
 """
 
-import math
+from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
+
+import math  # pylint: disable=g-import-not-at-top
 import os
 
 from absl import app
@@ -46,10 +48,11 @@ def comparison_lines(summaries):
   base = summaries[0]
   lines = []
   for s in summaries[1:]:
-    ratio = base['gb_total'] / s['gb_total'] if s['gb_total'] else math.inf
+    ratio = (f'{base["gb_total"] / s["gb_total"]:.2f}x less' if s['gb_total']
+             else 'nothing sent')
     lines.append(f'{s["parameterization"]} vs {base["parameterization"]}: accuracy '
                  f'{_accuracy(s):.4f} vs {_accuracy(base):.4f}, communication '
-                 f'{s["gb_total"]:.4f} GB vs {base["gb_total"]:.4f} GB ({ratio:.2f}x less), '
+                 f'{s["gb_total"]:.4f} GB vs {base["gb_total"]:.4f} GB ({ratio}), '
                  f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
   return lines
 

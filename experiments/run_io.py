@@ -17,8 +17,8 @@ import shutil
 
 import tensorflow as tf
 
-COLUMNS = ('round', 'clients', 'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
-           'personalized_accuracy', 'bytes_uploaded', 'bytes_downloaded', 'cumulative_gb',
+COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
+           'test_accuracy', 'personalized_accuracy', 'bytes_uploaded', 'bytes_downloaded', 'cumulative_gb',
            'wall_time_s')
 RUN_FILE = 'run.json'
 METRICS_FILE = 'metrics.csv'

@@ -146,8 +146,12 @@ class _Process:
     output = self._process.next(state, datasets)
     metrics = output.metrics
     train = metrics['client_work']['train']
+    # TFF's client work zeroes a diverged client's update with weight 0; it shows as a
+    # zero-weight client in our aggregator (every client here has examples).
+    clients = metrics['aggregator']['clients']
     return output.state, dict(
         train_loss=float(train['loss']), train_accuracy=float(train['sparse_categorical_accuracy']),
+        diverged_clients=int(clients['zero_weight_clients']) + int(clients['non_finite_clients']),
         bytes_uploaded=int(metrics['aggregator']['communication']['bytes_uploaded']),
         bytes_downloaded=int(metrics['distributor']['bytes_downloaded']))
 
@@ -188,6 +192,7 @@ class _Personalized:
     return state, dict(
         train_loss=float(metrics['train']['loss']),
         train_accuracy=float(metrics['train']['accuracy']),
+        diverged_clients=int(metrics['train']['diverged_clients']),
         bytes_uploaded=int(communication['bytes_uploaded']),
         bytes_downloaded=int(metrics['train']['bytes_downloaded']))
 
@@ -306,8 +311,8 @@ def run(config):
   writer = run_io.MetricsWriter(config.output_dir, start_round)
   row = {}
   bar = tqdm.tqdm(range(start_round + 1, config.rounds + 1), initial=start_round,
-                  total=config.rounds, disable=None if config.progress else True, desc=config.parameterization,
-                  unit='round', leave=False)
+                  total=config.rounds, disable=None if config.progress else True,
+                  desc=config.parameterization, unit='round', leave=False)
   try:
     for round_num in bar:
       began = time.perf_counter()
@@ -347,7 +352,8 @@ def run(config):
       train_loss=last.get('train_loss', math.nan),
       test_accuracy=_last_value(rows, 'test_accuracy'),
       personalized_accuracy=_last_value(rows, 'personalized_accuracy'),
-      gb_uploaded=counters['bytes_uploaded'] / 1e9, gb_downloaded=counters['bytes_downloaded'] / 1e9,
+      gb_uploaded=counters['bytes_uploaded'] / 1e9,
+      gb_downloaded=counters['bytes_downloaded'] / 1e9,
       gb_total=(counters['bytes_uploaded'] + counters['bytes_downloaded']) / 1e9,
       wall_time_s=counters['wall_time_s'], output_dir=config.output_dir)
   run_io.write_summary(config.output_dir, summary)

@@ -13,7 +13,9 @@ experiments/configs/.
 
 from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
 
-from absl import app  # pylint: disable=g-import-not-at-top
+import dataclasses  # pylint: disable=g-import-not-at-top
+
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -24,64 +26,78 @@ from experiments.data import partition
 from experiments.data import registry
 import fedpara_tff
 
+_DEFAULTS = runner.RunConfig(output_dir='')  # the flags' defaults are the config's
+
 # Data and clients.
-_DATASET = flags.DEFINE_enum('dataset', 'mnist5k', registry.DATASETS, 'Data set.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, registry.DATASETS, 'Data set.')
+flags.DEFINE_string('data_dir', None,
                                 'Where the data files are (default: each loader\'s own place).')
-_DOWNLOAD = flags.DEFINE_bool('download', False,
+flags.DEFINE_bool('download', False,
                               'Let TFF download its SQLite caches when missing (needs network).')
-_SEQUENCE_LENGTH = flags.DEFINE_integer('sequence_length', 80, 'Characters per text sequence.')
-_PARTITION = flags.DEFINE_enum('partition', 'iid', partition.KINDS, 'How to split into clients.')
-_ALPHA = flags.DEFINE_float('alpha', 0.5, 'Dirichlet concentration (partition=dirichlet).')
-_SHARDS = flags.DEFINE_integer('shards_per_client', 2, 'Label shards per client (partition=shards).')
-_CLIENTS = flags.DEFINE_integer('clients', 20, 'Clients in total.')
-_CLIENTS_PER_ROUND = flags.DEFINE_integer('clients_per_round', 10, 'Clients sampled per round.')
-_CLIENT_TEST_FRACTION = flags.DEFINE_float(
-    'client_test_fraction', 0.2, 'Share of each client\'s data held out for personalised accuracy.')
-_CACHE_DIR = flags.DEFINE_string('cache_dir', None,
+flags.DEFINE_integer('sequence_length', _DEFAULTS.sequence_length, 'Characters per text sequence.')
+flags.DEFINE_enum('partition', _DEFAULTS.partition, partition.KINDS, 'How to split into clients.')
+flags.DEFINE_float('alpha', _DEFAULTS.alpha, 'Dirichlet concentration (partition=dirichlet).')
+flags.DEFINE_integer('shards_per_client', _DEFAULTS.shards_per_client,
+    'Label shards per client (partition=shards).')
+flags.DEFINE_integer('clients', _DEFAULTS.clients, 'Clients in total.')
+flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round, 'Clients sampled per round.')
+flags.DEFINE_float(
+    'client_test_fraction', _DEFAULTS.client_test_fraction,
+    'Share of each client\'s data held out for personalised accuracy.')
+flags.DEFINE_string('cache_dir', None,
                                  'Partition cache (default ~/.cache/fedpara_tff/partitions).')
 # Model.
-_MODEL = flags.DEFINE_enum('model', 'small_cnn', models.MODELS, 'Model of the zoo.')
-_PARAMETERIZATION = flags.DEFINE_enum('parameterization', 'fedpara', models.PARAMETERIZATIONS,
+flags.DEFINE_enum('model', _DEFAULTS.model, models.MODELS, 'Model of the zoo.')
+flags.DEFINE_enum('parameterization', _DEFAULTS.parameterization, models.PARAMETERIZATIONS,
                                       'original | lowrank | fedpara | pfedpara | fedper | local.')
-_GAMMA = flags.DEFINE_float('gamma', 0.1, 'Rank knob in [0, 1] (SPEC section 2); ignored with --rank.')
-_RANK = flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
-_NONLINEARITY = flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
+flags.DEFINE_float('gamma', _DEFAULTS.gamma,
+    'Rank knob in [0, 1] (SPEC section 2); ignored with --rank.')
+flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
+flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
                                   'Applied to each Hadamard term (FedPara / pFedPara).')
-_KEEP_PLAIN = flags.DEFINE_list('keep_plain', ['logits'], 'Layers left unfactorised.')
-_LOCAL_LAYERS = flags.DEFINE_list('local_layers', ['logits'], 'Layers kept on clients (fedper).')
+flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
+flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
 # Algorithm.
-_ALGORITHM = flags.DEFINE_enum('algorithm', 'fedavg', fedpara_tff.ALGORITHMS, 'Federated algorithm.')
-_CLIENT_LR = flags.DEFINE_float('client_learning_rate', 0.1, 'Client SGD learning rate.')
-_SERVER_LR = flags.DEFINE_float('server_learning_rate', 1.0, 'Server optimizer learning rate.')
-_LR_DECAY = flags.DEFINE_float('lr_decay', 1.0, 'Client learning rate x this per round (0, 1].')
-_CLIENT_MOMENTUM = flags.DEFINE_float('client_momentum', 0.0, 'Client SGD momentum.')
-_SERVER_MOMENTUM = flags.DEFINE_float('server_momentum', 0.0, 'Server SGD momentum (fedavg/fedprox).')
-_WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 0.0, 'L2 weight decay on trainable variables.')
-_FEDPROX_MU = flags.DEFINE_float('fedprox_mu', 0.01, 'FedProx proximal strength mu.')
-_QUANTIZATION_BITS = flags.DEFINE_integer('quantization_bits', 0,
+flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, fedpara_tff.ALGORITHMS, 'Federated algorithm.')
+flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
+    'Client SGD learning rate.')
+flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
+    'Server optimizer learning rate.')
+flags.DEFINE_float('lr_decay', _DEFAULTS.lr_decay, 'Client learning rate x this per round (0, 1].')
+flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum, 'Client SGD momentum.')
+flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
+    'Server SGD momentum (fedavg/fedprox).')
+flags.DEFINE_float('weight_decay', _DEFAULTS.weight_decay,
+    'L2 weight decay on trainable variables.')
+flags.DEFINE_float('fedprox_mu', _DEFAULTS.fedprox_mu, 'FedProx proximal strength mu.')
+flags.DEFINE_integer('quantization_bits', _DEFAULTS.quantization_bits,
                                           'Quantize uploads to this many bits (0: float32).')
-_LOCAL_EPOCHS = flags.DEFINE_integer('local_epochs', 1, 'Passes over client data per round.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Client mini-batch size.')
-_ROUNDS = flags.DEFINE_integer('rounds', 10, 'Rounds in total (a restart may raise it).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of partition, initialisation, sampling, shuffling.')
+flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over client data per round.')
+flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client mini-batch size.')
+flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Rounds in total (a restart may raise it).')
+flags.DEFINE_integer('seed', _DEFAULTS.seed,
+    'Seed of partition, initialisation, sampling, shuffling.')
 # Outputs.
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Run folder (metrics, checkpoints, plot).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a run with other flags in output_dir.')
-_EVAL_EVERY = flags.DEFINE_integer('eval_every', 1, 'Evaluate every N rounds (and at the end).')
-_CHECKPOINT_EVERY = flags.DEFINE_integer('checkpoint_every', 1, 'Checkpoint every N rounds.')
-_MAX_TEST_EXAMPLES = flags.DEFINE_integer('max_test_examples', 0,
+flags.DEFINE_string('output_dir', None, 'Run folder (metrics, checkpoints, plot).')
+flags.DEFINE_bool('overwrite', False, 'Replace a run with other flags in output_dir.')
+flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
+    'Evaluate every N rounds (and at the end).')
+flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Checkpoint every N rounds.')
+flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
                                           'Evaluate on the first N test examples (0: all).')
-_PROGRESS = flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
+flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
 
 flags.mark_flag_as_required('output_dir')
 for _name, _check, _allowed in (
     ('alpha', lambda v: v > 0, '> 0'), ('gamma', lambda v: 0 <= v <= 1, 'in [0, 1]'),
     ('rank', lambda v: v >= 0, '>= 0'), ('client_learning_rate', lambda v: v > 0, '> 0'),
-    ('server_learning_rate', lambda v: v > 0, '> 0'), ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
+    ('server_learning_rate', lambda v: v > 0, '> 0'),
+    ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
     ('client_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'), ('weight_decay', lambda v: v >= 0, '>= 0'),
-    ('fedprox_mu', lambda v: v >= 0, '>= 0'), ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),
+    ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('weight_decay', lambda v: v >= 0, '>= 0'),
+    ('fedprox_mu', lambda v: v >= 0, '>= 0'),
+    ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),
     ('clients', lambda v: v >= 1, '>= 1'), ('clients_per_round', lambda v: v >= 1, '>= 1'),
     ('local_epochs', lambda v: v >= 1, '>= 1'), ('batch_size', lambda v: v >= 1, '>= 1'),
     ('rounds', lambda v: v >= 1, '>= 1'), ('eval_every', lambda v: v >= 1, '>= 1'),
@@ -95,28 +111,13 @@ flags.register_multi_flags_validator(
 
 
 def config_from_flags(**overrides):
-  """The `runner.RunConfig` of the parsed flags, with `overrides` applied."""
-  config = runner.RunConfig(
-      output_dir=_OUTPUT_DIR.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-      download=_DOWNLOAD.value, sequence_length=_SEQUENCE_LENGTH.value, model=_MODEL.value,
-      parameterization=_PARAMETERIZATION.value, gamma=_GAMMA.value, rank=_RANK.value or None,
-      nonlinearity=None if _NONLINEARITY.value == 'none' else _NONLINEARITY.value,
-      keep_plain=tuple(_KEEP_PLAIN.value), local_layers=tuple(_LOCAL_LAYERS.value),
-      algorithm=_ALGORITHM.value, client_learning_rate=_CLIENT_LR.value,
-      server_learning_rate=_SERVER_LR.value, lr_decay=_LR_DECAY.value,
-      client_momentum=_CLIENT_MOMENTUM.value, server_momentum=_SERVER_MOMENTUM.value,
-      weight_decay=_WEIGHT_DECAY.value, fedprox_mu=_FEDPROX_MU.value,
-      quantization_bits=_QUANTIZATION_BITS.value, clients=_CLIENTS.value,
-      clients_per_round=_CLIENTS_PER_ROUND.value, local_epochs=_LOCAL_EPOCHS.value,
-      batch_size=_BATCH_SIZE.value, rounds=_ROUNDS.value, partition=_PARTITION.value,
-      alpha=_ALPHA.value, shards_per_client=_SHARDS.value,
-      client_test_fraction=_CLIENT_TEST_FRACTION.value, seed=_SEED.value,
-      eval_every=_EVAL_EVERY.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-      overwrite=_OVERWRITE.value, cache_dir=_CACHE_DIR.value,
-      max_test_examples=_MAX_TEST_EXAMPLES.value, progress=_PROGRESS.value)
-  for key, value in overrides.items():
-    setattr(config, key, value)
-  return config
+  """The `runner.RunConfig` of the parsed flags (one flag per field), with `overrides` applied."""
+  values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(runner.RunConfig)}
+  values.update(rank=values['rank'] or None,
+                nonlinearity=None if values['nonlinearity'] == 'none' else values['nonlinearity'],
+                keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
+  values.update(overrides)
+  return runner.RunConfig(**values)
 
 
 def run_or_exit(config, program='train'):

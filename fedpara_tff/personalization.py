@@ -136,8 +136,17 @@ class PersonalizedTrainer:
             (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), step)
         # The update TFF's FedAvg sends: initial minus trained global values.
         update = [a - b for a, b in zip(global_values, global_vars)]
-        return (update, [tf.identity(v) for v in local_vars],
-                seen / float(local_epochs), loss_sum, correct)
+        new_local = [tf.identity(v) for v in local_vars]
+        # A client whose training diverged (a non-finite value) sends a zero update
+        # with weight 0, as TFF's stock client work does, and keeps its previous
+        # local variables instead of storing NaNs for good.
+        finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
+            tf.reduce_all(tf.math.is_finite(t)) for t in update + new_local])
+        return ([tf.where(finite, u, tf.zeros_like(u)) for u in update],
+                [tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
+                tf.where(finite, seen / float(local_epochs), 0.0),
+                tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
+                tf.cast(tf.logical_not(finite), tf.int32))
 
       return train(global_values, local_values, dataset, learning_rate)
 
@@ -183,13 +192,14 @@ class PersonalizedTrainer:
     def zero_rounds():
       return tf.constant(0, tf.int32)
 
-    @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32)
-    def round_metrics(loss_sum, examples, correct, clients):
+    @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32, tf.int32)
+    def round_metrics(loss_sum, examples, correct, diverged, clients):
       passes = examples * float(local_epochs)
       return collections.OrderedDict(
           loss=tf.math.divide_no_nan(loss_sum, passes),
           accuracy=tf.math.divide_no_nan(correct, passes * outputs_per_example),
           num_examples=examples,
+          diverged_clients=diverged,
           bytes_downloaded=tf.cast(clients, tf.int64) * download_per_client)
 
     @tff.federated_computation
@@ -205,7 +215,7 @@ class PersonalizedTrainer:
                                tff.FederatedType(self.local_type, tff.CLIENTS))
     def next_fn(state, data, local_values):
       learning_rate = tff.federated_map(learning_rate_at, state.round_num)
-      update, new_local, examples, loss_sum, correct = tff.federated_map(
+      update, new_local, examples, loss_sum, correct, diverged = tff.federated_map(
           client_update, (tff.federated_broadcast(state.global_weights), local_values, data,
                           tff.federated_broadcast(learning_rate)))
       aggregated = aggregation.next(state.aggregator, update, examples)
@@ -214,7 +224,7 @@ class PersonalizedTrainer:
       metrics = tff.federated_zip(collections.OrderedDict(
           train=tff.federated_map(round_metrics, (
               tff.federated_sum(loss_sum), tff.federated_sum(examples),
-              tff.federated_sum(correct), clients)),
+              tff.federated_sum(correct), tff.federated_sum(diverged), clients)),
           aggregator=aggregated.measurements))
       new_state = tff.federated_zip(collections.OrderedDict(
           global_weights=new_global, aggregator=aggregated.state,
@@ -263,7 +273,8 @@ class PersonalizedTrainer:
     """One round on the sampled clients; stores their new local variables.
 
     Returns:
-      `(state, metrics)`; metrics hold `train` (loss, accuracy, num_examples,
+      `(state, metrics)`; metrics hold `train` (loss, accuracy and num_examples
+      over the clients whose training stayed finite, diverged_clients,
       bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
     """
     client_ids = list(client_ids)

@@ -154,7 +154,8 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, para
   for key in a:
     np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
   for column in ('train_loss', 'bytes_uploaded', 'cumulative_gb'):
-    assert [r[column] for r in _rows(whole.output_dir)] == [r[column] for r in _rows(cut.output_dir)]
+    assert ([r[column] for r in _rows(whole.output_dir)] ==
+            [r[column] for r in _rows(cut.output_dir)])
 
 
 # ---- refusals ------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def _binary(*args):
 def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
   out = tmp_path / 'out'
   result = _binary(f'--output_dir={out}', '--dataset=imagenet')
-  assert result.returncode != 0 and "flag --dataset=imagenet: value should be one of" in result.stderr
+  assert result.returncode != 0
+  assert 'flag --dataset=imagenet: value should be one of' in result.stderr
   result = _binary(f'--output_dir={out}', '--dataset=fashion_mnist',
                    f'--data_dir={tmp_path / "none"}', f'--cache_dir={tmp_path / "cache"}')
   assert result.returncode == 1

@@ -49,7 +49,8 @@ def load_cinic10(data_dir):
     raise common.DataNotFoundError(f'CINIC-10 folder {train_dir} not found; {HINT}.')
   classes = sorted(d for d in os.listdir(train_dir) if os.path.isdir(os.path.join(train_dir, d)))
   if len(classes) != 10:
-    raise common.CorruptDataError(f'{train_dir} holds {len(classes)} class folders; CINIC-10 has 10.')
+    raise common.CorruptDataError(f'{train_dir} holds {len(classes)} class folders; '
+                                  f'CINIC-10 has 10.')
   x_train, y_train = _read_split(root, 'train', classes)
   splits = [(x_train, y_train)]
   if os.path.isdir(os.path.join(root, 'valid')):

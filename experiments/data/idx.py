@@ -61,10 +61,9 @@ def write_idx(path, array):
 
 
 def _pair(data_dir, prefix):
-  images = read_idx(common.require_file(
-      os.path.join(data_dir, f'{prefix}-images-idx3-ubyte.gz'), 'Fashion-MNIST', FASHION_MNIST_HINT))
-  labels = read_idx(common.require_file(
-      os.path.join(data_dir, f'{prefix}-labels-idx1-ubyte.gz'), 'Fashion-MNIST', FASHION_MNIST_HINT))
+  images, labels = (read_idx(common.require_file(
+      os.path.join(data_dir, f'{prefix}-{kind}-ubyte.gz'), 'Fashion-MNIST', FASHION_MNIST_HINT))
+                    for kind in ('images-idx3', 'labels-idx1'))
   if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
     raise common.CorruptDataError(f'Fashion-MNIST {prefix} files in {data_dir} disagree: images '
                                   f'{images.shape}, labels {labels.shape}.')

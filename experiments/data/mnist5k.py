@@ -49,7 +49,8 @@ def load(path=None):
   except (OSError, EOFError, ValueError) as e:
     raise common.CorruptDataError(f'MNIST-5k file {path} is corrupt or truncated: {e}') from e
   if table.ndim != 2 or table.shape[1] != 785:
-    raise common.CorruptDataError(f'MNIST-5k file {path} has shape {table.shape}; expected (N, 785).')
+    raise common.CorruptDataError(f'MNIST-5k file {path} has shape {table.shape}; '
+                                  f'expected (N, 785).')
   images = (table[:, :784] / 255.0).reshape(-1, 28, 28, 1)
   labels = table[:, 784].astype(np.int32)
   return images, labels

@@ -95,7 +95,8 @@ def from_client_sequences(name, clients, test_fraction):
   parts = {'train': [], 'test': []}
   for index, (_, x, y) in enumerate(clients):
     n_test = min(len(x) - 1, max(1, int(round(len(x) * test_fraction))))
-    for split, rows in (('train', slice(0, len(x) - n_test)), ('test', slice(len(x) - n_test, None))):
+    cut = len(x) - n_test
+    for split, rows in (('train', slice(0, cut)), ('test', slice(cut, None))):
       parts[split].append((x[rows], y[rows], np.full(len(x[rows]), index, np.int32)))
   stack = lambda split, k: np.concatenate([p[k] for p in parts[split]])
   return common.Dataset(name, stack('train', 0), stack('train', 1), stack('test', 0),
