@@ -178,7 +178,11 @@ class PersonalizedTrainer:
 
     @tff.tensorflow.computation(self.global_type, self.global_type)
     def server_update(global_values, mean_update):
-      return [w - server_learning_rate * u for w, u in zip(global_values, mean_update)]
+      # A non-finite mean (e.g. every client diverged: weights sum to 0) is not
+      # applied, as TFF's own finalizer skips it.
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in mean_update])
+      return [tf.where(finite, w - server_learning_rate * u, w)
+              for w, u in zip(global_values, mean_update)]
 
     @tff.tensorflow.computation(tf.int32)
     def learning_rate_at(round_num):

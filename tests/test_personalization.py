@@ -160,3 +160,39 @@ def test_model_fn_adapter_feeds_a_stock_tff_builder():
   model_fn = fedpara_tff.keras_model_fn_to_tff(ts.keras_model, ts.ELEMENT_SPEC)
   weights_type = tff.learning.models.weights_type_from_model(model_fn)
   assert len(weights_type.trainable) == 10 and len(weights_type.non_trainable) == 0
+
+
+def test_diverged_clients_send_nothing_and_keep_their_local_variables(data):
+  trainer = fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'),
+                                               ts.ELEMENT_SPEC, client_learning_rate=1e30)
+  state = trainer.initialize()
+  before = [np.asarray(w) for w in state['global_weights']]
+  initial_local = trainer.local_state('a')
+  state, metrics = trainer.next(state, ['a', 'b'], data[0][:2])
+  assert metrics['train']['diverged_clients'] == 2 and metrics['train']['num_examples'] == 0
+  for old, new in zip(before, state['global_weights']):
+    np.testing.assert_array_equal(old, new)  # zero-weight updates move nothing
+  for old, new in zip(initial_local, trainer.local_state('a')):
+    np.testing.assert_array_equal(old, new)
+
+
+def test_learning_rate_decays_per_round(data):
+  """Round 2 of (lr 0.2, decay 0.5) equals one round at lr 0.1 from the same point."""
+  model_fn = lambda: ts.keras_model('pfedpara')
+  decayed = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC,
+                                               client_learning_rate=0.2, lr_decay=0.5)
+  state = decayed.initialize()
+  state, _ = decayed.next(state, ['a'], data[0][:1])
+  plain = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC, client_learning_rate=0.1)
+  start = plain.initialize()
+  start['global_weights'] = state['global_weights']
+  plain.local_store['a'] = decayed.local_state('a')
+  state, _ = decayed.next(state, ['a'], data[0][:1])
+  assert int(state['round_num']) == 2
+  expected, _ = plain.next(start, ['a'], data[0][:1])
+  for a, b in zip(state['global_weights'], expected['global_weights']):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(decayed.local_state('a'), plain.local_state('a')):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'lr_decay must be a number in \(0, 1\]; got 1.5'):
+    fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC, lr_decay=1.5)
