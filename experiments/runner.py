@@ -309,7 +309,6 @@ def run(config):
       keras_model_fn, data.x_test, data.y_test, config.max_test_examples)
 
   writer = run_io.MetricsWriter(config.output_dir, start_round)
-  row = {}
   bar = tqdm.tqdm(range(start_round + 1, config.rounds + 1), initial=start_round,
                   total=config.rounds, disable=None if config.progress else True,
                   desc=config.parameterization, unit='round', leave=False)
