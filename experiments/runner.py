@@ -23,6 +23,7 @@ import tensorflow_federated as tff
 import tqdm
 
 import fedpara_tff
+from fedpara_tff import distributed
 import keras_layers
 from experiments import checkpoints
 from experiments import models
@@ -35,7 +36,12 @@ PERSONALIZED = ('pfedpara', 'fedper', 'local')
 PAUSE_ENV = 'FEDPARA_PAUSE_AFTER_ROUND'
 # Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
-                       'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples')
+                       'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples',
+                       'workers', 'worker_connect_timeout', 'worker_failure_timeout')
+
+
+class RunInterruptedError(RuntimeError):
+  """The run stopped mid-way (e.g. a worker died); its last checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -78,6 +84,9 @@ class RunConfig:
   cache_dir: Optional[str] = None
   max_test_examples: int = 0
   progress: bool = True
+  workers: str = ''
+  worker_connect_timeout: float = 20.0
+  worker_failure_timeout: float = 10.0
 
   def identity(self):
     """The flags a restart must repeat to resume this run (JSON-ready)."""
@@ -282,8 +291,26 @@ def prepare(config):
 
 
 def run(config):
-  """Runs (or resumes) the experiment of `config`; returns its summary dict."""
+  """Runs (or resumes) the experiment of `config`; returns its summary dict.
+
+  With `config.workers` the TFF computations run on those remote workers (TFF's
+  mergeable context splits each round's clients between them); the local
+  runtime is restored afterwards.
+  """
+  addresses = distributed.parse_addresses(config.workers) if config.workers else None
   data, parts, keras_model_fn, keras_model = prepare(config)
+  if not addresses:
+    return _run(config, data, parts, keras_model_fn, keras_model, shares=None)
+  shares = distributed.use_remote_workers(addresses, config.worker_connect_timeout,
+                                          config.worker_failure_timeout)
+  try:
+    return _run(config, data, parts, keras_model_fn, keras_model, shares)
+  finally:
+    distributed.use_local_runtime()
+
+
+def _run(config, data, parts, keras_model_fn, keras_model, shares):
+  """The rounds of `run`, on whichever TFF context is installed."""
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
   signature = checkpoints.model_signature(keras_model)
   params, plain_params = _parameter_counts(keras_model)
@@ -320,7 +347,13 @@ def run(config):
           train_cd.create_tf_dataset_for_client(ids[c]).shuffle(
               len(parts.train[c]), seed=_shuffle_seed(config.seed, round_num, c),
               reshuffle_each_iteration=True).batch(config.batch_size)) for c in chosen]
-      state, row = process.next(state, [ids[c] for c in chosen], datasets)
+      try:
+        state, row = process.next(state, [ids[c] for c in chosen], datasets)
+      except distributed.WorkerUnavailableError as e:
+        kept = checkpoints.latest(checkpoint_dir)
+        raise RunInterruptedError(
+            f'round {round_num}: {e}; the last checkpoint (round {kept[0] if kept else 0}) is '
+            f'kept: start the worker again and rerun the same command to resume.') from None
       counters['bytes_uploaded'] += row['bytes_uploaded']
       counters['bytes_downloaded'] += row['bytes_downloaded']
       counters['wall_time_s'] += time.perf_counter() - began
@@ -354,7 +387,8 @@ def run(config):
       gb_uploaded=counters['bytes_uploaded'] / 1e9,
       gb_downloaded=counters['bytes_downloaded'] / 1e9,
       gb_total=(counters['bytes_uploaded'] + counters['bytes_downloaded']) / 1e9,
-      wall_time_s=counters['wall_time_s'], output_dir=config.output_dir)
+      wall_time_s=counters['wall_time_s'], output_dir=config.output_dir,
+      worker_shares=[dataclasses.asdict(share) for share in shares or []])
   run_io.write_summary(config.output_dir, summary)
   plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
   return summary

@@ -25,6 +25,7 @@ from experiments.data import common
 from experiments.data import partition
 from experiments.data import registry
 import fedpara_tff
+from fedpara_tff import distributed
 
 _DEFAULTS = runner.RunConfig(output_dir='')  # the flags' defaults are the config's
 
@@ -86,6 +87,13 @@ flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Checkpoint
 flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
                                           'Evaluate on the first N test examples (0: all).')
 flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
+# Remote TFF workers.
+flags.DEFINE_string('workers', '',
+                    'host:port,... of TFF workers (python -m experiments.worker); empty: local.')
+flags.DEFINE_float('worker_connect_timeout', _DEFAULTS.worker_connect_timeout,
+                   'Seconds to wait for every worker at start.')
+flags.DEFINE_float('worker_failure_timeout', _DEFAULTS.worker_failure_timeout,
+                   'Seconds a worker may stay unreachable mid-round before the run stops.')
 
 flags.mark_flag_as_required('output_dir')
 for _name, _check, _allowed in (
@@ -103,7 +111,9 @@ for _name, _check, _allowed in (
     ('rounds', lambda v: v >= 1, '>= 1'), ('eval_every', lambda v: v >= 1, '>= 1'),
     ('checkpoint_every', lambda v: v >= 1, '>= 1'), ('shards_per_client', lambda v: v >= 1, '>= 1'),
     ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
-    ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)')):
+    ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
+    ('worker_connect_timeout', lambda v: v > 0, '> 0'),
+    ('worker_failure_timeout', lambda v: v > 0, '> 0')):
   flags.register_validator(_name, _check, message=f'--{_name} must be {_allowed}.')
 flags.register_multi_flags_validator(
     ['clients', 'clients_per_round'], lambda f: f['clients_per_round'] <= f['clients'],
@@ -124,7 +134,8 @@ def run_or_exit(config, program='train'):
   """`runner.run(config)`, turning every refusal into one line on stderr and exit 1."""
   try:
     return runner.run(config)
-  except (ValueError, common.DataNotFoundError) as e:
+  except (ValueError, common.DataNotFoundError, distributed.WorkerUnavailableError,
+          runner.RunInterruptedError) as e:
     message = ' '.join(str(e).split())
     raise SystemExit(f'{program}: error: {message}') from None
 
@@ -135,6 +146,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   summary = run_or_exit(config_from_flags())
   print(runner.format_summaries([summary]))
+  for share in summary['worker_shares']:
+    print(f'worker {share["address"]}: {share["calls"]} computation calls, '
+          f'{share["clients"]} client values')
   print(f'metrics, checkpoints and plot: {summary["output_dir"]}')
 
 

@@ -215,9 +215,18 @@ class PersonalizedTrainer:
 
     state_type = initialize.type_signature.result
 
+    # Each client's position in the round travels with its values: TFF's
+    # mergeable (multi-worker) context returns CLIENTS-placed results in the
+    # order its sub-rounds finish, not in the order the clients were given.
+    positions_type = tff.FederatedType(np.int32, tff.CLIENTS)
+
+    @tff.tensorflow.computation(tf.int32)
+    def same_position(position):
+      return tf.identity(position)
+
     @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS),
-                               tff.FederatedType(self.local_type, tff.CLIENTS))
-    def next_fn(state, data, local_values):
+                               tff.FederatedType(self.local_type, tff.CLIENTS), positions_type)
+    def next_fn(state, data, local_values, positions):
       learning_rate = tff.federated_map(learning_rate_at, state.round_num)
       update, new_local, examples, loss_sum, correct, diverged = tff.federated_map(
           client_update, (tff.federated_broadcast(state.global_weights), local_values, data,
@@ -233,14 +242,15 @@ class PersonalizedTrainer:
       new_state = tff.federated_zip(collections.OrderedDict(
           global_weights=new_global, aggregator=aggregated.state,
           round_num=tff.federated_map(increment, state.round_num)))
-      return new_state, new_local, metrics
+      return new_state, new_local, metrics, tff.federated_map(same_position, positions)
 
     @tff.federated_computation(tff.FederatedType(self.global_type, tff.SERVER),
                                tff.FederatedType(data_type, tff.CLIENTS),
-                               tff.FederatedType(self.local_type, tff.CLIENTS))
-    def evaluate_fn(global_values, data, local_values):
-      return tff.federated_map(client_eval, (tff.federated_broadcast(global_values),
-                                             local_values, data))
+                               tff.FederatedType(self.local_type, tff.CLIENTS), positions_type)
+    def evaluate_fn(global_values, data, local_values, positions):
+      return (tff.federated_map(client_eval, (tff.federated_broadcast(global_values),
+                                              local_values, data)),
+              tff.federated_map(same_position, positions))
 
     self.process = tff.templates.IterativeProcess(initialize, next_fn)
     self._evaluate = evaluate_fn
@@ -285,17 +295,23 @@ class PersonalizedTrainer:
     if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
       raise ValueError(f'client_ids must be distinct and match the datasets; got '
                        f'{client_ids!r} for {len(datasets)} datasets.')
-    state, new_local, metrics = self.process.next(
-        state, list(datasets), [self.local_state(c) for c in client_ids])
-    for client_id, values in zip(client_ids, new_local):
-      self.local_store[client_id] = [np.asarray(v) for v in values]
+    state, new_local, metrics, positions = self.process.next(
+        state, list(datasets), [self.local_state(c) for c in client_ids],
+        list(range(len(client_ids))))
+    for position, values in zip(positions, new_local):
+      self.local_store[client_ids[int(position)]] = [np.asarray(v) for v in values]
     return state, metrics
 
   def evaluate(self, state, client_ids, datasets):
     """Personalised accuracy of each client on its own data, with its local variables."""
-    results = self._evaluate(state['global_weights'], list(datasets),
-                             [self.local_state(c) for c in client_ids])
-    return [collections.OrderedDict((k, float(v)) for k, v in r.items()) for r in results]
+    client_ids = list(client_ids)
+    results, positions = self._evaluate(state['global_weights'], list(datasets),
+                                        [self.local_state(c) for c in client_ids],
+                                        list(range(len(client_ids))))
+    ordered = [None] * len(client_ids)
+    for position, result in zip(positions, results):
+      ordered[int(position)] = collections.OrderedDict((k, float(v)) for k, v in result.items())
+    return ordered
 
 
 def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):

@@ -1,0 +1,126 @@
+"""Remote TFF workers: same results as the local runtime, work spread, failures named."""
+
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import portpicker
+import pytest
+
+from experiments import checkpoints
+from experiments import launch_workers
+from experiments import run_io
+from experiments import runner
+from fedpara_tff import distributed
+
+TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
+            batch_size=64, progress=False)
+
+
+def _start(ports):
+  processes = launch_workers.start(ports)
+  distributed.wait_until_reachable([f'127.0.0.1:{p}' for p in ports], timeout=60)
+  return processes
+
+
+@pytest.fixture(scope='module')
+def two_workers():
+  ports = [portpicker.pick_unused_port() for _ in range(2)]
+  processes = _start(ports)
+  yield [f'127.0.0.1:{p}' for p in ports]
+  launch_workers.stop(processes)
+  assert all(p.poll() is not None for p in processes)  # no worker left behind
+
+
+def _final_arrays(run_dir, round_num):
+  with np.load(checkpoints.path_for(os.path.join(run_dir, 'checkpoints'), round_num)) as stored:
+    return {k: stored[k] for k in stored.files if k != 'meta'}
+
+
+@pytest.mark.parametrize('parameterization', ['fedpara', 'pfedpara'])
+def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterization):
+  common = dict(TINY, parameterization=parameterization, cache_dir=str(tmp_path / 'cache'))
+  local = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'local'), **common))
+  remote = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'remote'),
+                                       workers=','.join(two_workers), **common))
+  a, b = _final_arrays(local['output_dir'], 3), _final_arrays(remote['output_dir'], 3)
+  assert sorted(a) == sorted(b)
+  for key in a:  # pFedPara: every client's local factors too, matched to the right client
+    np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-5, err_msg=key)
+  rows = [run_io.read_metrics(s['output_dir']) for s in (local, remote)]
+  for x, y in zip(*rows):
+    assert x['train_loss'] == pytest.approx(y['train_loss'], abs=1e-5)
+    assert x['bytes_uploaded'] == y['bytes_uploaded']
+  shares = remote['worker_shares']
+  assert [s['address'] for s in shares] == two_workers
+  assert all(s['clients'] > 0 for s in shares), shares  # both workers trained clients
+  assert local['worker_shares'] == []
+
+
+def test_a_worker_killed_mid_run_stops_it_and_a_restart_resumes(tmp_path):
+  ports = [portpicker.pick_unused_port() for _ in range(2)]
+  processes = _start(ports)
+  addresses = [f'127.0.0.1:{p}' for p in ports]
+  config = runner.RunConfig(output_dir=str(tmp_path / 'run'), cache_dir=str(tmp_path / 'cache'),
+                            workers=','.join(addresses), worker_failure_timeout=3.0,
+                            **dict(TINY, rounds=6))
+  checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
+
+  def kill_after_first_round():
+    while not os.path.exists(checkpoints.path_for(checkpoint_dir, 1)):
+      time.sleep(0.05)
+    processes[1].kill()
+
+  killer = threading.Thread(target=kill_after_first_round, daemon=True)
+  killer.start()
+  try:
+    began = time.monotonic()
+    with pytest.raises(runner.RunInterruptedError) as raised:
+      runner.run(config)
+    assert time.monotonic() - began < 120
+    message = str(raised.value)
+    assert addresses[1] in message and 'start the worker again' in message
+    failed_round = int(message.split(':')[0].split()[-1])
+    kept = checkpoints.latest(checkpoint_dir)[0]
+    assert failed_round >= 2 and kept == failed_round - 1, message
+    processes[1] = _start([ports[1]])[0]  # the worker is back
+    summary = runner.run(config)
+    assert summary['rounds'] == 6
+    assert [int(r['round']) for r in run_io.read_metrics(config.output_dir)] == list(range(1, 7))
+  finally:
+    launch_workers.stop(processes)
+
+
+def test_unreachable_workers_fail_within_the_timeout():
+  free = portpicker.pick_unused_port()
+  began = time.monotonic()
+  with pytest.raises(distributed.WorkerUnavailableError,
+                     match=rf'127.0.0.1:{free} is unreachable .*experiments.worker --port={free}'):
+    distributed.wait_until_reachable([f'127.0.0.1:{free}'], timeout=2)
+  assert time.monotonic() - began < 5
+  with socket.socket() as not_a_worker:  # a port that answers TCP but is no gRPC worker
+    not_a_worker.bind(('127.0.0.1', 0))
+    not_a_worker.listen()
+    port = not_a_worker.getsockname()[1]
+    with pytest.raises(distributed.WorkerUnavailableError, match=f'127.0.0.1:{port}'):
+      distributed.wait_until_reachable([f'127.0.0.1:{port}'], timeout=2)
+
+
+@pytest.mark.parametrize('spec, match', [
+    ('', 'at least one host:port'),
+    (' , ', 'at least one host:port'),
+    ('localhost', "'localhost' is not host:port"),
+    ('localhost:0', "'localhost:0' is not host:port with a port in 1-65535"),
+    ('localhost:99999', "'localhost:99999'"),
+    (':8000', "':8000'"),
+    ('a:1,b:2,a:1', "'a:1' is listed twice"),
+])
+def test_bad_worker_addresses_are_named(spec, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.parse_addresses(spec)
+
+
+def test_parse_addresses_keeps_order():
+  assert distributed.parse_addresses('h1:8000, 10.0.0.2:8001') == ['h1:8000', '10.0.0.2:8001']
