@@ -1,0 +1,99 @@
+r"""Per-round wall time of the FedPara process on the local TFF runtime and on 1, 2, 4 remote workers.
+
+Each round: the sampled clients each train the small FedPara CNN for one epoch
+of SGD over their real MNIST digits, then the example-weighted mean. The same
+`fedpara_tff.build_fedpara_process` runs on TFF's in-process C++ runtime, then
+through `fedpara_tff.distributed` on N `worker_binary` processes of this host
+(started with `experiments.launch_workers`), where TFF's mergeable context gives
+each worker a sub-round of the clients. Rounds after the first (tracing, and
+for remote workers shipping the computation) are timed; the median is reported
+with its ratio to the local runtime, all in one run.
+
+  python -m benchmarks.worker_round_speed --rounds=5 --workers=1,2,4
+"""
+
+from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
+
+import collections  # pylint: disable=g-import-not-at-top
+import statistics
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import numpy as np
+import portpicker
+import tensorflow as tf
+
+import fedpara_tff
+from fedpara_tff import distributed
+import keras_layers as kl
+from experiments import launch_workers
+from experiments import models
+from experiments.data import mnist5k
+
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds per setting (the first is not timed).')
+_CLIENTS = flags.DEFINE_integer('clients', 8, 'Clients per round.')
+_EXAMPLES = flags.DEFINE_integer('examples', 100, 'Examples per client.')
+_WORKERS = flags.DEFINE_list('workers', ['1', '2', '4'], 'Worker counts to time.')
+flags.register_validator('rounds', lambda v: v >= 2, 'rounds must be >= 2.')
+flags.register_validator('workers', lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
+                         'workers must list integers >= 1.')
+
+SPEC = collections.OrderedDict(x=tf.TensorSpec([None, 28, 28, 1], tf.float32),
+                               y=tf.TensorSpec([None], tf.int32))
+
+
+def keras_model():
+  return kl.convert(models.small_cnn(), 'fedpara', gamma=0.1, exclude=['logits'],
+                    copy_weights=False)
+
+
+def client_datasets(clients, examples):
+  images, labels = mnist5k.load()
+  order = np.random.default_rng(0).permutation(len(labels))
+  return [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+      x=images[order[i * examples:(i + 1) * examples]],
+      y=labels[order[i * examples:(i + 1) * examples]])).batch(20) for i in range(clients)]
+
+
+def time_rounds(process, datasets, rounds):
+  """`(first round s, median of the later rounds s)`."""
+  state = process.initialize()
+  times = []
+  for _ in range(rounds):
+    began = time.perf_counter()
+    state = process.next(state, datasets).state
+    times.append(time.perf_counter() - began)
+  return times[0], statistics.median(times[1:])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  datasets = client_datasets(_CLIENTS.value, _EXAMPLES.value)
+  process = fedpara_tff.build_fedpara_process(fedpara_tff.keras_model_fn_to_tff(keras_model, SPEC),
+                                              client_learning_rate=0.05)
+  results = [('local TFF runtime (in-process worker)', *time_rounds(process, datasets,
+                                                                    _ROUNDS.value), None)]
+  for count in map(int, _WORKERS.value):
+    ports = [portpicker.pick_unused_port() for _ in range(count)]
+    workers = launch_workers.start(ports)
+    try:
+      shares = distributed.use_remote_workers([f'127.0.0.1:{p}' for p in ports], 60)
+      first, steady = time_rounds(process, datasets, _ROUNDS.value)
+      results.append((f'{count} remote worker(s)', first, steady,
+                      ', '.join(str(s.clients) for s in shares)))
+    finally:
+      distributed.use_local_runtime()
+      launch_workers.stop(workers)
+  local = results[0][2]
+  print(f'{_CLIENTS.value} clients x {_EXAMPLES.value} digits a round, FedPara small CNN, '
+        f'{_ROUNDS.value} rounds (median of rounds 2-{_ROUNDS.value})')
+  print(f'{"setting":<40} {"first s":>8} {"steady s":>9} {"vs local":>9}  client values per worker')
+  for name, first, steady, shares in results:
+    print(f'{name:<40} {first:>8.2f} {steady:>9.3f} {steady / local:>9.2f}  {shares or "-"}')
+
+
+if __name__ == '__main__':
+  app.run(main)
