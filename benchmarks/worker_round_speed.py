@@ -1,13 +1,15 @@
-r"""Per-round wall time of the FedPara process on the local TFF runtime and on 1, 2, 4 remote workers.
+r"""Per-round wall time of one FedAvg round on both backends and on 1, 2, 4 remote TFF workers.
 
-Each round: the sampled clients each train the small FedPara CNN for one epoch
-of SGD over their real MNIST digits, then the example-weighted mean. The same
-`fedpara_tff.build_fedpara_process` runs on TFF's in-process C++ runtime, then
+Each round: the clients each train the small FedPara CNN for one epoch of SGD
+over their real MNIST digits, then the example-weighted mean and the server
+step. The same round (`fedpara_tff.build_fedavg_process`) runs on TFF's
+in-process C++ runtime (`backend=tff`), with client training in this process
+on TensorFlow (`backend=tf`, `fedpara_tff.tf_backend`, here on the CPU), and
 through `fedpara_tff.distributed` on N `worker_binary` processes of this host
-(started with `experiments.launch_workers`), where TFF's mergeable context gives
-each worker a sub-round of the clients. Rounds after the first (tracing, and
-for remote workers shipping the computation) are timed; the median is reported
-with its ratio to the local runtime, all in one run.
+(started with `experiments.launch_workers`), where TFF's mergeable context
+gives each worker a sub-round of the clients. Rounds after the first (tracing,
+and for remote workers shipping the computation) are timed; the median is
+reported with its ratio to the local TFF runtime, all in one run.
 
   python -m benchmarks.worker_round_speed --rounds=5 --workers=1,2,4
 """
@@ -27,6 +29,7 @@ import tensorflow as tf
 
 import fedpara_tff
 from fedpara_tff import distributed
+from fedpara_tff import tf_backend
 import keras_layers as kl
 from experiments import launch_workers
 from experiments import models
@@ -57,13 +60,14 @@ def client_datasets(clients, examples):
       y=labels[order[i * examples:(i + 1) * examples]])).batch(20) for i in range(clients)]
 
 
-def time_rounds(process, datasets, rounds):
+def time_rounds(trainer, datasets, rounds):
   """`(first round s, median of the later rounds s)`."""
-  state = process.initialize()
+  state = trainer.initialize()
+  ids = [f'client_{i}' for i in range(len(datasets))]
   times = []
   for _ in range(rounds):
     began = time.perf_counter()
-    state = process.next(state, datasets).state
+    state, _ = trainer.next(state, ids, datasets)
     times.append(time.perf_counter() - began)
   return times[0], statistics.median(times[1:])
 
@@ -72,17 +76,21 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   datasets = client_datasets(_CLIENTS.value, _EXAMPLES.value)
-  process = fedpara_tff.build_fedpara_process(fedpara_tff.keras_model_fn_to_tff(keras_model, SPEC),
-                                              client_learning_rate=0.05)
-  results = [('local TFF runtime (in-process worker)', *time_rounds(process, datasets,
-                                                                    _ROUNDS.value), None)]
+  trainer = fedpara_tff.build_fedavg_process(keras_model, SPEC, client_learning_rate=0.05)
+  results = [('backend=tff, local TFF runtime', *time_rounds(trainer, datasets, _ROUNDS.value),
+              None)]
+  devices, _ = tf_backend.resolve_devices('')
+  for parallel in (1, 2, 4):
+    backend = tf_backend.TFBackend(trainer, devices, parallel_per_device=parallel)
+    results.append((f'backend=tf, {devices[0]}, {parallel} client(s) at once',
+                    *time_rounds(backend, datasets, _ROUNDS.value), None))
   for count in map(int, _WORKERS.value):
     ports = [portpicker.pick_unused_port() for _ in range(count)]
     workers = launch_workers.start(ports)
     try:
       shares = distributed.use_remote_workers([f'127.0.0.1:{p}' for p in ports], 60)
-      first, steady = time_rounds(process, datasets, _ROUNDS.value)
-      results.append((f'{count} remote worker(s)', first, steady,
+      first, steady = time_rounds(trainer, datasets, _ROUNDS.value)
+      results.append((f'backend=tff, {count} remote worker(s)', first, steady,
                       ', '.join(str(s.clients) for s in shares)))
     finally:
       distributed.use_local_runtime()

@@ -24,6 +24,7 @@ import tqdm
 
 import fedpara_tff
 from fedpara_tff import distributed
+from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
 from experiments import models
@@ -34,10 +35,12 @@ from experiments.data import registry
 
 PERSONALIZED = ('pfedpara', 'fedper', 'local')
 PAUSE_ENV = 'FEDPARA_PAUSE_AFTER_ROUND'
+BACKENDS = ('tff', 'tf')
 # Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
                        'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples',
-                       'workers', 'worker_connect_timeout', 'worker_failure_timeout')
+                       'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
+                       'gpus')
 
 
 class RunInterruptedError(RuntimeError):
@@ -85,6 +88,8 @@ class RunConfig:
   max_test_examples: int = 0
   progress: bool = True
   workers: str = ''
+  backend: str = 'tff'
+  gpus: str = ''
   worker_connect_timeout: float = 20.0
   worker_failure_timeout: float = 10.0
 
@@ -109,6 +114,16 @@ def check(config):
       raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
                        f'client_momentum={config.client_momentum}, '
                        f'server_momentum={config.server_momentum}.')
+  if config.backend not in BACKENDS:
+    raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
+  if config.backend == 'tf' and not _uses_shared_round(config):
+    raise ValueError(f'backend=tf runs FedAvg with server SGD and no momentum (and the '
+                     f'personalised runs); got algorithm={config.algorithm!r}, client_momentum='
+                     f'{config.client_momentum}, server_momentum={config.server_momentum}.')
+  if config.backend == 'tf' and config.workers:
+    raise ValueError('backend=tf trains clients in this process; it does not take --workers.')
+  if config.gpus and config.backend != 'tf':
+    raise ValueError(f'gpus={config.gpus!r} needs backend=tf (TFF 0.87\'s worker has no CUDA).')
   if config.partition == 'natural' and config.dataset not in registry.NATURAL:
     raise ValueError(f'partition=natural needs a naturally federated dataset '
                      f'{registry.NATURAL}; got dataset={config.dataset!r}.')
@@ -126,8 +141,15 @@ def _element_spec(data):
       y=tf.TensorSpec((None,) + data.y_train.shape[1:], tf.int32))
 
 
+def _uses_shared_round(config):
+  """True when the run uses `fedpara_tff`'s own round (either backend), not TFF's builders."""
+  return config.parameterization in PERSONALIZED or (
+      config.algorithm == 'fedavg' and not config.client_momentum and not config.server_momentum)
+
+
 class _Process:
-  """A `tff.learning` process (original, low-rank, FedPara) behind the runner's interface."""
+  """TFF's own builders (FedProx, adaptive servers, MIME-lite, momentum) behind the runner's
+  interface; the global parameterisations only."""
 
   local_store = None
 
@@ -168,8 +190,9 @@ class _Process:
     return self._process.get_model_weights(state).trainable
 
 
-class _Personalized:
-  """pFedPara / FedPer / local-only (`fedpara_tff.PersonalizedTrainer`)."""
+class _Shared:
+  """`fedpara_tff`'s own round: FedAvg (server SGD) or pFedPara / FedPer / local-only, on the TFF
+  runtime (`backend=tff`) or with in-process TensorFlow client training (`backend=tf`)."""
 
   def __init__(self, config, keras_model_fn, element_spec):
     options = dict(client_learning_rate=config.client_learning_rate,
@@ -181,9 +204,18 @@ class _Personalized:
     elif config.parameterization == 'fedper':
       self.trainer = fedpara_tff.build_fedper_process(
           keras_model_fn, element_spec, local_layers=list(config.local_layers), **options)
-    else:
+    elif config.parameterization == 'local':
       self.trainer = fedpara_tff.build_local_only_process(keras_model_fn, element_spec,
                                                           **options)
+    else:
+      self.trainer = fedpara_tff.build_fedavg_process(keras_model_fn, element_spec, **options)
+    if config.backend == 'tf':
+      devices, note = tf_backend.resolve_devices(config.gpus)
+      if note:
+        print(note, file=sys.stderr, flush=True)
+      # On the CPU fallback, one client per core at a time keeps both cores busy.
+      parallel = (os.cpu_count() or 1) if note else 1
+      self.trainer = tf_backend.TFBackend(self.trainer, devices, parallel_per_device=parallel)
 
   @property
   def local_store(self):
@@ -204,6 +236,9 @@ class _Personalized:
         diverged_clients=int(metrics['train']['diverged_clients']),
         bytes_uploaded=int(communication['bytes_uploaded']),
         bytes_downloaded=int(metrics['train']['bytes_downloaded']))
+
+  def global_weights(self, state):
+    return state['global_weights']  # every variable, in order, when none is local
 
   def evaluate(self, state, client_ids, datasets):
     results = self.trainer.evaluate(state, client_ids, datasets)
@@ -318,7 +353,8 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
 
   element_spec = _element_spec(data)
   personalized = config.parameterization in PERSONALIZED
-  process = (_Personalized if personalized else _Process)(config, keras_model_fn, element_spec)
+  process = (_Shared if _uses_shared_round(config) else _Process)(config, keras_model_fn,
+                                                                   element_spec)
   state = process.initialize(initial_weights)
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
@@ -327,7 +363,7 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
   if found:
     start_round, state, counters, local_store = checkpoints.load(found[1], state, signature)
     if personalized:
-      process.trainer.local_store.update(local_store)
+      process.local_store.update(local_store)
   train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
   ids = train_cd.client_ids
   test_cd = (clients_lib.to_client_data(data.x_train, data.y_train, parts.test)

@@ -87,6 +87,11 @@ flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Checkpoint
 flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
                                           'Evaluate on the first N test examples (0: all).')
 flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
+# Backends.
+flags.DEFINE_enum('backend', _DEFAULTS.backend, runner.BACKENDS,
+                  'tff: TFF runtime (local or --workers); tf: clients trained in-process with '
+                  'TensorFlow on --gpus (FedAvg and the personalised runs).')
+flags.DEFINE_string('gpus', '', 'GPUs for backend=tf: "all" or indices "0,1"; empty: the CPU.')
 # Remote TFF workers.
 flags.DEFINE_string('workers', '',
                     'host:port,... of TFF workers (python -m experiments.worker); empty: local.')

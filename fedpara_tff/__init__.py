@@ -16,6 +16,7 @@ from fedpara_tff.aggregators import UnweightedFactorAggregatorFactory
 from fedpara_tff.distributors import build_measured_broadcast
 from fedpara_tff.models import classify_variables
 from fedpara_tff.models import keras_model_fn_to_tff
+from fedpara_tff.personalization import build_fedavg_process
 from fedpara_tff.personalization import build_fedper_process
 from fedpara_tff.personalization import build_local_only_process
 from fedpara_tff.personalization import build_pfedpara_process

@@ -41,6 +41,65 @@ def _correct_and_total(logits, labels):
   return correct, tf.cast(tf.size(labels), tf.float32)
 
 
+def build_client_train(model, loss, split, local_epochs):
+  """The client half of a round, as a `tf.function` over `model` (the one implementation).
+
+  TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
+  the in-process TensorFlow backend (`fedpara_tff.tf_backend`) calls it on a
+  model placed on a device: same code, same numbers.
+
+  Args:
+    model: a Keras model; its variables are overwritten by each call.
+    loss: a Keras loss.
+    split: function of the model returning `(global variables, local variables)`.
+    local_epochs: passes over the dataset.
+
+  Returns:
+    `train(global_values, local_values, dataset, learning_rate)` returning
+    `(update, new_local, weight, loss_sum, correct, diverged)`: the update
+    FedAvg sends (initial minus trained global values), the client's new local
+    values, its example count (weight), summed loss and correct predictions
+    over its local epochs, and 1 if training diverged (then the update is zero,
+    the weight 0 and the local values unchanged, as TFF's client work does).
+  """
+  global_vars, local_vars = split(model)
+
+  # Variable assignments inside a TFF computation are only ordered inside a
+  # tf.function (TFF_NOTES section 6.1).
+  @tf.function
+  def train(global_values, local_values, dataset, learning_rate):
+    for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
+      v.assign(value)
+
+    def step(totals, batch):
+      with tf.GradientTape() as tape:
+        logits = model(batch['x'], training=True)
+        batch_loss = loss(batch['y'], logits)
+        # Regularisation terms of the model (e.g. weight decay), as TFF's
+        # from_keras_model adds them.
+        objective = tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss
+      grads = tape.gradient(objective, model.trainable_variables)
+      for v, grad in zip(model.trainable_variables, grads):
+        v.assign_sub(learning_rate * grad)
+      size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+      correct, _ = _correct_and_total(logits, batch['y'])
+      return totals[0] + size, totals[1] + objective * size, totals[2] + correct
+
+    seen, loss_sum, correct = dataset.repeat(local_epochs).reduce(
+        (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), step)
+    update = [a - b for a, b in zip(global_values, global_vars)]
+    new_local = [tf.identity(v) for v in local_vars]
+    finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
+        tf.reduce_all(tf.math.is_finite(t)) for t in update + new_local])
+    return ([tf.where(finite, u, tf.zeros_like(u)) for u in update],
+            [tf.where(finite, n, o) for n, o in zip(new_local, list(local_values))],
+            tf.where(finite, seen / float(local_epochs), 0.0),
+            tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
+            tf.cast(tf.logical_not(finite), tf.int32))
+
+  return train
+
+
 class PersonalizedTrainer:
   """Driver of the stateful-client process; keeps every client's local variables.
 
@@ -62,11 +121,13 @@ class PersonalizedTrainer:
       personalisation runs use 0.999).
     quantization_bits: quantize the uploaded global updates to this many bits
       (instead of `aggregator`); bytes are counted as sent.
+    require_local: refuse a model without local variables (True for the
+      pFedPara / FedPer entry points; `build_fedavg_process` sets it False).
   """
 
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
-               aggregator=None, lr_decay=1.0, quantization_bits=None):
+               aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
@@ -81,7 +142,7 @@ class PersonalizedTrainer:
       variables = model.trainable_variables
       global_specs = _specs([v for v, s in zip(variables, sent) if s])
       local_specs = _specs([v for v, s in zip(variables, sent) if not s])
-    if not local_specs:
+    if require_local and not local_specs:
       raise ValueError('the model has no local variable: use pFedPara layers or local_layers.')
     self.global_index = [i for i, s in enumerate(sent) if s]
     self.local_index = [i for i, s in enumerate(sent) if not s]
@@ -105,49 +166,12 @@ class PersonalizedTrainer:
     def init_local():
       return split(keras_model_fn())[1]
 
+    self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
+    self.split = split
+
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
-      model = keras_model_fn()
-      global_vars, local_vars = split(model)
-      loss = loss_fn()
-
-      # Variable assignments inside a TFF computation are only ordered inside
-      # a tf.function (TFF_NOTES section 6.1).
-      @tf.function
-      def train(global_values, local_values, dataset, learning_rate):
-        for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
-          v.assign(value)
-
-        def step(totals, batch):
-          with tf.GradientTape() as tape:
-            logits = model(batch['x'], training=True)
-            batch_loss = loss(batch['y'], logits)
-            # Regularisation terms of the model (e.g. weight decay), as TFF's
-            # from_keras_model adds them.
-            objective = tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss
-          grads = tape.gradient(objective, model.trainable_variables)
-          for v, grad in zip(model.trainable_variables, grads):
-            v.assign_sub(learning_rate * grad)
-          size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
-          correct, _ = _correct_and_total(logits, batch['y'])
-          return totals[0] + size, totals[1] + objective * size, totals[2] + correct
-
-        seen, loss_sum, correct = dataset.repeat(local_epochs).reduce(
-            (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), step)
-        # The update TFF's FedAvg sends: initial minus trained global values.
-        update = [a - b for a, b in zip(global_values, global_vars)]
-        new_local = [tf.identity(v) for v in local_vars]
-        # A client whose training diverged (a non-finite value) sends a zero update
-        # with weight 0, as TFF's stock client work does, and keeps its previous
-        # local variables instead of storing NaNs for good.
-        finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
-            tf.reduce_all(tf.math.is_finite(t)) for t in update + new_local])
-        return ([tf.where(finite, u, tf.zeros_like(u)) for u in update],
-                [tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
-                tf.where(finite, seen / float(local_epochs), 0.0),
-                tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
-                tf.cast(tf.logical_not(finite), tf.int32))
-
+      train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs)
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
@@ -253,6 +277,10 @@ class PersonalizedTrainer:
               tff.federated_map(same_position, positions))
 
     self.process = tff.templates.IterativeProcess(initialize, next_fn)
+    # The round's pieces, for the in-process TensorFlow backend (fedpara_tff.tf_backend).
+    self.aggregation, self.server_update = aggregation, server_update
+    self.learning_rate_at, self.increment, self.round_metrics = (
+        learning_rate_at, increment, round_metrics)
     self._evaluate = evaluate_fn
     self._initial_local = [np.asarray(a) for a in init_local()]
     self.local_store = {}
@@ -317,6 +345,17 @@ class PersonalizedTrainer:
 def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):
   """A `PersonalizedTrainer` for a pFedPara model (local `*2_local` factors)."""
   return PersonalizedTrainer(keras_model_fn, element_spec, **kwargs)
+
+
+def build_fedavg_process(keras_model_fn, element_spec, **kwargs):
+  """FedAvg with server SGD on the stateful-client machinery: every variable travels.
+
+  The same client update, aggregation and server step as pFedPara, so that the
+  TFF and the in-process TensorFlow backends (`fedpara_tff.tf_backend`) run one
+  implementation. For FedProx, adaptive servers, MIME-lite or momentum use
+  `build_fedpara_process` (TFF's own builders).
+  """
+  return PersonalizedTrainer(keras_model_fn, element_spec, require_local=False, **kwargs)
 
 
 def build_local_only_process(keras_model_fn, element_spec, **kwargs):

@@ -1,0 +1,126 @@
+"""The in-process TensorFlow backend: same numbers as the TFF backend, clients spread over devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import runner
+from fedpara_tff import tf_backend
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
+            batch_size=64, progress=False, lr_decay=0.9)
+
+
+AGREEMENT_SCRIPT = """
+import json, os, sys
+import numpy as np
+from experiments import checkpoints, run_io, runner
+tiny = json.loads(sys.argv[1])
+out = {}
+for parameterization in ('fedpara', 'pfedpara'):
+  runs = {}
+  for backend in runner.BACKENDS:
+    summary = runner.run(runner.RunConfig(
+        output_dir=os.path.join(sys.argv[2], parameterization, backend),
+        cache_dir=os.path.join(sys.argv[2], 'cache'), backend=backend,
+        parameterization=parameterization, **tiny))
+    path = checkpoints.path_for(os.path.join(summary['output_dir'], 'checkpoints'), 3)
+    with np.load(path) as stored:
+      arrays = {k: stored[k] for k in stored.files if k != 'meta'}
+    rows = run_io.read_metrics(summary['output_dir'])
+    runs[backend] = (arrays, [(r['bytes_uploaded'], r['bytes_downloaded']) for r in rows],
+                     [r['train_loss'] for r in rows])
+  (a, bytes_a, loss_a), (b, bytes_b, loss_b) = runs['tff'], runs['tf']
+  out[parameterization] = dict(
+      same_keys=sorted(a) == sorted(b), locals=sum(k.startswith('local_') for k in a),
+      gap=max(float(np.max(np.abs(a[k] - b[k]))) for k in a), same_bytes=bytes_a == bytes_b,
+      loss_gap=max(abs(x - y) for x, y in zip(loss_a, loss_b)))
+print(json.dumps(out))
+"""
+
+
+def test_tf_and_tff_backends_agree(tmp_path):
+  """FedAvg (FedPara model) and pFedPara, 3 rounds each way, in a fresh process.
+
+  With oneDNN off in both processes the two backends run the same kernels; with
+  it on, the in-process and worker kernels round differently in the last bits,
+  which a ReLU flip can grow over rounds (README, "Decisions").
+  """
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='0')
+  result = subprocess.run([sys.executable, '-c', AGREEMENT_SCRIPT, json.dumps(TINY),
+                           str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'tf backend: no GPU requested or found; clients train on the CPU' in result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for parameterization, figures in report.items():
+    assert figures['same_keys'] and figures['same_bytes'], (parameterization, figures)
+    assert figures['gap'] <= 1e-5 and figures['loss_gap'] <= 1e-5, (parameterization, figures)
+  assert report['fedpara']['locals'] == 0 and report['pfedpara']['locals'] > 0
+
+
+PLACEMENT_SCRIPT = """
+import json
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 3)
+import numpy as np
+import fedpara_tff
+from fedpara_tff import tf_backend
+from tests import tff_support as ts
+data = [ts.to_dataset(*a) for a in ts.client_arrays([30] * 5)]
+ids = ['a', 'b', 'c', 'd', 'e']
+finals = []
+for devices in (['/CPU:0', '/CPU:1', '/CPU:2'], ['/CPU:0']):
+  trainer = fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
+  backend = tf_backend.TFBackend(trainer, devices)
+  state = backend.initialize([np.full(v.shape, 0.1, np.float32) for v in
+                              ts.keras_model('pfedpara').trainable_variables])
+  state, _ = backend.next(state, ids, data)
+  finals.append([np.asarray(w).tolist() for w in state['global_weights']])
+  if len(devices) == 3:
+    report = dict(placements=backend.placements,
+                  variables=[m.trainable_variables[0].device for m, _ in backend._clients])
+gap = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(*finals))
+print(json.dumps(dict(report, gap=gap)))
+"""
+
+
+def test_clients_are_spread_over_logical_devices_round_robin():
+  result = subprocess.run([sys.executable, '-c', PLACEMENT_SCRIPT], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['placements'] == [['a', '/CPU:0'], ['b', '/CPU:1'], ['c', '/CPU:2'],
+                                   ['d', '/CPU:0'], ['e', '/CPU:1']]
+  assert [d.rsplit('/', 1)[-1] for d in report['variables']] == [
+      'device:CPU:0', 'device:CPU:1', 'device:CPU:2']
+  assert report['gap'] < 1e-6  # three devices or one: the same round
+
+
+def test_gpu_and_device_refusals():
+  with pytest.raises(ValueError, match=r"gpus='0' names GPU 0, but this machine has 0 GPU\(s\)"):
+    tf_backend.resolve_devices('0')
+  with pytest.raises(ValueError, match=r'gpus must be "all" or distinct GPU indices'):
+    tf_backend.resolve_devices('0,0')
+  with pytest.raises(ValueError, match=r'gpus must be "all" or distinct GPU indices'):
+    tf_backend.resolve_devices('gpu0')
+  devices, note = tf_backend.resolve_devices('')
+  assert devices == ['/CPU:0'] and 'no GPU' in note
+  with pytest.raises(ValueError, match=r"device '/GPU:3' does not exist here"):
+    tf_backend.TFBackend(object(), ['/GPU:3'])
+
+
+def test_backend_options_are_checked(tmp_path):
+  base = dict(TINY, output_dir=str(tmp_path / 'x'))
+  with pytest.raises(ValueError, match="backend=tf runs FedAvg with server SGD.*'fedadam'"):
+    runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='fedadam')))
+  with pytest.raises(ValueError, match='needs backend=tf'):
+    runner.check(runner.RunConfig(**dict(base, gpus='0')))
+  with pytest.raises(ValueError, match='does not take --workers'):
+    runner.check(runner.RunConfig(**dict(base, backend='tf', workers='h:1')))
