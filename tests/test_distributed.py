@@ -1,5 +1,6 @@
 """Remote TFF workers: same results as the local runtime, work spread, failures named."""
 
+import faulthandler
 import os
 import socket
 import threading
@@ -17,6 +18,15 @@ from fedpara_tff import distributed
 
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
             batch_size=64, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _fail_instead_of_hanging():
+  """A remote run stuck for 5 minutes dumps every thread's stack and ends the test process
+  (a hang of a benchmark run through remote workers was seen once and not reproduced)."""
+  faulthandler.dump_traceback_later(300, exit=True)
+  yield
+  faulthandler.cancel_dump_traceback_later()
 
 
 def _start(ports):
