@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(PYTHON) -m benchmarks.layer_speed
 	$(PYTHON) -m benchmarks.tff_round_speed
+	$(PYTHON) -m benchmarks.worker_round_speed
 
 bazel-test: setup
 	bazel test //:layer_tests
