@@ -24,6 +24,7 @@ import tqdm
 
 import fedpara_tff
 from fedpara_tff import distributed
+from fedpara_tff import personalization
 from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
@@ -272,10 +273,8 @@ class _Evaluator:
       totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
       for batch_x, batch_y in self._dataset:
         logits = model(batch_x, training=False)
-        predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        totals = (totals[0] + loss(batch_y, logits),
-                  totals[1] + tf.reduce_sum(tf.cast(tf.equal(predicted, batch_y), tf.float32)),
-                  totals[2] + tf.cast(tf.size(batch_y), tf.float32))
+        correct, total = personalization.correct_and_total(logits, batch_y)
+        totals = (totals[0] + loss(batch_y, logits), totals[1] + correct, totals[2] + total)
       return totals[0] / totals[2], totals[1] / totals[2]
 
     self._evaluate = evaluate

@@ -34,7 +34,16 @@ def _specs(variables):
   return [tf.TensorSpec(v.shape, v.dtype) for v in variables]
 
 
-def _correct_and_total(logits, labels):
+def check_round_clients(client_ids, datasets):
+  """`client_ids` as a list, if they are distinct and one per dataset; else a ValueError."""
+  client_ids = list(client_ids)
+  if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
+    raise ValueError(f'client_ids must be distinct and match the datasets; got '
+                     f'{client_ids!r} for {len(datasets)} datasets.')
+  return client_ids
+
+
+def correct_and_total(logits, labels):
   """Correct arg-max predictions and the number of labels, as float32 scalars."""
   predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
   correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
@@ -82,7 +91,7 @@ def build_client_train(model, loss, split, local_epochs):
       for v, grad in zip(model.trainable_variables, grads):
         v.assign_sub(learning_rate * grad)
       size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
-      correct, _ = _correct_and_total(logits, batch['y'])
+      correct, _ = correct_and_total(logits, batch['y'])
       return totals[0] + size, totals[1] + objective * size, totals[2] + correct
 
     # An iterator loop, like TFF's DATASET_ITERATOR (faster here than dataset.reduce).
@@ -188,7 +197,7 @@ class PersonalizedTrainer:
           v.assign(value)
 
         def step(totals, batch):
-          correct, total = _correct_and_total(model(batch['x'], training=False), batch['y'])
+          correct, total = correct_and_total(model(batch['x'], training=False), batch['y'])
           return totals[0] + correct, totals[1] + total
 
         correct, total = dataset.reduce((tf.constant(0.0), tf.constant(0.0)), step)
@@ -322,10 +331,7 @@ class PersonalizedTrainer:
       over the clients whose training stayed finite, diverged_clients,
       bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
     """
-    client_ids = list(client_ids)
-    if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
-      raise ValueError(f'client_ids must be distinct and match the datasets; got '
-                       f'{client_ids!r} for {len(datasets)} datasets.')
+    client_ids = check_round_clients(client_ids, datasets)
     state, new_local, metrics, positions = self.process.next(
         state, list(datasets), [self.local_state(c) for c in client_ids],
         list(range(len(client_ids))))

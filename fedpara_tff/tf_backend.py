@@ -119,10 +119,7 @@ class TFBackend:
 
   def next(self, state, client_ids, datasets):
     """One round; returns `(state, metrics)` shaped like the trainer's."""
-    client_ids = list(client_ids)
-    if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
-      raise ValueError(f'client_ids must be distinct and match the datasets; got '
-                       f'{client_ids!r} for {len(datasets)} datasets.')
+    client_ids = personalization.check_round_clients(client_ids, datasets)
     learning_rate = np.float32(self.trainer.learning_rate_at(state['round_num']))
     global_values = [tf.constant(v) for v in state['global_weights']]
     jobs = [[] for _ in self.slots]

@@ -13,6 +13,7 @@ own downloader only if asked to (`download=True`), since most machines running
 our tests have no network; otherwise the error says which file to put where.
 """
 
+import collections
 import os
 import socket
 import sqlite3
@@ -151,8 +152,9 @@ def load_tff_sqlite(name, cache_dir=None, max_clients=None, download=False,
                                     f'sequences.')
     return plays.from_client_sequences(name, clients, test_fraction)
   x_train, y_train, train_groups = _image_split(name, path, train_split, ids)
-  test_ids = [i for i in ids if i in set(client_ids(path, test_split))] or client_ids(
-      path, test_split)
+  all_test_ids = client_ids(path, test_split)
+  in_test = set(all_test_ids)
+  test_ids = [i for i in ids if i in in_test] or all_test_ids
   x_test, y_test, _ = _image_split(name, path, test_split, test_ids)
   num_classes = 62 if name == 'femnist' else 100
   return common.Dataset(name, x_train, y_train, x_test, y_test, num_classes,
@@ -188,9 +190,11 @@ def load_femnist_h5(directory, max_clients=None):
 
 
 def _grouped_snippets(path, split, ids):
-  groups, protos = _examples(path, split, ids)
-  for position in sorted(set(groups)):
-    yield position, [p for g, p in zip(groups, protos) if g == position]
+  groups, protos = _examples(path, split, ids)  # sorted by client position
+  by_client = collections.defaultdict(list)
+  for group, proto in zip(groups, protos):
+    by_client[group].append(proto)
+  return sorted(by_client.items())
 
 
 def write_sqlite(path, name, clients):
