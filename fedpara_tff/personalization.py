@@ -319,6 +319,11 @@ class PersonalizedTrainer:
     self._initial_local = [values[i] for i in self.local_index]
     return state
 
+  def store_local(self, client_id, values):
+    """Keeps a client's new local variables (nothing to keep when no variable is local)."""
+    if self.local_index:
+      self.local_store[client_id] = [np.asarray(v) for v in values]
+
   def local_state(self, client_id):
     """The client's local variables: stored ones, or the initial ones if never sampled."""
     return self.local_store.get(client_id, self._initial_local)
@@ -336,7 +341,7 @@ class PersonalizedTrainer:
         state, list(datasets), [self.local_state(c) for c in client_ids],
         list(range(len(client_ids))))
     for position, values in zip(positions, new_local):
-      self.local_store[client_ids[int(position)]] = [np.asarray(v) for v in values]
+      self.store_local(client_ids[int(position)], values)
     return state, metrics
 
   def evaluate(self, state, client_ids, datasets):

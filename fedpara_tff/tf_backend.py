@@ -142,7 +142,7 @@ class TFBackend:
         np.float32(np.sum(loss_sums, dtype=np.float32)), np.float32(np.sum(weights)),
         np.float32(np.sum(correct)), np.int32(np.sum(diverged)), np.int32(len(client_ids)))
     for client, values in zip(client_ids, new_local):
-      self.trainer.local_store[client] = [np.asarray(v) for v in values]
+      self.trainer.store_local(client, values)
     new_state = collections.OrderedDict(
         global_weights=new_global, aggregator=aggregated.state,
         round_num=self.trainer.increment(state['round_num']))
