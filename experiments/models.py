@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import keras_layers
 
-MODELS = ('vgg16', 'small_cnn', 'mlp', 'lstm')
+MODELS = ('vgg16', 'vgg_narrow', 'small_cnn', 'mlp', 'lstm')
 PARAMETERIZATIONS = ('original', 'lowrank', 'fedpara', 'pfedpara', 'fedper', 'local')
 
 # VGG16 convolution plan: channels, 'M' = 2x2 max pooling.
@@ -45,6 +45,33 @@ def vgg16_gn(input_shape=(32, 32, 3), num_classes=10, groups=32, name='vgg16_gn'
   x = tf.keras.layers.Flatten()(x)
   x = tf.keras.layers.Dense(512, activation='relu', name='fc1')(x)
   x = tf.keras.layers.Dense(512, activation='relu', name='fc2')(x)
+  outputs = tf.keras.layers.Dense(num_classes, name='logits')(x)
+  return tf.keras.Model(inputs, outputs, name=name)
+
+
+# Narrow VGG-style plan for 28x28 inputs: the CPU-sized capacity-limited CNN of docs/RESULTS.md.
+VGG_NARROW_PLAN = (16, 16, 'M', 32, 32, 'M', 64, 64, 'M')
+
+
+def vgg_narrow(input_shape=(28, 28, 1), num_classes=10, groups=4, name='vgg_narrow'):
+  """A narrow VGG-style CNN with GroupNorm: 6 conv3x3 (16, 16, M, 32, 32, M, 64, 64, M).
+
+  Each conv (bias kept) is followed by GroupNorm and ReLU, as in `vgg16_gn`;
+  then global average pooling and the classifier `Dense(C)` named `logits`.
+  Convs are named `conv1` ... `conv6`. 288,554 parameters for 28x28x1 and C=10.
+  """
+  inputs = tf.keras.Input(shape=input_shape, name='image')
+  x = inputs
+  conv_index = 0
+  for item in VGG_NARROW_PLAN:
+    if item == 'M':
+      x = tf.keras.layers.MaxPool2D(2, padding='same')(x)
+      continue
+    conv_index += 1
+    x = tf.keras.layers.Conv2D(item, 3, padding='same', name=f'conv{conv_index}')(x)
+    x = tf.keras.layers.GroupNormalization(groups, name=f'gn{conv_index}')(x)
+    x = tf.keras.layers.ReLU()(x)
+  x = tf.keras.layers.GlobalAveragePooling2D()(x)
   outputs = tf.keras.layers.Dense(num_classes, name='logits')(x)
   return tf.keras.Model(inputs, outputs, name=name)
 
@@ -94,6 +121,8 @@ def plain_model(model, input_shape, num_classes):
   """The plain zoo model `model` for inputs of `input_shape` and `num_classes` outputs."""
   if model == 'vgg16':
     return vgg16_gn(input_shape, num_classes)
+  if model == 'vgg_narrow':
+    return vgg_narrow(input_shape, num_classes)
   if model == 'small_cnn':
     return small_cnn(input_shape, num_classes)
   if model == 'mlp':
@@ -107,7 +136,8 @@ def plain_model(model, input_shape, num_classes):
 
 
 def build(model, input_shape, num_classes, parameterization='original', gamma=None,
-          rank=None, keep_plain=(), nonlinearity=None, weight_decay=0.0):
+          rank=None, keep_plain=(), nonlinearity=None, weight_decay=0.0,
+          factor_init='matched_glorot', factor_lr_scale=None):
   """The Keras model of a run.
 
   Args:
@@ -118,6 +148,10 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     gamma, rank: the rank option of the factorised layers (at most one).
     keep_plain: layer names left plain in a factorised model.
     nonlinearity: None or 'tanh', applied to each Hadamard term (FedPara).
+    factor_init: initialisation of the factors (`keras_layers.factors.FACTOR_INITS`).
+    factor_lr_scale: `None`, `'matched'` or a positive number (see
+      `keras_layers.FactorizedLayer`): SGD on the factors at that multiple of
+      the learning rate; `'matched'` equalises each layer's step with the plain layer's.
     weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable
       variables (factors, not composed kernels) to the loss, i.e. SGD weight
       decay of `weight_decay`.
@@ -129,7 +163,9 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     raise ValueError(f'weight_decay must be >= 0; got {weight_decay!r}.')
   keras_model = plain_model(model, input_shape, num_classes)
   if parameterization in ('lowrank', 'fedpara', 'pfedpara'):
-    options = {'nonlinearity': nonlinearity} if parameterization != 'lowrank' else {}
+    options = dict(factor_init=factor_init, factor_lr_scale=factor_lr_scale)
+    if parameterization != 'lowrank':
+      options['nonlinearity'] = nonlinearity
     keras_model = keras_layers.convert(keras_model, parameterization, gamma=gamma, rank=rank,
                                        exclude=list(keep_plain) or None, copy_weights=False,
                                        **options)

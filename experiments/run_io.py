@@ -13,7 +13,7 @@ import csv
 import json
 import math
 import os
-import shutil
+import re
 
 import tensorflow as tf
 
@@ -30,22 +30,72 @@ class RunConflictError(ValueError):
   """The output folder holds a run with other flags."""
 
 
+# What a run writes into its folder, and nothing else: `--overwrite` removes only these.
+OWNED_FILES = tuple(name + suffix for name in (RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
+                    for suffix in ('', '.tmp'))
+OWNED_DIRS = {'checkpoints': re.compile(r'ckpt-\d+\.npz(\.tmp\.npz)?$'),
+              'tensorboard': re.compile(r'events\.out\.tfevents\..*$')}
+
+
+def foreign_entry(output_dir):
+  """The first entry of `output_dir` (sorted) that a run did not write, or None."""
+  for name in sorted(os.listdir(output_dir)):
+    path = os.path.join(output_dir, name)
+    if name in OWNED_FILES and os.path.isfile(path) and not os.path.islink(path):
+      continue
+    pattern = OWNED_DIRS.get(name)
+    if pattern is not None and os.path.isdir(path) and not os.path.islink(path):
+      inside = sorted(os.listdir(path))
+      stray = [e for e in inside if not (pattern.match(e) and
+                                         os.path.isfile(os.path.join(path, e)))]
+      if not stray:
+        continue
+      return os.path.join(path, stray[0])
+    return path
+  return None
+
+
+def remove_run(output_dir):
+  """Removes what a run wrote in `output_dir`; refuses (naming it) a folder with anything else."""
+  foreign = foreign_entry(output_dir)
+  if foreign is not None:
+    raise RunConflictError(f'--overwrite refused: output_dir {output_dir} holds {foreign}, which '
+                           f'a run did not write; nothing was deleted. Choose another '
+                           f'--output_dir or move that file.')
+  for name in sorted(os.listdir(output_dir)):
+    path = os.path.join(output_dir, name)
+    if name in OWNED_DIRS:
+      for entry in os.listdir(path):
+        os.remove(os.path.join(path, entry))
+      os.rmdir(path)
+    else:
+      os.remove(path)
+
+
 def prepare(output_dir, run_flags, overwrite):
   """Creates `output_dir` for a run, or checks that it holds this same run.
 
   Returns True when a previous run of the same flags is there (resume).
 
+  With `overwrite`, only what a run writes (`OWNED_FILES`, `OWNED_DIRS`) is
+  removed, and only when the folder holds nothing else.
+
   Raises:
     RunConflictError: the folder holds a run with other flags (and not
-      `overwrite`), or it holds files but no run.
+      `overwrite`), files a run did not write, or a run's files but no run.json.
   """
   path = os.path.join(output_dir, RUN_FILE)
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     if overwrite:
-      shutil.rmtree(output_dir)
+      remove_run(output_dir)
     elif not os.path.exists(path):
-      raise RunConflictError(f'output_dir {output_dir} is not empty and holds no run; choose '
-                             f'another --output_dir or pass --overwrite to replace its content.')
+      foreign = foreign_entry(output_dir)
+      if foreign is not None:
+        raise RunConflictError(f'output_dir {output_dir} is not empty and holds no run (it holds '
+                               f'{foreign}); choose another --output_dir.')
+      raise RunConflictError(f'output_dir {output_dir} holds the files of a run but no '
+                             f'{RUN_FILE}; pass --overwrite to replace them or choose another '
+                             f'--output_dir.')
     else:
       with open(path) as f:
         previous = json.load(f)

@@ -61,6 +61,9 @@ class RunConfig:
   gamma: Optional[float] = 0.1
   rank: Optional[int] = None
   nonlinearity: Optional[str] = None
+  factor_init: str = 'matched_glorot'
+  factor_lr_scale: Optional[str] = None
+  jacobian_correction: float = 0.0
   keep_plain: Tuple[str, ...] = ('logits',)
   local_layers: Tuple[str, ...] = ('logits',)
   algorithm: str = 'fedavg'
@@ -115,6 +118,25 @@ def check(config):
       raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
                        f'client_momentum={config.client_momentum}, '
                        f'server_momentum={config.server_momentum}.')
+  _lr_scale(config.factor_lr_scale)
+  if config.factor_init not in keras_layers.factors.FACTOR_INITS:
+    raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
+                     f'{config.factor_init!r}.')
+  if not (config.jacobian_correction >= 0 and math.isfinite(config.jacobian_correction)):
+    raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
+                     f'{config.jacobian_correction!r}.')
+  if config.jacobian_correction and not _uses_shared_round(config):
+    raise ValueError(f'jacobian_correction={config.jacobian_correction} needs the shared round '
+                     f'(FedAvg without momentum, or the personalised runs); got algorithm='
+                     f'{config.algorithm!r}, client_momentum={config.client_momentum}, '
+                     f'server_momentum={config.server_momentum}.')
+  if config.jacobian_correction and config.parameterization not in ('fedpara', 'pfedpara',
+                                                                     'lowrank'):
+    raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
+                     f'{config.parameterization!r} has none.')
+  if config.jacobian_correction and config.model == 'lstm':
+    raise ValueError('jacobian_correction supports Dense and convolution layers, not model=lstm '
+                     '(the paper uses lambda 0 for its LSTM).')
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and not _uses_shared_round(config):
@@ -134,6 +156,22 @@ def check(config):
   if config.model != 'lstm' and config.dataset in ('shakespeare', 'shakespeare_tff'):
     raise ValueError(f'dataset={config.dataset} is character sequences; use model=lstm, '
                      f'got model={config.model!r}.')
+
+
+def _lr_scale(value):
+  """`--factor_lr_scale` as the layers take it: None, 'matched' or a positive float."""
+  if value in (None, '', 'none'):
+    return None
+  if value == 'matched':
+    return value
+  try:
+    number = float(value)
+  except ValueError:
+    number = float('nan')
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"factor_lr_scale must be 'none', 'matched' or a positive number; "
+                     f'got {value!r}.')
+  return number
 
 
 def _element_spec(data):
@@ -199,7 +237,8 @@ class _Shared:
     options = dict(client_learning_rate=config.client_learning_rate,
                    server_learning_rate=config.server_learning_rate,
                    local_epochs=config.local_epochs, lr_decay=config.lr_decay,
-                   quantization_bits=config.quantization_bits or None)
+                   quantization_bits=config.quantization_bits or None,
+                   jacobian_correction=config.jacobian_correction)
     if config.parameterization == 'pfedpara':
       self.trainer = fedpara_tff.build_pfedpara_process(keras_model_fn, element_spec, **options)
     elif config.parameterization == 'fedper':
@@ -312,7 +351,8 @@ def prepare(config):
       models.build, config.model, data.input_shape, data.num_classes, config.parameterization,
       gamma=None if config.rank else config.gamma, rank=config.rank or None,
       keep_plain=config.keep_plain, nonlinearity=config.nonlinearity,
-      weight_decay=config.weight_decay)
+      weight_decay=config.weight_decay, factor_init=config.factor_init,
+      factor_lr_scale=_lr_scale(config.factor_lr_scale))
   tf.keras.utils.set_random_seed(config.seed)
   keras_model = keras_model_fn()
   if config.parameterization == 'fedper':

@@ -26,6 +26,7 @@ from experiments.data import partition
 from experiments.data import registry
 import fedpara_tff
 from fedpara_tff import distributed
+import keras_layers
 
 _DEFAULTS = runner.RunConfig(output_dir='')  # the flags' defaults are the config's
 
@@ -56,6 +57,15 @@ flags.DEFINE_float('gamma', _DEFAULTS.gamma,
 flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
 flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
                                   'Applied to each Hadamard term (FedPara / pFedPara).')
+flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(keras_layers.factors.FACTOR_INITS),
+                  'Initialisation of the factors (matched_*: the composed kernel has the plain '
+                  'layer\'s variance; he_*: He-normal per factor).')
+flags.DEFINE_string('factor_lr_scale', 'none',
+                    "none | matched | a positive number: SGD on the factors at that multiple of "
+                    "the learning rate (matched: each layer's step equals the plain layer's at "
+                    'init; docs/DESIGN.md).')
+flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
+                   'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
 flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
 flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
 # Algorithm.
@@ -118,7 +128,8 @@ for _name, _check, _allowed in (
     ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
     ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
     ('worker_connect_timeout', lambda v: v > 0, '> 0'),
-    ('worker_failure_timeout', lambda v: v > 0, '> 0')):
+    ('worker_failure_timeout', lambda v: v > 0, '> 0'),
+    ('jacobian_correction', lambda v: 0 <= v < float('inf'), 'a finite number >= 0')):
   flags.register_validator(_name, _check, message=f'--{_name} must be {_allowed}.')
 flags.register_multi_flags_validator(
     ['clients', 'clients_per_round'], lambda f: f['clients_per_round'] <= f['clients'],
@@ -130,6 +141,8 @@ def config_from_flags(**overrides):
   values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(runner.RunConfig)}
   values.update(rank=values['rank'] or None,
                 nonlinearity=None if values['nonlinearity'] == 'none' else values['nonlinearity'],
+                factor_lr_scale=(None if values['factor_lr_scale'] == 'none'
+                                 else values['factor_lr_scale']),
                 keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
   values.update(overrides)
   return runner.RunConfig(**values)

@@ -50,7 +50,7 @@ def correct_and_total(logits, labels):
   return correct, tf.cast(tf.size(labels), tf.float32)
 
 
-def build_client_train(model, loss, split, local_epochs):
+def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0):
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -62,6 +62,9 @@ def build_client_train(model, loss, split, local_epochs):
     loss: a Keras loss.
     split: function of the model returning `(global variables, local variables)`.
     local_epochs: passes over the dataset.
+    jacobian_correction: strength lambda of the paper's Jacobian correction
+      (`keras_layers.jacobian`, with the round's client learning rate as
+      `eta`); 0 trains on the plain gradients.
 
   Returns:
     `train(global_values, local_values, dataset, learning_rate)` returning
@@ -81,13 +84,15 @@ def build_client_train(model, loss, split, local_epochs):
       v.assign(value)
 
     def step(totals, batch):
-      with tf.GradientTape() as tape:
+      def objective_fn():
         logits = model(batch['x'], training=True)
         batch_loss = loss(batch['y'], logits)
         # Regularisation terms of the model (e.g. weight decay), as TFF's
         # from_keras_model adds them.
-        objective = tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss
-      grads = tape.gradient(objective, model.trainable_variables)
+        return (tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss), logits
+
+      objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
+          model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
       for v, grad in zip(model.trainable_variables, grads):
         v.assign_sub(learning_rate * grad)
       size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
@@ -133,17 +138,24 @@ class PersonalizedTrainer:
       personalisation runs use 0.999).
     quantization_bits: quantize the uploaded global updates to this many bits
       (instead of `aggregator`); bytes are counted as sent.
+    jacobian_correction: lambda of the Jacobian correction on the factorised
+      Dense / convolution layers (>= 0; 0 off).
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_process` sets it False).
   """
 
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
-               aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True):
+               aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
+               jacobian_correction=0.0):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
       raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
+    if (not isinstance(jacobian_correction, (int, float)) or isinstance(jacobian_correction, bool)
+        or not 0 <= jacobian_correction < float('inf')):
+      raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
+                       f'{jacobian_correction!r}.')
     if not isinstance(local_epochs, int) or local_epochs < 1:
       raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
     loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -179,11 +191,13 @@ class PersonalizedTrainer:
       return split(keras_model_fn())[1]
 
     self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
+    self.jacobian_correction = float(jacobian_correction)
     self.split = split
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
-      train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs)
+      train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
+                                 float(jacobian_correction))
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)

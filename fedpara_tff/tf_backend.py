@@ -95,7 +95,8 @@ class TFBackend:
       with tf.device(device):
         model = trainer.keras_model_fn()
         self._clients.append((model, personalization.build_client_train(
-            model, trainer.loss_fn(), trainer.split, trainer.local_epochs)))
+            model, trainer.loss_fn(), trainer.split, trainer.local_epochs,
+            trainer.jacobian_correction)))
     self.placements = []  # (client id, device) of the last round, in client order
 
   @property

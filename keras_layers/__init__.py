@@ -5,6 +5,8 @@ Federated Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022 (arXiv 2108.06098).
 See `factors` for the math every layer shares and `ranks` for the rank rule.
 """
 
+from keras_layers import factors
+from keras_layers import jacobian
 from keras_layers.base import FactorizedLayer
 from keras_layers.conv import FedParaConv1D
 from keras_layers.conv import FedParaConv2D
@@ -18,6 +20,7 @@ from keras_layers.conversion import is_factorized
 from keras_layers.dense import FedParaDense
 from keras_layers.dense import LowRankDense
 from keras_layers.dense import PFedParaDense
+from keras_layers.jacobian import JacobianCorrectedModel
 from keras_layers.lstm import FedParaLSTM
 from keras_layers.lstm import FedParaLSTMCell
 from keras_layers.lstm import LowRankLSTM

@@ -1,7 +1,7 @@
 """Arguments and behaviour common to every factorised layer.
 
 `FactorizedLayer` validates the FedPara options (`gamma`, `rank` or
-`param_ratio`, `nonlinearity`, `factor_init`) and the usual Keras arguments of
+`param_ratio`, `nonlinearity`, `factor_init`, `factor_lr_scale`) and the usual Keras arguments of
 the replaced layer (activation, bias, regularizers, constraints), creates the
 factors through `factors.KernelFactorization`, and answers which of its
 variables are global (sent to the server) and which are local (pFedPara).
@@ -9,12 +9,19 @@ Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
 
+import warnings
+
 import tensorflow as tf
 
 from keras_layers import factors
 from keras_layers import ranks
 
 DEFAULT_GAMMA = 0.5
+
+# id(layer) -> list collecting the kernels the layer composes in `call`, set
+# by `keras_layers.jacobian.recording_kernels` (kept outside the layer so that
+# Keras does not track it).
+_KERNEL_RECORDERS = {}
 
 # Constructor arguments shared, with the same meaning, by a factorised layer and
 # the plain Keras layer it replaces (used by `convert` and `export`).
@@ -56,16 +63,12 @@ def resolve_rank(scheme, kernel_shape, gamma=None, rank=None, param_ratio=None,
   `param_ratio` pick the inner rank whose parameter count matches the FedPara
   layer at that setting (`2R` for dense).
 
-  Raises:
-    ValueError: an explicit rank above `min(in, out)` (`min(O, I)` for conv).
+  An explicit `rank` is capped by nothing but positivity; a rank that adds
+  parameters without raising the reachable rank (`ranks.reachable_rank`)
+  warns once per shape and rank.
   """
   if rank is not None:
-    limit = ranks.max_rank(kernel_shape)
-    if rank > limit:
-      raise ValueError(
-          f'{layer_name}: rank {rank} exceeds the maximum {limit} '
-          f'(min of input and output channels) for kernel shape '
-          f'{tuple(kernel_shape)}.')
+    ranks.warn_if_rank_unreachable(scheme, kernel_shape, rank, layer_name)
     return rank
   if param_ratio is not None:
     fedpara_rank = ranks.rank_for_param_ratio(kernel_shape, param_ratio)
@@ -83,13 +86,21 @@ class FactorizedLayer(tf.keras.layers.Layer):
   Args:
     gamma: float in [0, 1], picks the rank between `r_min` and `r_max` (SPEC
       section 2). Default 0.5 when none of gamma, rank, param_ratio is given.
-    rank: explicit inner rank, in `[1, min(in, out)]`.
+    rank: explicit inner rank, any positive integer (a rank beyond what the
+      kernel can reach warns; see `ranks.reachable_rank`).
     param_ratio: float in (0, 1], target fraction of the plain layer's kernel
       parameters.
     nonlinearity: `None` or `'tanh'`, applied to each composed term.
     factor_init: `'matched_glorot'` (default: the composed kernel has the
       Glorot-uniform variance of the plain layer), `'matched_he'`,
       `'he_fan_in'` or `'he_fan_out'` (He-normal per factor).
+    factor_lr_scale: `None` (default), a positive number `s`, or `'matched'`.
+      The factors are stored divided by `sqrt(s)` and multiplied back when the
+      kernel is composed: the same function, but SGD moves the factors as if
+      their learning rate were `s` times larger. `'matched'` uses `s = 1 / G`
+      with `G` the kernel's expected step gain at init (`factors.step_gain`),
+      so that one SGD step changes the loss as much as the plain layer's step
+      (docs/DESIGN.md, "Effective step size").
     activation: activation function, as in Keras.
     use_bias: whether to add a bias.
     bias_initializer, bias_regularizer, bias_constraint: for the bias.
@@ -103,7 +114,7 @@ class FactorizedLayer(tf.keras.layers.Layer):
 
   def __init__(self, gamma=None, rank=None, param_ratio=None,
                nonlinearity=None, factor_init='matched_glorot',
-               activation=None, use_bias=True, bias_initializer='zeros',
+               factor_lr_scale=None, activation=None, use_bias=True, bias_initializer='zeros',
                kernel_regularizer=None, bias_regularizer=None,
                factor_regularizer=None, activity_regularizer=None,
                factor_constraint=None, bias_constraint=None, **kwargs):
@@ -114,6 +125,7 @@ class FactorizedLayer(tf.keras.layers.Layer):
     self.param_ratio = None if param_ratio is None else float(param_ratio)
     self.nonlinearity = factors.check_nonlinearity(nonlinearity)
     self.factor_init = factors.check_factor_init(factor_init)
+    self.factor_lr_scale = factors.check_factor_lr_scale(factor_lr_scale)
     self.activation = tf.keras.activations.get(activation)
     self.use_bias = bool(use_bias)
     self.bias_initializer = tf.keras.initializers.get(bias_initializer)
@@ -133,7 +145,7 @@ class FactorizedLayer(tf.keras.layers.Layer):
                         self.param_ratio, layer_name=self.name)
     factorization = factors.KernelFactorization(
         self.scheme, kernel_shape, rank, self.nonlinearity, self.factor_init,
-        prefix=prefix)
+        prefix=prefix, factor_lr_scale=self.factor_lr_scale)
     factorization.add_to(self, self.factor_regularizer, self.factor_constraint)
     self.factorizations.append(factorization)
     if self.kernel_regularizer is not None:
@@ -148,6 +160,13 @@ class FactorizedLayer(tf.keras.layers.Layer):
           initializer=initializer or self.bias_initializer,
           regularizer=self.bias_regularizer, constraint=self.bias_constraint,
           trainable=True)
+
+  def _recorded(self, kernel):
+    """Returns `kernel`, collecting it first when a recorder is set for this layer."""
+    recorder = _KERNEL_RECORDERS.get(id(self))
+    if recorder is not None:
+      recorder.append(kernel)
+    return kernel
 
   # -- public queries ------------------------------------------------------
 
@@ -192,6 +211,7 @@ class FactorizedLayer(tf.keras.layers.Layer):
         param_ratio=self.param_ratio,
         nonlinearity=self.nonlinearity,
         factor_init=self.factor_init,
+        factor_lr_scale=self.factor_lr_scale,
         activation=tf.keras.activations.serialize(self.activation),
         use_bias=self.use_bias,
         bias_initializer=tf.keras.initializers.serialize(self.bias_initializer),

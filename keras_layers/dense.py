@@ -51,7 +51,7 @@ class _FactorizedDense(base.FactorizedLayer):
     return self.factorization.compose()
 
   def call(self, inputs):
-    kernel = self.composed_kernel()
+    kernel = self._recorded(self.composed_kernel())
     if inputs.shape.rank == 2:
       outputs = tf.matmul(inputs, kernel)
     else:

@@ -18,11 +18,23 @@ A *scheme* combines terms into the layer's kernel:
 * `lowrank`: `W = W1`, one term of inner rank R (the conventional baseline).
 
 `f` is the optional nonlinearity (`None` or `"tanh"`), applied to each term.
+
+Step size of the composed kernel (docs/DESIGN.md, "Effective step size"): one
+SGD step of size `eta` on the factors decreases the loss, to first order, by
+`eta * sum_f ||dL/df||^2`, where the plain kernel's step decreases it by
+`eta * ||dL/dW||^2`. Their ratio is the layer's *step gain* `G`; `step_gain`
+gives its expected value at initialisation. A factorised layer trains like the
+plain layer at learning rate `G * eta`. With `factor_lr_scale=s` every factor
+is stored divided by `sqrt(s)` and multiplied back when composing, which under
+SGD is the same as a learning rate `s` times larger on the factors (the
+function at init is unchanged); `'matched'` picks `s = 1 / G`.
 """
 
 import collections
 import math
+import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from keras_layers import ranks
@@ -30,6 +42,7 @@ from keras_layers import ranks
 SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
 NONLINEARITIES = (None, 'tanh')
 FACTOR_INITS = ('matched_glorot', 'matched_he', 'he_fan_in', 'he_fan_out')
+MATCHED = 'matched'
 
 GLOBAL = 'global'
 LOCAL = 'local'
@@ -55,6 +68,17 @@ def check_factor_init(factor_init):
     raise ValueError(
         f'factor_init must be one of {FACTOR_INITS}; got {factor_init!r}.')
   return factor_init
+
+
+def check_factor_lr_scale(factor_lr_scale):
+  """`None`, `'matched'` or a positive finite number; anything else raises."""
+  if factor_lr_scale is None or factor_lr_scale == MATCHED:
+    return factor_lr_scale
+  if (isinstance(factor_lr_scale, numbers.Real) and not isinstance(factor_lr_scale, bool)
+      and math.isfinite(factor_lr_scale) and factor_lr_scale > 0):
+    return float(factor_lr_scale)
+  raise ValueError(f"factor_lr_scale must be None, 'matched' or a positive number; "
+                   f'got {factor_lr_scale!r}.')
 
 
 # ---------------------------------------------------------------------------
@@ -227,6 +251,80 @@ def factor_specs(scheme, kernel_shape, rank, factor_init='matched_glorot'):
   return specs
 
 
+# ---------------------------------------------------------------------------
+# Expected step gain at initialisation.
+
+_HERMITE_POINTS, _HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
+
+
+def _gaussian_mean(fn, variance):
+  """`E[fn(w)]` for `w ~ N(0, variance)` (Gauss-Hermite quadrature)."""
+  values = fn(np.sqrt(variance) * _HERMITE_POINTS)
+  return float(np.sum(_HERMITE_WEIGHTS * values) / np.sqrt(2.0 * np.pi))
+
+
+def _moments(nonlinearity, variance):
+  """`(E[f(w)^2], E[f'(w)^2])` for one term `w ~ N(0, variance)`."""
+  if nonlinearity == 'tanh':
+    return (_gaussian_mean(lambda w: np.tanh(w) ** 2, variance),
+            _gaussian_mean(lambda w: (1.0 - np.tanh(w) ** 2) ** 2, variance))
+  return variance, 1.0
+
+
+def term_step_gain(stddevs, rank, tucker):
+  """`E sum_f ||J_i df||^2 / E ||J_i||^2` for one term with isotropic `J_i`.
+
+  A term is multilinear in its factors (`x`, `y` and, for Tucker-2, `t`), so
+  the gradient of `<J_i, W_i>` w.r.t. factor `f` has total squared norm
+  `||J_i||^2 Var(W_i) / s_f^2`, with `Var(W_i) = R s_x^2 s_y^2` (matrix) or
+  `R^2 s_t^2 s_x^2 s_y^2` (Tucker-2).
+
+  Args:
+    stddevs: the standard deviation of each factor of the term.
+    rank: inner rank R.
+    tucker: whether the term has a core `t`.
+  """
+  variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stddevs)
+  return variance * sum(1.0 / (s * s) for s in stddevs)
+
+
+def step_gain(scheme, specs, rank, tucker, nonlinearity=None):
+  """Expected step gain `G` of a factorised kernel at its initial factor stds.
+
+  `G = E sum_f ||dL/df||^2 / E ||dL/dW||^2` for a gradient `J = dL/dW` with
+  independent entries: a plain kernel has `G = 1`; SGD at learning rate `eta`
+  on the factors changes the loss, to first order, as SGD at `G * eta` on the
+  plain kernel would. Through the scheme `J_i = J * f'(W_i) * (other term)`,
+  so each term's gain is weighted by `E[f'(W_i)^2]` and the second moment of
+  the other term (`E[f(W_j)^2]`; `E[(f(W_2) + 1)^2]` for pFedPara's global
+  term, 1 for low-rank).
+
+  Args:
+    scheme: one of `SCHEMES`.
+    specs: the factors' `FactorSpec`s, as `factor_specs` returns them.
+    rank: inner rank R.
+    tucker: whether the terms are Tucker-2 (convolution).
+    nonlinearity: `None` or `'tanh'`.
+  """
+  per_term = len(specs) // _term_count(scheme)
+  terms = [specs[i * per_term:(i + 1) * per_term] for i in range(_term_count(scheme))]
+  gains, second, slope = [], [], []
+  for term in terms:
+    stds = [spec.stddev for spec in term]
+    variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stds)
+    f2, df2 = _moments(nonlinearity, variance)
+    gains.append(term_step_gain(stds, rank, tucker))
+    second.append(f2)
+    slope.append(df2)
+  if scheme == 'lowrank':
+    return gains[0] * slope[0]
+  other = [second[1], second[0]]
+  if scheme == 'pfedpara':
+    # W = f(W1) * (f(W2) + 1): E[(f(W2) + 1)^2] = E[f(W2)^2] + 1 (zero mean).
+    other[0] = second[1] + 1.0
+  return sum(g * d * o for g, d, o in zip(gains, slope, other))
+
+
 class KernelFactorization:
   """The factors of one kernel: creates them on a layer and composes the kernel.
 
@@ -240,15 +338,25 @@ class KernelFactorization:
     nonlinearity: `None` or `'tanh'`, applied to each composed term.
     factor_init: one of `FACTOR_INITS`.
     prefix: prepended to factor names (the LSTM uses `kernel_`, `recurrent_`).
+    factor_lr_scale: `None`, a positive number `s` or `'matched'` (`s = 1 /
+      step_gain`): each factor is stored divided by `sqrt(s)` and composed
+      multiplied by it, i.e. SGD on the factors at `s` times the learning rate.
   """
 
   def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
-               factor_init='matched_glorot', prefix=''):
+               factor_init='matched_glorot', prefix='', factor_lr_scale=None):
     self.scheme = check_scheme(scheme)
     self.kernel_shape = tuple(kernel_shape)
     self.rank = rank
     self.nonlinearity = check_nonlinearity(nonlinearity)
     self.specs = factor_specs(scheme, kernel_shape, rank, factor_init)
+    self.initial_step_gain = step_gain(scheme, self.specs, rank, len(self.kernel_shape) > 2,
+                                       self.nonlinearity)
+    factor_lr_scale = check_factor_lr_scale(factor_lr_scale)
+    if factor_lr_scale == MATCHED:
+      factor_lr_scale = 1.0 / self.initial_step_gain
+    self.lr_scale = 1.0 if factor_lr_scale is None else factor_lr_scale
+    self.multiplier = math.sqrt(self.lr_scale)
     self.prefix = prefix
     self.factors = collections.OrderedDict()
     self._roles = {}
@@ -261,7 +369,8 @@ class KernelFactorization:
       variable = layer.add_weight(
           name=self.prefix + spec.name,
           shape=spec.shape,
-          initializer=tf.keras.initializers.RandomNormal(stddev=spec.stddev),
+          initializer=tf.keras.initializers.RandomNormal(
+              stddev=spec.stddev / self.multiplier),
           regularizer=regularizer,
           constraint=constraint,
           trainable=True)
@@ -269,19 +378,42 @@ class KernelFactorization:
       self._roles[spec.name] = spec.role
     return self
 
-  def _term_factors(self, term_index):
+  def _term_factors(self, term_index, stored):
     suffix = _term_suffix(self.scheme, term_index)
     names = ['x', 'y', 't'] if len(self.kernel_shape) > 2 else ['x', 'y']
-    return [self.factors[name + suffix] for name in names]
+    return [self._scaled(stored[name + suffix]) for name in names]
 
-  def compose_terms(self):
-    """The composed terms `W_i` (before the nonlinearity), Keras layout."""
-    return compose_terms([self._term_factors(i)
+  def _scaled(self, value):
+    if self.multiplier == 1.0:
+      return value
+    return value * tf.cast(self.multiplier, value.dtype)
+
+  def factor(self, name):
+    """The factor `name` as it enters the product (stored variable x multiplier)."""
+    return self._scaled(self.factors[name])
+
+  def assign_factor(self, name, value):
+    """Sets factor `name` so that it enters the product with `value`."""
+    self.factors[name].assign(np.asarray(value) / self.multiplier)
+
+  def compose_terms(self, stored=None):
+    """The composed terms `W_i` (before the nonlinearity), Keras layout.
+
+    Args:
+      stored: optional dict `factor name -> tensor` in the variables' (stored)
+        scale, used instead of the variables (default: the variables).
+    """
+    stored = self.factors if stored is None else stored
+    return compose_terms([self._term_factors(i, stored)
                           for i in range(_term_count(self.scheme))])
 
   def compose(self):
     """The layer's kernel in Keras layout, composed from the current factors."""
-    return combine_terms(self.scheme, self.compose_terms(), self.nonlinearity)
+    return self.compose_with(None)
+
+  def compose_with(self, stored):
+    """The kernel composed from `stored` (dict of stored-scale factor values)."""
+    return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
 
   @property
   def local_variables(self):

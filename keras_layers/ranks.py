@@ -78,9 +78,47 @@ def original_param_count(kernel_shape):
 
 
 def max_rank(kernel_shape):
-  """Largest rank a layer accepts: `min(in, out)` (dense) or `min(O, I)` (conv)."""
-  _, fan_in, fan_out = split_kernel_shape(kernel_shape)
-  return min(fan_in, fan_out)
+  """Largest rank any kernel of this shape has: `min(in, out)`, or `min(O, I k1 k2)` for conv.
+
+  The bound is on the kernel's unfolding `(O, I k1 k2)` (the matrix a
+  convolution multiplies by), not on the inner rank of a factorisation.
+  """
+  spatial, fan_in, fan_out = split_kernel_shape(kernel_shape)
+  return min(fan_in * _spatial_size(spatial), fan_out)
+
+
+def reachable_rank(scheme, kernel_shape, rank):
+  """Upper bound on the rank of the composed kernel's `(O, I k1 k2)` unfolding.
+
+  FedPara: `min(R^2, O, I k1 k2)` (Proposition 1; for Tucker-2 each term's
+  unfolding has rank at most R through `X (O, R)`). pFedPara: `W1 * (W2 + 1)`,
+  at most `R (R + 1)`. Low-rank: `min(R, O, I k1 k2)`.
+  """
+  if scheme == 'lowrank':
+    inner = rank
+  elif scheme == 'pfedpara':
+    inner = rank * (rank + 1)
+  else:
+    inner = rank * rank
+  return min(inner, max_rank(kernel_shape))
+
+
+_warned_ranks = set()
+
+
+def warn_if_rank_unreachable(scheme, kernel_shape, rank, layer_name=''):
+  """Warns once when `rank` adds parameters but not reachable rank (rank - 1 reaches as much)."""
+  shape = _check_kernel_shape(kernel_shape)
+  if rank <= 1 or reachable_rank(scheme, shape, rank - 1) < reachable_rank(scheme, shape, rank):
+    return
+  key = (scheme, shape, rank)
+  if key in _warned_ranks:
+    return
+  _warned_ranks.add(key)
+  warnings.warn(
+      f'{layer_name}: rank {rank} adds parameters without adding reachable rank for kernel '
+      f'shape {shape} (rank {rank - 1} already reaches {reachable_rank(scheme, shape, rank)}).',
+      stacklevel=4)
 
 
 def r_min(kernel_shape):
@@ -177,7 +215,8 @@ def rank_for_param_ratio(kernel_shape, param_ratio):
 
   Solves `2R(O + I + R k1 k2) = ratio * O I k1 k2` (dense: `2R(in + out) =
   ratio * in * out`) for R, rounds up, and floors the result at
-  `max(ceil(sqrt(O)), ceil(sqrt(I)))`, capped at `min(O, I)`.
+  `max(ceil(sqrt(O)), ceil(sqrt(I)))`, capped at `r_max` (the budget) when
+  `r_max` is at least 1.
   """
   ratio = check_param_ratio(param_ratio)
   spatial, fan_in, fan_out = split_kernel_shape(kernel_shape)
@@ -191,14 +230,16 @@ def rank_for_param_ratio(kernel_shape, param_ratio):
     solution = budget / (2.0 * (fan_in + fan_out))
   floor = max(math.isqrt(fan_out - 1) + 1, math.isqrt(fan_in - 1) + 1)
   rank = max(math.ceil(solution - _CEIL_EPS), floor)
-  return min(rank, max_rank(kernel_shape))
+  upper = r_max(kernel_shape)
+  return min(rank, upper) if upper >= 1 else rank
 
 
 def lowrank_rank_matching(kernel_shape, fedpara_rank):
   """Inner rank of the low-rank baseline matching a FedPara layer's size.
 
-  Dense: `2R` (exactly the same count). Convolution: the largest `R'` with
-  `R'(O + I + R' k1 k2) <= 2R(O + I + R k1 k2)`, capped at `min(O, I)`.
+  Dense: `2R` (exactly the same count), capped at `min(in, out)` (a larger
+  inner rank adds nothing). Convolution: the largest `R'` with
+  `R'(O + I + R' k1 k2) <= 2R(O + I + R k1 k2)`, capped at `min(O, I k1 k2)`.
   """
   budget = fedpara_param_count(kernel_shape, fedpara_rank)
   rank = _largest_rank_within(lowrank_param_count, kernel_shape, budget)

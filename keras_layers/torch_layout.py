@@ -52,6 +52,6 @@ def load_torch_factors(layer, terms, bias=None):
         expected = tuple(variable.shape) if key == 'T' else tuple(variable.shape)[::-1]
         raise ValueError(f'{layer.name}: {key} for {name} has shape {given.shape}; '
                          f'expected {expected}.')
-      variable.assign(value)
+      factorization.assign_factor(name, value)
   if bias is not None:
     layer.bias.assign(np.asarray(bias))

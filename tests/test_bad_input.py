@@ -28,6 +28,10 @@ import keras_layers as kl
      r"nonlinearity must be one of \(None, 'tanh'\); got 'relu'"),
     (lambda: kl.FedParaDense(8, factor_init='xavier'), r"factor_init must be one of .*got 'xavier'"),
     (lambda: kl.FedParaDense(8, param_ratio=2.0), r'param_ratio must be a number in \(0, 1\]; got 2.0'),
+    (lambda: kl.FedParaDense(8, factor_lr_scale=0), r"factor_lr_scale must be None, 'matched' or a "
+     r'positive number; got 0'),
+    (lambda: kl.FedParaDense(8, factor_lr_scale='auto'), r"factor_lr_scale must .*got 'auto'"),
+    (lambda: kl.FedParaConv2D(8, 3, factor_lr_scale=float('inf')), r'factor_lr_scale must .*got inf'),
 ])
 def test_bad_constructor_argument_is_named(make, message):
   with pytest.raises(ValueError, match=message):
@@ -35,10 +39,6 @@ def test_bad_constructor_argument_is_named(make, message):
 
 
 @pytest.mark.parametrize('layer, shape, message', [
-    (lambda: kl.FedParaDense(16, rank=17), (4, 32),
-     r'rank 17 exceeds the maximum 16 .* kernel shape \(32, 16\)'),
-    (lambda: kl.FedParaConv2D(8, 3, rank=9), (1, 6, 6, 12),
-     r'rank 9 exceeds the maximum 8 .* kernel shape \(3, 3, 12, 8\)'),
     (lambda: kl.FedParaConv2D(8, 5, rank=2), (1, 4, 9, 3),
      r'kernel_size \(5, 5\) .* spans 5 on spatial axis 0, larger than the input size 4 '
      r'allowed by padding "valid"'),

@@ -83,6 +83,21 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
     assert json.load(f)['gb_total'] == pytest.approx(4 * per_round / 1e9)
 
 
+def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_backends(tmp_path):
+  """The correction and the lr scale reach the client update (TFF and tf backends agree)."""
+  base = dict(model='small_cnn', rounds=1, clients=4, clients_per_round=2, batch_size=64)
+  plain = runner.run(_config(tmp_path, 'plain', **base))
+  losses = {}
+  for backend in ('tff', 'tf'):
+    corrected = runner.run(_config(tmp_path, 'jc_' + backend, jacobian_correction=5.0,
+                                   factor_lr_scale='matched', backend=backend, **base))
+    losses[backend] = float(_rows(corrected['output_dir'])[0]['train_loss'])
+  assert np.isfinite(losses['tff'])
+  assert losses['tff'] == pytest.approx(losses['tf'], rel=1e-4)
+  assert losses['tff'] != pytest.approx(float(_rows(plain['output_dir'])[0]['train_loss']),
+                                        rel=1e-4)
+
+
 def test_lstm_on_the_plays_runs(tmp_path):
   config = _config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
                    sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,
@@ -177,6 +192,15 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
            "FedAvg only; got algorithm='fedadam'")
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
+  _refused(_config(tmp_path, factor_lr_scale='fast'),
+           r"factor_lr_scale must be 'none', 'matched' or a positive number; got 'fast'")
+  _refused(_config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
+  _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='fedprox'),
+           r"jacobian_correction=1.0 needs the shared round .*algorithm='fedprox'")
+  _refused(_config(tmp_path, jacobian_correction=1.0, parameterization='original'),
+           "jacobian_correction applies to factorised layers; parameterization='original'")
+  _refused(_config(tmp_path, jacobian_correction=-1.0),
+           'jacobian_correction must be a finite number >= 0; got -1.0')
 
 
 def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):

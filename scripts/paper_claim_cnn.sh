@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CNN runs behind docs/RESULTS.md ("FedPara vs low-rank"): one experiments.train run per
+# variant, in order, for one partition (iid | noniid). Rerunning the same command resumes each run
+# from its checkpoint and skips finished ones. Usage: scripts/paper_claim_cnn.sh iid|noniid [NAME...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+partition="${1:?usage: $0 iid|noniid [variant ...]}"; shift
+cfg="experiments/configs/fashion_mnist_vgg_narrow_${partition}.cfg"
+[ -f "$cfg" ] || { echo "$0: no flagfile $cfg (partition must be iid or noniid)" >&2; exit 2; }
+declare -A variants=(
+  [original]="--parameterization=original"
+  [lowrank]="--parameterization=lowrank"
+  [fedpara]="--parameterization=fedpara"
+  [fedpara_matched]="--parameterization=fedpara --factor_lr_scale=matched"
+  [lowrank_matched]="--parameterization=lowrank --factor_lr_scale=matched"
+  [fedpara_tanh_jc]="--parameterization=fedpara --nonlinearity=tanh --jacobian_correction=1"
+  [fedpara_tanh]="--parameterization=fedpara --nonlinearity=tanh"
+  [fedpara_jc]="--parameterization=fedpara --jacobian_correction=1"
+  [fedpara_he_fan_in]="--parameterization=fedpara --factor_init=he_fan_in"
+  [fedpara_he_fan_out]="--parameterization=fedpara --factor_init=he_fan_out"
+)
+order=(original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc fedpara_he_fan_out
+       fedpara_he_fan_in fedpara_tanh fedpara_jc)
+[ "$#" -gt 0 ] && order=("$@")
+for name in "${order[@]}"; do
+  [ -n "${variants[$name]+x}" ] || { echo "$0: unknown variant $name" >&2; exit 2; }
+  echo "== $partition / $name"
+  # shellcheck disable=SC2086
+  .venv/bin/python -m experiments.train --flagfile="$cfg" ${variants[$name]} --progress=false \
+      --output_dir="runs/paper_claim/fashion_vgg_narrow_${partition}/${name}"
+done
