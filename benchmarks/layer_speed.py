@@ -5,7 +5,9 @@ update, on random data of the stated size; the plain and FedPara models are
 timed alternately in several rounds and the best per-step time is compared.
 
 Targets (issue "Foundation and keras_layers"): conv <= 1.25x, dense <= 2x,
-exported plain model = 1.0x (+-5%) of the plain model.
+exported plain model = 1.0x (+-5%) of the plain model. The last column is the
+extra cost of the Jacobian correction (lambda 1, `keras_layers.jacobian`):
+the FedPara step with it over the FedPara step without it.
 
   python -m benchmarks.layer_speed            # full sizes (a few minutes on 2 cores)
   python -m benchmarks.layer_speed --quick    # smaller batches, for a smoke run
@@ -23,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_layers as kl
+from keras_layers import jacobian
 
 _GAMMA = flags.DEFINE_float('gamma', 0.1, 'FedPara rank knob.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating timing rounds per case.')
@@ -39,15 +42,18 @@ def dense_model(width, layer):
   return tf.keras.Sequential([tf.keras.Input((width,)), layer])
 
 
-def make_step(model):
+def make_step(model, correction=0.0):
+  """A compiled SGD step; with `correction` > 0 the Jacobian correction of that strength."""
   optimizer = tf.keras.optimizers.SGD(0.01)
 
   @tf.function
   def step(x):
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_mean(tf.square(model(x, training=True)))
-    optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
-                                  model.trainable_variables))
+    def objective_fn():
+      return tf.reduce_mean(tf.square(model(x, training=True))), None
+
+    loss, _, grads = jacobian.loss_and_gradients(model, objective_fn, model.trainable_variables,
+                                                 0.01, correction)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 
   return step
@@ -68,7 +74,8 @@ def compare(models, x, rounds, steps):
   The minimum is the figure least disturbed by other load on a shared machine
   (as `timeit` advises); every model gets the same number of rounds.
   """
-  steps_fns = {name: make_step(m) for name, m in models.items()}
+  steps_fns = {name: make_step(m, 1.0 if name == 'fedpara_jc' else 0.0)
+               for name, m in models.items()}
   for fn in steps_fns.values():  # trace and warm up
     time_steps(fn, x, 2)
   samples = {name: [] for name in models}
@@ -91,25 +98,28 @@ def main(argv):
     cases.append((f'conv {channels}->{channels} 3x3 on {size}x{size}', x, {
         'plain': conv_model(channels, size, tf.keras.layers.Conv2D(channels, 3, padding='same')),
         'fedpara': fedpara,
+        'fedpara_jc': fedpara,
         'exported': kl.export(fedpara)}))
   x = tf.constant(rng.normal(size=(batch, 512)), tf.float32)
   fedpara = dense_model(512, kl.FedParaDense(512, gamma=gamma))
   cases.append(('dense 512->512', x, {
       'plain': dense_model(512, tf.keras.layers.Dense(512)),
       'fedpara': fedpara,
+      'fedpara_jc': fedpara,
       'exported': kl.export(fedpara)}))
 
   print(f'train step (forward+backward+SGD), batch {batch}, gamma {gamma}, best of '
         f'{_ROUNDS.value} alternating rounds x {_STEPS.value} steps; '
         f'{os.cpu_count()} CPU cores, TF {tf.__version__}')
   print(f'{"case":<30} {"rank":>5} {"plain ms":>9} {"fedpara ms":>11} {"fedpara/plain":>14} '
-        f'{"exported/plain":>15}')
+        f'{"exported/plain":>15} {"JC/fedpara":>11}')
   for name, x, models in cases:
     times = compare(models, x, _ROUNDS.value, _STEPS.value)
     rank = models['fedpara'].layers[0].ranks[0]
     print(f'{name:<30} {rank:>5} {times["plain"] * 1e3:>9.2f} {times["fedpara"] * 1e3:>11.2f} '
           f'{times["fedpara"] / times["plain"]:>14.2f} '
-          f'{times["exported"] / times["plain"]:>15.2f}')
+          f'{times["exported"] / times["plain"]:>15.2f} '
+          f'{times["fedpara_jc"] / times["fedpara"]:>11.2f}')
 
 
 if __name__ == '__main__':

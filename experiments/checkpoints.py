@@ -11,15 +11,24 @@ import glob
 import json
 import os
 import re
+import sys
 
 import numpy as np
 import tensorflow as tf
+
+from experiments.data import common
 
 _NAME = re.compile(r'ckpt-(\d{6})\.npz$')
 
 
 class CheckpointMismatchError(ValueError):
   """The checkpoint was written by a run of another model or structure."""
+
+
+class CheckpointDamagedError(ValueError):
+  """The checkpoint file cannot be read (truncated, bad CRC, not a checkpoint)."""
+
+
 
 
 def model_signature(keras_model):
@@ -65,14 +74,49 @@ def save(directory, round_num, state, signature, counters, local_store=None, kee
               state_size=len(tf.nest.flatten(state)))
   path = path_for(directory, round_num)
   temporary = f'{path}.tmp.npz'
-  with open(temporary, 'wb') as f:
-    np.savez(f, meta=json.dumps(meta), **arrays)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
+  try:
+    with open(temporary, 'wb') as f:
+      np.savez(f, meta=json.dumps(meta), **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)   # a failed write (full disk, interrupt) leaves no temporary file
+    raise
+  _fsync_directory(directory)
   for _, old in _all(directory)[:-keep]:
     os.remove(old)
   return path
+
+
+def _fsync_directory(directory):
+  """Makes the rename durable (the directory entry reaches the disk)."""
+  descriptor = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
+
+
+def load_latest(directory, template_state, signature, log=None):
+  """`(round, state, counters, local_store)` of the newest intact checkpoint, or None.
+
+  A damaged checkpoint is skipped with one line on `log` (default stderr) naming it and the
+  round resumed from instead.
+
+  Raises:
+    CheckpointMismatchError: a readable checkpoint of another model or structure.
+  """
+  found = _all(directory)
+  for index in range(len(found) - 1, -1, -1):
+    round_num, path = found[index]
+    try:
+      return load(path, template_state, signature)
+    except CheckpointDamagedError as e:
+      fallback = found[index - 1][0] if index else 0
+      print(f'{e}; resuming from round {fallback} instead.', file=log or sys.stderr, flush=True)
+  return None
 
 
 def load(path, template_state, signature):
@@ -90,8 +134,10 @@ def load(path, template_state, signature):
     with np.load(path) as stored:
       meta = json.loads(str(stored['meta']))
       arrays = {k: stored[k] for k in stored.files if k != 'meta'}
-  except (OSError, ValueError, KeyError) as e:
-    raise CheckpointMismatchError(f'checkpoint {path} cannot be read: {e}') from e
+    for key in ('round', 'signature', 'counters', 'clients', 'state_size'):
+      meta[key]   # pylint: disable=pointless-statement
+  except common.NPZ_READ_ERRORS as e:
+    raise CheckpointDamagedError(f'checkpoint {path} is damaged ({type(e).__name__}: {e})') from e
   if meta['signature'] != signature:
     theirs = {n: s for n, s in meta['signature']}
     ours = {n: s for n, s in signature}

@@ -9,7 +9,7 @@ resumes there if interrupted).
   python -m experiments.compare --flagfile=experiments/configs/mnist5k_quick.cfg
 """
 
-from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
 
 import math  # pylint: disable=g-import-not-at-top
 import os
@@ -61,11 +61,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  runtime.sigterm_as_keyboard_interrupt()
   base = train.config_from_flags()
-  summaries = []
-  for parameterization in _PARAMETERIZATIONS.value:
-    config = train.config_from_flags(parameterization=parameterization,
+  configs = [train.config_from_flags(parameterization=parameterization,
                                      output_dir=os.path.join(base.output_dir, parameterization))
+             for parameterization in _PARAMETERIZATIONS.value]
+  for config in configs:   # every run's settings are checked before the first one starts
+    try:
+      runner.check(config)
+    except ValueError as e:
+      raise SystemExit(f'compare: error: parameterization={config.parameterization}: '
+                       f'{" ".join(str(e).split())}') from None
+  summaries = []
+  for config in configs:
+    parameterization = config.parameterization
     print(f'== {parameterization}: {config.dataset}, {config.model}, {config.rounds} rounds, '
           f'{config.clients_per_round} of {config.clients} clients per round', flush=True)
     summaries.append(train.run_or_exit(config, program='compare'))

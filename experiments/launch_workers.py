@@ -32,7 +32,9 @@ flags.register_multi_flags_validator(
 
 
 def start(ports, concurrency=-1):
-  """Starts one worker per port; returns the `subprocess.Popen`s."""
+  """Starts one worker per port (each must be free); returns the `subprocess.Popen`s."""
+  for port in ports:
+    worker_service.check_port_free(port, 'launch_workers')
   return [subprocess.Popen(worker_service.command(port, concurrency), stdout=subprocess.DEVNULL)
           for port in ports]
 

@@ -42,8 +42,19 @@ def curve(rows):
   return [], [], None
 
 
+def output_path(output):
+  """The file a figure for `output` is written to: `DIR/accuracy_vs_gb.png` for an existing
+  folder, `.png` appended when there is no extension (as matplotlib would), else `output`."""
+  if os.path.isdir(output):
+    return os.path.join(output, run_io.PLOT_FILE)
+  if not os.path.splitext(output)[1]:
+    return output + '.png'
+  return output
+
+
 def plot_runs(run_dirs, output, title=None):
-  """Draws one accuracy-vs-GB curve per run into `output`; returns the curves drawn."""
+  """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
+  drawn."""
   figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
   drawn, metrics, run = {}, set(), {}
   for run_dir in run_dirs:
@@ -62,6 +73,7 @@ def plot_runs(run_dirs, output, title=None):
   if drawn:
     axes.legend()
   figure.tight_layout()
+  output = output_path(output)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   figure.savefig(output)
   pyplot.close(figure)
@@ -77,7 +89,7 @@ def main(argv):
     drawn = plot_runs(_RUNS.value, _OUTPUT.value, _TITLE.value)
   except ValueError as e:
     raise SystemExit(f'plot: error: {e}') from None
-  print(f'wrote {_OUTPUT.value} ({len(drawn)} curves)')
+  print(f'wrote {output_path(_OUTPUT.value)} ({len(drawn)} curves)')
 
 
 if __name__ == '__main__':

@@ -85,6 +85,9 @@ def prepare(output_dir, run_flags, overwrite):
       `overwrite`), files a run did not write, or a run's files but no run.json.
   """
   path = os.path.join(output_dir, RUN_FILE)
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise RunConflictError(f'output_dir {output_dir} is a file, not a folder; choose another '
+                           f'--output_dir.')
   if os.path.isdir(output_dir) and os.listdir(output_dir):
     if overwrite:
       remove_run(output_dir)
@@ -97,8 +100,7 @@ def prepare(output_dir, run_flags, overwrite):
                              f'{RUN_FILE}; pass --overwrite to replace them or choose another '
                              f'--output_dir.')
     else:
-      with open(path) as f:
-        previous = json.load(f)
+      previous = _read_run_file(path)
       changed = sorted(k for k in set(previous) | set(run_flags)
                        if previous.get(k) != run_flags.get(k))
       if changed:
@@ -107,22 +109,61 @@ def prepare(output_dir, run_flags, overwrite):
                                f'({detail}); pass --overwrite to replace it or choose another '
                                f'--output_dir.')
       return True
-  os.makedirs(output_dir, exist_ok=True)
   temporary = path + '.tmp'
-  with open(temporary, 'w') as f:
-    json.dump(run_flags, f, indent=1, sort_keys=True)
-  os.replace(temporary, path)
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(temporary, 'w') as f:
+      json.dump(run_flags, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+  except OSError as e:
+    raise RunConflictError(f'output_dir {output_dir} cannot be written ({e.strerror}: '
+                           f'{e.filename}); choose another --output_dir.') from None
   return False
 
 
+INTEGER_COLUMNS = ('round', 'clients', 'diverged_clients', 'bytes_uploaded', 'bytes_downloaded')
+
+
+class DamagedFileError(ValueError):
+  """A file of the run folder cannot be read back."""
+
+
+def _read_run_file(path):
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+    if not isinstance(previous, dict):
+      raise ValueError('not a JSON object')
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DamagedFileError(f'{path} is damaged ({e}); it names the flags of the run in this '
+                           f'folder: restore it, or pass --overwrite to start the run again.'
+                           ) from None
+  return previous
+
+
 def read_metrics(output_dir):
-  """The rows of `metrics.csv` as dicts of floats (empty cells -> NaN)."""
+  """The rows of `metrics.csv` as dicts of floats (empty cells -> NaN).
+
+  Raises:
+    DamagedFileError: the file is not a metrics table (named, with what to do).
+  """
   path = os.path.join(output_dir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path, newline='') as f:
-    return [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
-            for row in csv.DictReader(f)]
+  try:
+    with open(path, newline='') as f:
+      reader = csv.DictReader(f)
+      if reader.fieldnames is not None and list(reader.fieldnames) != list(COLUMNS):
+        raise ValueError(f'its header is not {",".join(COLUMNS)}')
+      rows = [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
+              for row in reader]
+    if any(None in row or math.isnan(row['round']) for row in rows):
+      raise ValueError('a row has missing or extra cells')
+  except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+    raise DamagedFileError(f'{path} is damaged ({e}); move it away and rerun to resume from the '
+                           f'last checkpoint (its rows up to there are lost), or pass --overwrite '
+                           f'to start the run again.') from None
+  return rows
 
 
 class MetricsWriter:
@@ -140,13 +181,13 @@ class MetricsWriter:
       writer = csv.DictWriter(f, COLUMNS)
       writer.writeheader()
       for row in kept:
-        writer.writerow({k: _cell(row.get(k)) for k in COLUMNS})
+        writer.writerow({k: _cell(row.get(k), k) for k in COLUMNS})
     os.replace(temporary, self._path)
     self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
 
   def write(self, row):
     with open(self._path, 'a', newline='') as f:
-      csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k)) for k in COLUMNS})
+      csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k), k) for k in COLUMNS})
     with self._summary.as_default():
       for key in COLUMNS[1:]:
         value = row.get(key)
@@ -158,11 +199,14 @@ class MetricsWriter:
     self._summary.close()
 
 
-def _cell(value):
+def _cell(value, column=None):
+  """A CSV cell at full precision: integers as integers, floats round-trip exactly."""
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return ''
+  if column in INTEGER_COLUMNS:
+    return int(value)
   if isinstance(value, float):
-    return f'{value:.6g}'
+    return repr(value)
   return value
 
 

@@ -25,6 +25,7 @@ import tqdm
 import fedpara_tff
 from fedpara_tff import distributed
 from fedpara_tff import personalization
+from fedpara_tff import runtime
 from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
@@ -35,17 +36,40 @@ from experiments.data import clients as clients_lib
 from experiments.data import registry
 
 PERSONALIZED = ('pfedpara', 'fedper', 'local')
-PAUSE_ENV = 'FEDPARA_PAUSE_AFTER_ROUND'
 BACKENDS = ('tff', 'tf')
 # Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
+# The data itself is identified by its checksum (`data_sha256` in run.json), not by `data_dir`;
+# `max_test_examples` picks the evaluation set, so it is part of the identity.
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
-                       'progress', 'cache_dir', 'download', 'data_dir', 'max_test_examples',
+                       'progress', 'cache_dir', 'download', 'data_dir',
                        'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
                        'gpus')
 
 
 class RunInterruptedError(RuntimeError):
   """The run stopped mid-way (e.g. a worker died); its last checkpoint is kept."""
+
+
+class RunDivergedError(RunInterruptedError):
+  """Training diverged: no client's update was finite, or the model or test loss is not finite."""
+
+
+def divergence(row, clients, weights):
+  """What diverged in a round, in words, or None when the round is sound.
+
+  Args:
+    row: the round's metrics (`diverged_clients`, optional `test_loss`).
+    clients: the round's client count.
+    weights: the global model's variables after the round (numpy arrays).
+  """
+  if row['diverged_clients'] >= clients:
+    return f'every client\'s update was non-finite ({clients} of {clients} clients)'
+  bad = [i for i, w in enumerate(weights) if not np.all(np.isfinite(w))]
+  if bad:
+    return f'the server model has non-finite values (variable {bad[0]} of {len(weights)})'
+  if 'test_loss' in row and not math.isfinite(row['test_loss']):
+    return f'the test loss is {row["test_loss"]}'
+  return None
 
 
 @dataclasses.dataclass
@@ -119,6 +143,12 @@ def check(config):
                        f'client_momentum={config.client_momentum}, '
                        f'server_momentum={config.server_momentum}.')
   _lr_scale(config.factor_lr_scale)
+  if not 0 <= config.seed < 2**31:
+    raise ValueError(f'seed must be in [0, 2**31); got {config.seed!r}.')
+  for name in ('worker_connect_timeout', 'worker_failure_timeout'):
+    value = getattr(config, name)
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+      raise ValueError(f'{name} must be a finite number > 0; got {value!r}.')
   if config.factor_init not in keras_layers.factors.FACTOR_INITS:
     raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
                      f'{config.factor_init!r}.')
@@ -307,13 +337,18 @@ class _Evaluator:
     loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction='sum')
     model = self._model
 
-    @tf.function
+    def add_batch(totals, batch):
+      batch_x, batch_y = batch
+      logits = model(batch_x, training=False)
+      correct, total = personalization.correct_and_total(logits, batch_y)
+      return (totals[0] + loss(batch_y, logits), totals[1] + correct, totals[2] + total)
+
+    # `Dataset.reduce`, not a Python loop: the loop needs AutoGraph, which reads the source file
+    # again and silently falls back to an endless graph-mode loop if it was edited meanwhile.
+    @tf.function(autograph=False)
     def evaluate():
-      totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
-      for batch_x, batch_y in self._dataset:
-        logits = model(batch_x, training=False)
-        correct, total = personalization.correct_and_total(logits, batch_y)
-        totals = (totals[0] + loss(batch_y, logits), totals[1] + correct, totals[2] + total)
+      totals = self._dataset.reduce(
+          (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)), add_batch)
       return totals[0] / totals[2], totals[1] / totals[2]
 
     self._evaluate = evaluate
@@ -372,6 +407,7 @@ def run(config):
   runtime is restored afterwards.
   """
   addresses = distributed.parse_addresses(config.workers) if config.workers else None
+  runtime.tie_workers_to_this_process()   # a TFF worker started from here dies with us
   data, parts, keras_model_fn, keras_model = prepare(config)
   if not addresses:
     return _run(config, data, parts, keras_model_fn, keras_model, shares=None)
@@ -388,8 +424,29 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
   signature = checkpoints.model_signature(keras_model)
   params, plain_params = _parameter_counts(keras_model)
-  resuming = run_io.prepare(config.output_dir, config.identity(), config.overwrite)
+  existed = os.path.isdir(config.output_dir)
+  resuming = run_io.prepare(config.output_dir,
+                            dict(config.identity(), data_sha256=data.fingerprint()),
+                            config.overwrite)
+  try:
+    return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
+                   plain_params, resuming, shares)
+  except BaseException:
+    # A new run that stops before its first checkpoint holds nothing worth resuming: its files
+    # go, so that the corrected command can use the same folder.
+    if not resuming and checkpoints.latest(os.path.join(config.output_dir, 'checkpoints')) is None:
+      try:
+        run_io.remove_run(config.output_dir)
+        if not existed:
+          os.rmdir(config.output_dir)
+      except (OSError, run_io.RunConflictError):
+        pass   # something else appeared in the folder meanwhile: leave it all
+    raise
 
+
+def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
+            plain_params, resuming, shares):
+  """Builds the process and runs the rounds of a prepared run folder; returns the summary."""
   element_spec = _element_spec(data)
   personalized = config.parameterization in PERSONALIZED
   process = (_Shared if _uses_shared_round(config) else _Process)(config, keras_model_fn,
@@ -398,9 +455,9 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
   checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
-  found = checkpoints.latest(checkpoint_dir) if resuming else None
+  found = checkpoints.load_latest(checkpoint_dir, state, signature) if resuming else None
   if found:
-    start_round, state, counters, local_store = checkpoints.load(found[1], state, signature)
+    start_round, state, counters, local_store = found
     if personalized:
       process.local_store.update(local_store)
   train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
@@ -429,6 +486,19 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
         raise RunInterruptedError(
             f'round {round_num}: {e}; the last checkpoint (round {kept[0] if kept else 0}) is '
             f'kept: start the worker again and rerun the same command to resume.') from None
+      diverged = divergence(row, len(chosen), [np.asarray(w) for w in
+                                               process.global_weights(state)])
+      if diverged is None and evaluator and (round_num % config.eval_every == 0
+                                             or round_num == config.rounds):
+        row['test_loss'], row['test_accuracy'] = evaluator(process.global_weights(state))
+        diverged = divergence(row, len(chosen), [])
+      if diverged:
+        kept = checkpoints.latest(checkpoint_dir)
+        raise RunDivergedError(
+            f'round {round_num}: training diverged: {diverged} at client_learning_rate='
+            f'{config.client_learning_rate}, server_learning_rate={config.server_learning_rate}; '
+            f'the last checkpoint (round {kept[0] if kept else 0}) is kept. Try a smaller '
+            f'learning rate, e.g. --client_learning_rate={config.client_learning_rate / 10:g}.')
       counters['bytes_uploaded'] += row['bytes_uploaded']
       counters['bytes_downloaded'] += row['bytes_downloaded']
       counters['wall_time_s'] += time.perf_counter() - began
@@ -436,8 +506,6 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
                  cumulative_gb=(counters['bytes_uploaded'] + counters['bytes_downloaded']) / 1e9,
                  wall_time_s=counters['wall_time_s'])
       if round_num % config.eval_every == 0 or round_num == config.rounds:
-        if evaluator:
-          row['test_loss'], row['test_accuracy'] = evaluator(process.global_weights(state))
         if personalized:
           row['personalized_accuracy'] = process.evaluate(
               state, list(ids), [test_cd.create_tf_dataset_for_client(i).batch(256) for i in ids])
@@ -446,7 +514,6 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
       if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
         checkpoints.save(checkpoint_dir, round_num, state, signature, counters,
                          process.local_store)
-      _pause_if_asked(round_num)
   finally:
     bar.close()
     writer.close()
@@ -467,14 +534,6 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
   run_io.write_summary(config.output_dir, summary)
   plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
   return summary
-
-
-def _pause_if_asked(round_num):
-  """Fault injection for the resume test: with FEDPARA_PAUSE_AFTER_ROUND=k the run stops
-  after round k's checkpoint and waits to be killed."""
-  if os.environ.get(PAUSE_ENV) == str(round_num):
-    print(f'paused after round {round_num}', file=sys.stderr, flush=True)
-    time.sleep(3600)
 
 
 def _last_value(rows, key):

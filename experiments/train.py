@@ -11,14 +11,18 @@ experiments/configs/.
       --parameterization=fedpara --output_dir=runs/fedpara
 """
 
-from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
 
 import dataclasses  # pylint: disable=g-import-not-at-top
+import os
+import signal
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import checkpoints
 from experiments import models
 from experiments import runner
 from experiments.data import common
@@ -127,8 +131,9 @@ for _name, _check, _allowed in (
     ('checkpoint_every', lambda v: v >= 1, '>= 1'), ('shards_per_client', lambda v: v >= 1, '>= 1'),
     ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
     ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
-    ('worker_connect_timeout', lambda v: v > 0, '> 0'),
-    ('worker_failure_timeout', lambda v: v > 0, '> 0'),
+    ('worker_connect_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    ('worker_failure_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    ('seed', lambda v: 0 <= v < 2**31, 'in [0, 2**31)'),
     ('jacobian_correction', lambda v: 0 <= v < float('inf'), 'a finite number >= 0')):
   flags.register_validator(_name, _check, message=f'--{_name} must be {_allowed}.')
 flags.register_multi_flags_validator(
@@ -156,12 +161,20 @@ def run_or_exit(config, program='train'):
           runner.RunInterruptedError) as e:
     message = ' '.join(str(e).split())
     raise SystemExit(f'{program}: error: {message}') from None
+  except KeyboardInterrupt as e:
+    signum = getattr(e, 'signum', signal.SIGINT)
+    kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))
+    print(f'{program}: stopped by {signal.Signals(signum).name}; the last checkpoint (round '
+          f'{kept[0] if kept else 0}) is kept: rerun the same command to resume.',
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum) from None
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  runtime.sigterm_as_keyboard_interrupt()
   summary = run_or_exit(config_from_flags())
   print(runner.format_summaries([summary]))
   for share in summary['worker_shares']:

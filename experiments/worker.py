@@ -28,6 +28,7 @@ flags.register_validator('max_concurrent_computation_calls', lambda v: v == -1 o
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  worker_service.check_port_free(_PORT.value)
   argv = worker_service.command(_PORT.value, _CONCURRENCY.value)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   print(f'worker: serving TFF computations on port {_PORT.value}', flush=True)

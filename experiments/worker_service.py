@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import socket
 
 
 def binary_path():
@@ -19,3 +20,16 @@ def binary_path():
 def command(port, concurrency=-1):
   """The worker's argv."""
   return [binary_path(), f'--port={port}', f'--max_concurrent_computation_calls={concurrency}']
+
+
+def check_port_free(port, program='worker'):
+  """Refuses a port something already listens on.
+
+  TFF's worker binds with SO_REUSEPORT, so a second worker on a served port
+  would start without error and share (or steal) its connections.
+  """
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    probe.settimeout(1.0)
+    if probe.connect_ex(('127.0.0.1', port)) == 0:
+      raise SystemExit(f'{program}: port {port} is already in use (something listens on it); '
+                       f'choose another port.')

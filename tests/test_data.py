@@ -2,6 +2,7 @@
 
 import collections
 import os
+import time
 
 import numpy as np
 import pytest
@@ -281,6 +282,12 @@ def test_partition_refusals(mnist, shakespeare):
     partition.iid(4000, 4001, seed=0)
   with pytest.raises(ValueError, match=r'alpha must be > 0; got 0.0'):
     partition.dirichlet(mnist.y_train, 10, 0.0, seed=0)
+  started = time.monotonic()
+  with pytest.raises(ValueError, match=r'alpha must be >= 0.001 .*; got 1e-09'):
+    partition.dirichlet(mnist.y_train, 100, 1e-9, seed=0)
+  assert time.monotonic() - started < 1.0   # refused at once (it used to search for 40 minutes)
+  with pytest.raises(ValueError, match='left a client empty in 1000 draws'):
+    partition.dirichlet(mnist.y_train, 400, 0.001, seed=0)
   with pytest.raises(ValueError, match=r'clients must be in \[1, 12\]'):
     partition.natural(shakespeare.train_groups, 13)
   with pytest.raises(ValueError, match='naturally federated'):
@@ -325,3 +332,28 @@ def test_client_data_serves_each_clients_examples(mnist):
   assert len(got) == 1000
   np.testing.assert_array_equal([g['y'] for g in got], mnist.y_train[parts[2]])
   np.testing.assert_array_equal(got[5]['x'], mnist.x_train[parts[2][5]])
+
+
+def _mnist5k_variant(tmp_path, edit):
+  """A copy of the real MNIST-5k file with `edit(table)` applied to its (N, 785) rows."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  with gzip.open(mnist5k.default_path(), 'rt') as f:
+    table = np.loadtxt(f, delimiter=',', dtype=np.float64)
+  edit(table)
+  folder = tmp_path / 'variant'
+  folder.mkdir()
+  with gzip.open(folder / 'mnist_5k.csv.gz', 'wt') as f:
+    np.savetxt(f, table, delimiter=',', fmt='%g')
+  return str(folder)
+
+
+@pytest.mark.parametrize('edit, message', [
+    (lambda t: t.__setitem__((7, 784), 12), r'mnist5k: (training|test) labels must be in \[0, 10\); '
+                                            r'found 12'),
+    (lambda t: t.__setitem__((3, 100), np.nan), r'mnist5k: 1 (training|test) example\(s\) have '
+                                                r'non-finite'),
+    (lambda t: t.__setitem__((slice(None), 784), 4), r'training labels hold 1 class\(es\)'),
+])
+def test_bad_data_values_are_refused_in_one_line(tmp_path, edit, message):
+  with pytest.raises(common.CorruptDataError, match=message):
+    registry.load('mnist5k', _mnist5k_variant(tmp_path, edit))

@@ -3,6 +3,7 @@
 import csv
 import glob
 import json
+import math
 import os
 import shutil
 import signal
@@ -121,19 +122,27 @@ def _train_command(config):
   return args
 
 
-def _run_killed_after(config, round_num):
-  """Starts the binary in its own process group, waits until round `round_num` is
-  checkpointed, then SIGKILLs the whole group (TFF's worker included)."""
-  env = dict(os.environ, **{runner.PAUSE_ENV: str(round_num)})
-  process = subprocess.Popen(_train_command(config), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-  deadline = time.monotonic() + 240
-  for line in process.stderr:
-    if f'paused after round {round_num}' in line or time.monotonic() > deadline:
-      break
-  os.killpg(process.pid, signal.SIGKILL)
-  process.wait(timeout=30)
-  assert process.returncode == -signal.SIGKILL
+def _run_killed_at(config, after_rows, delay):
+  """Starts the binary in its own process group and SIGKILLs the whole group (TFF's worker
+  included) `delay` seconds after `metrics.csv` first holds `after_rows` rows.
+
+  No hook in the binary: the moment is picked from outside, so it can fall anywhere in the next
+  round, in its evaluation, or between a round's metrics row and its checkpoint.
+  """
+  process = subprocess.Popen(_train_command(config), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 240   # checked on every poll, whatever the child prints
+    path = os.path.join(config.output_dir, run_io.METRICS_FILE)
+    while not (os.path.exists(path) and len(_rows(config.output_dir)) >= after_rows):
+      assert process.poll() is None, f'the run ended (code {process.returncode}) before round ' \
+                                     f'{after_rows}'
+      assert time.monotonic() < deadline, f'round {after_rows} not reached within 240 s'
+      time.sleep(0.05)
+    time.sleep(delay)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
   time.sleep(0.5)
   assert not [p for p in psutil.process_iter(['pid']) if _in_group(p, process.pid)]
 
@@ -146,14 +155,23 @@ def _in_group(proc, group):
     return False
 
 
-@pytest.mark.parametrize('parameterization', ['fedpara', 'pfedpara'])
-def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, parameterization):
-  common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99)
+# (parameterization, rows seen before the kill, delay in s): 0.0 with checkpoint_every=2 kills
+# right after round 1's metrics row, before any checkpoint exists (the window between a round's
+# metrics write and its checkpoint); the seeded delays land at random moments of round 2.
+_KILLS = [('fedpara', 1, 0.0), ('pfedpara', 1, 0.0)] + [
+    (p, 1, float(d)) for p, d in zip(('fedpara', 'pfedpara'),
+                                     np.random.default_rng(7).uniform(0.05, 1.5, size=2))]
+
+
+@pytest.mark.parametrize('parameterization, after_rows, delay', _KILLS)
+def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, parameterization,
+                                                                  after_rows, delay):
+  common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99,
+                      checkpoint_every=2)
   whole = _config(tmp_path, 'whole', **common_flags)
   runner.run(whole)
   cut = _config(tmp_path, 'cut', **common_flags)
-  _run_killed_after(cut, 1)
-  assert checkpoints.latest(os.path.join(cut.output_dir, 'checkpoints'))[0] == 1
+  _run_killed_at(cut, after_rows, delay)
   resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
                            timeout=300, check=False)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -264,6 +282,10 @@ def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
     (['--partition=random'], 'value should be one of'),
     (['--model=resnet'], 'value should be one of'),
     (['--gamma=1.5'], r'--gamma must be in \[0, 1\]'),
+    (['--seed=-1'], r'--seed must be in \[0, 2\*\*31\)'),
+    (['--worker_connect_timeout=inf'], '--worker_connect_timeout must be a finite number > 0'),
+    (['--worker_failure_timeout=nan'], '--worker_failure_timeout must be a finite number > 0'),
+    (['--jacobian_correction=-1'], '--jacobian_correction must be a finite number >= 0'),
 ])
 def test_flag_validators(argv, match):
   try:
@@ -328,6 +350,17 @@ def test_plot_draws_one_curve_per_run_from_the_csv(tmp_path):
   assert (tmp_path / 'figure.png').read_bytes()[:4] == b'\x89PNG'
   with pytest.raises(ValueError, match='holds no run'):
     plot.plot_runs([str(tmp_path)], str(tmp_path / 'x.png'))
+  # The binary says which file it wrote: an existing folder gets accuracy_vs_gb.png inside it,
+  # a name without extension gets .png (it used to write DIR.png and say DIR).
+  folder = tmp_path / 'figures'
+  folder.mkdir()
+  for output, written in ((folder, folder / run_io.PLOT_FILE),
+                          (tmp_path / 'noext', tmp_path / 'noext.png')):
+    result = subprocess.run([sys.executable, '-m', 'experiments.plot', f'--runs={",".join(runs)}',
+                             f'--output={output}'], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == f'wrote {written} (2 curves)', result.stderr[-1000:]
+    assert written.read_bytes()[:4] == b'\x89PNG'
 
 
 def test_compare_lines_state_the_ratio():
@@ -338,3 +371,201 @@ def test_compare_lines_state_the_ratio():
   assert compare.comparison_lines([base, other]) == [
       'fedpara vs original: accuracy 0.9300 vs 0.9500, communication 0.1800 GB vs 0.7200 GB '
       '(4.00x less), parameters 63,656 vs 225,034']
+
+
+# ---- no orphaned worker, divergence is a failure ---------------------------------------------
+
+def _worker_children(pid):
+  try:
+    children = psutil.Process(pid).children(recursive=True)
+  except psutil.NoSuchProcess:
+    return []
+  out = []
+  for child in children:
+    try:
+      if any('data/worker_binary' in part for part in child.cmdline()):
+        out.append(child)
+    except psutil.NoSuchProcess:
+      continue
+  return out
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGKILL])
+def test_killed_binary_leaves_no_worker(tmp_path, signum):
+  config = _config(tmp_path, rounds=500, checkpoint_every=1)
+  process = subprocess.Popen(_train_command(config), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 240
+    metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
+    while not (os.path.exists(metrics) and len(_rows(config.output_dir)) >= 1):
+      assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+      time.sleep(0.5)
+    workers = _worker_children(process.pid)
+    assert workers, 'the run should have started a TFF worker'
+    process.send_signal(signum)   # the binary only, not its process group
+    process.wait(timeout=60)
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f'worker(s) left after {signum.name}: {[w.pid for w in alive]}'
+    if signum == signal.SIGTERM:
+      assert 'Traceback' not in process.stderr.read()
+      assert checkpoints.latest(os.path.join(config.output_dir, 'checkpoints')) is not None
+  finally:
+    if process.poll() is None:
+      process.kill()
+    for worker in _worker_children(process.pid):
+      worker.kill()
+
+
+def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
+  config = _config(tmp_path, rounds=3, client_learning_rate=1e6)
+  with pytest.raises(runner.RunDivergedError,
+                     match=r'round 1: training diverged: every client\'s update was non-finite '
+                           r'\(2 of 2 clients\) at client_learning_rate=1000000.0, '
+                           r'server_learning_rate=1.0; the last checkpoint \(round 0\) is kept'):
+    runner.run(config)
+  # A new run that stopped before its first checkpoint leaves nothing that blocks the fix.
+  assert not os.path.exists(config.output_dir)
+  config.client_learning_rate = 0.1
+  config.rounds = 1
+  assert runner.run(config)['rounds'] == 1
+
+
+def test_divergence_checks():
+  fine = np.ones(3)
+  assert runner.divergence({'diverged_clients': 1}, 2, [fine]) is None
+  assert 'variable 1 of 2' in runner.divergence({'diverged_clients': 0}, 2,
+                                                [fine, np.array([np.nan])])
+  assert 'test loss is inf' in runner.divergence({'diverged_clients': 0, 'test_loss': math.inf},
+                                                 2, [])
+
+
+def test_diverged_binary_exits_non_zero_with_one_line(tmp_path):
+  config = _config(tmp_path, rounds=2, client_learning_rate=1e6)
+  result = subprocess.run(_train_command(config), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0
+  lines = [l for l in result.stderr.splitlines() if l.startswith('train: error:')]
+  assert len(lines) == 1 and 'training diverged' in lines[0], result.stderr[-2000:]
+
+
+def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  real = runner.registry.mnist5k.default_path()
+  same, other = tmp_path / 'same', tmp_path / 'other'
+  same.mkdir()
+  other.mkdir()
+  shutil.copy(real, same / 'mnist_5k.csv.gz')
+  with gzip.open(real, 'rt') as f:
+    lines = f.read().splitlines()
+  first = lines[0].split(',')
+  first[300] = '0' if first[300] != '0' else '17'   # one pixel of one image differs
+  lines[0] = ','.join(first)
+  with gzip.open(other / 'mnist_5k.csv.gz', 'wt') as f:
+    f.write('\n'.join(lines) + '\n')
+  runner.run(_config(tmp_path, rounds=1))
+  # The same data from another folder resumes.
+  assert runner.run(_config(tmp_path, rounds=2, data_dir=str(same)))['rounds'] == 2
+  with pytest.raises(run_io.RunConflictError, match=r'different flags \(data_sha256: '):
+    runner.run(_config(tmp_path, rounds=3, data_dir=str(other)))
+  with pytest.raises(run_io.RunConflictError, match=r'different flags \(max_test_examples: 0 -> 50'):
+    runner.run(_config(tmp_path, rounds=3, max_test_examples=50))
+  assert [r['round'] for r in _rows(str(tmp_path / 'run'))] == ['1', '2']
+
+
+# ---- damaged files read back -----------------------------------------------------------------
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  whole = _config(tmp_path, 'whole', rounds=3)
+  runner.run(whole)
+  cut = _config(tmp_path, 'cut', rounds=2)
+  runner.run(cut)
+  newest = checkpoints.path_for(os.path.join(cut.output_dir, 'checkpoints'), 2)
+  with open(newest, 'rb') as f:
+    content = f.read()
+  with open(newest, 'wb') as f:
+    f.write(content[:len(content) // 2])   # truncated
+  cut.rounds = 3
+  runner.run(cut)
+  err = capfd.readouterr().err
+  assert f'checkpoint {newest} is damaged' in err and 'resuming from round 1 instead' in err
+  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  for column in ('train_loss', 'bytes_uploaded', 'test_accuracy'):
+    assert ([r[column] for r in _rows(whole.output_dir)] ==
+            [r[column] for r in _rows(cut.output_dir)])
+
+
+def test_damaged_partition_cache_is_recomputed(tmp_path):
+  config = _config(tmp_path, rounds=1)
+  runner.run(config)
+  (entry,) = glob.glob(os.path.join(config.cache_dir, '*.npz'))
+  with open(entry, 'r+b') as f:
+    f.seek(40)
+    f.write(b'\xff' * 64)   # bad CRC / header
+  again = _config(tmp_path, 'again', rounds=1)
+  runner.run(again)
+  assert _rows(again.output_dir)[0]['train_loss'] == _rows(config.output_dir)[0]['train_loss']
+
+
+@pytest.mark.parametrize('name, content, message', [
+    (run_io.RUN_FILE, '{"dataset": "mnist', r'run.json is damaged .*--overwrite'),
+    (run_io.METRICS_FILE, 'round,clients\n1,2,3,4\n', r'metrics.csv is damaged \(its header'),
+    (run_io.METRICS_FILE, ','.join(run_io.COLUMNS) + '\n1,x\n', r'metrics.csv is damaged'),
+])
+def test_damaged_run_files_are_named(tmp_path, name, content, message):
+  config = _config(tmp_path, rounds=1)
+  runner.run(config)
+  with open(os.path.join(config.output_dir, name), 'w') as f:
+    f.write(content)
+  config.rounds = 2
+  with pytest.raises(run_io.DamagedFileError, match=message):
+    runner.run(config)
+
+
+def test_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(checkpoints.np, 'savez', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoints.save(str(tmp_path), 1, [np.ones(2)], [], {})
+  assert os.listdir(tmp_path) == []
+
+
+def test_metrics_keep_full_precision_on_resume(tmp_path):
+  config = _config(tmp_path, model='small_cnn', parameterization='original', rounds=1)
+  runner.run(config)
+  before = _rows(config.output_dir)[0]
+  config.rounds = 2
+  runner.run(config)
+  after = _rows(config.output_dir)[0]
+  assert after == before
+  assert int(after['bytes_uploaded']) > 1_000_000 and after['bytes_uploaded'].isdigit()
+  assert float(after['train_loss']) == float(repr(float(after['train_loss'])))
+
+
+def test_compare_checks_every_parameterization_before_running_any(tmp_path):
+  # pfedpara takes FedAvg only: refused before the original run starts (it used to run first).
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.compare', f'--output_dir={tmp_path / "cmp"}',
+       '--dataset=mnist5k', '--model=mlp', '--clients=6', '--clients_per_round=2',
+       '--algorithm=fedadam', '--parameterizations=original,pfedpara',
+       f'--cache_dir={tmp_path / "cache"}', '--progress=false'],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "compare: error: parameterization=pfedpara: parameterization=pfedpara runs stateful")
+  assert not (tmp_path / 'cmp').exists()
+
+
+def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('mine')
+  with pytest.raises(run_io.RunConflictError, match=r'output_dir .*a_file is a file, not a folder'):
+    runner.run(_config(tmp_path, 'a_file', rounds=1))
+  with pytest.raises(run_io.RunConflictError, match=r'output_dir .*cannot be written \(Not a '):
+    runner.run(_config(tmp_path, 'a_file/run', rounds=1))
+  config = runner.RunConfig(**{**vars(_config(tmp_path, 'cached', rounds=1)),
+                               'cache_dir': str(a_file / 'cache')})
+  with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
+    runner.run(config)
+  assert a_file.read_text() == 'mine'

@@ -14,6 +14,7 @@ import tensorflow_federated as tff
 
 from fedpara_tff import runtime  # pylint: disable=unused-import  (stops TFF's worker at exit)
 
+from experiments.data import common
 from experiments.data import partition
 
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'fedpara_tff', 'partitions')
@@ -88,16 +89,22 @@ def load_or_compute(spec, data, cache_dir=None):
       with np.load(path) as stored:
         test = _unpack(stored['test'], stored['test_offsets']) if 'test' in stored else None
         return Partition(_unpack(stored['train'], stored['train_offsets']), test, key, True)
-    except (OSError, ValueError, KeyError):
+    except common.NPZ_READ_ERRORS:
       pass  # a damaged cache entry is recomputed and rewritten below
   train, test = compute(spec, data)
   arrays = dict(zip(('train', 'train_offsets'), _pack(train)))
   if test is not None:
     arrays.update(zip(('test', 'test_offsets'), _pack(test)))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   temporary = f'{path}.{os.getpid()}.tmp.npz'
-  np.savez(temporary, spec=json.dumps(dataclasses.asdict(spec)), **arrays)
-  os.replace(temporary, path)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(temporary, spec=json.dumps(dataclasses.asdict(spec)), **arrays)
+    os.replace(temporary, path)
+  except OSError as e:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise ValueError(f'the partition cache {os.path.dirname(path)} cannot be written '
+                     f'({e.strerror}: {e.filename}); pass another --cache_dir.') from None
   return Partition(train, test, key, False)
 
 

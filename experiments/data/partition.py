@@ -9,6 +9,10 @@ import numpy as np
 
 KINDS = ('iid', 'dirichlet', 'shards', 'natural')
 MAX_DIRICHLET_DRAWS = 1000
+# Below this, numpy's Dirichlet sampler takes about 0.5 s a draw (alpha 1e-9) and nearly every
+# class lands on a single client, so the search for a split without empty clients would run for
+# an hour before failing; such an alpha is refused at once.
+MIN_DIRICHLET_ALPHA = 1e-3
 
 
 def _check_clients(num_clients, num_examples):
@@ -34,6 +38,9 @@ def dirichlet(labels, num_clients, alpha, seed):
   """
   if not alpha > 0:
     raise ValueError(f'alpha must be > 0; got {alpha!r}.')
+  if alpha < MIN_DIRICHLET_ALPHA:
+    raise ValueError(f'alpha must be >= {MIN_DIRICHLET_ALPHA} (smaller values put every class on '
+                     f'one client and make the sampler very slow); got {alpha!r}.')
   _check_clients(num_clients, len(labels))
   rng = np.random.default_rng(seed)
   by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]

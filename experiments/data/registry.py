@@ -38,6 +38,10 @@ def load(name, data_dir=None, max_clients=None, download=False, sequence_length=
   """
   if name not in DATASETS:
     raise ValueError(f'dataset must be one of {DATASETS}; got {name!r}.')
+  return common.validate(_load(name, data_dir, max_clients, download, sequence_length))
+
+
+def _load(name, data_dir, max_clients, download, sequence_length):
   if name == 'mnist5k':
     return mnist5k.load_dataset(_mnist5k_path(data_dir))
   if name == 'fashion_mnist':
