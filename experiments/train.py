@@ -57,7 +57,7 @@ flags.DEFINE_enum('model', _DEFAULTS.model, models.MODELS, 'Model of the zoo.')
 flags.DEFINE_enum('parameterization', _DEFAULTS.parameterization, models.PARAMETERIZATIONS,
                                       'original | lowrank | fedpara | pfedpara | fedper | local.')
 flags.DEFINE_float('gamma', _DEFAULTS.gamma,
-    'Rank knob in [0, 1] (SPEC section 2); ignored with --rank.')
+    'Rank knob in [0, 1] (docs/DESIGN.md, "Rank rule"); ignored with --rank.')
 flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
 flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
                                   'Applied to each Hadamard term (FedPara / pFedPara).')

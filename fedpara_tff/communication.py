@@ -1,4 +1,4 @@
-"""Bytes that cross the network, counted from tensor shapes (SPEC section 5).
+"""Bytes that cross the network, counted from tensor shapes (docs/DESIGN.md, "Communication accounting").
 
 A float32 tensor of n elements costs `4 n` bytes. A tensor that TFF's b-bit
 uniform quantizer (`EncodedSumFactory.quantize_above_threshold`) encodes costs

@@ -3,7 +3,7 @@
 TFF 0.87's worker service is the C++ `worker_binary` in its wheel; a driver
 talks to it with a remote executor over a gRPC channel. With several workers,
 TFF's mergeable-computation execution context splits each round's clients into
-sub-rounds, one per worker, and merges the results (TFF_NOTES section 7). This
+sub-rounds, one per worker, and merges the results (docs/DESIGN.md, "TFF runtime facts"). This
 module wraps that recipe (internal TFF 0.87 module paths, kept here only):
 
 * `parse_addresses('host:port,host:port')` validates the flag value;

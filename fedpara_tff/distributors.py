@@ -1,4 +1,4 @@
-"""A broadcast that reports the bytes it sends (the download half of SPEC section 5)."""
+"""A broadcast that reports the bytes it sends (the download half of docs/DESIGN.md, "Communication accounting")."""
 
 import collections
 

@@ -77,7 +77,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   global_vars, local_vars = split(model)
 
   # Variable assignments inside a TFF computation are only ordered inside a
-  # tf.function (TFF_NOTES section 6.1).
+  # tf.function (docs/DESIGN.md, "TFF runtime facts").
   @tf.function
   def train(global_values, local_values, dataset, learning_rate):
     for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):

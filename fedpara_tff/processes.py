@@ -31,7 +31,7 @@ def check_no_non_trainable(count):
   """Refuses models with non-trainable variables (e.g. BatchNorm statistics).
 
   TFF 0.87 never aggregates non-trainable variables: the server would keep
-  their initial values forever (TFF_NOTES section 6.4). Rather than freeze them
+  their initial values forever (docs/DESIGN.md, "TFF runtime facts"). Rather than freeze them
   silently, we refuse such models; use GroupNorm or LayerNorm instead.
   """
   if count:

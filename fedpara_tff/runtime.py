@@ -2,7 +2,7 @@
 
 TFF 0.87 runs computations in a C++ `worker_binary` subprocess that it stops
 only from a destructor that often does not run at interpreter exit; the orphan
-then keeps the parent's stdout/stderr pipes open (TFF_NOTES section 6.8).
+then keeps the parent's stdout/stderr pipes open (docs/DESIGN.md, "TFF runtime facts").
 Importing this module registers an exit hook that stops the workers this
 Python process started. That hook cannot run on SIGKILL, so
 `tie_workers_to_this_process()` also makes every worker TFF starts afterwards

@@ -84,8 +84,8 @@ class FactorizedLayer(tf.keras.layers.Layer):
   """Base of the FedPara, pFedPara and low-rank layers.
 
   Args:
-    gamma: float in [0, 1], picks the rank between `r_min` and `r_max` (SPEC
-      section 2). Default 0.5 when none of gamma, rank, param_ratio is given.
+    gamma: float in [0, 1], picks the rank between `r_min` and `r_max` (docs/DESIGN.md,
+      "Rank rule"). Default 0.5 when none of gamma, rank, param_ratio is given.
     rank: explicit inner rank, any positive integer (a rank beyond what the
       kernel can reach warns; see `ranks.reachable_rank`).
     param_ratio: float in (0, 1], target fraction of the plain layer's kernel

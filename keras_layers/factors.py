@@ -225,7 +225,7 @@ def factor_specs(scheme, kernel_shape, rank, factor_init='matched_glorot'):
     rank: inner rank R of each term.
     factor_init: one of `FACTOR_INITS`. The `matched_*` modes make the
       composed kernel's per-entry variance equal the Glorot (or He) variance of
-      the plain layer (SPEC section 3); the `he_*` modes draw every factor
+      the plain layer (docs/DESIGN.md, "Initialisation"); the `he_*` modes draw every factor
       He-normal on its own fan-in or fan-out (for ablations).
 
   Returns:

@@ -1,4 +1,4 @@
-"""Rank rule of FedPara (SPEC section 2) and parameter counts of every layer type.
+"""Rank rule of FedPara (docs/DESIGN.md, "Rank rule") and parameter counts of every layer type.
 
 A kernel is described by its Keras shape: `(in, out)` for a dense kernel and
 `(k1, ..., I, O)` for a convolution kernel (any number of spatial axes). The
@@ -185,7 +185,7 @@ def _warn_incompressible_once(kernel_shape, lower, upper):
 
 
 def rank_for_gamma(kernel_shape, gamma):
-  """FedPara rank for the knob `gamma` in [0, 1] (SPEC section 2).
+  """FedPara rank for the knob `gamma` in [0, 1] (docs/DESIGN.md, "Rank rule").
 
   `R = ceil((1 - gamma) r_min + gamma r_max)`, clamped to `[1, r_max]`. When
   `r_min > r_max` (tiny layers) the result is `r_max` and a warning is issued

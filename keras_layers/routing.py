@@ -2,7 +2,7 @@
 
 pFedPara's local factors (`*2_local`) are local by construction; the caller
 can mark whole layers local as well (FedPer-style personalisation). Everything
-else is global (SPEC section 4).
+else is global (docs/DESIGN.md, "pFedPara").
 """
 
 from keras_layers import base

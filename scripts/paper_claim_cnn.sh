@@ -19,6 +19,12 @@ declare -A variants=(
   [fedpara_he_fan_in]="--parameterization=fedpara --factor_init=he_fan_in"
   [fedpara_he_fan_out]="--parameterization=fedpara --factor_init=he_fan_out"
 )
+# The learning-rate sweep: <parameterization>_lr<value>, e.g. fedpara_lr0.3.
+for p in original lowrank fedpara; do
+  for lr in 0.03 0.3; do
+    variants[${p}_lr${lr}]="--parameterization=$p --client_learning_rate=$lr"
+  done
+done
 order=(original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc fedpara_he_fan_out
        fedpara_he_fan_in fedpara_tanh fedpara_jc)
 [ "$#" -gt 0 ] && order=("$@")

@@ -1,4 +1,4 @@
-"""Explicit numpy implementations of the SPEC formulas, for the tests to compare against.
+"""Explicit numpy implementations of the formulas (docs/DESIGN.md) the tests compare against.
 
 Written independently of `keras_layers.factors`: loops and `numpy.einsum` on the
 paper's layout `W (out, in[, k1, k2])`, converted to Keras layout at the end.

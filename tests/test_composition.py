@@ -1,4 +1,4 @@
-"""Composed kernels and layer outputs against explicit numpy formulas (SPEC section 1)."""
+"""Composed kernels and layer outputs against explicit numpy formulas (docs/DESIGN.md)."""
 
 import numpy as np
 import pytest

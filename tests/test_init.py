@@ -1,4 +1,4 @@
-"""Initialisation: composed-kernel variance at init (SPEC section 3) and distinct terms."""
+"""Initialisation: composed-kernel variance at init (docs/DESIGN.md, "Initialisation") and distinct terms."""
 
 import numpy as np
 import pytest

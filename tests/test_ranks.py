@@ -1,4 +1,4 @@
-"""Rank rule and parameter counts against the SPEC's worked figures."""
+"""Rank rule and parameter counts against the worked figures of docs/DESIGN.md, "Rank rule"."""
 
 import math
 import warnings
