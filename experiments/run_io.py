@@ -210,8 +210,20 @@ def _cell(value, column=None):
   return value
 
 
+def _strict(value):
+  """`value` with every non-finite float replaced by None (strict JSON has no NaN)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  return value
+
+
 def write_summary(output_dir, summary):
+  """Writes `summary.json` as strict JSON (a metric that does not apply is null, not NaN)."""
   path = os.path.join(output_dir, SUMMARY_FILE)
   with open(path + '.tmp', 'w') as f:
-    json.dump(summary, f, indent=1, sort_keys=True)
+    json.dump(_strict(summary), f, indent=1, sort_keys=True, allow_nan=False)
   os.replace(path + '.tmp', path)

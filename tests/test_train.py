@@ -81,7 +81,10 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
   with open(os.path.join(config.output_dir, run_io.PLOT_FILE), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   with open(os.path.join(config.output_dir, run_io.SUMMARY_FILE)) as f:
-    assert json.load(f)['gb_total'] == pytest.approx(4 * per_round / 1e9)
+    # Strict JSON: a metric that does not apply is null, never a bare NaN.
+    summary = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f'non-strict JSON {c}'))
+  assert summary['gb_total'] == pytest.approx(4 * per_round / 1e9)
+  assert (summary['personalized_accuracy'] is None) == (not personalized)
 
 
 def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_backends(tmp_path):
