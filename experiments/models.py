@@ -17,6 +17,21 @@ VGG16_PLAN = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',
               512, 512, 512, 'M', 512, 512, 512, 'M')
 
 
+def _conv_gn_stack(x, plan, groups):
+  """VGG's conv stack: per channel count a `Conv2D(3x3, same)` (bias kept, named `conv<i>`),
+  GroupNorm (`gn<i>`) and ReLU; `'M'` is a 2x2 max-pooling."""
+  conv_index = 0
+  for item in plan:
+    if item == 'M':
+      x = tf.keras.layers.MaxPool2D(2, padding='same')(x)
+      continue
+    conv_index += 1
+    x = tf.keras.layers.Conv2D(item, 3, padding='same', name=f'conv{conv_index}')(x)
+    x = tf.keras.layers.GroupNormalization(groups, name=f'gn{conv_index}')(x)
+    x = tf.keras.layers.ReLU()(x)
+  return x
+
+
 def vgg16_gn(input_shape=(32, 32, 3), num_classes=10, groups=32, name='vgg16_gn'):
   """VGG16 with group normalization, as in the FedPara paper's CIFAR runs.
 
@@ -32,16 +47,7 @@ def vgg16_gn(input_shape=(32, 32, 3), num_classes=10, groups=32, name='vgg16_gn'
     groups: GroupNorm groups (must divide every channel count).
   """
   inputs = tf.keras.Input(shape=input_shape, name='image')
-  x = inputs
-  conv_index = 0
-  for item in VGG16_PLAN:
-    if item == 'M':
-      x = tf.keras.layers.MaxPool2D(2, padding='same')(x)
-      continue
-    conv_index += 1
-    x = tf.keras.layers.Conv2D(item, 3, padding='same', name=f'conv{conv_index}')(x)
-    x = tf.keras.layers.GroupNormalization(groups, name=f'gn{conv_index}')(x)
-    x = tf.keras.layers.ReLU()(x)
+  x = _conv_gn_stack(inputs, VGG16_PLAN, groups)
   x = tf.keras.layers.Flatten()(x)
   x = tf.keras.layers.Dense(512, activation='relu', name='fc1')(x)
   x = tf.keras.layers.Dense(512, activation='relu', name='fc2')(x)
@@ -58,19 +64,10 @@ def vgg_narrow(input_shape=(28, 28, 1), num_classes=10, groups=4, name='vgg_narr
 
   Each conv (bias kept) is followed by GroupNorm and ReLU, as in `vgg16_gn`;
   then global average pooling and the classifier `Dense(C)` named `logits`.
-  Convs are named `conv1` ... `conv6`. 288,554 parameters for 28x28x1 and C=10.
+  Convs are named `conv1` ... `conv6`. 72,890 parameters for 28x28x1 and C=10.
   """
   inputs = tf.keras.Input(shape=input_shape, name='image')
-  x = inputs
-  conv_index = 0
-  for item in VGG_NARROW_PLAN:
-    if item == 'M':
-      x = tf.keras.layers.MaxPool2D(2, padding='same')(x)
-      continue
-    conv_index += 1
-    x = tf.keras.layers.Conv2D(item, 3, padding='same', name=f'conv{conv_index}')(x)
-    x = tf.keras.layers.GroupNormalization(groups, name=f'gn{conv_index}')(x)
-    x = tf.keras.layers.ReLU()(x)
+  x = _conv_gn_stack(inputs, VGG_NARROW_PLAN, groups)
   x = tf.keras.layers.GlobalAveragePooling2D()(x)
   outputs = tf.keras.layers.Dense(num_classes, name='logits')(x)
   return tf.keras.Model(inputs, outputs, name=name)

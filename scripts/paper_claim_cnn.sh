@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CNN runs behind docs/RESULTS.md ("FedPara vs low-rank"): one experiments.train run per
 # variant, in order, for one partition (iid | noniid). Rerunning the same command resumes each run
-# from its checkpoint and skips finished ones. Usage: scripts/paper_claim_cnn.sh iid|noniid [NAME...]
+# from its checkpoint and skips finished ones; arguments starting with -- are passed to every run
+# (e.g. --rounds=40 extends finished runs). Usage: scripts/paper_claim_cnn.sh iid|noniid [NAME...]
+# [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 partition="${1:?usage: $0 iid|noniid [variant ...]}"; shift
@@ -19,19 +21,24 @@ declare -A variants=(
   [fedpara_he_fan_in]="--parameterization=fedpara --factor_init=he_fan_in"
   [fedpara_he_fan_out]="--parameterization=fedpara --factor_init=he_fan_out"
 )
-# The learning-rate sweep: <parameterization>_lr<value>, e.g. fedpara_lr0.3.
+# The learning-rate sweep: <parameterization>_lr<value>, e.g. fedpara_lr0.3 (lr0.1 repeats the
+# base setting in its own folder).
 for p in original lowrank fedpara; do
-  for lr in 0.03 0.3; do
+  for lr in 0.03 0.1 0.3; do
     variants[${p}_lr${lr}]="--parameterization=$p --client_learning_rate=$lr"
   done
 done
 order=(original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc fedpara_he_fan_out
        fedpara_he_fan_in fedpara_tanh fedpara_jc)
-[ "$#" -gt 0 ] && order=("$@")
+names=(); extra=()
+for arg in "$@"; do
+  case "$arg" in --*) extra+=("$arg") ;; *) names+=("$arg") ;; esac
+done
+[ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
 for name in "${order[@]}"; do
   [ -n "${variants[$name]+x}" ] || { echo "$0: unknown variant $name" >&2; exit 2; }
   echo "== $partition / $name"
   # shellcheck disable=SC2086
   .venv/bin/python -m experiments.train --flagfile="$cfg" ${variants[$name]} --progress=false \
-      --output_dir="runs/paper_claim/fashion_vgg_narrow_${partition}/${name}"
+      --output_dir="runs/paper_claim/fashion_vgg_narrow_${partition}/${name}" "${extra[@]}"
 done

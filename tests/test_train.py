@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import fedpara_tff
+import keras_layers
 from experiments import checkpoints
 from experiments import compare
 from experiments import models
@@ -327,6 +328,19 @@ def test_zoo_builds_every_parameterization(model, shape, classes):
   assert counts['lowrank'] > 0.95 * counts['fedpara'] and counts['pfedpara'] == counts['fedpara']
   if model == 'vgg16':
     assert counts['original'] == 15_253_578
+
+
+def test_narrow_vgg_counts_of_the_results_page():
+  # docs/RESULTS.md: 72,890 plain; every conv at gamma 0.1 (classifier plain): FedPara 13,518 with
+  # ranks 2, 5, 5, 8, 9, 11; low-rank 12,845 with inner ranks 3, 7, 7, 12, 14, 17.
+  expected = {'original': (72_890, None), 'fedpara': (13_518, [2, 5, 5, 8, 9, 11]),
+              'lowrank': (12_845, [3, 7, 7, 12, 14, 17])}
+  for parameterization, (count, ranks) in expected.items():
+    model = models.build('vgg_narrow', (28, 28, 1), 10, parameterization, gamma=0.1,
+                         keep_plain=('logits',))
+    assert model.count_params() == count
+    if ranks:
+      assert [l.ranks[0] for l in model.layers if keras_layers.is_factorized(l)] == ranks
 
 
 def test_weight_decay_adds_half_l2_of_every_trainable_variable():
