@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import flagfiles
 from experiments import models
 from experiments import plot
 from experiments import runner
@@ -86,5 +87,10 @@ def main(argv):
   print(f'plot: {figure}')
 
 
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  entry_point()

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use('Agg')  # files only; no display needed
 from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
+from experiments import flagfiles
 from experiments import run_io
 
 _RUNS = flags.DEFINE_list('runs', None, 'Run output folders (comma-separated).')
@@ -92,5 +93,10 @@ def main(argv):
   print(f'wrote {output_path(_OUTPUT.value)} ({len(drawn)} curves)')
 
 
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  entry_point()

@@ -23,6 +23,7 @@ from absl import flags
 from absl import logging
 
 from experiments import checkpoints
+from experiments import flagfiles
 from experiments import models
 from experiments import runner
 from experiments.data import common
@@ -183,5 +184,10 @@ def main(argv):
   print(f'metrics, checkpoints and plot: {summary["output_dir"]}')
 
 
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  entry_point()

@@ -12,6 +12,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import flagfiles
 from experiments import worker_service
 
 _PORT = flags.DEFINE_integer('port', None, 'TCP port to serve on (1-65535).')
@@ -35,5 +36,10 @@ def main(argv):
   os.execv(argv[0], argv)
 
 
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  entry_point()

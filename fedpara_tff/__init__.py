@@ -8,6 +8,7 @@ stops TFF's worker_binary subprocesses (`fedpara_tff.runtime`).
 
 # runtime first: it sets TF_CPP_MIN_LOG_LEVEL before TF/TFF start and registers the exit hook.
 from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
+from keras_layers import __version__  # one version for the whole distribution
 from fedpara_tff.aggregators import factor_aggregator
 from fedpara_tff.aggregators import FactorAggregatorFactory
 from fedpara_tff.aggregators import quantized_mean

@@ -5,6 +5,8 @@ Federated Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022 (arXiv 2108.06098).
 See `factors` for the math every layer shares and `ranks` for the rank rule.
 """
 
+__version__ = '0.2.0'
+
 from keras_layers import factors
 from keras_layers import jacobian
 from keras_layers.base import FactorizedLayer

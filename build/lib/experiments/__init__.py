@@ -1,0 +1,1 @@
+"""absl-flag binaries, data loaders and the model zoo of fedpara-tff."""

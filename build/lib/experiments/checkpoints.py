@@ -1,0 +1,159 @@
+"""Run checkpoints: the server state, every client's local variables and the run's counters.
+
+One `.npz` file per checkpoint, `ckpt-<round>.npz`, written to a temporary
+name and renamed, so a run killed at any moment leaves either the previous
+checkpoint or the new one, never half a file. Each file records the model's
+signature (trainable variable names and shapes) and is refused by a run whose
+model differs.
+"""
+
+import glob
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+from experiments.data import common
+
+_NAME = re.compile(r'ckpt-(\d{6})\.npz$')
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint was written by a run of another model or structure."""
+
+
+class CheckpointDamagedError(ValueError):
+  """The checkpoint file cannot be read (truncated, bad CRC, not a checkpoint)."""
+
+
+
+
+def model_signature(keras_model):
+  """`[[name, shape], ...]` of the trainable variables: what a checkpoint must match."""
+  return [[v.name, list(v.shape)] for v in keras_model.trainable_variables]
+
+
+def path_for(directory, round_num):
+  return os.path.join(directory, f'ckpt-{round_num:06d}.npz')
+
+
+def latest(directory):
+  """`(round, path)` of the newest checkpoint in `directory`, or None."""
+  found = _all(directory)
+  return found[-1] if found else None
+
+
+def _all(directory):
+  """Sorted `(round, path)` of the checkpoints in `directory`."""
+  paths = glob.glob(os.path.join(directory, 'ckpt-*.npz'))
+  return sorted((int(m.group(1)), p) for p in paths if (m := _NAME.search(p)))
+
+
+def save(directory, round_num, state, signature, counters, local_store=None, keep=2):
+  """Writes the checkpoint of `round_num` atomically and keeps the newest `keep`.
+
+  Args:
+    directory: the run's checkpoint folder (created if needed).
+    round_num: rounds completed.
+    state: the server state (any `tf.nest` structure of arrays).
+    signature: `model_signature` of the run's model.
+    counters: JSON-serialisable run counters (bytes so far, wall time, ...).
+    local_store: optional `{client_id: [arrays]}` of stateful clients.
+    keep: how many checkpoints to keep.
+  """
+  os.makedirs(directory, exist_ok=True)
+  arrays = {f'state_{i:05d}': np.asarray(a) for i, a in enumerate(tf.nest.flatten(state))}
+  clients = sorted(local_store or {})
+  for i, client in enumerate(clients):
+    for j, value in enumerate(local_store[client]):
+      arrays[f'local_{i:06d}_{j:03d}'] = np.asarray(value)
+  meta = dict(round=round_num, signature=signature, counters=counters, clients=clients,
+              state_size=len(tf.nest.flatten(state)))
+  path = path_for(directory, round_num)
+  temporary = f'{path}.tmp.npz'
+  try:
+    with open(temporary, 'wb') as f:
+      np.savez(f, meta=json.dumps(meta), **arrays)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)   # a failed write (full disk, interrupt) leaves no temporary file
+    raise
+  _fsync_directory(directory)
+  for _, old in _all(directory)[:-keep]:
+    os.remove(old)
+  return path
+
+
+def _fsync_directory(directory):
+  """Makes the rename durable (the directory entry reaches the disk)."""
+  descriptor = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
+
+
+def load_latest(directory, template_state, signature, log=None):
+  """`(round, state, counters, local_store)` of the newest intact checkpoint, or None.
+
+  A damaged checkpoint is skipped with one line on `log` (default stderr) naming it and the
+  round resumed from instead.
+
+  Raises:
+    CheckpointMismatchError: a readable checkpoint of another model or structure.
+  """
+  found = _all(directory)
+  for index in range(len(found) - 1, -1, -1):
+    round_num, path = found[index]
+    try:
+      return load(path, template_state, signature)
+    except CheckpointDamagedError as e:
+      fallback = found[index - 1][0] if index else 0
+      print(f'{e}; resuming from round {fallback} instead.', file=log or sys.stderr, flush=True)
+  return None
+
+
+def load(path, template_state, signature):
+  """`(round, state, counters, local_store)` from `path`, checked against this run.
+
+  Args:
+    path: a checkpoint file.
+    template_state: a freshly initialised state of this run (gives the structure).
+    signature: `model_signature` of this run's model.
+
+  Raises:
+    CheckpointMismatchError: another model, or a state of another structure.
+  """
+  try:
+    with np.load(path) as stored:
+      meta = json.loads(str(stored['meta']))
+      arrays = {k: stored[k] for k in stored.files if k != 'meta'}
+    for key in ('round', 'signature', 'counters', 'clients', 'state_size'):
+      meta[key]   # pylint: disable=pointless-statement
+  except common.NPZ_READ_ERRORS as e:
+    raise CheckpointDamagedError(f'checkpoint {path} is damaged ({type(e).__name__}: {e})') from e
+  if meta['signature'] != signature:
+    theirs = {n: s for n, s in meta['signature']}
+    ours = {n: s for n, s in signature}
+    diff = sorted(set(map(str, theirs.items())) ^ set(map(str, ours.items())))[:3]
+    raise CheckpointMismatchError(
+        f'checkpoint {path} was written for another model ({len(theirs)} trainable variables '
+        f'vs {len(ours)} here; first differences: {", ".join(diff)}); use another --output_dir.')
+  template = tf.nest.flatten(template_state)
+  values = [arrays[f'state_{i:05d}'] for i in range(meta['state_size'])]
+  if len(values) != len(template) or any(
+      np.shape(a) != np.shape(b) for a, b in zip(values, template)):
+    raise CheckpointMismatchError(f'checkpoint {path} holds a server state of another structure '
+                                  f'(another algorithm or aggregator); use another --output_dir.')
+  state = tf.nest.pack_sequence_as(template_state, values)
+  local_store = {}
+  for i, client in enumerate(meta['clients']):
+    keys = sorted(k for k in arrays if k.startswith(f'local_{i:06d}_'))
+    local_store[client] = [arrays[k] for k in keys]
+  return meta['round'], state, meta['counters'], local_store

@@ -1,0 +1,96 @@
+r"""Runs the same federated experiment once per parameterisation and compares them.
+
+The README's main job: original vs FedPara on real data, then one table with
+final accuracy and gigabytes of each run and their ratio, and one
+accuracy-vs-GB plot of all runs. Every flag of `experiments.train` applies to
+each run; each run gets its own folder `<output_dir>/<parameterization>` (and
+resumes there if interrupted).
+
+  python -m experiments.compare --flagfile=experiments/configs/mnist5k_quick.cfg
+"""
+
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
+
+import math  # pylint: disable=g-import-not-at-top
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import flagfiles
+from experiments import models
+from experiments import plot
+from experiments import runner
+from experiments import train
+
+_PARAMETERIZATIONS = flags.DEFINE_list(
+    'parameterizations', ['original', 'fedpara'],
+    f'Runs to compare, each one of {models.PARAMETERIZATIONS}.')
+
+
+def _check_parameterizations(values):
+  return bool(values) and len(set(values)) == len(values) and set(values) <= set(
+      models.PARAMETERIZATIONS)
+
+
+flags.register_validator('parameterizations', _check_parameterizations,
+                         message=f'--parameterizations must list distinct values of '
+                                 f'{models.PARAMETERIZATIONS}.')
+
+
+def _accuracy(summary):
+  value = summary['test_accuracy']
+  return summary['personalized_accuracy'] if math.isnan(value) else value
+
+
+def comparison_lines(summaries):
+  """One line per run after the first: its accuracy and GB against the first run's."""
+  base = summaries[0]
+  lines = []
+  for s in summaries[1:]:
+    ratio = (f'{base["gb_total"] / s["gb_total"]:.2f}x less' if s['gb_total']
+             else 'nothing sent')
+    lines.append(f'{s["parameterization"]} vs {base["parameterization"]}: accuracy '
+                 f'{_accuracy(s):.4f} vs {_accuracy(base):.4f}, communication '
+                 f'{s["gb_total"]:.4f} GB vs {base["gb_total"]:.4f} GB ({ratio}), '
+                 f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
+  return lines
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  runtime.sigterm_as_keyboard_interrupt()
+  base = train.config_from_flags()
+  configs = [train.config_from_flags(parameterization=parameterization,
+                                     output_dir=os.path.join(base.output_dir, parameterization))
+             for parameterization in _PARAMETERIZATIONS.value]
+  for config in configs:   # every run's settings are checked before the first one starts
+    try:
+      runner.check(config)
+    except ValueError as e:
+      raise SystemExit(f'compare: error: parameterization={config.parameterization}: '
+                       f'{" ".join(str(e).split())}') from None
+  summaries = []
+  for config in configs:
+    parameterization = config.parameterization
+    print(f'== {parameterization}: {config.dataset}, {config.model}, {config.rounds} rounds, '
+          f'{config.clients_per_round} of {config.clients} clients per round', flush=True)
+    summaries.append(train.run_or_exit(config, program='compare'))
+  figure = os.path.join(base.output_dir, 'accuracy_vs_gb.png')
+  plot.plot_runs([s['output_dir'] for s in summaries], figure)
+  print(runner.format_summaries(summaries))
+  for line in comparison_lines(summaries):
+    print(line)
+  print(f'plot: {figure}')
+
+
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
+if __name__ == '__main__':
+  entry_point()

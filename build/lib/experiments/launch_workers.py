@@ -1,0 +1,77 @@
+r"""Starts N TFF workers on this host and keeps them running until interrupted.
+
+Prints the `--workers` value for the driver, then waits; Ctrl-C (SIGINT) or
+SIGTERM stops every worker it started. A worker that exits early is reported
+and the others are stopped.
+
+  python -m experiments.launch_workers --count=2 --base_port=8000
+  python -m experiments.train ... --workers=127.0.0.1:8000,127.0.0.1:8001
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from experiments import worker_service
+
+_COUNT = flags.DEFINE_integer('count', 2, 'Workers to start (>= 1).')
+_BASE_PORT = flags.DEFINE_integer('base_port', 8000, 'Port of the first worker; then +1 each.')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address the driver should use in --workers.')
+_CONCURRENCY = flags.DEFINE_integer('max_concurrent_computation_calls', -1,
+                                    'Passed to each worker (-1: no limit).')
+flags.register_validator('count', lambda v: v >= 1, message='--count must be >= 1.')
+flags.register_validator('base_port', lambda v: 1 <= v <= 65535,
+                         message='--base_port must be in 1-65535.')
+flags.register_multi_flags_validator(
+    ['count', 'base_port'], lambda f: f['base_port'] + f['count'] - 1 <= 65535,
+    message='--base_port + --count - 1 must not exceed 65535.')
+
+
+def start(ports, concurrency=-1):
+  """Starts one worker per port (each must be free); returns the `subprocess.Popen`s."""
+  for port in ports:
+    worker_service.check_port_free(port, 'launch_workers')
+  return [subprocess.Popen(worker_service.command(port, concurrency), stdout=subprocess.DEVNULL)
+          for port in ports]
+
+
+def stop(processes, timeout=10.0):
+  """SIGINT, then SIGKILL after `timeout` seconds, to every process still running."""
+  for process in processes:
+    if process.poll() is None:
+      process.send_signal(signal.SIGINT)
+  deadline = time.monotonic() + timeout
+  for process in processes:
+    try:
+      process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  ports = [_BASE_PORT.value + i for i in range(_COUNT.value)]
+  processes = start(ports, _CONCURRENCY.value)
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+  print('--workers=' + ','.join(f'{_HOST.value}:{p}' for p in ports), flush=True)
+  try:
+    while True:
+      for port, process in zip(ports, processes):
+        if process.poll() is not None:
+          raise SystemExit(f'launch_workers: the worker on port {port} exited with code '
+                           f'{process.returncode} (port in use?); stopping the others.')
+      time.sleep(1)
+  except KeyboardInterrupt:
+    pass
+  finally:
+    stop(processes)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,102 @@
+r"""Accuracy against cumulative communication for several runs, in one PNG (the paper's Figure 3).
+
+Each run folder's `metrics.csv` gives one curve: test accuracy (or, for the
+personalised runs, personalised accuracy) at the evaluated rounds, against the
+gigabytes sent up and down so far. The legend shows the run folder's name and
+its parameterisation.
+
+  python -m experiments.plot --runs=runs/original,runs/fedpara --output=figure.png
+"""
+
+import json
+import math
+import os
+
+from absl import app
+from absl import flags
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display needed
+from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+from experiments import flagfiles
+from experiments import run_io
+
+_RUNS = flags.DEFINE_list('runs', None, 'Run output folders (comma-separated).')
+_OUTPUT = flags.DEFINE_string('output', 'accuracy_vs_gb.png', 'PNG file to write.')
+_TITLE = flags.DEFINE_string('title', None, 'Figure title (default: the dataset and model).')
+
+
+def _label(run_dir):
+  path = os.path.join(run_dir, run_io.RUN_FILE)
+  with open(path) as f:
+    run = json.load(f)
+  return f'{os.path.basename(os.path.normpath(run_dir))} ({run["parameterization"]})', run
+
+
+def curve(rows):
+  """`(gb, accuracy, metric name)` of the evaluated rounds of one run."""
+  for key in ('test_accuracy', 'personalized_accuracy'):
+    points = [(r['cumulative_gb'], r[key]) for r in rows if not math.isnan(r.get(key, math.nan))]
+    if points:
+      return [p[0] for p in points], [p[1] for p in points], key
+  return [], [], None
+
+
+def output_path(output):
+  """The file a figure for `output` is written to: `DIR/accuracy_vs_gb.png` for an existing
+  folder, `.png` appended when there is no extension (as matplotlib would), else `output`."""
+  if os.path.isdir(output):
+    return os.path.join(output, run_io.PLOT_FILE)
+  if not os.path.splitext(output)[1]:
+    return output + '.png'
+  return output
+
+
+def plot_runs(run_dirs, output, title=None):
+  """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
+  drawn."""
+  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
+  drawn, metrics, run = {}, set(), {}
+  for run_dir in run_dirs:
+    if not os.path.exists(os.path.join(run_dir, run_io.RUN_FILE)):
+      raise ValueError(f'{run_dir} holds no run (no {run_io.RUN_FILE}).')
+    label, run = _label(run_dir)
+    gb, accuracy, metric = curve(run_io.read_metrics(run_dir))
+    if metric:
+      axes.plot(gb, accuracy, marker='o', markersize=3, label=label)
+      drawn[run_dir] = (gb, accuracy)
+      metrics.add(metric)
+  axes.set_xlabel('cumulative communication, up + down (GB)')
+  axes.set_ylabel(' / '.join(sorted(m.replace('_', ' ') for m in metrics)) or 'accuracy')
+  axes.set_title(title or f'{run.get("dataset", "")} {run.get("model", "")}'.strip())
+  axes.grid(alpha=0.3)
+  if drawn:
+    axes.legend()
+  figure.tight_layout()
+  output = output_path(output)
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  figure.savefig(output)
+  pyplot.close(figure)
+  return drawn
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  if not _RUNS.value:
+    raise app.UsageError('--runs names no run folder.')
+  try:
+    drawn = plot_runs(_RUNS.value, _OUTPUT.value, _TITLE.value)
+  except ValueError as e:
+    raise SystemExit(f'plot: error: {e}') from None
+  print(f'wrote {output_path(_OUTPUT.value)} ({len(drawn)} curves)')
+
+
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
+if __name__ == '__main__':
+  entry_point()

@@ -1,0 +1,229 @@
+"""A run's output folder: its flags, per-round metrics (CSV and TensorBoard) and summary.
+
+Layout of `--output_dir`:
+  run.json          the flags that define the run (a restart must match them)
+  metrics.csv       one row per round (`COLUMNS`)
+  tensorboard/      the same scalars as TensorBoard events
+  checkpoints/      `ckpt-<round>.npz` (see `experiments.checkpoints`)
+  summary.json      the final row plus parameter counts, written at the end
+  accuracy_vs_gb.png  accuracy against cumulative communication
+"""
+
+import csv
+import json
+import math
+import os
+import re
+
+import tensorflow as tf
+
+COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
+           'test_accuracy', 'personalized_accuracy', 'bytes_uploaded', 'bytes_downloaded', 'cumulative_gb',
+           'wall_time_s')
+RUN_FILE = 'run.json'
+METRICS_FILE = 'metrics.csv'
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'accuracy_vs_gb.png'
+
+
+class RunConflictError(ValueError):
+  """The output folder holds a run with other flags."""
+
+
+# What a run writes into its folder, and nothing else: `--overwrite` removes only these.
+OWNED_FILES = tuple(name + suffix for name in (RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
+                    for suffix in ('', '.tmp'))
+OWNED_DIRS = {'checkpoints': re.compile(r'ckpt-\d+\.npz(\.tmp\.npz)?$'),
+              'tensorboard': re.compile(r'events\.out\.tfevents\..*$')}
+
+
+def foreign_entry(output_dir):
+  """The first entry of `output_dir` (sorted) that a run did not write, or None."""
+  for name in sorted(os.listdir(output_dir)):
+    path = os.path.join(output_dir, name)
+    if name in OWNED_FILES and os.path.isfile(path) and not os.path.islink(path):
+      continue
+    pattern = OWNED_DIRS.get(name)
+    if pattern is not None and os.path.isdir(path) and not os.path.islink(path):
+      inside = sorted(os.listdir(path))
+      stray = [e for e in inside if not (pattern.match(e) and
+                                         os.path.isfile(os.path.join(path, e)))]
+      if not stray:
+        continue
+      return os.path.join(path, stray[0])
+    return path
+  return None
+
+
+def remove_run(output_dir):
+  """Removes what a run wrote in `output_dir`; refuses (naming it) a folder with anything else."""
+  foreign = foreign_entry(output_dir)
+  if foreign is not None:
+    raise RunConflictError(f'--overwrite refused: output_dir {output_dir} holds {foreign}, which '
+                           f'a run did not write; nothing was deleted. Choose another '
+                           f'--output_dir or move that file.')
+  for name in sorted(os.listdir(output_dir)):
+    path = os.path.join(output_dir, name)
+    if name in OWNED_DIRS:
+      for entry in os.listdir(path):
+        os.remove(os.path.join(path, entry))
+      os.rmdir(path)
+    else:
+      os.remove(path)
+
+
+def prepare(output_dir, run_flags, overwrite):
+  """Creates `output_dir` for a run, or checks that it holds this same run.
+
+  Returns True when a previous run of the same flags is there (resume).
+
+  With `overwrite`, only what a run writes (`OWNED_FILES`, `OWNED_DIRS`) is
+  removed, and only when the folder holds nothing else.
+
+  Raises:
+    RunConflictError: the folder holds a run with other flags (and not
+      `overwrite`), files a run did not write, or a run's files but no run.json.
+  """
+  path = os.path.join(output_dir, RUN_FILE)
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise RunConflictError(f'output_dir {output_dir} is a file, not a folder; choose another '
+                           f'--output_dir.')
+  if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if overwrite:
+      remove_run(output_dir)
+    elif not os.path.exists(path):
+      foreign = foreign_entry(output_dir)
+      if foreign is not None:
+        raise RunConflictError(f'output_dir {output_dir} is not empty and holds no run (it holds '
+                               f'{foreign}); choose another --output_dir.')
+      raise RunConflictError(f'output_dir {output_dir} holds the files of a run but no '
+                             f'{RUN_FILE}; pass --overwrite to replace them or choose another '
+                             f'--output_dir.')
+    else:
+      previous = _read_run_file(path)
+      changed = sorted(k for k in set(previous) | set(run_flags)
+                       if previous.get(k) != run_flags.get(k))
+      if changed:
+        detail = ', '.join(f'{k}: {previous.get(k)!r} -> {run_flags.get(k)!r}' for k in changed[:4])
+        raise RunConflictError(f'output_dir {output_dir} holds a run with different flags '
+                               f'({detail}); pass --overwrite to replace it or choose another '
+                               f'--output_dir.')
+      return True
+  temporary = path + '.tmp'
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(temporary, 'w') as f:
+      json.dump(run_flags, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+  except OSError as e:
+    raise RunConflictError(f'output_dir {output_dir} cannot be written ({e.strerror}: '
+                           f'{e.filename}); choose another --output_dir.') from None
+  return False
+
+
+INTEGER_COLUMNS = ('round', 'clients', 'diverged_clients', 'bytes_uploaded', 'bytes_downloaded')
+
+
+class DamagedFileError(ValueError):
+  """A file of the run folder cannot be read back."""
+
+
+def _read_run_file(path):
+  try:
+    with open(path) as f:
+      previous = json.load(f)
+    if not isinstance(previous, dict):
+      raise ValueError('not a JSON object')
+  except (ValueError, UnicodeDecodeError) as e:
+    raise DamagedFileError(f'{path} is damaged ({e}); it names the flags of the run in this '
+                           f'folder: restore it, or pass --overwrite to start the run again.'
+                           ) from None
+  return previous
+
+
+def read_metrics(output_dir):
+  """The rows of `metrics.csv` as dicts of floats (empty cells -> NaN).
+
+  Raises:
+    DamagedFileError: the file is not a metrics table (named, with what to do).
+  """
+  path = os.path.join(output_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path, newline='') as f:
+      reader = csv.DictReader(f)
+      if reader.fieldnames is not None and list(reader.fieldnames) != list(COLUMNS):
+        raise ValueError(f'its header is not {",".join(COLUMNS)}')
+      rows = [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
+              for row in reader]
+    if any(None in row or math.isnan(row['round']) for row in rows):
+      raise ValueError('a row has missing or extra cells')
+  except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as e:
+    raise DamagedFileError(f'{path} is damaged ({e}); move it away and rerun to resume from the '
+                           f'last checkpoint (its rows up to there are lost), or pass --overwrite '
+                           f'to start the run again.') from None
+  return rows
+
+
+class MetricsWriter:
+  """Appends one row per round to `metrics.csv` and TensorBoard.
+
+  On resume from round k, rows after k (written before the kill) are dropped
+  first, so the CSV holds each round once.
+  """
+
+  def __init__(self, output_dir, resume_round=0):
+    self._path = os.path.join(output_dir, METRICS_FILE)
+    kept = [r for r in read_metrics(output_dir) if r['round'] <= resume_round]
+    temporary = self._path + '.tmp'
+    with open(temporary, 'w', newline='') as f:
+      writer = csv.DictWriter(f, COLUMNS)
+      writer.writeheader()
+      for row in kept:
+        writer.writerow({k: _cell(row.get(k), k) for k in COLUMNS})
+    os.replace(temporary, self._path)
+    self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
+
+  def write(self, row):
+    with open(self._path, 'a', newline='') as f:
+      csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k), k) for k in COLUMNS})
+    with self._summary.as_default():
+      for key in COLUMNS[1:]:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+          tf.summary.scalar(key, float(value), step=int(row['round']))
+    self._summary.flush()
+
+  def close(self):
+    self._summary.close()
+
+
+def _cell(value, column=None):
+  """A CSV cell at full precision: integers as integers, floats round-trip exactly."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return ''
+  if column in INTEGER_COLUMNS:
+    return int(value)
+  if isinstance(value, float):
+    return repr(value)
+  return value
+
+
+def _strict(value):
+  """`value` with every non-finite float replaced by None (strict JSON has no NaN)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_strict(v) for v in value]
+  return value
+
+
+def write_summary(output_dir, summary):
+  """Writes `summary.json` as strict JSON (a metric that does not apply is null, not NaN)."""
+  path = os.path.join(output_dir, SUMMARY_FILE)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(_strict(summary), f, indent=1, sort_keys=True, allow_nan=False)
+  os.replace(path + '.tmp', path)

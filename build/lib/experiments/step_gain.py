@@ -1,0 +1,169 @@
+r"""Per-layer step gain of original, low-rank and FedPara models on a real batch.
+
+The step gain of a layer is `G = sum_f ||dL/df||^2 / ||dL/dW||^2` (factors
+`f`, composed kernel `W`): one SGD step of size `eta` on the factors lowers the
+loss, to first order, as much as a step of `G * eta` on a plain kernel would
+(docs/DESIGN.md, "Effective step size"). Plain layers have `G = 1`. For each
+parameterization this prints, per factorised layer, the gain expected from the
+initial factor scales (`keras_layers.factors.step_gain`, isotropic gradient)
+and the gain measured with the loss gradient of one real batch, plus the
+gradient norms, and writes them as CSV. With `--runs`, the gains are measured
+at the global weights of each run's latest checkpoint instead (the model
+rebuilt from the run's `run.json`): how the gain has moved during training.
+
+  python -m experiments.step_gain --dataset=fashion_mnist --model=vgg_narrow \
+      --output=docs/results/step_gain_vgg_narrow.csv
+  python -m experiments.step_gain --runs=runs/paper_claim/fashion_vgg_narrow_iid/fedpara
+"""
+
+import csv
+import json
+import os
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from experiments import checkpoints
+from experiments import models
+from experiments import run_io
+from experiments.data import registry
+import keras_layers
+from keras_layers import jacobian
+
+flags.DEFINE_enum('dataset', 'fashion_mnist', registry.DATASETS, 'Data set (a batch of it).')
+flags.DEFINE_string('data_dir', None, 'Where the data files are.')
+flags.DEFINE_enum('model', 'vgg_narrow', models.MODELS, 'Model of the zoo.')
+flags.DEFINE_float('gamma', 0.1, 'Rank knob of the factorised layers.')
+flags.DEFINE_list('keep_plain', ['logits'], 'Layers left unfactorised.')
+flags.DEFINE_list('variants', ['lowrank', 'fedpara', 'fedpara:tanh', 'fedpara:he_fan_out',
+                               'fedpara:he_fan_in', 'lowrank:matched', 'fedpara:matched'],
+                  'parameterization[:option...], options: tanh, matched, he_fan_in, he_fan_out.')
+flags.DEFINE_integer('batch_size', 64, 'Examples in the batch the gradient is taken on.')
+flags.DEFINE_integer('seeds', 3, 'Initialisations averaged per variant.')
+flags.DEFINE_list('runs', [], 'Run folders: measure at their latest checkpoint (instead of '
+                  '--variants at init).')
+flags.DEFINE_string('output', None, 'CSV file to write (optional).')
+
+OPTIONS = ('tanh', 'matched', 'he_fan_in', 'he_fan_out')
+
+
+def parse_variant(variant):
+  """`'fedpara:tanh:matched'` -> `(parameterization, build kwargs)`."""
+  name, *options = variant.split(':')
+  if name not in ('lowrank', 'fedpara', 'pfedpara'):
+    raise ValueError(f'variant {variant!r}: parameterization must be lowrank, fedpara or '
+                     f'pfedpara; got {name!r}.')
+  unknown = sorted(set(options) - set(OPTIONS))
+  if unknown:
+    raise ValueError(f'variant {variant!r}: unknown option(s) {unknown}; allowed {OPTIONS}.')
+  kwargs = dict(nonlinearity='tanh' if 'tanh' in options else None,
+                factor_lr_scale='matched' if 'matched' in options else None)
+  for init in ('he_fan_in', 'he_fan_out'):
+    if init in options:
+      kwargs['factor_init'] = init
+  return name, kwargs
+
+
+def layer_gains(model, x, y):
+  """Per factorised Dense / conv layer: (name, expected G, measured G, ||J_W||, sum ||g_f||^2)."""
+  loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  layers = jacobian.corrected_layers(model)
+  variables = [v for layer in layers for v in layer.factorization.factors.values()]
+  with jacobian.recording_kernels(layers) as recorded:
+    with tf.GradientTape() as tape:
+      value = loss(y, model(x, training=True))
+  kernels = [recorded[layer.name][0] for layer in layers]
+  grads = tape.gradient(value, kernels + variables)
+  j_kernels, g_factors = grads[:len(kernels)], grads[len(kernels):]
+  rows, position = [], 0
+  for layer, j in zip(layers, j_kernels):
+    count = len(layer.factorization.factors)
+    g = g_factors[position:position + count]
+    position += count
+    j_sq = float(tf.reduce_sum(j * j))
+    g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
+    f = layer.factorization
+    rows.append((layer.name, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq))
+  return rows
+
+
+def global_weights_from_checkpoint(path, model):
+  """The trainable values of `model` stored in checkpoint `path` (a run without local variables).
+
+  The server state is stored flattened; the model's variables are the one contiguous run of
+  arrays whose shapes match `model.trainable_variables` in order.
+  """
+  shapes = [tuple(v.shape) for v in model.trainable_variables]
+  with np.load(path) as stored:
+    arrays = [stored[k] for k in sorted(k for k in stored.files if k.startswith('state_'))]
+  starts = [i for i in range(len(arrays) - len(shapes) + 1)
+            if all(a.shape == s for a, s in zip(arrays[i:i + len(shapes)], shapes))]
+  if len(starts) != 1:
+    raise ValueError(f'{path}: found {len(starts)} places matching the model\'s {len(shapes)} '
+                     f'variables; expected exactly one.')
+  return arrays[starts[0]:starts[0] + len(shapes)]
+
+
+def run_model(run_dir, data):
+  """`(label, model)`: the run's model at the global weights of its latest checkpoint."""
+  with open(os.path.join(run_dir, run_io.RUN_FILE)) as f:
+    run = json.load(f)
+  found = checkpoints.latest(os.path.join(run_dir, 'checkpoints'))
+  if found is None:
+    raise ValueError(f'{run_dir} has no checkpoint.')
+  model = models.build(run['model'], data.input_shape, data.num_classes, run['parameterization'],
+                       gamma=None if run['rank'] else run['gamma'], rank=run['rank'],
+                       keep_plain=run['keep_plain'], nonlinearity=run['nonlinearity'],
+                       factor_init=run.get('factor_init', 'matched_glorot'),
+                       factor_lr_scale=run.get('factor_lr_scale'))
+  for variable, value in zip(model.trainable_variables,
+                             global_weights_from_checkpoint(found[1], model)):
+    variable.assign(value)
+  return f'{os.path.basename(os.path.normpath(run_dir))}@round{found[0]}', model
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flags_ = flags.FLAGS
+  variants = [(v, *parse_variant(v)) for v in flags_.variants]
+  data = registry.load(flags_.dataset, flags_.data_dir)
+  x = tf.constant(data.x_train[:flags_.batch_size])
+  y = tf.constant(data.y_train[:flags_.batch_size].astype(np.int32))
+  table = []
+  for run_dir in flags_.runs:
+    label, model = run_model(run_dir, data)
+    for name, expected, measured, j_norm, _ in layer_gains(model, x, y):
+      table.append(dict(variant=label, layer=name, expected_gain=round(expected, 4),
+                        measured_gain=round(float(measured), 4),
+                        grad_norm_kernel=round(float(j_norm), 5)))
+  for variant, parameterization, kwargs in ([] if flags_.runs else variants):
+    per_seed = []
+    for seed in range(flags_.seeds):
+      tf.keras.utils.set_random_seed(seed)
+      model = models.build(flags_.model, data.input_shape, data.num_classes, parameterization,
+                           gamma=flags_.gamma, keep_plain=flags_.keep_plain, **kwargs)
+      per_seed.append(layer_gains(model, x, y))
+    for i, (name, expected, *_) in enumerate(per_seed[0]):
+      measured = np.mean([rows[i][2] for rows in per_seed])
+      table.append(dict(variant=variant, layer=name, expected_gain=round(expected, 4),
+                        measured_gain=round(float(measured), 4),
+                        grad_norm_kernel=round(float(np.mean([r[i][3] for r in per_seed])), 5)))
+  width = max(len(r['variant']) for r in table)
+  print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||')
+  for r in table:
+    print(f'{r["variant"]:<{width}}  {r["layer"]:<7}  {r["expected_gain"]:>10.4f}  '
+          f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}')
+  if flags_.output:
+    os.makedirs(os.path.dirname(os.path.abspath(flags_.output)), exist_ok=True)
+    with open(flags_.output, 'w', newline='') as f:
+      writer = csv.DictWriter(f, fieldnames=list(table[0]))
+      writer.writeheader()
+      writer.writerows(table)
+    print(f'wrote {flags_.output}')
+
+
+if __name__ == '__main__':
+  app.run(main)

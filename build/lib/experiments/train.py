@@ -1,0 +1,193 @@
+r"""Federated training of an original, low-rank, FedPara or pFedPara model on real data.
+
+One run: load the data set, split it into clients (cached), build the model
+and TFF process, train for --rounds rounds, evaluate every --eval_every
+rounds, and write `metrics.csv`, TensorBoard events, checkpoints, a summary and
+an accuracy-vs-GB plot into --output_dir. Restarted with the same flags it
+resumes from its latest checkpoint. The paper's settings are flagfiles in
+experiments/configs/.
+
+  python -m experiments.train --flagfile=experiments/configs/mnist5k_quick.cfg \
+      --parameterization=fedpara --output_dir=runs/fedpara
+"""
+
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
+
+import dataclasses  # pylint: disable=g-import-not-at-top
+import os
+import signal
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import checkpoints
+from experiments import flagfiles
+from experiments import models
+from experiments import runner
+from experiments.data import common
+from experiments.data import partition
+from experiments.data import registry
+import fedpara_tff
+from fedpara_tff import distributed
+import keras_layers
+
+_DEFAULTS = runner.RunConfig(output_dir='')  # the flags' defaults are the config's
+
+# Data and clients.
+flags.DEFINE_enum('dataset', _DEFAULTS.dataset, registry.DATASETS, 'Data set.')
+flags.DEFINE_string('data_dir', None,
+                                'Where the data files are (default: each loader\'s own place).')
+flags.DEFINE_bool('download', False,
+                              'Let TFF download its SQLite caches when missing (needs network).')
+flags.DEFINE_integer('sequence_length', _DEFAULTS.sequence_length, 'Characters per text sequence.')
+flags.DEFINE_enum('partition', _DEFAULTS.partition, partition.KINDS, 'How to split into clients.')
+flags.DEFINE_float('alpha', _DEFAULTS.alpha, 'Dirichlet concentration (partition=dirichlet).')
+flags.DEFINE_integer('shards_per_client', _DEFAULTS.shards_per_client,
+    'Label shards per client (partition=shards).')
+flags.DEFINE_integer('clients', _DEFAULTS.clients, 'Clients in total.')
+flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round, 'Clients sampled per round.')
+flags.DEFINE_float(
+    'client_test_fraction', _DEFAULTS.client_test_fraction,
+    'Share of each client\'s data held out for personalised accuracy.')
+flags.DEFINE_string('cache_dir', None,
+                                 'Partition cache (default ~/.cache/fedpara_tff/partitions).')
+# Model.
+flags.DEFINE_enum('model', _DEFAULTS.model, models.MODELS, 'Model of the zoo.')
+flags.DEFINE_enum('parameterization', _DEFAULTS.parameterization, models.PARAMETERIZATIONS,
+                                      'original | lowrank | fedpara | pfedpara | fedper | local.')
+flags.DEFINE_float('gamma', _DEFAULTS.gamma,
+    'Rank knob in [0, 1] (docs/DESIGN.md, "Rank rule"); ignored with --rank.')
+flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
+flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
+                                  'Applied to each Hadamard term (FedPara / pFedPara).')
+flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(keras_layers.factors.FACTOR_INITS),
+                  'Initialisation of the factors (matched_*: the composed kernel has the plain '
+                  'layer\'s variance; he_*: He-normal per factor).')
+flags.DEFINE_string('factor_lr_scale', 'none',
+                    "none | matched | a positive number: SGD on the factors at that multiple of "
+                    "the learning rate (matched: each layer's step equals the plain layer's at "
+                    'init; docs/DESIGN.md).')
+flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
+                   'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
+flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
+flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
+# Algorithm.
+flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, fedpara_tff.ALGORITHMS, 'Federated algorithm.')
+flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
+    'Client SGD learning rate.')
+flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
+    'Server optimizer learning rate.')
+flags.DEFINE_float('lr_decay', _DEFAULTS.lr_decay, 'Client learning rate x this per round (0, 1].')
+flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum, 'Client SGD momentum.')
+flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
+    'Server SGD momentum (fedavg/fedprox).')
+flags.DEFINE_float('weight_decay', _DEFAULTS.weight_decay,
+    'L2 weight decay on trainable variables.')
+flags.DEFINE_float('fedprox_mu', _DEFAULTS.fedprox_mu, 'FedProx proximal strength mu.')
+flags.DEFINE_integer('quantization_bits', _DEFAULTS.quantization_bits,
+                                          'Quantize uploads to this many bits (0: float32).')
+flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over client data per round.')
+flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client mini-batch size.')
+flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Rounds in total (a restart may raise it).')
+flags.DEFINE_integer('seed', _DEFAULTS.seed,
+    'Seed of partition, initialisation, sampling, shuffling.')
+# Outputs.
+flags.DEFINE_string('output_dir', None, 'Run folder (metrics, checkpoints, plot).')
+flags.DEFINE_bool('overwrite', False, 'Replace a run with other flags in output_dir.')
+flags.DEFINE_integer('eval_every', _DEFAULTS.eval_every,
+    'Evaluate every N rounds (and at the end).')
+flags.DEFINE_integer('checkpoint_every', _DEFAULTS.checkpoint_every, 'Checkpoint every N rounds.')
+flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
+                                          'Evaluate on the first N test examples (0: all).')
+flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
+# Backends.
+flags.DEFINE_enum('backend', _DEFAULTS.backend, runner.BACKENDS,
+                  'tff: TFF runtime (local or --workers); tf: clients trained in-process with '
+                  'TensorFlow on --gpus (FedAvg and the personalised runs).')
+flags.DEFINE_string('gpus', '', 'GPUs for backend=tf: "all" or indices "0,1"; empty: the CPU.')
+# Remote TFF workers.
+flags.DEFINE_string('workers', '',
+                    'host:port,... of TFF workers (python -m experiments.worker); empty: local.')
+flags.DEFINE_float('worker_connect_timeout', _DEFAULTS.worker_connect_timeout,
+                   'Seconds to wait for every worker at start.')
+flags.DEFINE_float('worker_failure_timeout', _DEFAULTS.worker_failure_timeout,
+                   'Seconds a worker may stay unreachable mid-round before the run stops.')
+
+flags.mark_flag_as_required('output_dir')
+for _name, _check, _allowed in (
+    ('alpha', lambda v: v > 0, '> 0'), ('gamma', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('rank', lambda v: v >= 0, '>= 0'), ('client_learning_rate', lambda v: v > 0, '> 0'),
+    ('server_learning_rate', lambda v: v > 0, '> 0'),
+    ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
+    ('client_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('weight_decay', lambda v: v >= 0, '>= 0'),
+    ('fedprox_mu', lambda v: v >= 0, '>= 0'),
+    ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),
+    ('clients', lambda v: v >= 1, '>= 1'), ('clients_per_round', lambda v: v >= 1, '>= 1'),
+    ('local_epochs', lambda v: v >= 1, '>= 1'), ('batch_size', lambda v: v >= 1, '>= 1'),
+    ('rounds', lambda v: v >= 1, '>= 1'), ('eval_every', lambda v: v >= 1, '>= 1'),
+    ('checkpoint_every', lambda v: v >= 1, '>= 1'), ('shards_per_client', lambda v: v >= 1, '>= 1'),
+    ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
+    ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
+    ('worker_connect_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    ('worker_failure_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),
+    ('seed', lambda v: 0 <= v < 2**31, 'in [0, 2**31)'),
+    ('jacobian_correction', lambda v: 0 <= v < float('inf'), 'a finite number >= 0')):
+  flags.register_validator(_name, _check, message=f'--{_name} must be {_allowed}.')
+flags.register_multi_flags_validator(
+    ['clients', 'clients_per_round'], lambda f: f['clients_per_round'] <= f['clients'],
+    message='--clients_per_round must not exceed --clients.')
+
+
+def config_from_flags(**overrides):
+  """The `runner.RunConfig` of the parsed flags (one flag per field), with `overrides` applied."""
+  values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(runner.RunConfig)}
+  values.update(rank=values['rank'] or None,
+                nonlinearity=None if values['nonlinearity'] == 'none' else values['nonlinearity'],
+                factor_lr_scale=(None if values['factor_lr_scale'] == 'none'
+                                 else values['factor_lr_scale']),
+                keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
+  values.update(overrides)
+  return runner.RunConfig(**values)
+
+
+def run_or_exit(config, program='train'):
+  """`runner.run(config)`, turning every refusal into one line on stderr and exit 1."""
+  try:
+    return runner.run(config)
+  except (ValueError, common.DataNotFoundError, distributed.WorkerUnavailableError,
+          runner.RunInterruptedError) as e:
+    message = ' '.join(str(e).split())
+    raise SystemExit(f'{program}: error: {message}') from None
+  except KeyboardInterrupt as e:
+    signum = getattr(e, 'signum', signal.SIGINT)
+    kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))
+    print(f'{program}: stopped by {signal.Signals(signum).name}; the last checkpoint (round '
+          f'{kept[0] if kept else 0}) is kept: rerun the same command to resume.',
+          file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum) from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  runtime.sigterm_as_keyboard_interrupt()
+  summary = run_or_exit(config_from_flags())
+  print(runner.format_summaries([summary]))
+  for share in summary['worker_shares']:
+    print(f'worker {share["address"]}: {share["calls"]} computation calls, '
+          f'{share["clients"]} client values')
+  print(f'metrics, checkpoints and plot: {summary["output_dir"]}')
+
+
+def entry_point():
+  """The console script (and `python -m`): packaged flagfiles are found by name."""
+  flagfiles.run_main(main)
+
+
+if __name__ == '__main__':
+  entry_point()

@@ -1,0 +1,28 @@
+"""TensorFlow Federated wiring for FedPara: aggregators with measured communication.
+
+FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated
+Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022. Imports TFF; the Keras layers live in
+`keras_layers`, which never does. Importing this package registers an exit hook that
+stops TFF's worker_binary subprocesses (`fedpara_tff.runtime`).
+"""
+
+# runtime first: it sets TF_CPP_MIN_LOG_LEVEL before TF/TFF start and registers the exit hook.
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
+from keras_layers import __version__  # one version for the whole distribution
+from fedpara_tff.aggregators import factor_aggregator
+from fedpara_tff.aggregators import FactorAggregatorFactory
+from fedpara_tff.aggregators import quantized_mean
+from fedpara_tff.aggregators import travel_mask
+from fedpara_tff.aggregators import UnweightedFactorAggregatorFactory
+from fedpara_tff.distributors import build_measured_broadcast
+from fedpara_tff.models import classify_variables
+from fedpara_tff.models import keras_model_fn_to_tff
+from fedpara_tff.personalization import build_fedavg_process
+from fedpara_tff.personalization import build_fedper_process
+from fedpara_tff.personalization import build_local_only_process
+from fedpara_tff.personalization import build_pfedpara_process
+from fedpara_tff.personalization import PersonalizedTrainer
+from fedpara_tff.processes import ALGORITHMS
+from fedpara_tff.processes import build_evaluation
+from fedpara_tff.processes import build_fedpara_process
+from fedpara_tff.runtime import shutdown_workers

@@ -1,0 +1,202 @@
+"""Factor-only aggregation with measured communication, for any `tff.learning` builder.
+
+FedPara (Hyeon-Woo, Ye-Bin, Oh, ICLR 2022) sends only the low-rank factors; with
+pFedPara the local factors never leave the client. `factor_aggregator` returns a
+`tff.aggregators.WeightedAggregationFactory` that
+
+* aggregates exactly the variables that travel (a mask over the model's
+  trainable variables; local ones are not sent and come back as zero updates,
+  which leaves the server's value unchanged),
+* wraps any weighted inner factory (mean, quantization, clipping, zeroing),
+* drops client updates that contain NaN or Inf (their weight becomes 0) and
+  counts them (`clients/non_finite_clients`); TFF's stock client work already
+  zeroes such an update and its weight, so there it arrives as one of the
+  `clients/zero_weight_clients` (which also counts clients with no examples),
+* reports bytes and element counts per round in its measurements, which the
+  learning process exposes under `metrics['aggregator']`.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fedpara_tff import communication
+from fedpara_tff import runtime  # pylint: disable=unused-import
+
+
+def travel_mask(keras_model, local_layers=()):
+  """One bool per trainable variable of `keras_model`: True where it is sent.
+
+  pFedPara's `*2_local` factors and every variable of `local_layers` stay on
+  the client.
+
+  Raises:
+    ValueError: the model has no FedPara / pFedPara / low-rank layer.
+  """
+  import keras_layers  # pylint: disable=g-import-not-at-top
+  if not any(isinstance(layer, keras_layers.FactorizedLayer) for layer in keras_model.submodules):
+    raise ValueError(f'model {keras_model.name!r} has no factorised layer (FedParaDense, '
+                     f'FedParaConv2D, ...); build it with keras_layers or keras_layers.convert, '
+                     f'or call factor_aggregator() without a model to aggregate everything.')
+  return [not local for local in keras_layers.local_variable_mask(keras_model, local_layers)]
+
+
+def quantized_mean(quantization_bits, threshold=20000):
+  """Weighted mean whose sum quantizes tensors above `threshold` elements to `bits`."""
+  return tff.aggregators.MeanFactory(
+      tff.aggregators.EncodedSumFactory.quantize_above_threshold(
+          quantization_bits=quantization_bits, threshold=threshold))
+
+
+class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
+  """Aggregates the travelling subset of a model update; see `factor_aggregator`."""
+
+  def __init__(self, inner=None, mask=None, quantization_bits=None, quantization_threshold=20000):
+    if quantization_bits is not None:
+      if inner is not None:
+        raise ValueError('give either inner or quantization_bits, not both; '
+                         f'got inner={inner!r}, quantization_bits={quantization_bits!r}.')
+      if not isinstance(quantization_bits, int) or not 1 <= quantization_bits <= 16:
+        raise ValueError(f'quantization_bits must be an integer in [1, 16]; '
+                         f'got {quantization_bits!r}.')
+      inner = quantized_mean(quantization_bits, quantization_threshold)
+    inner = inner or tff.aggregators.MeanFactory()
+    if isinstance(inner, tff.aggregators.UnweightedAggregationFactory):
+      inner = tff.aggregators.as_weighted_aggregator(inner)  # e.g. DP factories
+    if not isinstance(inner, tff.aggregators.WeightedAggregationFactory):
+      raise TypeError(f'inner must be a TFF aggregation factory (weighted or unweighted); '
+                      f'got {type(inner).__name__}.')
+    self._inner = inner
+    self._mask = None if mask is None else [bool(m) for m in mask]
+    self._bits = quantization_bits
+    self._threshold = quantization_threshold
+
+  def create(self, value_type, weight_type):
+    specs = tff.types.type_to_tf_tensor_specs(value_type)
+    if not isinstance(specs, (list, tuple)):
+      raise TypeError(f'factor_aggregator expects the list of trainable variables that '
+                      f'tff.learning passes; got value type {value_type}.')
+    mask = self._mask if self._mask is not None else [True] * len(specs)
+    if len(mask) != len(specs):
+      raise ValueError(f'the travel mask has {len(mask)} entries but the model update has '
+                       f'{len(specs)} tensors; build the mask from the same model.')
+    if specs and not any(mask):
+      raise ValueError('the travel mask sends nothing; at least one variable must be global.')
+    sent = [s for s, m in zip(specs, mask) if m]
+    bytes_per_client = communication.structure_bytes(sent, self._bits, self._threshold)
+    elements_per_client = int(sum(np.prod(s.shape) for s in sent))
+
+    @tff.tensorflow.computation(value_type, weight_type)
+    def select(value, weight):
+      travelling = [v for v, m in zip(value, mask) if m]
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in travelling])
+      travelling = [tf.where(finite, v, tf.zeros_like(v)) for v in travelling]
+      counts = collections.OrderedDict(
+          non_finite_clients=tf.cast(tf.logical_not(finite), tf.int32),
+          zero_weight_clients=tf.cast(tf.logical_and(finite, weight <= 0), tf.int32))
+      return travelling, tf.where(finite, weight, tf.zeros_like(weight)), counts
+
+    sent_type = select.type_signature.result[0]
+    inner_process = self._inner.create(sent_type, weight_type)
+
+    @tff.tensorflow.computation(sent_type)
+    def unpack(aggregate):
+      values = iter(aggregate)
+      return [next(values) if m else tf.zeros(s.shape, s.dtype) for s, m in zip(specs, mask)]
+
+    @tff.tensorflow.computation(tf.int32)
+    def round_figures(clients):
+      clients = tf.cast(clients, tf.int64)
+      return collections.OrderedDict(
+          bytes_uploaded=clients * bytes_per_client,
+          bytes_uploaded_per_client=tf.constant(bytes_per_client, tf.int64),
+          elements_uploaded_per_client=tf.constant(elements_per_client, tf.int64),
+          paper_bytes_both_directions=tf.constant(
+              communication.paper_bytes(1, elements_per_client), tf.int64) * clients)
+
+    @tff.federated_computation(inner_process.initialize.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS),
+                               tff.FederatedType(weight_type, tff.CLIENTS))
+    def next_fn(state, value, weight):
+      sent_value, sent_weight, counts = tff.federated_map(select, (value, weight))
+      inner_output = inner_process.next(state, sent_value, sent_weight)
+      clients = communication.count_clients()
+      figures = tff.federated_map(round_figures, clients)
+      measurements = tff.federated_zip(collections.OrderedDict(
+          inner=inner_output.measurements,
+          communication=figures,
+          clients=tff.federated_sum(counts)))
+      return tff.templates.MeasuredProcessOutput(
+          state=inner_output.state,
+          result=tff.federated_map(unpack, inner_output.result),
+          measurements=measurements)
+
+    return tff.templates.AggregationProcess(inner_process.initialize, next_fn)
+
+
+class UnweightedFactorAggregatorFactory(tff.aggregators.UnweightedAggregationFactory):
+  """`FactorAggregatorFactory` for the unweighted builders: every client weighs 1.
+
+  Clients whose update is non-finite still get weight 0, so the result is the
+  plain mean over the finite clients.
+  """
+
+  def __init__(self, weighted_factory):
+    self._weighted = weighted_factory
+
+  def create(self, value_type):
+    process = self._weighted.create(value_type, tff.TensorType(np.float32))
+
+    @tff.federated_computation(process.initialize.type_signature.result,
+                               tff.FederatedType(value_type, tff.CLIENTS))
+    def next_fn(state, value):
+      return process.next(state, value, tff.federated_value(np.float32(1.0), tff.CLIENTS))
+
+    return tff.templates.AggregationProcess(process.initialize, next_fn)
+
+
+def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=None,
+                      quantization_bits=None, quantization_threshold=20000, weighted=True):
+  """The aggregation factory to pass as `model_aggregator=` to a `tff.learning` builder.
+
+  Args:
+    inner: TFF factory applied to the travelling subset (default
+      `tff.aggregators.MeanFactory()`); e.g. zeroing/clipping chains. An
+      unweighted one (e.g. differential privacy) is wrapped with
+      `tff.aggregators.as_weighted_aggregator` and then ignores the weights.
+    keras_model_fn: no-argument function returning the (unbuilt or built)
+      Keras model of the learning process; its pFedPara local factors and
+      `local_layers` are not sent. Without it (and without `mask`) every
+      trainable variable is aggregated (a documented pass-through, also for
+      models without factor variables).
+    local_layers: layer names kept local (FedPer style); needs `keras_model_fn`.
+    mask: explicit travel mask (one bool per trainable variable) instead of
+      `keras_model_fn`.
+    quantization_bits: quantize the travelling tensors above
+      `quantization_threshold` elements to this many bits (instead of `inner`).
+    quantization_threshold: see `quantization_bits`.
+    weighted: False for the unweighted builders (`build_unweighted_fed_avg`,
+      `build_unweighted_fed_prox`): returns an unweighted factory.
+
+  Returns:
+    A `FactorAggregatorFactory` (an `UnweightedFactorAggregatorFactory` with
+    `weighted=False`). Its measurements: `inner` (the inner
+    factory's), `communication` (`bytes_uploaded`, `bytes_uploaded_per_client`,
+    `elements_uploaded_per_client`, `paper_bytes_both_directions`) and
+    `clients` (`non_finite_clients`, `zero_weight_clients`).
+
+  Raises:
+    ValueError: both `keras_model_fn` and `mask`; a model without factorised
+      layers; `local_layers` without `keras_model_fn`.
+  """
+  if keras_model_fn is not None and mask is not None:
+    raise ValueError('give keras_model_fn or mask, not both.')
+  if local_layers and keras_model_fn is None:
+    raise ValueError(f'local_layers={list(local_layers)!r} needs keras_model_fn.')
+  if keras_model_fn is not None:
+    with tf.Graph().as_default():
+      mask = travel_mask(keras_model_fn(), local_layers)
+  factory = FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold)
+  return factory if weighted else UnweightedFactorAggregatorFactory(factory)

@@ -1,0 +1,65 @@
+"""Model adapters: a FedPara / pFedPara Keras model as a `tff.learning` model, and its variables.
+
+`classify_variables` names the role of every variable of a Keras model:
+
+* `factor`: a global FedPara / pFedPara / low-rank factor (travels);
+* `local`: a pFedPara local factor, or any variable of a `local_layers` layer
+  (stays on the client);
+* `global`: another trainable variable (biases, plain layers, norm scales; travels);
+* `other`: a non-trainable variable (e.g. BatchNorm statistics), which TFF 0.87
+  never aggregates; our processes refuse models that have any.
+"""
+
+import collections
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+import keras_layers
+
+KINDS = ('factor', 'local', 'global', 'other')
+
+
+def classify_variables(keras_model, local_layers=()):
+  """`OrderedDict(variable name -> kind)` over `keras_model.variables`, in that order."""
+  local = {v.ref() for v, is_local in zip(
+      keras_model.trainable_variables,
+      keras_layers.local_variable_mask(keras_model, local_layers)) if is_local}
+  factors = {v.ref() for layer in keras_model.submodules
+             if isinstance(layer, keras_layers.FactorizedLayer)
+             for f in layer.factorizations for v in f.global_variables}
+  trainable = {v.ref() for v in keras_model.trainable_variables}
+  kinds = collections.OrderedDict()
+  for v in keras_model.variables:
+    ref = v.ref()
+    if ref in local:
+      kinds[v.name] = 'local'
+    elif ref in factors:
+      kinds[v.name] = 'factor'
+    elif ref in trainable:
+      kinds[v.name] = 'global'
+    else:
+      kinds[v.name] = 'other'
+  return kinds
+
+
+def keras_model_fn_to_tff(keras_model_fn, input_spec, loss_fn=None, metrics_fn=None):
+  """A `model_fn` for `tff.learning` builders from a function building the Keras model.
+
+  Args:
+    keras_model_fn: builds a new Keras model on each call (TFF needs it built
+      inside `model_fn`).
+    input_spec: the batched element spec of the client datasets (`x`, `y`).
+    loss_fn: returns the Keras loss; default sparse categorical
+      cross-entropy on logits.
+    metrics_fn: returns a list of Keras metrics; default sparse categorical
+      accuracy.
+  """
+  loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  metrics_fn = metrics_fn or (lambda: [tf.keras.metrics.SparseCategoricalAccuracy()])
+
+  def model_fn():
+    return tff.learning.models.from_keras_model(
+        keras_model_fn(), loss=loss_fn(), input_spec=input_spec, metrics=metrics_fn())
+
+  return model_fn

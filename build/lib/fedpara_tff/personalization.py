@@ -1,0 +1,404 @@
+"""pFedPara and FedPer with stateful clients: global factors travel, local ones stay.
+
+pFedPara (ICLR 2022, section 3.3) splits each kernel as `W = W1 * (W2 + 1)`:
+the global `W1` factors are averaged by the server, the local `W2` factors never
+leave their client and persist on it across rounds. FedPer keeps whole layers
+local. Both run on the same machinery here.
+
+A `tff.learning` LearningProcess cannot hold per-client state in TFF 0.87
+(client-work state is SERVER-placed), so this follows the TFF way for
+simulations with stateful clients: a `tff.templates.IterativeProcess` whose
+`next` takes the sampled clients' local state as a CLIENTS-placed argument and
+returns their new state, and a Python driver (`PersonalizedTrainer`) that keeps
+each client's local variables between rounds. Simulation only: production TFF
+deployments have stateless clients.
+
+Only the global variables are broadcast and uploaded; the upload goes through
+`FactorAggregatorFactory`, so bytes are measured the same way as for FedPara.
+"""
+
+import collections
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fedpara_tff import aggregators
+import keras_layers
+from fedpara_tff import communication
+from fedpara_tff import processes
+from fedpara_tff import runtime  # pylint: disable=unused-import
+
+
+def _specs(variables):
+  return [tf.TensorSpec(v.shape, v.dtype) for v in variables]
+
+
+def check_round_clients(client_ids, datasets):
+  """`client_ids` as a list, if they are distinct and one per dataset; else a ValueError."""
+  client_ids = list(client_ids)
+  if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
+    raise ValueError(f'client_ids must be distinct and match the datasets; got '
+                     f'{client_ids!r} for {len(datasets)} datasets.')
+  return client_ids
+
+
+def correct_and_total(logits, labels):
+  """Correct arg-max predictions and the number of labels, as float32 scalars."""
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+  return correct, tf.cast(tf.size(labels), tf.float32)
+
+
+def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0):
+  """The client half of a round, as a `tf.function` over `model` (the one implementation).
+
+  TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
+  the in-process TensorFlow backend (`fedpara_tff.tf_backend`) calls it on a
+  model placed on a device: same code, same numbers.
+
+  Args:
+    model: a Keras model; its variables are overwritten by each call.
+    loss: a Keras loss.
+    split: function of the model returning `(global variables, local variables)`.
+    local_epochs: passes over the dataset.
+    jacobian_correction: strength lambda of the paper's Jacobian correction
+      (`keras_layers.jacobian`, with the round's client learning rate as
+      `eta`); 0 trains on the plain gradients.
+
+  Returns:
+    `train(global_values, local_values, dataset, learning_rate)` returning
+    `(update, new_local, weight, loss_sum, correct, diverged)`: the update
+    FedAvg sends (initial minus trained global values), the client's new local
+    values, its example count (weight), summed loss and correct predictions
+    over its local epochs, and 1 if training diverged (then the update is zero,
+    the weight 0 and the local values unchanged, as TFF's client work does).
+  """
+  global_vars, local_vars = split(model)
+
+  # Variable assignments inside a TFF computation are only ordered inside a
+  # tf.function (docs/DESIGN.md, "TFF runtime facts").
+  @tf.function
+  def train(global_values, local_values, dataset, learning_rate):
+    for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
+      v.assign(value)
+
+    def step(totals, batch):
+      def objective_fn():
+        logits = model(batch['x'], training=True)
+        batch_loss = loss(batch['y'], logits)
+        # Regularisation terms of the model (e.g. weight decay), as TFF's
+        # from_keras_model adds them.
+        return (tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss), logits
+
+      objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
+          model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
+      for v, grad in zip(model.trainable_variables, grads):
+        v.assign_sub(learning_rate * grad)
+      size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+      correct, _ = correct_and_total(logits, batch['y'])
+      return totals[0] + size, totals[1] + objective * size, totals[2] + correct
+
+    # An iterator loop, like TFF's DATASET_ITERATOR (faster here than dataset.reduce).
+    totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+    for batch in iter(dataset.repeat(local_epochs)):
+      totals = step(totals, batch)
+    seen, loss_sum, correct = totals
+    update = [a - b for a, b in zip(global_values, global_vars)]
+    new_local = [tf.identity(v) for v in local_vars]
+    finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
+        tf.reduce_all(tf.math.is_finite(t)) for t in update + new_local])
+    return ([tf.where(finite, u, tf.zeros_like(u)) for u in update],
+            [tf.where(finite, n, o) for n, o in zip(new_local, list(local_values))],
+            tf.where(finite, seen / float(local_epochs), 0.0),
+            tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
+            tf.cast(tf.logical_not(finite), tf.int32))
+
+  return train
+
+
+class PersonalizedTrainer:
+  """Driver of the stateful-client process; keeps every client's local variables.
+
+  Args:
+    keras_model_fn: no-argument function building the Keras model (with
+      pFedPara layers, or any layers, FedPara or plain, plus `local_layers`).
+    element_spec: the client datasets' batched element spec, an OrderedDict
+      with `x` and `y`.
+    client_learning_rate: client SGD learning rate (> 0), for global and local
+      variables alike.
+    server_learning_rate: server SGD learning rate on the mean update (> 0).
+    local_epochs: passes over each client's data per round (>= 1).
+    local_layers: layer names kept local entirely (FedPer).
+    loss_fn: no-argument function returning the Keras loss (default sparse
+      categorical cross-entropy on logits).
+    aggregator: inner weighted TFF factory for the global updates.
+    lr_decay: the client learning rate at round r (from 0) is
+      `client_learning_rate * lr_decay**r`; in (0, 1] (the paper's
+      personalisation runs use 0.999).
+    quantization_bits: quantize the uploaded global updates to this many bits
+      (instead of `aggregator`); bytes are counted as sent.
+    jacobian_correction: lambda of the Jacobian correction on the factorised
+      Dense / convolution layers (>= 0; 0 off).
+    require_local: refuse a model without local variables (True for the
+      pFedPara / FedPer entry points; `build_fedavg_process` sets it False).
+  """
+
+  def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
+               server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
+               aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
+               jacobian_correction=0.0):
+    processes.check_positive(client_learning_rate, 'client_learning_rate')
+    processes.check_positive(server_learning_rate, 'server_learning_rate')
+    if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
+      raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
+    if (not isinstance(jacobian_correction, (int, float)) or isinstance(jacobian_correction, bool)
+        or not 0 <= jacobian_correction < float('inf')):
+      raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
+                       f'{jacobian_correction!r}.')
+    if not isinstance(local_epochs, int) or local_epochs < 1:
+      raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
+    loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with tf.Graph().as_default():
+      model = keras_model_fn()
+      processes.check_no_non_trainable(len(model.non_trainable_variables))
+      sent = [not local for local in keras_layers.local_variable_mask(model, local_layers)]
+      variables = model.trainable_variables
+      global_specs = _specs([v for v, s in zip(variables, sent) if s])
+      local_specs = _specs([v for v, s in zip(variables, sent) if not s])
+    if require_local and not local_specs:
+      raise ValueError('the model has no local variable: use pFedPara layers or local_layers.')
+    self.global_index = [i for i, s in enumerate(sent) if s]
+    self.local_index = [i for i, s in enumerate(sent) if not s]
+    self.global_type = tff.types.tensorflow_to_type(global_specs)
+    self.local_type = tff.types.tensorflow_to_type(local_specs)
+    data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
+    # Labels per example: 1 for classification, the sequence length for
+    # next-character targets `(batch, length)`.
+    outputs_per_example = float(np.prod(element_spec['y'].shape[1:]))
+    g_index, l_index = self.global_index, self.local_index
+
+    def split(model):
+      tv = model.trainable_variables
+      return [tv[i] for i in g_index], [tv[i] for i in l_index]
+
+    @tff.tensorflow.computation
+    def init_global():
+      return split(keras_model_fn())[0]
+
+    @tff.tensorflow.computation
+    def init_local():
+      return split(keras_model_fn())[1]
+
+    self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
+    self.jacobian_correction = float(jacobian_correction)
+    self.split = split
+
+    @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
+    def client_update(global_values, local_values, dataset, learning_rate):
+      train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
+                                 float(jacobian_correction))
+      return train(global_values, local_values, dataset, learning_rate)
+
+    @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
+    def client_eval(global_values, local_values, dataset):
+      model = keras_model_fn()
+      global_vars, local_vars = split(model)
+
+      @tf.function
+      def evaluate(global_values, local_values, dataset):
+        for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
+          v.assign(value)
+
+        def step(totals, batch):
+          correct, total = correct_and_total(model(batch['x'], training=False), batch['y'])
+          return totals[0] + correct, totals[1] + total
+
+        correct, total = dataset.reduce((tf.constant(0.0), tf.constant(0.0)), step)
+        return collections.OrderedDict(accuracy=tf.math.divide_no_nan(correct, total),
+                                       num_examples=total)
+
+      return evaluate(global_values, local_values, dataset)
+
+    aggregation = aggregators.FactorAggregatorFactory(
+        inner=aggregator, quantization_bits=quantization_bits).create(
+        self.global_type, tff.TensorType(np.float32))
+    self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
+    download_per_client = communication.structure_bytes(global_specs)
+
+    @tff.tensorflow.computation(self.global_type, self.global_type)
+    def server_update(global_values, mean_update):
+      # A non-finite mean (e.g. every client diverged: weights sum to 0) is not
+      # applied, as TFF's own finalizer skips it.
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in mean_update])
+      return [tf.where(finite, w - server_learning_rate * u, w)
+              for w, u in zip(global_values, mean_update)]
+
+    @tff.tensorflow.computation(tf.int32)
+    def learning_rate_at(round_num):
+      return client_learning_rate * tf.pow(float(lr_decay), tf.cast(round_num, tf.float32))
+
+    @tff.tensorflow.computation(tf.int32)
+    def increment(round_num):
+      return round_num + 1
+
+    @tff.tensorflow.computation
+    def zero_rounds():
+      return tf.constant(0, tf.int32)
+
+    @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32, tf.int32)
+    def round_metrics(loss_sum, examples, correct, diverged, clients):
+      passes = examples * float(local_epochs)
+      return collections.OrderedDict(
+          loss=tf.math.divide_no_nan(loss_sum, passes),
+          accuracy=tf.math.divide_no_nan(correct, passes * outputs_per_example),
+          num_examples=examples,
+          diverged_clients=diverged,
+          bytes_downloaded=tf.cast(clients, tf.int64) * download_per_client)
+
+    @tff.federated_computation
+    def initialize():
+      return tff.federated_zip(collections.OrderedDict(
+          global_weights=tff.federated_eval(init_global, tff.SERVER),
+          aggregator=aggregation.initialize(),
+          round_num=tff.federated_eval(zero_rounds, tff.SERVER)))
+
+    state_type = initialize.type_signature.result
+
+    # Each client's position in the round travels with its values: TFF's
+    # mergeable (multi-worker) context returns CLIENTS-placed results in the
+    # order its sub-rounds finish, not in the order the clients were given.
+    positions_type = tff.FederatedType(np.int32, tff.CLIENTS)
+
+    @tff.tensorflow.computation(tf.int32)
+    def same_position(position):
+      return tf.identity(position)
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS),
+                               tff.FederatedType(self.local_type, tff.CLIENTS), positions_type)
+    def next_fn(state, data, local_values, positions):
+      learning_rate = tff.federated_map(learning_rate_at, state.round_num)
+      update, new_local, examples, loss_sum, correct, diverged = tff.federated_map(
+          client_update, (tff.federated_broadcast(state.global_weights), local_values, data,
+                          tff.federated_broadcast(learning_rate)))
+      aggregated = aggregation.next(state.aggregator, update, examples)
+      new_global = tff.federated_map(server_update, (state.global_weights, aggregated.result))
+      clients = communication.count_clients()
+      metrics = tff.federated_zip(collections.OrderedDict(
+          train=tff.federated_map(round_metrics, (
+              tff.federated_sum(loss_sum), tff.federated_sum(examples),
+              tff.federated_sum(correct), tff.federated_sum(diverged), clients)),
+          aggregator=aggregated.measurements))
+      new_state = tff.federated_zip(collections.OrderedDict(
+          global_weights=new_global, aggregator=aggregated.state,
+          round_num=tff.federated_map(increment, state.round_num)))
+      return new_state, new_local, metrics, tff.federated_map(same_position, positions)
+
+    @tff.federated_computation(tff.FederatedType(self.global_type, tff.SERVER),
+                               tff.FederatedType(data_type, tff.CLIENTS),
+                               tff.FederatedType(self.local_type, tff.CLIENTS), positions_type)
+    def evaluate_fn(global_values, data, local_values, positions):
+      return (tff.federated_map(client_eval, (tff.federated_broadcast(global_values),
+                                              local_values, data)),
+              tff.federated_map(same_position, positions))
+
+    self.process = tff.templates.IterativeProcess(initialize, next_fn)
+    # The round's pieces, for the in-process TensorFlow backend (fedpara_tff.tf_backend).
+    self.aggregation, self.server_update = aggregation, server_update
+    self.learning_rate_at, self.increment, self.round_metrics = (
+        learning_rate_at, increment, round_metrics)
+    self._evaluate = evaluate_fn
+    self._initial_local = [np.asarray(a) for a in init_local()]
+    self.local_store = {}
+
+  def initialize(self, initial_weights=None):
+    """The server state: `OrderedDict(global_weights=[...], aggregator=..., round_num=0)`.
+
+    Args:
+      initial_weights: optional list of all trainable values of the Keras
+        model (`model.trainable_variables` order), e.g. from a seeded model
+        built eagerly; the global ones start the server state and the local
+        ones become every client's initial local variables. Default: TFF's
+        own (unseeded) initialisation.
+    """
+    state = self.process.initialize()
+    if initial_weights is None:
+      return state
+    values = [np.asarray(v) for v in initial_weights]
+    expected = len(self.global_index) + len(self.local_index)
+    if len(values) != expected:
+      raise ValueError(f'initial_weights has {len(values)} arrays; the model has {expected} '
+                       f'trainable variables.')
+    state['global_weights'] = [values[i] for i in self.global_index]
+    self._initial_local = [values[i] for i in self.local_index]
+    return state
+
+  def store_local(self, client_id, values):
+    """Keeps a client's new local variables (nothing to keep when no variable is local)."""
+    if self.local_index:
+      self.local_store[client_id] = [np.asarray(v) for v in values]
+
+  def local_state(self, client_id):
+    """The client's local variables: stored ones, or the initial ones if never sampled."""
+    return self.local_store.get(client_id, self._initial_local)
+
+  def next(self, state, client_ids, datasets):
+    """One round on the sampled clients; stores their new local variables.
+
+    Returns:
+      `(state, metrics)`; metrics hold `train` (loss, accuracy and num_examples
+      over the clients whose training stayed finite, diverged_clients,
+      bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
+    """
+    client_ids = check_round_clients(client_ids, datasets)
+    state, new_local, metrics, positions = self.process.next(
+        state, list(datasets), [self.local_state(c) for c in client_ids],
+        list(range(len(client_ids))))
+    for position, values in zip(positions, new_local):
+      self.store_local(client_ids[int(position)], values)
+    return state, metrics
+
+  def evaluate(self, state, client_ids, datasets):
+    """Personalised accuracy of each client on its own data, with its local variables."""
+    client_ids = list(client_ids)
+    results, positions = self._evaluate(state['global_weights'], list(datasets),
+                                        [self.local_state(c) for c in client_ids],
+                                        list(range(len(client_ids))))
+    ordered = [None] * len(client_ids)
+    for position, result in zip(positions, results):
+      ordered[int(position)] = collections.OrderedDict((k, float(v)) for k, v in result.items())
+    return ordered
+
+
+def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):
+  """A `PersonalizedTrainer` for a pFedPara model (local `*2_local` factors)."""
+  return PersonalizedTrainer(keras_model_fn, element_spec, **kwargs)
+
+
+def build_fedavg_process(keras_model_fn, element_spec, **kwargs):
+  """FedAvg with server SGD on the stateful-client machinery: every variable travels.
+
+  The same client update, aggregation and server step as pFedPara, so that the
+  TFF and the in-process TensorFlow backends (`fedpara_tff.tf_backend`) run one
+  implementation. For FedProx, adaptive servers, MIME-lite or momentum use
+  `build_fedpara_process` (TFF's own builders).
+  """
+  return PersonalizedTrainer(keras_model_fn, element_spec, require_local=False, **kwargs)
+
+
+def build_local_only_process(keras_model_fn, element_spec, **kwargs):
+  """A `PersonalizedTrainer` where every variable is local: clients never communicate.
+
+  The local-only baseline of the personalisation experiments, on the same
+  client update, data and epochs as pFedPara and FedPer; 0 bytes travel.
+  """
+  with tf.Graph().as_default():
+    names = [layer.name for layer in keras_model_fn().layers if layer.trainable_weights]
+  return PersonalizedTrainer(keras_model_fn, element_spec, local_layers=names, **kwargs)
+
+
+def build_fedper_process(keras_model_fn, element_spec, local_layers, **kwargs):
+  """A `PersonalizedTrainer` keeping `local_layers` on the clients (FedPer baseline)."""
+  if not local_layers:
+    raise ValueError('FedPer needs at least one local layer name in local_layers.')
+  return PersonalizedTrainer(keras_model_fn, element_spec, local_layers=local_layers, **kwargs)

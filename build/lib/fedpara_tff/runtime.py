@@ -1,0 +1,127 @@
+"""TFF runtime housekeeping: quiet logs and no orphaned `worker_binary` processes.
+
+TFF 0.87 runs computations in a C++ `worker_binary` subprocess that it stops
+only from a destructor that often does not run at interpreter exit; the orphan
+then keeps the parent's stdout/stderr pipes open (docs/DESIGN.md, "TFF runtime facts").
+Importing this module registers an exit hook that stops the workers this
+Python process started. That hook cannot run on SIGKILL, so
+`tie_workers_to_this_process()` also makes every worker TFF starts afterwards
+ask the kernel to kill it when its parent dies (`prctl(PR_SET_PDEATHSIG)`), and
+`sigterm_as_keyboard_interrupt()` gives SIGTERM (what `timeout`, Docker,
+Kubernetes and Slurm send) the clean shutdown of Ctrl-C.
+"""
+
+import atexit
+import ctypes
+import gc
+import os
+import signal
+import subprocess
+import types
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import psutil  # pylint: disable=g-import-not-at-top
+
+WORKER_NAME = 'worker_binary'
+
+
+def _own_workers():
+  workers = []
+  for child in psutil.Process().children(recursive=True):
+    try:
+      if any(WORKER_NAME in part for part in child.cmdline()):
+        workers.append(child)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+      continue
+  return workers
+
+
+def shutdown_workers(timeout=5.0):
+  """Stops this process's TFF workers (SIGINT, then SIGKILL); returns how many."""
+  workers = _own_workers()
+  for worker in workers:
+    try:
+      worker.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
+      pass
+  _, alive = psutil.wait_procs(workers, timeout=timeout)
+  for worker in alive:
+    try:
+      worker.kill()
+    except psutil.NoSuchProcess:
+      pass
+  return len(workers)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+  """In the child, between fork and exec: SIGKILL this process when its parent dies."""
+  libc = ctypes.CDLL(None, use_errno=True)
+  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class _TiedPopen(subprocess.Popen):
+  """`subprocess.Popen` whose child dies with its parent (Linux)."""
+
+  def __init__(self, *args, **kwargs):
+    kwargs.setdefault('preexec_fn', _die_with_parent)
+    super().__init__(*args, **kwargs)
+
+
+def tie_workers_to_this_process():
+  """Makes the `worker_binary` processes TFF starts from now on die with this process.
+
+  TFF's `executor_factory` starts them with `subprocess.Popen`; its module's
+  `subprocess` name is pointed at a copy whose `Popen` sets the parent-death
+  signal. Idempotent; returns True when installed. The signal follows the
+  thread that started the worker; TFF starts it from its long-lived context
+  thread, so it fires when this process exits, also on SIGKILL.
+  """
+  from tensorflow_federated.python.core.impl.executor_stacks import executor_factory  # pylint: disable=g-import-not-at-top
+  if getattr(executor_factory.subprocess, 'Popen', None) is _TiedPopen:
+    return True
+  shim = types.ModuleType('subprocess_tied_to_parent')
+  shim.__dict__.update(subprocess.__dict__)
+  shim.Popen = _TiedPopen
+  executor_factory.subprocess = shim
+  return True
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM, delivered like Ctrl-C; `signum` is the signal's number."""
+
+  def __init__(self, signum):
+    super().__init__(f'signal {signal.Signals(signum).name}')
+    self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+  del frame
+  raise Terminated(signum)
+
+
+def sigterm_as_keyboard_interrupt():
+  """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, as SIGINT does."""
+  signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _disarm_service_managers():
+  """Silences the destructor of TFF's `ServiceManager` once its workers are stopped.
+
+  That destructor runs during interpreter teardown, when the `subprocess` module
+  is already gone, and prints an AttributeError traceback on every exit.
+  """
+  for cls in {type(obj) for obj in gc.get_objects()
+              if type(obj).__name__ == 'ServiceManager' and hasattr(obj, '_process')}:
+    cls.__del__ = lambda self: None
+
+
+def _at_exit():
+  shutdown_workers()
+  _disarm_service_managers()
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,234 @@
+"""Arguments and behaviour common to every factorised layer.
+
+`FactorizedLayer` validates the FedPara options (`gamma`, `rank` or
+`param_ratio`, `nonlinearity`, `factor_init`, `factor_lr_scale`) and the usual Keras arguments of
+the replaced layer (activation, bias, regularizers, constraints), creates the
+factors through `factors.KernelFactorization`, and answers which of its
+variables are global (sent to the server) and which are local (pFedPara).
+Subclasses set the class attribute `scheme` and arrange shapes.
+"""
+
+
+import warnings
+
+import tensorflow as tf
+
+from keras_layers import factors
+from keras_layers import ranks
+
+DEFAULT_GAMMA = 0.5
+
+# id(layer) -> list collecting the kernels the layer composes in `call`, set
+# by `keras_layers.jacobian.recording_kernels` (kept outside the layer so that
+# Keras does not track it).
+_KERNEL_RECORDERS = {}
+
+# Constructor arguments shared, with the same meaning, by a factorised layer and
+# the plain Keras layer it replaces (used by `convert` and `export`).
+SHARED_PLAIN_ARGS = ('activation', 'use_bias', 'bias_initializer',
+                     'kernel_regularizer', 'bias_regularizer',
+                     'activity_regularizer', 'bias_constraint', 'name', 'dtype',
+                     'trainable')
+
+
+def check_positive_int(value, name):
+  """Returns `value` as int, or raises naming the bad value."""
+  if not ranks.is_positive_int(value):
+    raise ValueError(f'{name} must be a positive integer; got {value!r}.')
+  return int(value)
+
+
+def check_rank_options(gamma, rank, param_ratio):
+  """Validates that at most one of gamma, rank, param_ratio is given."""
+  given = [n for n, v in (('gamma', gamma), ('rank', rank),
+                          ('param_ratio', param_ratio)) if v is not None]
+  if len(given) > 1:
+    raise ValueError(
+        f'give only one of gamma, rank or param_ratio; got {" and ".join(given)} '
+        f'(gamma={gamma!r}, rank={rank!r}, param_ratio={param_ratio!r}).')
+  if gamma is not None:
+    ranks.check_gamma(gamma)
+  if rank is not None:
+    check_positive_int(rank, 'rank')
+  if param_ratio is not None:
+    ranks.check_param_ratio(param_ratio)
+
+
+def resolve_rank(scheme, kernel_shape, gamma=None, rank=None, param_ratio=None,
+                 layer_name=''):
+  """The inner rank of one kernel of a layer.
+
+  For FedPara and pFedPara the rank of each Hadamard term. For the low-rank
+  baseline an explicit `rank` is its own inner rank, while `gamma` and
+  `param_ratio` pick the inner rank whose parameter count matches the FedPara
+  layer at that setting (`2R` for dense).
+
+  An explicit `rank` is capped by nothing but positivity; a rank that adds
+  parameters without raising the reachable rank (`ranks.reachable_rank`)
+  warns once per shape and rank.
+  """
+  if rank is not None:
+    ranks.warn_if_rank_unreachable(scheme, kernel_shape, rank, layer_name)
+    return rank
+  if param_ratio is not None:
+    fedpara_rank = ranks.rank_for_param_ratio(kernel_shape, param_ratio)
+  else:
+    fedpara_rank = ranks.rank_for_gamma(
+        kernel_shape, DEFAULT_GAMMA if gamma is None else gamma)
+  if scheme == 'lowrank':
+    return ranks.lowrank_rank_matching(kernel_shape, fedpara_rank)
+  return fedpara_rank
+
+
+class FactorizedLayer(tf.keras.layers.Layer):
+  """Base of the FedPara, pFedPara and low-rank layers.
+
+  Args:
+    gamma: float in [0, 1], picks the rank between `r_min` and `r_max` (docs/DESIGN.md,
+      "Rank rule"). Default 0.5 when none of gamma, rank, param_ratio is given.
+    rank: explicit inner rank, any positive integer (a rank beyond what the
+      kernel can reach warns; see `ranks.reachable_rank`).
+    param_ratio: float in (0, 1], target fraction of the plain layer's kernel
+      parameters.
+    nonlinearity: `None` or `'tanh'`, applied to each composed term.
+    factor_init: `'matched_glorot'` (default: the composed kernel has the
+      Glorot-uniform variance of the plain layer), `'matched_he'`,
+      `'he_fan_in'` or `'he_fan_out'` (He-normal per factor).
+    factor_lr_scale: `None` (default), a positive number `s`, or `'matched'`.
+      The factors are stored divided by `sqrt(s)` and multiplied back when the
+      kernel is composed: the same function, but SGD moves the factors as if
+      their learning rate were `s` times larger. `'matched'` uses `s = 1 / G`
+      with `G` the kernel's expected step gain at init (`factors.step_gain`),
+      so that one SGD step changes the loss as much as the plain layer's step
+      (docs/DESIGN.md, "Effective step size").
+    activation: activation function, as in Keras.
+    use_bias: whether to add a bias.
+    bias_initializer, bias_regularizer, bias_constraint: for the bias.
+    kernel_regularizer: applied to the *composed* kernel (same meaning as for
+      the plain layer).
+    factor_regularizer, factor_constraint: applied to each factor variable.
+    activity_regularizer: as in Keras.
+  """
+
+  scheme = None  # 'fedpara' | 'pfedpara' | 'lowrank', set by subclasses.
+
+  def __init__(self, gamma=None, rank=None, param_ratio=None,
+               nonlinearity=None, factor_init='matched_glorot',
+               factor_lr_scale=None, activation=None, use_bias=True, bias_initializer='zeros',
+               kernel_regularizer=None, bias_regularizer=None,
+               factor_regularizer=None, activity_regularizer=None,
+               factor_constraint=None, bias_constraint=None, **kwargs):
+    super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+    check_rank_options(gamma, rank, param_ratio)
+    self.gamma = None if gamma is None else float(gamma)
+    self.rank = None if rank is None else int(rank)
+    self.param_ratio = None if param_ratio is None else float(param_ratio)
+    self.nonlinearity = factors.check_nonlinearity(nonlinearity)
+    self.factor_init = factors.check_factor_init(factor_init)
+    self.factor_lr_scale = factors.check_factor_lr_scale(factor_lr_scale)
+    self.activation = tf.keras.activations.get(activation)
+    self.use_bias = bool(use_bias)
+    self.bias_initializer = tf.keras.initializers.get(bias_initializer)
+    self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
+    self.bias_regularizer = tf.keras.regularizers.get(bias_regularizer)
+    self.factor_regularizer = tf.keras.regularizers.get(factor_regularizer)
+    self.factor_constraint = tf.keras.constraints.get(factor_constraint)
+    self.bias_constraint = tf.keras.constraints.get(bias_constraint)
+    self.factorizations = []
+    self.bias = None
+
+  # -- construction helpers for subclasses ---------------------------------
+
+  def _add_factorization(self, kernel_shape, prefix=''):
+    """Resolves the rank for `kernel_shape` and adds its factors to the layer."""
+    rank = resolve_rank(self.scheme, kernel_shape, self.gamma, self.rank,
+                        self.param_ratio, layer_name=self.name)
+    factorization = factors.KernelFactorization(
+        self.scheme, kernel_shape, rank, self.nonlinearity, self.factor_init,
+        prefix=prefix, factor_lr_scale=self.factor_lr_scale)
+    factorization.add_to(self, self.factor_regularizer, self.factor_constraint)
+    self.factorizations.append(factorization)
+    if self.kernel_regularizer is not None:
+      regularizer = self.kernel_regularizer
+      self.add_loss(lambda: regularizer(factorization.compose()))
+    return factorization
+
+  def _add_bias(self, size, initializer=None):
+    if self.use_bias:
+      self.bias = self.add_weight(
+          name='bias', shape=(size,),
+          initializer=initializer or self.bias_initializer,
+          regularizer=self.bias_regularizer, constraint=self.bias_constraint,
+          trainable=True)
+
+  def _recorded(self, kernel):
+    """Returns `kernel`, collecting it first when a recorder is set for this layer."""
+    recorder = _KERNEL_RECORDERS.get(id(self))
+    if recorder is not None:
+      recorder.append(kernel)
+    return kernel
+
+  # -- public queries ------------------------------------------------------
+
+  @property
+  def ranks(self):
+    """Inner rank of each factorised kernel of this layer (after build)."""
+    return [f.rank for f in self.factorizations]
+
+  @property
+  def local_weights(self):
+    """Variables that stay on the client (pFedPara's `*2_local` factors)."""
+    return [v for f in self.factorizations for v in f.local_variables]
+
+  @property
+  def global_weights(self):
+    """Every other weight of the layer: global factors and the bias."""
+    local = {v.ref() for v in self.local_weights}
+    return [v for v in self.weights if v.ref() not in local]
+
+  def original_param_count(self):
+    """Parameters of the plain layer this one replaces (kernels and bias)."""
+    count = sum(ranks.original_param_count(f.kernel_shape)
+                for f in self.factorizations)
+    return count + (int(self.bias.shape.num_elements()) if self.bias is not None else 0)
+
+  def plain_weights(self):
+    """Weights of the equivalent plain layer, as numpy arrays.
+
+    Every composed kernel in creation order, then the bias: `[kernel(, bias)]`
+    for Dense and Conv, `[kernel, recurrent_kernel(, bias)]` for the LSTM cell,
+    the order in which Keras' plain layers hold them.
+    """
+    weights = [f.compose() for f in self.factorizations]
+    weights += [self.bias] if self.bias is not None else []
+    return [tf.convert_to_tensor(w).numpy() for w in weights]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        gamma=self.gamma,
+        rank=self.rank,
+        param_ratio=self.param_ratio,
+        nonlinearity=self.nonlinearity,
+        factor_init=self.factor_init,
+        factor_lr_scale=self.factor_lr_scale,
+        activation=tf.keras.activations.serialize(self.activation),
+        use_bias=self.use_bias,
+        bias_initializer=tf.keras.initializers.serialize(self.bias_initializer),
+        kernel_regularizer=tf.keras.regularizers.serialize(self.kernel_regularizer),
+        bias_regularizer=tf.keras.regularizers.serialize(self.bias_regularizer),
+        factor_regularizer=tf.keras.regularizers.serialize(self.factor_regularizer),
+        activity_regularizer=tf.keras.regularizers.serialize(self.activity_regularizer),
+        factor_constraint=tf.keras.constraints.serialize(self.factor_constraint),
+        bias_constraint=tf.keras.constraints.serialize(self.bias_constraint))
+    return config
+
+  @classmethod
+  def common_kwargs_from_plain(cls, plain_config):
+    """Arguments of this base taken over from a plain layer's config."""
+    return {k: plain_config[k] for k in SHARED_PLAIN_ARGS if k in plain_config}
+
+  def common_plain_kwargs(self):
+    """Arguments of the equivalent plain Keras layer (for export)."""
+    config = self.get_config()
+    return {k: config[k] for k in SHARED_PLAIN_ARGS}

@@ -1,0 +1,428 @@
+"""The factor math shared by every FedPara, pFedPara and low-rank layer.
+
+One *term* is a low-rank kernel built from factors, in Keras kernel layout:
+
+* matrix term (dense, LSTM): `x (out, R)`, `y (in, R)`; the kernel is
+  `W^T = Y X^T`, shape `(in, out)` (the paper's `W = X Y^T` is `(out, in)`).
+* Tucker-2 term (convolution, Proposition 3): `t (R, R, k1, ..., kd)`,
+  `x (O, R)`, `y (I, R)`; `W[a, b, i, o] = sum_{p,q} t[p, q, a, b] x[o, p] y[i, q]`,
+  shape `(k1, ..., kd, I, O)`. The first axis of `t` pairs with `x` (output
+  channels) and the second with `y` (input channels), as in the authors'
+  contraction "xyzw,xo,yi->oizw".
+
+A *scheme* combines terms into the layer's kernel:
+
+* `fedpara`: `W = f(W1) * f(W2)` (Hadamard product), both terms global.
+* `pfedpara`: `W = f(W1) * (f(W2) + 1)`; `W1` global, `W2` local (its factors are
+  named `x2_local`, `y2_local`, `t2_local` and never leave the client).
+* `lowrank`: `W = W1`, one term of inner rank R (the conventional baseline).
+
+`f` is the optional nonlinearity (`None` or `"tanh"`), applied to each term.
+
+Step size of the composed kernel (docs/DESIGN.md, "Effective step size"): one
+SGD step of size `eta` on the factors decreases the loss, to first order, by
+`eta * sum_f ||dL/df||^2`, where the plain kernel's step decreases it by
+`eta * ||dL/dW||^2`. Their ratio is the layer's *step gain* `G`; `step_gain`
+gives its expected value at initialisation. A factorised layer trains like the
+plain layer at learning rate `G * eta`. With `factor_lr_scale=s` every factor
+is stored divided by `sqrt(s)` and multiplied back when composing, which under
+SGD is the same as a learning rate `s` times larger on the factors (the
+function at init is unchanged); `'matched'` picks `s = 1 / G`.
+"""
+
+import collections
+import math
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from keras_layers import ranks
+
+SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
+NONLINEARITIES = (None, 'tanh')
+FACTOR_INITS = ('matched_glorot', 'matched_he', 'he_fan_in', 'he_fan_out')
+MATCHED = 'matched'
+
+GLOBAL = 'global'
+LOCAL = 'local'
+
+FactorSpec = collections.namedtuple('FactorSpec', ['name', 'shape', 'role', 'stddev'])
+
+
+def check_scheme(scheme):
+  if scheme not in SCHEMES:
+    raise ValueError(f'scheme must be one of {SCHEMES}; got {scheme!r}.')
+  return scheme
+
+
+def check_nonlinearity(nonlinearity):
+  if nonlinearity not in NONLINEARITIES:
+    raise ValueError(
+        f'nonlinearity must be one of {NONLINEARITIES}; got {nonlinearity!r}.')
+  return nonlinearity
+
+
+def check_factor_init(factor_init):
+  if factor_init not in FACTOR_INITS:
+    raise ValueError(
+        f'factor_init must be one of {FACTOR_INITS}; got {factor_init!r}.')
+  return factor_init
+
+
+def check_factor_lr_scale(factor_lr_scale):
+  """`None`, `'matched'` or a positive finite number; anything else raises."""
+  if factor_lr_scale is None or factor_lr_scale == MATCHED:
+    return factor_lr_scale
+  if (isinstance(factor_lr_scale, numbers.Real) and not isinstance(factor_lr_scale, bool)
+      and math.isfinite(factor_lr_scale) and factor_lr_scale > 0):
+    return float(factor_lr_scale)
+  raise ValueError(f"factor_lr_scale must be None, 'matched' or a positive number; "
+                   f'got {factor_lr_scale!r}.')
+
+
+# ---------------------------------------------------------------------------
+# Composition (pure functions of tensors).
+
+
+def compose_matrix_terms(x, y):
+  """Returns `Y_b X_b^T`, shape `(B, in, out)`, from `x (B, out, R)` and `y (B, in, R)`."""
+  return tf.matmul(y, x, transpose_b=True)
+
+
+def compose_tucker_terms(t, x, y):
+  """Returns B Tucker-2 kernels, shape `(B, k1, ..., kd, I, O)`.
+
+  Computes `W[b, k, i, o] = sum_{p,q} t[b, p, q, k] x[b, o, p] y[b, i, q]` as two
+  batched matrix products that land directly in Keras layout: first
+  `A[b, k, i, p] = sum_q y[b, i, q] t[b, p, q, k]` (one small product per spatial
+  position k), then `W[b, k, i, :] = A[b, k, i, :] X_b^T` (one large GEMM per term).
+
+  Args:
+    t: cores, shape `(B, R, R, k1, ..., kd)`.
+    x: output-channel factors, shape `(B, O, R)`.
+    y: input-channel factors, shape `(B, I, R)`.
+  """
+  terms, rank_p, rank_q = t.shape[0], t.shape[1], t.shape[2]
+  spatial = list(t.shape[3:])
+  fan_in, fan_out = y.shape[1], x.shape[1]
+  n = len(spatial)
+  # (B, R_p, R_q, k...) -> (B, K, R_q, R_p)
+  t_k = tf.reshape(tf.transpose(t, [0] + list(range(3, n + 3)) + [2, 1]),
+                   [terms, -1, rank_q, rank_p])
+  a = tf.matmul(y[:, tf.newaxis], t_k)                                   # (B, K, I, R_p)
+  w = tf.matmul(tf.reshape(a, [terms, -1, rank_p]), x, transpose_b=True)  # (B, K*I, O)
+  return tf.reshape(w, [terms] + spatial + [fan_in, fan_out])
+
+
+def compose_terms(term_factors):
+  """Composes every term at once from per-term `(x, y)` or `(x, y, t)` lists.
+
+  The terms share their shapes, so their factors are stacked and composed
+  with batched products (one pass instead of one per term).
+
+  Returns:
+    A list with one kernel per term, Keras layout.
+  """
+  stacked = [tf.stack(list(same_kind)) for same_kind in zip(*term_factors)]
+  if len(stacked) == 2:
+    composed = compose_matrix_terms(*stacked)
+  else:
+    x, y, t = stacked
+    composed = compose_tucker_terms(t, x, y)
+  return tf.unstack(composed, num=len(term_factors))
+
+
+def _apply(nonlinearity, w):
+  return tf.tanh(w) if nonlinearity == 'tanh' else w
+
+
+def combine_terms(scheme, terms, nonlinearity=None):
+  """Combines composed terms into the kernel according to `scheme`."""
+  if scheme == 'lowrank':
+    (w,) = terms
+    return _apply(nonlinearity, w)
+  w1, w2 = (_apply(nonlinearity, w) for w in terms)
+  if scheme == 'fedpara':
+    return w1 * w2
+  return w1 * (w2 + tf.ones_like(w2))
+
+
+# ---------------------------------------------------------------------------
+# Factor shapes, names, roles and initial standard deviations.
+
+
+def _term_count(scheme):
+  return 1 if scheme == 'lowrank' else 2
+
+
+def _term_suffix(scheme, term_index):
+  if scheme == 'lowrank':
+    return ''
+  if scheme == 'pfedpara' and term_index == 1:
+    return '2_local'
+  return str(term_index + 1)
+
+
+def _target_variance(kernel_shape, factor_init):
+  """Per-entry variance of the replaced layer's default (Glorot or He) kernel."""
+  spatial, fan_in, fan_out = ranks.split_kernel_shape(kernel_shape)
+  receptive = math.prod(spatial) if spatial else 1
+  fan_in, fan_out = fan_in * receptive, fan_out * receptive
+  if factor_init == 'matched_he':
+    return 2.0 / fan_in
+  return 2.0 / (fan_in + fan_out)
+
+
+def term_variances(scheme, target_variance):
+  """Variance each term must have for the kernel to have `target_variance`.
+
+  With independent zero-mean terms: FedPara `Var(W1) Var(W2) = v`, so each
+  term gets `sqrt(v)`; pFedPara `Var(W1) (Var(W2) + 1) = v` with the local term
+  at `sqrt(v)` and the global one at `v / (1 + sqrt(v))`; low-rank `v`.
+  """
+  if scheme == 'lowrank':
+    return (target_variance,)
+  root = math.sqrt(target_variance)
+  if scheme == 'fedpara':
+    return (root, root)
+  return (target_variance / (1.0 + root), root)
+
+
+def _matched_stddev(term_variance, rank, tucker):
+  """Equal std of each factor so that one term has `term_variance`.
+
+  Matrix term: `Var = R s^4`. Tucker-2 term: `Var = R^2 s^6`.
+  """
+  if tucker:
+    return (term_variance / rank**2) ** (1.0 / 6.0)
+  return (term_variance / rank) ** 0.25
+
+
+def _he_stddev(shape, factor_name, factor_init):
+  """He-normal std per factor, fans from the factor's place in the product.
+
+  `x (out, R)` maps R -> out; `y (in, R)` maps in -> R (it enters as `Y^T`);
+  `t (R, R, k...)` maps R k -> R k.
+  """
+  receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
+  if factor_name == 't':
+    fan_in = fan_out = shape[1] * receptive
+  elif factor_name == 'x':
+    fan_in, fan_out = shape[1], shape[0]
+  else:
+    fan_in, fan_out = shape[0], shape[1]
+  fan = fan_in if factor_init == 'he_fan_in' else fan_out
+  return math.sqrt(2.0 / fan)
+
+
+def factor_specs(scheme, kernel_shape, rank, factor_init='matched_glorot'):
+  """Lists the factors of one kernel: name, shape, role and initial std.
+
+  Args:
+    scheme: one of `SCHEMES`.
+    kernel_shape: Keras kernel shape, `(in, out)` or `(k1, ..., I, O)`.
+    rank: inner rank R of each term.
+    factor_init: one of `FACTOR_INITS`. The `matched_*` modes make the
+      composed kernel's per-entry variance equal the Glorot (or He) variance of
+      the plain layer (docs/DESIGN.md, "Initialisation"); the `he_*` modes draw every factor
+      He-normal on its own fan-in or fan-out (for ablations).
+
+  Returns:
+    A list of `FactorSpec`, `x` before `y` before `t`, term 1 before term 2.
+  """
+  check_scheme(scheme)
+  check_factor_init(factor_init)
+  spatial, fan_in, fan_out = ranks.split_kernel_shape(kernel_shape)
+  tucker = bool(spatial)
+  shapes = [('x', (fan_out, rank)), ('y', (fan_in, rank))]
+  if tucker:
+    shapes.append(('t', (rank, rank) + tuple(spatial)))
+  variances = term_variances(scheme, _target_variance(kernel_shape, factor_init))
+  specs = []
+  for term in range(_term_count(scheme)):
+    role = LOCAL if (scheme == 'pfedpara' and term == 1) else GLOBAL
+    for base, shape in shapes:
+      if factor_init.startswith('matched'):
+        stddev = _matched_stddev(variances[term], rank, tucker)
+      else:
+        stddev = _he_stddev(shape, base, factor_init)
+      specs.append(FactorSpec(base + _term_suffix(scheme, term), shape, role, stddev))
+  return specs
+
+
+# ---------------------------------------------------------------------------
+# Expected step gain at initialisation.
+
+_HERMITE_POINTS, _HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
+
+
+def _gaussian_mean(fn, variance):
+  """`E[fn(w)]` for `w ~ N(0, variance)` (Gauss-Hermite quadrature)."""
+  values = fn(np.sqrt(variance) * _HERMITE_POINTS)
+  return float(np.sum(_HERMITE_WEIGHTS * values) / np.sqrt(2.0 * np.pi))
+
+
+def _moments(nonlinearity, variance):
+  """`(E[f(w)^2], E[f'(w)^2])` for one term `w ~ N(0, variance)`."""
+  if nonlinearity == 'tanh':
+    return (_gaussian_mean(lambda w: np.tanh(w) ** 2, variance),
+            _gaussian_mean(lambda w: (1.0 - np.tanh(w) ** 2) ** 2, variance))
+  return variance, 1.0
+
+
+def term_step_gain(stddevs, rank, tucker):
+  """`E sum_f ||J_i df||^2 / E ||J_i||^2` for one term with isotropic `J_i`.
+
+  A term is multilinear in its factors (`x`, `y` and, for Tucker-2, `t`), so
+  the gradient of `<J_i, W_i>` w.r.t. factor `f` has total squared norm
+  `||J_i||^2 Var(W_i) / s_f^2`, with `Var(W_i) = R s_x^2 s_y^2` (matrix) or
+  `R^2 s_t^2 s_x^2 s_y^2` (Tucker-2).
+
+  Args:
+    stddevs: the standard deviation of each factor of the term.
+    rank: inner rank R.
+    tucker: whether the term has a core `t`.
+  """
+  variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stddevs)
+  return variance * sum(1.0 / (s * s) for s in stddevs)
+
+
+def step_gain(scheme, specs, rank, tucker, nonlinearity=None):
+  """Expected step gain `G` of a factorised kernel at its initial factor stds.
+
+  `G = E sum_f ||dL/df||^2 / E ||dL/dW||^2` for a gradient `J = dL/dW` with
+  independent entries: a plain kernel has `G = 1`; SGD at learning rate `eta`
+  on the factors changes the loss, to first order, as SGD at `G * eta` on the
+  plain kernel would. Through the scheme `J_i = J * f'(W_i) * (other term)`,
+  so each term's gain is weighted by `E[f'(W_i)^2]` and the second moment of
+  the other term (`E[f(W_j)^2]`; `E[(f(W_2) + 1)^2]` for pFedPara's global
+  term, 1 for low-rank).
+
+  Args:
+    scheme: one of `SCHEMES`.
+    specs: the factors' `FactorSpec`s, as `factor_specs` returns them.
+    rank: inner rank R.
+    tucker: whether the terms are Tucker-2 (convolution).
+    nonlinearity: `None` or `'tanh'`.
+  """
+  per_term = len(specs) // _term_count(scheme)
+  terms = [specs[i * per_term:(i + 1) * per_term] for i in range(_term_count(scheme))]
+  gains, second, slope = [], [], []
+  for term in terms:
+    stds = [spec.stddev for spec in term]
+    variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stds)
+    f2, df2 = _moments(nonlinearity, variance)
+    gains.append(term_step_gain(stds, rank, tucker))
+    second.append(f2)
+    slope.append(df2)
+  if scheme == 'lowrank':
+    return gains[0] * slope[0]
+  other = [second[1], second[0]]
+  if scheme == 'pfedpara':
+    # W = f(W1) * (f(W2) + 1): E[(f(W2) + 1)^2] = E[f(W2)^2] + 1 (zero mean).
+    other[0] = second[1] + 1.0
+  return sum(g * d * o for g, d, o in zip(gains, slope, other))
+
+
+class KernelFactorization:
+  """The factors of one kernel: creates them on a layer and composes the kernel.
+
+  Dense, convolution and LSTM layers all hold one of these per kernel and only
+  arrange shapes around it.
+
+  Args:
+    scheme: `'fedpara'`, `'pfedpara'` or `'lowrank'`.
+    kernel_shape: Keras kernel shape, `(in, out)` or `(k1, ..., I, O)`.
+    rank: inner rank R of each term.
+    nonlinearity: `None` or `'tanh'`, applied to each composed term.
+    factor_init: one of `FACTOR_INITS`.
+    prefix: prepended to factor names (the LSTM uses `kernel_`, `recurrent_`).
+    factor_lr_scale: `None`, a positive number `s` or `'matched'` (`s = 1 /
+      step_gain`): each factor is stored divided by `sqrt(s)` and composed
+      multiplied by it, i.e. SGD on the factors at `s` times the learning rate.
+  """
+
+  def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
+               factor_init='matched_glorot', prefix='', factor_lr_scale=None):
+    self.scheme = check_scheme(scheme)
+    self.kernel_shape = tuple(kernel_shape)
+    self.rank = rank
+    self.nonlinearity = check_nonlinearity(nonlinearity)
+    self.specs = factor_specs(scheme, kernel_shape, rank, factor_init)
+    self.initial_step_gain = step_gain(scheme, self.specs, rank, len(self.kernel_shape) > 2,
+                                       self.nonlinearity)
+    factor_lr_scale = check_factor_lr_scale(factor_lr_scale)
+    if factor_lr_scale == MATCHED:
+      factor_lr_scale = 1.0 / self.initial_step_gain
+    self.lr_scale = 1.0 if factor_lr_scale is None else factor_lr_scale
+    self.multiplier = math.sqrt(self.lr_scale)
+    self.prefix = prefix
+    self.factors = collections.OrderedDict()
+    self._roles = {}
+
+  def add_to(self, layer, regularizer=None, constraint=None):
+    """Creates the factor variables on `layer` with `layer.add_weight`."""
+    for spec in self.specs:
+      # A fresh initializer per factor: an unseeded Keras initializer instance
+      # returns the same values on every call, which would make W1 == W2.
+      variable = layer.add_weight(
+          name=self.prefix + spec.name,
+          shape=spec.shape,
+          initializer=tf.keras.initializers.RandomNormal(
+              stddev=spec.stddev / self.multiplier),
+          regularizer=regularizer,
+          constraint=constraint,
+          trainable=True)
+      self.factors[spec.name] = variable
+      self._roles[spec.name] = spec.role
+    return self
+
+  def _term_factors(self, term_index, stored):
+    suffix = _term_suffix(self.scheme, term_index)
+    names = ['x', 'y', 't'] if len(self.kernel_shape) > 2 else ['x', 'y']
+    return [self._scaled(stored[name + suffix]) for name in names]
+
+  def _scaled(self, value):
+    if self.multiplier == 1.0:
+      return value
+    return value * tf.cast(self.multiplier, value.dtype)
+
+  def factor(self, name):
+    """The factor `name` as it enters the product (stored variable x multiplier)."""
+    return self._scaled(self.factors[name])
+
+  def assign_factor(self, name, value):
+    """Sets factor `name` so that it enters the product with `value`."""
+    self.factors[name].assign(np.asarray(value) / self.multiplier)
+
+  def compose_terms(self, stored=None):
+    """The composed terms `W_i` (before the nonlinearity), Keras layout.
+
+    Args:
+      stored: optional dict `factor name -> tensor` in the variables' (stored)
+        scale, used instead of the variables (default: the variables).
+    """
+    stored = self.factors if stored is None else stored
+    return compose_terms([self._term_factors(i, stored)
+                          for i in range(_term_count(self.scheme))])
+
+  def compose(self):
+    """The layer's kernel in Keras layout, composed from the current factors."""
+    return self.compose_with(None)
+
+  def compose_with(self, stored):
+    """The kernel composed from `stored` (dict of stored-scale factor values)."""
+    return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
+
+  @property
+  def local_variables(self):
+    return [v for n, v in self.factors.items() if self._roles[n] == LOCAL]
+
+  @property
+  def global_variables(self):
+    return [v for n, v in self.factors.items() if self._roles[n] == GLOBAL]
+
+  @property
+  def param_count(self):
+    return sum(math.prod(spec.shape) for spec in self.specs)

@@ -1,0 +1,162 @@
+"""Jacobian correction regularization of the FedPara paper (Appendix B, eqs. 6-9).
+
+For a factorised kernel `W(F)` (factors `F`, e.g. `X_i (m, R)`, `Y_i (n, R)`,
+`W_i = X_i Y_i^T`, `W = W1 * W2`) and the loss gradient `J_W = dL/dW` of the
+current batch, the factors' gradients follow by the chain rule
+(`J_W1 = J_W * W2`, `J_Xi = J_Wi Y_i`, `J_Yi = J_Wi^T X_i`, ...). One SGD step
+of size `eta` on the factors, `F' = F - eta J_F`, gives `W' = W(F')`; the
+regularizer
+
+    lambda / 2 * || W' - (W - eta J_W) ||^2
+
+pulls the factorised step toward the step the plain kernel would take.
+`J_W` and the factors' gradients `J_F` are held constant (stop-gradient); the
+factors inside `W'` and `W` are not (docs/DESIGN.md, "Jacobian correction").
+With `factor_lr_scale`, `F` are the stored variables (what SGD steps).
+
+`loss_and_gradients` is the one training step that adds it: Keras `fit`
+(`JacobianCorrectedModel`), the TFF client update and the in-process
+TensorFlow backend all call it. It supports Dense and convolution layers (the
+paper uses it for CNNs; its LSTM runs use lambda 0).
+"""
+
+import contextlib
+
+import tensorflow as tf
+
+from keras_layers import base
+
+
+def regularizer(factorization, j_w, learning_rate, strength):
+  """`strength / 2 * ||W(F - eta J_F) - (W(F) - eta J_W)||^2` for one kernel.
+
+  Args:
+    factorization: a `factors.KernelFactorization` with its variables created.
+    j_w: `dL/dW`, shape of the kernel (Keras layout); held constant.
+    learning_rate: the SGD step size `eta` (scalar).
+    strength: `lambda` (scalar).
+
+  Returns:
+    A scalar tensor, differentiable with respect to the factor variables.
+  """
+  names = list(factorization.factors)
+  variables = [factorization.factors[n] for n in names]
+  j_w = tf.stop_gradient(tf.convert_to_tensor(j_w))
+  with tf.GradientTape() as tape:
+    inner = tf.reduce_sum(factorization.compose() * j_w)
+  j_factors = tape.gradient(inner, variables)
+  stepped = {n: v - learning_rate * tf.stop_gradient(g if g is not None else tf.zeros_like(v))
+             for n, v, g in zip(names, variables, j_factors)}
+  w_stepped = factorization.compose_with(stepped)
+  w_plain_step = factorization.compose() - learning_rate * j_w
+  return 0.5 * strength * tf.reduce_sum(tf.square(w_stepped - w_plain_step))
+
+
+def corrected_layers(model):
+  """The Dense / convolution factorised layers of `model`; refuses factorised LSTMs."""
+  layers = []
+  for layer in model.submodules:
+    if isinstance(layer, base.FactorizedLayer):
+      if not hasattr(layer, 'factorization'):
+        raise ValueError(f'Jacobian correction supports Dense and convolution layers; '
+                         f'{layer.name} ({type(layer).__name__}) is not (the paper uses '
+                         f'lambda 0 for LSTMs).')
+      layers.append(layer)
+  return layers
+
+
+@contextlib.contextmanager
+def recording_kernels(layers):
+  """Within the block, each layer's composed kernels (one per call) are collected.
+
+  Yields a dict `layer name -> list of kernel tensors`.
+  """
+  recorded = {layer.name: [] for layer in layers}
+  for layer in layers:
+    base._KERNEL_RECORDERS[id(layer)] = recorded[layer.name]  # pylint: disable=protected-access
+  try:
+    yield recorded
+  finally:
+    for layer in layers:
+      base._KERNEL_RECORDERS.pop(id(layer), None)  # pylint: disable=protected-access
+
+
+def loss_and_gradients(model, objective_fn, variables, learning_rate, strength):
+  """The objective and its gradients with the Jacobian correction added.
+
+  Args:
+    model: the Keras model `objective_fn` calls.
+    objective_fn: no-argument function computing the scalar training
+      objective (it must call `model`); returns `(objective, extra)` where
+      `extra` is passed through (e.g. the logits).
+    variables: the variables to differentiate (usually
+      `model.trainable_variables`).
+    learning_rate: the client SGD step size `eta`.
+    strength: `lambda`; 0 gives the plain gradients.
+
+  Returns:
+    `(objective, extra, gradients)`; `objective` excludes the regularizer.
+  """
+  layers = corrected_layers(model) if strength else []
+  with recording_kernels(layers) as recorded:
+    with tf.GradientTape() as tape:
+      objective, extra = objective_fn()
+  kernels = [k for layer in layers for k in recorded[layer.name]]
+  grads = tape.gradient(objective, list(variables) + kernels)
+  grads, j_kernels = grads[:len(variables)], grads[len(variables):]
+  if not layers:
+    return objective, extra, grads
+  with tf.GradientTape() as reg_tape:
+    penalties = []
+    position = 0
+    for layer in layers:
+      uses = recorded[layer.name]
+      if not uses:
+        continue
+      j_w = tf.add_n([j if j is not None else tf.zeros_like(k)
+                      for j, k in zip(j_kernels[position:position + len(uses)], uses)])
+      position += len(uses)
+      penalties.append(regularizer(layer.factorization, j_w, learning_rate, strength))
+    penalty = tf.add_n(penalties) if penalties else tf.constant(0.0)
+  reg_grads = reg_tape.gradient(penalty, list(variables))
+  total = [g if r is None else (r if g is None else g + r) for g, r in zip(grads, reg_grads)]
+  return objective, extra, total
+
+
+class JacobianCorrectedModel(tf.keras.Model):
+  """Wraps a Keras model so that `fit` trains it with the Jacobian correction.
+
+  The regularizer uses the optimizer's current learning rate as `eta` (the
+  correction assumes plain SGD, as in the paper).
+
+  Args:
+    model: the Keras model with FedPara Dense / convolution layers.
+    strength: `lambda` (> 0).
+  """
+
+  def __init__(self, model, strength, **kwargs):
+    super().__init__(**kwargs)
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or strength <= 0:
+      raise ValueError(f'strength must be a positive number; got {strength!r}.')
+    self.inner = model
+    self.strength = float(strength)
+    corrected_layers(model)
+
+  def call(self, inputs, training=None):
+    return self.inner(inputs, training=training)
+
+  def train_step(self, data):
+    x, y = data[0], data[1]
+
+    def objective_fn():
+      predictions = self(x, training=True)
+      return self.compiled_loss(y, predictions, regularization_losses=self.losses), predictions
+
+    learning_rate = self.optimizer.learning_rate
+    if callable(learning_rate):
+      learning_rate = learning_rate(self.optimizer.iterations)
+    _, predictions, grads = loss_and_gradients(
+        self, objective_fn, self.trainable_variables, learning_rate, self.strength)
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    self.compiled_metrics.update_state(y, predictions)
+    return {m.name: m.result() for m in self.metrics}

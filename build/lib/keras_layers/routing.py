@@ -1,0 +1,44 @@
+"""Which variables of a model travel (global) and which stay on the client (local).
+
+pFedPara's local factors (`*2_local`) are local by construction; the caller
+can mark whole layers local as well (FedPer-style personalisation). Everything
+else is global (docs/DESIGN.md, "pFedPara").
+"""
+
+from keras_layers import base
+
+
+def _factorized_local_refs(model):
+  return {v.ref() for layer in model.submodules
+          if isinstance(layer, base.FactorizedLayer) for v in layer.local_weights}
+
+
+def _check_layer_names(model, names):
+  known = {layer.name for layer in model.submodules if hasattr(layer, 'name')}
+  unknown = sorted(set(names) - known)
+  if unknown:
+    raise ValueError(f'local_layers names layers not in the model: {unknown}.')
+
+
+def local_variable_mask(model, local_layers=()):
+  """One bool per `model.trainable_variables` entry: True where it is local.
+
+  Args:
+    model: a built Keras model.
+    local_layers: names of layers whose every variable is local (FedPer).
+  """
+  local_layers = [local_layers] if isinstance(local_layers, str) else list(local_layers)
+  _check_layer_names(model, local_layers)
+  refs = _factorized_local_refs(model)
+  for layer in model.submodules:
+    if getattr(layer, 'name', None) in local_layers:
+      refs.update(v.ref() for v in layer.trainable_weights)
+  return [v.ref() in refs for v in model.trainable_variables]
+
+
+def split_global_local(model, local_layers=()):
+  """`(global_variables, local_variables)`, each in `trainable_variables` order."""
+  mask = local_variable_mask(model, local_layers)
+  variables = model.trainable_variables
+  return ([v for v, m in zip(variables, mask) if not m],
+          [v for v, m in zip(variables, mask) if m])
