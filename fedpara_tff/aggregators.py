@@ -17,6 +17,7 @@ pFedPara the local factors never leave the client. `factor_aggregator` returns a
 """
 
 import collections
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -41,6 +42,19 @@ def travel_mask(keras_model, local_layers=()):
                      f'FedParaConv2D, ...); build it with keras_layers or keras_layers.convert, '
                      f'or call factor_aggregator() without a model to aggregate everything.')
   return [not local for local in keras_layers.local_variable_mask(keras_model, local_layers)]
+
+
+def _warn_if_quantization_does_nothing(sent, bits, threshold):
+  """Warns when no travelling tensor is large enough to be quantized; True if it warned."""
+  if bits is None:
+    return False
+  largest = max((int(np.prod(s.shape)) for s in sent), default=0)
+  if largest > threshold:
+    return False
+  warnings.warn(f'quantization_bits={bits} changes nothing on this model: its largest travelling '
+                f'tensor has {largest} elements and only tensors above quantization_threshold='
+                f'{threshold} are quantized; lower the threshold.', stacklevel=3)
+  return True
 
 
 def quantized_mean(quantization_bits, threshold=20000):
@@ -72,6 +86,7 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     self._mask = None if mask is None else [bool(m) for m in mask]
     self._bits = quantization_bits
     self._threshold = quantization_threshold
+    self._warned = False
 
   def create(self, value_type, weight_type):
     specs = tff.types.type_to_tf_tensor_specs(value_type)
@@ -85,6 +100,8 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     if specs and not any(mask):
       raise ValueError('the travel mask sends nothing; at least one variable must be global.')
     sent = [s for s, m in zip(specs, mask) if m]
+    if not self._warned:   # once per factory (TFF may call create more than once)
+      self._warned = _warn_if_quantization_does_nothing(sent, self._bits, self._threshold)
     bytes_per_client = communication.structure_bytes(sent, self._bits, self._threshold)
     elements_per_client = int(sum(np.prod(s.shape) for s in sent))
 

@@ -221,6 +221,21 @@ def test_quantized_upload_counts_payload_plus_range_per_tensor():
     np.testing.assert_allclose(got, want, atol=0.05 * np.abs(want).max())
 
 
+def test_quantization_threshold_reaches_the_process_and_a_no_op_setting_warns(clients):
+  # The tiny test model's tensors are all under TFF's default threshold of 20,000 elements:
+  # quantization_bits alone used to change nothing, silently.
+  with pytest.warns(UserWarning, match=r'quantization_bits=8 changes nothing on this model: its '
+                                       r'largest travelling tensor has \d+ elements'):
+    plain = fedpara_tff.build_fedpara_process(ts.model_fn, quantization_bits=8)
+  lowered = fedpara_tff.build_fedpara_process(ts.model_fn, quantization_bits=8,
+                                              quantization_threshold=10)
+  def upload(process):
+    output = process.next(process.initialize(), clients)
+    return output.metrics['aggregator']['communication']['bytes_uploaded']
+  assert upload(plain) == 3 * 814 * 4           # float32, as before
+  assert upload(lowered) < upload(plain)
+
+
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match=r"algorithm must be one of .*; got 'sgd'"):
     fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='sgd')
