@@ -27,6 +27,7 @@ def test_installed_package_has_console_scripts_and_finds_its_flagfiles(tmp_path)
   """`pip install --no-deps .` into a clean venv: four console scripts; `fedpara-train
   --flagfile=NAME.cfg` runs from an unrelated folder with the packaged flagfile."""
   import os  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
   import site  # pylint: disable=g-import-not-at-top
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   venv = tmp_path / 'venv'
@@ -34,9 +35,13 @@ def test_installed_package_has_console_scripts_and_finds_its_flagfiles(tmp_path)
   # The stack itself (TensorFlow, TFF, ...; setuptools and wheel for the build) comes from this
   # environment's site-packages; nothing is downloaded.
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(site.getsitepackages()))
+  # Built from a copy: an in-tree build would leave build/ and *.egg-info in the repository.
+  source = tmp_path / 'source'
+  shutil.copytree(repo, source, ignore=shutil.ignore_patterns(
+      '.git', '.venv', 'runs', 'build', '*.egg-info', 'bazel-*', '__pycache__'))
   subprocess.run([str(venv / 'bin' / 'python'), '-m', 'pip', 'install', '-q', '--no-deps',
-                  '--no-build-isolation', '--no-index', repo], check=True, capture_output=True,
-                 timeout=300, env=env)
+                  '--no-build-isolation', '--no-index', str(source)], check=True,
+                 capture_output=True, timeout=300, env=env)
   for script in ('fedpara-train', 'fedpara-compare', 'fedpara-plot', 'fedpara-worker'):
     assert (venv / 'bin' / script).exists(), script
   installed = subprocess.run(

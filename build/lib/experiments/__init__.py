@@ -1,1 +1,0 @@
-"""absl-flag binaries, data loaders and the model zoo of fedpara-tff."""
