@@ -12,6 +12,7 @@ Kubernetes and Slurm send) the clean shutdown of Ctrl-C.
 """
 
 import atexit
+import concurrent.futures
 import ctypes
 import gc
 import os
@@ -63,12 +64,20 @@ def _die_with_parent():
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+# The parent-death signal follows the *thread* that forked the child, not the process: a worker
+# forked from a short-lived thread would be killed when that thread ends. Every tied child is
+# therefore forked from this one thread, which lives as long as the process.
+_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix='tff-worker-spawner')
+
+
 class _TiedPopen(subprocess.Popen):
-  """`subprocess.Popen` whose child dies with its parent (Linux)."""
+  """`subprocess.Popen` whose child dies with this process (Linux), even on SIGKILL."""
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault('preexec_fn', _die_with_parent)
-    super().__init__(*args, **kwargs)
+    init = super().__init__
+    _SPAWNER.submit(init, *args, **kwargs).result()
 
 
 def tie_workers_to_this_process():
@@ -76,9 +85,9 @@ def tie_workers_to_this_process():
 
   TFF's `executor_factory` starts them with `subprocess.Popen`; its module's
   `subprocess` name is pointed at a copy whose `Popen` sets the parent-death
-  signal. Idempotent; returns True when installed. The signal follows the
-  thread that started the worker; TFF starts it from its long-lived context
-  thread, so it fires when this process exits, also on SIGKILL.
+  signal, forking from one long-lived thread (the signal follows the forking
+  thread), so it fires when this process exits, also on SIGKILL, and never
+  while it runs. Idempotent; returns True when installed.
   """
   from tensorflow_federated.python.core.impl.executor_stacks import executor_factory  # pylint: disable=g-import-not-at-top
   if getattr(executor_factory.subprocess, 'Popen', None) is _TiedPopen:
