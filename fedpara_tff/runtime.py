@@ -59,7 +59,12 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent():
-  """In the child, between fork and exec: SIGKILL this process when its parent dies."""
+  """In the child, between fork and exec: SIGKILL this process when its parent dies.
+
+  Also clears the signal mask inherited from the forking thread, so that the worker still stops
+  on the SIGINT TFF sends it.
+  """
+  signal.pthread_sigmask(signal.SIG_SETMASK, [])
   libc = ctypes.CDLL(None, use_errno=True)
   libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
@@ -92,6 +97,7 @@ def tie_workers_to_this_process():
   from tensorflow_federated.python.core.impl.executor_stacks import executor_factory  # pylint: disable=g-import-not-at-top
   if getattr(executor_factory.subprocess, 'Popen', None) is _TiedPopen:
     return True
+  _SPAWNER.submit(lambda: None).result()   # start the spawner thread from this (caller's) thread
   shim = types.ModuleType('subprocess_tied_to_parent')
   shim.__dict__.update(subprocess.__dict__)
   shim.Popen = _TiedPopen
