@@ -25,7 +25,6 @@ import tqdm
 import fedpara_tff
 from fedpara_tff import distributed
 from fedpara_tff import personalization
-from fedpara_tff import runtime
 from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
@@ -407,7 +406,6 @@ def run(config):
   runtime is restored afterwards.
   """
   addresses = distributed.parse_addresses(config.workers) if config.workers else None
-  runtime.tie_workers_to_this_process()   # a TFF worker started from here dies with us
   data, parts, keras_model_fn, keras_model = prepare(config)
   if not addresses:
     return _run(config, data, parts, keras_model_fn, keras_model, shares=None)

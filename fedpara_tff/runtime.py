@@ -4,21 +4,15 @@ TFF 0.87 runs computations in a C++ `worker_binary` subprocess that it stops
 only from a destructor that often does not run at interpreter exit; the orphan
 then keeps the parent's stdout/stderr pipes open (docs/DESIGN.md, "TFF runtime facts").
 Importing this module registers an exit hook that stops the workers this
-Python process started. That hook cannot run on SIGKILL, so
-`tie_workers_to_this_process()` also makes every worker TFF starts afterwards
-ask the kernel to kill it when its parent dies (`prctl(PR_SET_PDEATHSIG)`), and
-`sigterm_as_keyboard_interrupt()` gives SIGTERM (what `timeout`, Docker,
-Kubernetes and Slurm send) the clean shutdown of Ctrl-C.
+Python process started; `sigterm_as_keyboard_interrupt()` gives SIGTERM (what
+`timeout`, Docker, Kubernetes and Slurm send) the clean shutdown of Ctrl-C, so
+the hook runs. SIGKILL cannot be caught: a worker then outlives the run.
 """
 
 import atexit
-import concurrent.futures
-import ctypes
 import gc
 import os
 import signal
-import subprocess
-import types
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -53,56 +47,6 @@ def shutdown_workers(timeout=5.0):
     except psutil.NoSuchProcess:
       pass
   return len(workers)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-  """In the child, between fork and exec: SIGKILL this process when its parent dies.
-
-  Also clears the signal mask inherited from the forking thread, so that the worker still stops
-  on the SIGINT TFF sends it.
-  """
-  signal.pthread_sigmask(signal.SIG_SETMASK, [])
-  libc = ctypes.CDLL(None, use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-# The parent-death signal follows the *thread* that forked the child, not the process: a worker
-# forked from a short-lived thread would be killed when that thread ends. Every tied child is
-# therefore forked from this one thread, which lives as long as the process.
-_SPAWNER = concurrent.futures.ThreadPoolExecutor(max_workers=1,
-                                                 thread_name_prefix='tff-worker-spawner')
-
-
-class _TiedPopen(subprocess.Popen):
-  """`subprocess.Popen` whose child dies with this process (Linux), even on SIGKILL."""
-
-  def __init__(self, *args, **kwargs):
-    kwargs.setdefault('preexec_fn', _die_with_parent)
-    init = super().__init__
-    _SPAWNER.submit(init, *args, **kwargs).result()
-
-
-def tie_workers_to_this_process():
-  """Makes the `worker_binary` processes TFF starts from now on die with this process.
-
-  TFF's `executor_factory` starts them with `subprocess.Popen`; its module's
-  `subprocess` name is pointed at a copy whose `Popen` sets the parent-death
-  signal, forking from one long-lived thread (the signal follows the forking
-  thread), so it fires when this process exits, also on SIGKILL, and never
-  while it runs. Idempotent; returns True when installed.
-  """
-  from tensorflow_federated.python.core.impl.executor_stacks import executor_factory  # pylint: disable=g-import-not-at-top
-  if getattr(executor_factory.subprocess, 'Popen', None) is _TiedPopen:
-    return True
-  _SPAWNER.submit(lambda: None).result()   # start the spawner thread from this (caller's) thread
-  shim = types.ModuleType('subprocess_tied_to_parent')
-  shim.__dict__.update(subprocess.__dict__)
-  shim.Popen = _TiedPopen
-  executor_factory.subprocess = shim
-  return True
 
 
 class Terminated(KeyboardInterrupt):
