@@ -62,8 +62,24 @@ def _raise_terminated(signum, frame):
   raise Terminated(signum)
 
 
+def restore_sigint():
+  """Gives SIGINT back its Python handler when this process inherited it ignored.
+
+  A job started with `&` from a non-interactive shell (nohup, CI wrappers) starts with SIGINT
+  ignored, and `exec` keeps an ignored signal ignored, so every TFF worker it forks ignores the
+  SIGINT that TFF's `ServiceManager.__del__` sends before waiting for it without a bound: the
+  process hangs when the execution context is replaced. Returns True when it changed anything.
+  """
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    return False
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  return True
+
+
 def sigterm_as_keyboard_interrupt():
-  """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, as SIGINT does."""
+  """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, as SIGINT does; an
+  inherited ignored SIGINT is restored first (`restore_sigint`)."""
+  restore_sigint()
   signal.signal(signal.SIGTERM, _raise_terminated)
 
 

@@ -7,7 +7,16 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 
+from fedpara_tff import runtime
+
 tf.get_logger().setLevel('ERROR')
+
+
+def pytest_configure(config):
+  """A suite started in the background (`make test &`, CI wrappers) inherits SIGINT ignored; the
+  TFF workers its tests fork would then never stop on TFF's SIGINT (see `runtime.restore_sigint`)."""
+  del config
+  runtime.restore_sigint()
 
 
 @pytest.fixture(autouse=True)
