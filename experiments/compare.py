@@ -63,6 +63,7 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   runtime.sigterm_as_keyboard_interrupt()
+  runtime.guard_workers()
   base = train.config_from_flags()
   configs = [train.config_from_flags(parameterization=parameterization,
                                      output_dir=os.path.join(base.output_dir, parameterization))

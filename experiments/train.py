@@ -176,6 +176,7 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   runtime.sigterm_as_keyboard_interrupt()
+  runtime.guard_workers()
   summary = run_or_exit(config_from_flags())
   print(runner.format_summaries([summary]))
   for share in summary['worker_shares']:

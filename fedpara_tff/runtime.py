@@ -6,13 +6,17 @@ then keeps the parent's stdout/stderr pipes open (docs/DESIGN.md, "TFF runtime f
 Importing this module registers an exit hook that stops the workers this
 Python process started; `sigterm_as_keyboard_interrupt()` gives SIGTERM (what
 `timeout`, Docker, Kubernetes and Slurm send) the clean shutdown of Ctrl-C, so
-the hook runs. SIGKILL cannot be caught: a worker then outlives the run.
+the hook runs. SIGKILL cannot be caught: `guard_workers()` starts a watchdog
+process (`fedpara_tff/worker_watchdog.py`) that stops this process's workers
+once it has exited, however it died.
 """
 
 import atexit
 import gc
 import os
 import signal
+import subprocess
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -47,6 +51,26 @@ def shutdown_workers(timeout=5.0):
     except psutil.NoSuchProcess:
       pass
   return len(workers)
+
+
+_WATCHDOG = []  # the watchdog's Popen; its stdin pipe must stay open as long as this process
+
+
+def guard_workers():
+  """Starts the worker watchdog for this process (once); returns its pid.
+
+  The watchdog (`fedpara_tff/worker_watchdog.py`) holds the read end of a pipe
+  whose write end only this process holds; when this process exits for any
+  reason, SIGKILL included, the pipe reads end-of-file and the watchdog stops
+  the `worker_binary` processes this process had started.
+  """
+  if _WATCHDOG and _WATCHDOG[0].poll() is None:
+    return _WATCHDOG[0].pid
+  script = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'worker_watchdog.py')
+  watchdog = subprocess.Popen([sys.executable, '-I', script, str(os.getpid())],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+  _WATCHDOG[:] = [watchdog]
+  return watchdog.pid
 
 
 class Terminated(KeyboardInterrupt):

@@ -14,9 +14,11 @@ tf.get_logger().setLevel('ERROR')
 
 def pytest_configure(config):
   """A suite started in the background (`make test &`, CI wrappers) inherits SIGINT ignored; the
-  TFF workers its tests fork would then never stop on TFF's SIGINT (see `runtime.restore_sigint`)."""
+  TFF workers its tests fork would then never stop on TFF's SIGINT (see `runtime.restore_sigint`).
+  The worker watchdog stops them should the session itself be SIGKILLed (`runtime.guard_workers`)."""
   del config
   runtime.restore_sigint()
+  runtime.guard_workers()
 
 
 @pytest.fixture(autouse=True)

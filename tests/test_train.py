@@ -407,11 +407,12 @@ def _worker_children(pid):
   return out
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM])
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGKILL])
 def test_killed_binary_leaves_no_worker(tmp_path, signum):
   config = _config(tmp_path, rounds=500, checkpoint_every=1)
   process = subprocess.Popen(_train_command(config), cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
+  workers = []
   try:
     deadline = time.monotonic() + 240
     metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
@@ -422,7 +423,7 @@ def test_killed_binary_leaves_no_worker(tmp_path, signum):
     assert workers, 'the run should have started a TFF worker'
     process.send_signal(signum)   # the binary only, not its process group
     process.wait(timeout=60)
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(workers, timeout=15)
     assert not alive, f'worker(s) left after {signum.name}: {[w.pid for w in alive]}'
     if signum == signal.SIGTERM:
       assert 'Traceback' not in process.stderr.read()
@@ -430,8 +431,11 @@ def test_killed_binary_leaves_no_worker(tmp_path, signum):
   finally:
     if process.poll() is None:
       process.kill()
-    for worker in _worker_children(process.pid):
-      worker.kill()
+    for worker in workers + _worker_children(process.pid):
+      try:
+        worker.kill()
+      except psutil.NoSuchProcess:
+        pass
 
 
 def test_a_round_without_a_finite_client_stops_the_run(tmp_path):

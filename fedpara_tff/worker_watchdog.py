@@ -1,0 +1,111 @@
+"""A watchdog process that stops a parent's TFF `worker_binary` processes when the parent dies.
+
+SIGKILL cannot be caught, so a process killed that way never runs its exit hook
+and its TFF workers are re-parented and keep running (docs/DESIGN.md, "TFF
+runtime facts"). `fedpara_tff.runtime.guard_workers()` starts this file as a
+separate Python process (by path, with `python -I`, so it imports only the
+standard library and psutil, not TensorFlow): it holds the read end of a pipe
+whose write end only the parent holds. While the parent lives, the watchdog
+records the parent's `worker_binary` descendants every `POLL_S` seconds; when
+the pipe reaches end-of-file (the parent has exited, however it died), it stops
+the recorded workers that are still the same processes (same pid and start
+time): SIGINT as TFF does, then SIGKILL after `GRACE_S`. A parent that exited
+cleanly has stopped its workers already, so then nothing is left to stop.
+
+It ignores SIGINT, which a terminal sends to the whole foreground group on
+Ctrl-C: the parent handles that and the watchdog must outlive it to guard it.
+
+Usage (by `runtime.guard_workers`): `python -I worker_watchdog.py PARENT_PID` with
+the pipe's read end as standard input.
+"""
+
+import os
+import select
+import signal
+import sys
+
+import psutil
+
+WORKER_NAME = 'data/worker_binary'
+POLL_S = 0.2
+GRACE_S = 5.0
+
+
+def _is_worker(process):
+  try:
+    return any(WORKER_NAME in part for part in process.cmdline())
+  except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    return False
+
+
+def record_workers(parent, known):
+  """Adds `parent`'s live `worker_binary` descendants to `known` ({pid: create_time})."""
+  try:
+    children = parent.children(recursive=True)
+  except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+    return known
+  for child in children:
+    if child.pid not in known and _is_worker(child):
+      try:
+        known[child.pid] = child.create_time()
+      except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        continue
+  return known
+
+
+def still_running(known):
+  """The processes of `known` ({pid: create_time}) that are still those very processes."""
+  alive = []
+  for pid, created in known.items():
+    try:
+      process = psutil.Process(pid)
+      if process.create_time() == created and _is_worker(process):
+        alive.append(process)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+      continue
+  return alive
+
+
+def stop(processes, grace_s=GRACE_S):
+  """SIGINT to each of `processes`, SIGKILL to those still alive after `grace_s`."""
+  for process in processes:
+    try:
+      process.send_signal(signal.SIGINT)
+    except psutil.NoSuchProcess:
+      pass
+  _, alive = psutil.wait_procs(processes, timeout=grace_s)
+  for process in alive:
+    try:
+      process.kill()
+    except psutil.NoSuchProcess:
+      pass
+
+
+def watch(parent_pid, pipe_fd, poll_s=POLL_S):
+  """Records `parent_pid`'s workers until `pipe_fd` reads end-of-file; returns those stopped."""
+  try:
+    parent = psutil.Process(parent_pid)
+  except psutil.NoSuchProcess:
+    return 0
+  known = {}
+  while True:
+    record_workers(parent, known)
+    ready, _, _ = select.select([pipe_fd], [], [], poll_s)
+    if ready and not os.read(pipe_fd, 4096):
+      break
+  alive = still_running(known)
+  stop(alive)
+  return len(alive)
+
+
+def main(argv):
+  if len(argv) != 2 or not argv[1].isdigit():
+    sys.stderr.write(f'usage: {argv[0]} PARENT_PID (the pipe from the parent on stdin)\n')
+    return 2
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  watch(int(argv[1]), sys.stdin.fileno())
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv))
