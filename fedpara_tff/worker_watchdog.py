@@ -28,7 +28,7 @@ import psutil
 
 WORKER_NAME = 'data/worker_binary'
 POLL_S = 0.2
-GRACE_S = 5.0
+GRACE_S = 2.0
 
 
 def _is_worker(process):

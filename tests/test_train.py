@@ -423,7 +423,7 @@ def test_killed_binary_leaves_no_worker(tmp_path, signum):
     assert workers, 'the run should have started a TFF worker'
     process.send_signal(signum)   # the binary only, not its process group
     process.wait(timeout=60)
-    _, alive = psutil.wait_procs(workers, timeout=15)
+    _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f'worker(s) left after {signum.name}: {[w.pid for w in alive]}'
     if signum == signal.SIGTERM:
       assert 'Traceback' not in process.stderr.read()
