@@ -99,23 +99,28 @@ def mlp(input_shape=(28, 28, 1), hidden=200, num_classes=10, name='mlp'):
 
 
 def shakespeare_lstm(vocab_size, sequence_length=80, embedding=8, units=256,
-                     name='shakespeare_lstm'):
+                     weight_norm=False, name='shakespeare_lstm'):
   """TFF's Shakespeare model: Embedding(8) - LSTM(256) - LSTM(256) - Dense(vocab) per step.
 
   Input: int32 character ids `(batch, sequence_length)`; output: logits
   `(batch, sequence_length, vocab_size)` for the next character at each step.
+  With `weight_norm`, the LSTMs are `keras_layers.WeightNormLSTM` (the paper's LSTM runs).
   """
+  lstm = keras_layers.WeightNormLSTM if weight_norm else tf.keras.layers.LSTM
   return tf.keras.Sequential([
       tf.keras.Input(shape=(sequence_length,), dtype=tf.int32),
       tf.keras.layers.Embedding(vocab_size, embedding, name='embedding'),
-      tf.keras.layers.LSTM(units, return_sequences=True, name='lstm1'),
-      tf.keras.layers.LSTM(units, return_sequences=True, name='lstm2'),
+      lstm(units, return_sequences=True, name='lstm1'),
+      lstm(units, return_sequences=True, name='lstm2'),
       tf.keras.layers.Dense(vocab_size, name='logits'),
   ], name=name)
 
 
-def plain_model(model, input_shape, num_classes):
-  """The plain zoo model `model` for inputs of `input_shape` and `num_classes` outputs."""
+def plain_model(model, input_shape, num_classes, weight_norm=False):
+  """The plain zoo model `model` for inputs of `input_shape` and `num_classes` outputs
+  (`weight_norm`: weight-normalised LSTMs, model `lstm` only)."""
+  if weight_norm and model != 'lstm':
+    raise ValueError(f'weight_norm applies to model=lstm; got model={model!r}.')
   if model == 'vgg16':
     return vgg16_gn(input_shape, num_classes)
   if model == 'vgg_narrow':
@@ -128,13 +133,13 @@ def plain_model(model, input_shape, num_classes):
     if len(input_shape) != 1:
       raise ValueError(f'model=lstm needs character sequences; the data has inputs of shape '
                        f'{input_shape}.')
-    return shakespeare_lstm(num_classes, input_shape[0])
+    return shakespeare_lstm(num_classes, input_shape[0], weight_norm=weight_norm)
   raise ValueError(f'model must be one of {MODELS}; got {model!r}.')
 
 
 def build(model, input_shape, num_classes, parameterization='original', gamma=None,
           rank=None, keep_plain=(), nonlinearity=None, weight_decay=0.0,
-          factor_init='matched_glorot', factor_lr_scale=None):
+          factor_init='matched_glorot', factor_lr_scale=None, weight_norm=False):
   """The Keras model of a run.
 
   Args:
@@ -149,6 +154,8 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     factor_lr_scale: `None`, `'matched'` or a positive number (see
       `keras_layers.FactorizedLayer`): SGD on the factors at that multiple of
       the learning rate; `'matched'` equalises each layer's step with the plain layer's.
+    weight_norm: weight-normalised LSTMs (model `lstm` only), kept by the
+      factorised twins (`keras_layers.weight_norm`).
     weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable
       variables (factors, not composed kernels) to the loss, i.e. SGD weight
       decay of `weight_decay`.
@@ -158,7 +165,7 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
                      f'got {parameterization!r}.')
   if weight_decay < 0:
     raise ValueError(f'weight_decay must be >= 0; got {weight_decay!r}.')
-  keras_model = plain_model(model, input_shape, num_classes)
+  keras_model = plain_model(model, input_shape, num_classes, weight_norm)
   if parameterization in ('lowrank', 'fedpara', 'pfedpara'):
     options = dict(factor_init=factor_init, factor_lr_scale=factor_lr_scale)
     if parameterization != 'lowrank':

@@ -43,6 +43,9 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
                        'progress', 'cache_dir', 'download', 'data_dir',
                        'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
                        'gpus')
+# Fields added after 0.2.0, left out of the identity at their default so that runs written
+# before they existed still resume.
+IDENTITY_SINCE_0_3 = {'weight_norm': False}
 
 
 class RunInterruptedError(RuntimeError):
@@ -87,6 +90,7 @@ class RunConfig:
   factor_init: str = 'matched_glorot'
   factor_lr_scale: Optional[str] = None
   jacobian_correction: float = 0.0
+  weight_norm: bool = False
   keep_plain: Tuple[str, ...] = ('logits',)
   local_layers: Tuple[str, ...] = ('logits',)
   algorithm: str = 'fedavg'
@@ -125,6 +129,9 @@ class RunConfig:
     fields = dataclasses.asdict(self)
     for key in NOT_IN_RUN_IDENTITY:
       fields.pop(key)
+    for key, default in IDENTITY_SINCE_0_3.items():
+      if fields[key] == default:
+        fields.pop(key)
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
 
 
@@ -163,6 +170,9 @@ def check(config):
                                                                      'lowrank'):
     raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
                      f'{config.parameterization!r} has none.')
+  if config.weight_norm and config.model != 'lstm':
+    raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
+                     f'model={config.model!r}.')
   if config.jacobian_correction and config.model == 'lstm':
     raise ValueError('jacobian_correction supports Dense and convolution layers, not model=lstm '
                      '(the paper uses lambda 0 for its LSTM).')
@@ -386,7 +396,7 @@ def prepare(config):
       gamma=None if config.rank else config.gamma, rank=config.rank or None,
       keep_plain=config.keep_plain, nonlinearity=config.nonlinearity,
       weight_decay=config.weight_decay, factor_init=config.factor_init,
-      factor_lr_scale=_lr_scale(config.factor_lr_scale))
+      factor_lr_scale=_lr_scale(config.factor_lr_scale), weight_norm=config.weight_norm)
   tf.keras.utils.set_random_seed(config.seed)
   keras_model = keras_model_fn()
   if config.parameterization == 'fedper':

@@ -71,6 +71,9 @@ flags.DEFINE_string('factor_lr_scale', 'none',
                     'init; docs/DESIGN.md).')
 flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
                    'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
+flags.DEFINE_bool('weight_norm', _DEFAULTS.weight_norm,
+                  'Weight-normalise the LSTM kernels (original, low-rank and FedPara alike, as '
+                  'the paper\'s LSTM runs; model=lstm only).')
 flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
 flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
 # Algorithm.

@@ -9,6 +9,7 @@ __version__ = '0.2.0'
 
 from keras_layers import factors
 from keras_layers import jacobian
+from keras_layers import weight_norm
 from keras_layers.base import FactorizedLayer
 from keras_layers.conv import FedParaConv1D
 from keras_layers.conv import FedParaConv2D
@@ -29,6 +30,8 @@ from keras_layers.lstm import LowRankLSTM
 from keras_layers.lstm import LowRankLSTMCell
 from keras_layers.lstm import PFedParaLSTM
 from keras_layers.lstm import PFedParaLSTMCell
+from keras_layers.lstm import WeightNormLSTM
+from keras_layers.lstm import WeightNormLSTMCell
 from keras_layers.ranks import fedpara_param_count
 from keras_layers.ranks import lowrank_param_count
 from keras_layers.ranks import original_param_count

@@ -1,6 +1,6 @@
 """Build a factorised twin of a Keras model, and export one back to plain layers.
 
-`convert` replaces the `Dense`, `Conv1D`, `Conv2D` and `LSTM` layers of a
+`convert` replaces the `Dense`, `Conv1D`, `Conv2D`, `LSTM` and `WeightNormLSTM` layers of a
 Sequential or Functional model by their FedPara, pFedPara or low-rank
 counterparts (same names, same arguments); `export` composes every factorised
 kernel once and returns a model of ordinary Keras layers with the same outputs,
@@ -25,15 +25,18 @@ _REPLACEMENTS = {
     'fedpara': {tf.keras.layers.Dense: dense.FedParaDense,
                 tf.keras.layers.Conv2D: conv.FedParaConv2D,
                 tf.keras.layers.Conv1D: conv.FedParaConv1D,
-                tf.keras.layers.LSTM: lstm.FedParaLSTM},
+                tf.keras.layers.LSTM: lstm.FedParaLSTM,
+                lstm.WeightNormLSTM: lstm.FedParaLSTM},
     'pfedpara': {tf.keras.layers.Dense: dense.PFedParaDense,
                  tf.keras.layers.Conv2D: conv.PFedParaConv2D,
                  tf.keras.layers.Conv1D: conv.PFedParaConv1D,
-                 tf.keras.layers.LSTM: lstm.PFedParaLSTM},
+                 tf.keras.layers.LSTM: lstm.PFedParaLSTM,
+                 lstm.WeightNormLSTM: lstm.PFedParaLSTM},
     'lowrank': {tf.keras.layers.Dense: dense.LowRankDense,
                 tf.keras.layers.Conv2D: conv.LowRankConv2D,
                 tf.keras.layers.Conv1D: conv.LowRankConv1D,
-                tf.keras.layers.LSTM: lstm.LowRankLSTM},
+                tf.keras.layers.LSTM: lstm.LowRankLSTM,
+                lstm.WeightNormLSTM: lstm.LowRankLSTM},
 }
 
 _FACTORIZED_TYPES = tuple({cls for table in _REPLACEMENTS.values()
@@ -47,7 +50,7 @@ def is_factorized(layer):
 
 def _kernel_shapes(layer):
   """Kernel shapes of a built plain layer (one for Dense/Conv, two for LSTM)."""
-  if isinstance(layer, tf.keras.layers.LSTM):
+  if isinstance(layer, (tf.keras.layers.LSTM, lstm.WeightNormLSTM)):
     return [tuple(layer.cell.kernel.shape), tuple(layer.cell.recurrent_kernel.shape)]
   return [tuple(layer.kernel.shape)]
 

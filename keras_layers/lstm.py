@@ -3,14 +3,66 @@
 The cells work inside `tf.keras.layers.RNN` like `tf.keras.layers.LSTMCell`
 (they then compose their kernels at every time step). The `*LSTM` layers
 compose both kernels once per call and run the cell's step with them over the
-sequence, so a sequence costs one composition.
+sequence, so a sequence costs one composition. `weight_norm=True` normalises
+each composed kernel's columns (`keras_layers.weight_norm`); `WeightNormLSTM`
+is the plain LSTM with the same normalisation, the original model of the
+paper's LSTM runs.
 """
 
 import tensorflow as tf
 
 from keras_layers import base
+from keras_layers import weight_norm as weight_norm_lib
 
 _register = tf.keras.utils.register_keras_serializable(package='fedpara')
+
+
+def _lstm_step(cell, inputs, states, kernel, recurrent_kernel):
+  """One LSTM step of `cell` (its bias and activations) with the given kernels.
+
+  `z = x K + h U + b` split into gates `i, f, g, o` (Keras order):
+  `c' = sigma(f) c + sigma(i) tanh(g)`, `h' = sigma(o) tanh(c')`.
+  Returns `(h', [h', c'])`.
+  """
+  h, c = states[0], states[1]
+  z = tf.matmul(inputs, kernel) + tf.matmul(h, recurrent_kernel)
+  if cell.bias is not None:
+    z = tf.nn.bias_add(z, cell.bias)
+  z_i, z_f, z_g, z_o = tf.split(z, 4, axis=-1)
+  c = (cell.recurrent_activation(z_f) * c
+       + cell.recurrent_activation(z_i) * cell.activation(z_g))
+  h = cell.recurrent_activation(z_o) * cell.activation(c)
+  return h, [h, c]
+
+
+def _forget_bias_initializer(cell):
+  """Bias initializer of `cell`: its `bias_initializer`, plus 1 on the forget gate when
+  `cell.unit_forget_bias` (as Keras)."""
+
+  def initializer(shape, dtype=None, **kwargs):
+    del shape, kwargs
+    if not cell.unit_forget_bias:
+      return cell.bias_initializer((4 * cell.units,), dtype=dtype)
+    return tf.concat([cell.bias_initializer((cell.units,), dtype=dtype),
+                      tf.ones((cell.units,), dtype=dtype),
+                      cell.bias_initializer((2 * cell.units,), dtype=dtype)], 0)
+
+  return initializer
+
+
+def _zero_states(cell, inputs=None, batch_size=None, dtype=None):
+  if inputs is not None:
+    batch_size, dtype = tf.shape(inputs)[0], inputs.dtype
+  return [tf.zeros((batch_size, cell.units), dtype=dtype or cell.compute_dtype)
+          for _ in range(2)]
+
+
+def _input_dim(cell, input_shape):
+  in_dim = tf.TensorShape(input_shape)[-1]
+  if in_dim is None:
+    raise ValueError(f'{cell.name}: the feature dimension of the input must '
+                     f'be known; got input shape {tf.TensorShape(input_shape)}.')
+  return int(in_dim)
 
 
 class _FactorizedLSTMCell(base.FactorizedLayer):
@@ -28,6 +80,8 @@ class _FactorizedLSTMCell(base.FactorizedLayer):
     recurrent_activation: activation of the gates (default sigmoid).
     use_bias: whether to add a bias.
     unit_forget_bias: add 1 to the forget-gate bias at init (as Keras).
+    weight_norm: normalise each composed kernel's columns and scale them by
+      the trainable `kernel_g`, `recurrent_g` `(4H,)` (`keras_layers.weight_norm`).
     **kwargs: the FedPara options of `FactorizedLayer`. `kernel_regularizer`
       applies to both composed kernels.
 
@@ -37,72 +91,72 @@ class _FactorizedLSTMCell(base.FactorizedLayer):
   """
 
   def __init__(self, units, activation='tanh', recurrent_activation='sigmoid',
-               use_bias=True, unit_forget_bias=True, **kwargs):
+               use_bias=True, unit_forget_bias=True, weight_norm=False, **kwargs):
     super().__init__(activation=activation, use_bias=use_bias, **kwargs)
     self.units = base.check_positive_int(units, 'units')
     self.recurrent_activation = tf.keras.activations.get(recurrent_activation)
     self.unit_forget_bias = bool(unit_forget_bias)
+    if not isinstance(weight_norm, bool):
+      raise ValueError(f'weight_norm must be True or False; got {weight_norm!r}.')
+    self.weight_norm = weight_norm
     self.state_size = [self.units, self.units]
     self.output_size = self.units
     self.kernel_factorization = None
     self.recurrent_factorization = None
-
-  def _bias_initializer(self, shape, dtype=None, **kwargs):
-    del shape, kwargs
-    if not self.unit_forget_bias:
-      return self.bias_initializer((4 * self.units,), dtype=dtype)
-    return tf.concat([self.bias_initializer((self.units,), dtype=dtype),
-                      tf.ones((self.units,), dtype=dtype),
-                      self.bias_initializer((2 * self.units,), dtype=dtype)], 0)
+    self.kernel_g = None
+    self.recurrent_g = None
 
   def build(self, input_shape):
-    in_dim = tf.TensorShape(input_shape)[-1]
-    if in_dim is None:
-      raise ValueError(f'{self.name}: the feature dimension of the input must '
-                       f'be known; got input shape {tf.TensorShape(input_shape)}.')
     gates = 4 * self.units
-    self.kernel_factorization = self._add_factorization((int(in_dim), gates), 'kernel_')
-    self.recurrent_factorization = self._add_factorization((self.units, gates),
-                                                           'recurrent_')
-    self._add_bias(gates, initializer=self._bias_initializer)
+    kernel_shape, recurrent_shape = (_input_dim(self, input_shape), gates), (self.units, gates)
+    self.kernel_factorization = self._add_factorization(kernel_shape, 'kernel_')
+    self.recurrent_factorization = self._add_factorization(recurrent_shape, 'recurrent_')
+    self._add_bias(gates, initializer=_forget_bias_initializer(self))
+    if self.weight_norm:
+      self.kernel_g = weight_norm_lib.add_scale(self, 'kernel_g', kernel_shape)
+      self.recurrent_g = weight_norm_lib.add_scale(self, 'recurrent_g', recurrent_shape)
     self.built = True
 
   def composed_kernel(self):
-    """The input kernel `(in, 4 units)` composed from its factors."""
-    return self.kernel_factorization.compose()
+    """The input kernel `(in, 4 units)` composed from its factors (normalised with weight_norm)."""
+    kernel = self.kernel_factorization.compose()
+    return weight_norm_lib.normalize(kernel, self.kernel_g) if self.weight_norm else kernel
 
   def composed_recurrent_kernel(self):
-    """The recurrent kernel `(units, 4 units)` composed from its factors."""
-    return self.recurrent_factorization.compose()
+    """The recurrent kernel `(units, 4 units)` composed from its factors (normalised with
+    weight_norm)."""
+    kernel = self.recurrent_factorization.compose()
+    return weight_norm_lib.normalize(kernel, self.recurrent_g) if self.weight_norm else kernel
 
   def call(self, inputs, states, training=None, constants=None):
     del training
-    h, c = states[0], states[1]
     if constants:
       kernel, recurrent_kernel = constants
     else:
       kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
-    z = tf.matmul(inputs, kernel) + tf.matmul(h, recurrent_kernel)
-    if self.bias is not None:
-      z = tf.nn.bias_add(z, self.bias)
-    z_i, z_f, z_g, z_o = tf.split(z, 4, axis=-1)
-    c = (self.recurrent_activation(z_f) * c
-         + self.recurrent_activation(z_i) * self.activation(z_g))
-    h = self.recurrent_activation(z_o) * self.activation(c)
-    return h, [h, c]
+    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
 
   def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
-    if inputs is not None:
-      batch_size, dtype = tf.shape(inputs)[0], inputs.dtype
-    return [tf.zeros((batch_size, self.units), dtype=dtype or self.compute_dtype)
-            for _ in range(2)]
+    return _zero_states(self, inputs, batch_size, dtype)
+
+  def original_param_count(self):
+    """Parameters of the plain (weight-normalised, with weight_norm) LSTM cell this one replaces."""
+    scales = 2 * 4 * self.units if self.weight_norm else 0
+    return super().original_param_count() + scales
+
+  def plain_weights(self):
+    """`[kernel, recurrent_kernel(, bias)]` of the plain LSTM computing the same function."""
+    weights = [self.composed_kernel(), self.composed_recurrent_kernel()]
+    weights += [self.bias] if self.bias is not None else []
+    return [tf.convert_to_tensor(w).numpy() for w in weights]
 
   def get_config(self):
     config = super().get_config()
     config.update(
         units=self.units,
         recurrent_activation=tf.keras.activations.serialize(self.recurrent_activation),
-        unit_forget_bias=self.unit_forget_bias)
+        unit_forget_bias=self.unit_forget_bias,
+        weight_norm=self.weight_norm)
     return config
 
 
@@ -160,8 +214,8 @@ _UNSUPPORTED_PLAIN_ARGS = {'dropout': 0.0, 'recurrent_dropout': 0.0, 'time_major
                            'recurrent_constraint': None}
 
 
-class _FactorizedLSTM(tf.keras.layers.Layer):
-  """`tf.keras.layers.LSTM`-compatible layer over a factorised cell.
+class _KernelLSTM(tf.keras.layers.Layer):
+  """`tf.keras.layers.LSTM`-compatible layer over a cell that composes its kernels.
 
   Composes the input and recurrent kernels once per call, then runs the
   recurrence with `tf.keras.backend.rnn` (the loop Keras' own LSTM uses).
@@ -171,9 +225,9 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
     return_sequences, return_state, go_backwards, unroll: as
       `tf.keras.layers.LSTM`.
     **kwargs: the cell's arguments (`activation`, `recurrent_activation`,
-      `use_bias`, `unit_forget_bias`, FedPara options, regularizers) and the
-      base Layer arguments (`name`, `dtype`, ...). Dropout and `stateful` are
-      not supported.
+      `use_bias`, `unit_forget_bias`, `weight_norm`, FedPara options,
+      regularizers) and the base Layer arguments (`name`, `dtype`, ...).
+      Dropout and `stateful` are not supported.
 
   Input shape:
     `(batch, timesteps, features)`.
@@ -184,7 +238,6 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
   """
 
   cell_class = None
-  plain_class = tf.keras.layers.LSTM
 
   def __init__(self, units, return_sequences=False, return_state=False,
                go_backwards=False, unroll=False, **kwargs):
@@ -234,6 +287,24 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
     output_mask = mask if self.return_sequences else None
     return [output_mask, None, None] if self.return_state else output_mask
 
+  def get_config(self):
+    config = super().get_config()
+    cell_config = self.cell.get_config()
+    for key in ('name', 'dtype', 'trainable', 'activity_regularizer'):
+      cell_config.pop(key, None)
+    config.update(cell_config)
+    config.update({k: getattr(self, k) for k in _RNN_ARGS})
+    return config
+
+
+class _FactorizedLSTM(_KernelLSTM):
+  """`tf.keras.layers.LSTM`-compatible layer over a factorised cell (see `_KernelLSTM`).
+
+  Args, Input shape, Output shape: see `_KernelLSTM`.
+  """
+
+  plain_class = tf.keras.layers.LSTM
+
   @property
   def ranks(self):
     return self.cell.ranks
@@ -249,19 +320,13 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
   def original_param_count(self):
     return self.cell.original_param_count()
 
-  def get_config(self):
-    config = super().get_config()
-    cell_config = self.cell.get_config()
-    for key in ('name', 'dtype', 'trainable', 'activity_regularizer'):
-      cell_config.pop(key, None)
-    config.update(cell_config)
-    config.update({k: getattr(self, k) for k in _RNN_ARGS})
-    return config
-
   @classmethod
   def from_plain(cls, layer, **options):
-    """A twin of the plain `tf.keras.layers.LSTM` `layer` with `options`."""
+    """A twin of the plain `tf.keras.layers.LSTM` or `WeightNormLSTM` `layer` with `options`
+    (`weight_norm=True` for the latter)."""
     config = layer.get_config()
+    if isinstance(layer, WeightNormLSTM):
+      options = dict(options, weight_norm=True)
     for key, allowed in _UNSUPPORTED_PLAIN_ARGS.items():
       if config.get(key, allowed) != allowed:
         raise ValueError(f'{layer.name}: {key}={config[key]!r} is not supported by '
@@ -277,6 +342,106 @@ class _FactorizedLSTM(tf.keras.layers.Layer):
   def plain_weights(self):
     """`[kernel, recurrent_kernel(, bias)]` for `to_plain()`, as numpy arrays."""
     return self.cell.plain_weights()
+
+
+@_register
+class WeightNormLSTMCell(tf.keras.layers.Layer):
+  """Plain LSTM cell whose kernels are weight-normalised: `g * V / ||V||` per column.
+
+  Weights: the directions `kernel (in, 4H)` and `recurrent_kernel (H, 4H)`, the
+  `bias (4H,)`, and the scales `kernel_g`, `recurrent_g (4H,)` (initial values:
+  `weight_norm.initial_scale`). The step is `tf.keras.layers.LSTMCell`'s with the
+  normalised kernels.
+
+  Args:
+    units: positive integer H.
+    activation, recurrent_activation, use_bias, unit_forget_bias: as
+      `tf.keras.layers.LSTMCell`.
+    kernel_initializer, recurrent_initializer, bias_initializer: of `V`, `U`
+      and the bias (Keras' defaults).
+
+  Call arguments:
+    inputs: `(batch, in)`. states: `[h (batch, H), c (batch, H)]`.
+    constants: optional `[kernel, recurrent_kernel]` already normalised.
+  """
+
+  def __init__(self, units, activation='tanh', recurrent_activation='sigmoid', use_bias=True,
+               unit_forget_bias=True, kernel_initializer='glorot_uniform',
+               recurrent_initializer='orthogonal', bias_initializer='zeros', **kwargs):
+    super().__init__(**kwargs)
+    self.units = base.check_positive_int(units, 'units')
+    self.activation = tf.keras.activations.get(activation)
+    self.recurrent_activation = tf.keras.activations.get(recurrent_activation)
+    self.use_bias = bool(use_bias)
+    self.unit_forget_bias = bool(unit_forget_bias)
+    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
+    self.recurrent_initializer = tf.keras.initializers.get(recurrent_initializer)
+    self.bias_initializer = tf.keras.initializers.get(bias_initializer)
+    self.state_size = [self.units, self.units]
+    self.output_size = self.units
+    self.bias = None
+
+  def build(self, input_shape):
+    gates = 4 * self.units
+    kernel_shape, recurrent_shape = (_input_dim(self, input_shape), gates), (self.units, gates)
+    self.kernel = self.add_weight(name='kernel', shape=kernel_shape,
+                                  initializer=self.kernel_initializer)
+    self.recurrent_kernel = self.add_weight(name='recurrent_kernel', shape=recurrent_shape,
+                                            initializer=self.recurrent_initializer)
+    if self.use_bias:
+      self.bias = self.add_weight(name='bias', shape=(gates,),
+                                  initializer=_forget_bias_initializer(self))
+    self.kernel_g = weight_norm_lib.add_scale(self, 'kernel_g', kernel_shape)
+    self.recurrent_g = weight_norm_lib.add_scale(self, 'recurrent_g', recurrent_shape)
+    self.built = True
+
+  def composed_kernel(self):
+    """The normalised input kernel `(in, 4 units)`."""
+    return weight_norm_lib.normalize(self.kernel, self.kernel_g)
+
+  def composed_recurrent_kernel(self):
+    """The normalised recurrent kernel `(units, 4 units)`."""
+    return weight_norm_lib.normalize(self.recurrent_kernel, self.recurrent_g)
+
+  def call(self, inputs, states, training=None, constants=None):
+    del training
+    if constants:
+      kernel, recurrent_kernel = constants
+    else:
+      kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
+    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
+
+  def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
+    return _zero_states(self, inputs, batch_size, dtype)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update(
+        units=self.units,
+        activation=tf.keras.activations.serialize(self.activation),
+        recurrent_activation=tf.keras.activations.serialize(self.recurrent_activation),
+        use_bias=self.use_bias,
+        unit_forget_bias=self.unit_forget_bias,
+        kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer),
+        recurrent_initializer=tf.keras.initializers.serialize(self.recurrent_initializer),
+        bias_initializer=tf.keras.initializers.serialize(self.bias_initializer))
+    return config
+
+
+@_register
+class WeightNormLSTM(_KernelLSTM):
+  """Plain LSTM layer with weight-normalised kernels (see `WeightNormLSTMCell`).
+
+  The original model of the paper's LSTM runs; `convert` turns it into a
+  factorised LSTM with `weight_norm=True`.
+
+  >>> WeightNormLSTM(16)(tf.zeros((2, 5, 8))).shape
+  TensorShape([2, 16])
+
+  Args, Input shape, Output shape: see `_KernelLSTM` (cell arguments: `WeightNormLSTMCell`).
+  """
+
+  cell_class = WeightNormLSTMCell
 
 
 @_register

@@ -46,3 +46,11 @@ def lstm_step(x, h, c, kernel, recurrent_kernel, bias):
   c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
   h = sigmoid(o) * np.tanh(c)
   return h, c
+
+
+def weight_normalize(v, g):
+  """`W[:, j] = g_j v[:, j] / ||v[:, j]||` (Keras layout `(in, out)`), column by column."""
+  w = np.zeros_like(v, dtype=np.float64)
+  for j in range(v.shape[1]):
+    w[:, j] = g[j] * v[:, j] / np.sqrt(np.sum(v[:, j] ** 2))
+  return w

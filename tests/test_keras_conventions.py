@@ -18,8 +18,11 @@ LAYERS = [
     lambda: kl.FedParaConv1D(6, 3, rank=2, padding='causal', dilation_rate=2),
     lambda: kl.FedParaLSTM(5, rank=2, return_sequences=True),
     lambda: kl.PFedParaLSTM(5, gamma=0.5),
+    lambda: kl.LowRankLSTM(5, rank=2, weight_norm=True),
+    lambda: kl.WeightNormLSTM(5, return_sequences=True),
 ]
-INPUT_SHAPES = [(10,), (10,), (10,), (8, 8, 3), (8, 8, 3), (8, 8, 3), (9, 4), (6, 4), (6, 4)]
+INPUT_SHAPES = [(10,), (10,), (10,), (8, 8, 3), (8, 8, 3), (8, 8, 3), (9, 4), (6, 4), (6, 4),
+                (6, 4), (6, 4)]
 
 
 def sequential(make, input_shape):

@@ -18,7 +18,8 @@ def test_every_layer_is_registered_for_deserialization():
   layers = [kl.FedParaDense, kl.PFedParaDense, kl.LowRankDense, kl.FedParaConv1D,
             kl.PFedParaConv1D, kl.LowRankConv1D, kl.FedParaConv2D, kl.PFedParaConv2D,
             kl.LowRankConv2D, kl.FedParaLSTMCell, kl.PFedParaLSTMCell, kl.LowRankLSTMCell,
-            kl.FedParaLSTM, kl.PFedParaLSTM, kl.LowRankLSTM]
+            kl.FedParaLSTM, kl.PFedParaLSTM, kl.LowRankLSTM, kl.WeightNormLSTMCell,
+            kl.WeightNormLSTM]
   for cls in layers:
     assert tf.keras.utils.get_registered_object(f'fedpara>{cls.__name__}') is cls
 

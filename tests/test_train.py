@@ -103,13 +103,16 @@ def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_ba
                                         rel=1e-4)
 
 
-def test_lstm_on_the_plays_runs(tmp_path):
+@pytest.mark.parametrize('weight_norm', [False, True])
+def test_lstm_on_the_plays_runs(tmp_path, weight_norm):
   config = _config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
                    sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,
-                   client_learning_rate=0.5)
+                   client_learning_rate=0.5, weight_norm=weight_norm)
   summary = runner.run(config)
   assert summary['rounds'] == 1 and 0 <= summary['test_accuracy'] <= 1
   assert summary['parameters'] < summary['plain_parameters']
+  saved = json.load(open(os.path.join(config.output_dir, run_io.RUN_FILE)))
+  assert saved.get('weight_norm', False) is weight_norm
 
 
 def _train_command(config):
