@@ -171,7 +171,7 @@ def run_or_exit(config, program='train'):
     print(f'{program}: stopped by {signal.Signals(signum).name}; the last checkpoint (round '
           f'{kept[0] if kept else 0}) is kept: rerun the same command to resume.',
           file=sys.stderr, flush=True)
-    raise SystemExit(128 + signum) from None
+    runtime.exit_now(128 + signum)
 
 
 def main(argv):

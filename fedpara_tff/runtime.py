@@ -86,6 +86,23 @@ def _raise_terminated(signum, frame):
   raise Terminated(signum)
 
 
+def exit_now(code):
+  """Stops this process's workers, flushes stdout / stderr and exits with `code` at once.
+
+  For a run stopped by a signal: Ctrl-C in a terminal or `kill -TERM -PGID` also reaches the TFF
+  workers, and the finalizers of values held by a dead worker would print gRPC tracebacks at
+  interpreter exit. Nothing the run owns is lost: checkpoints and metrics are written and closed
+  before this is called.
+  """
+  shutdown_workers()
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def restore_sigint():
   """Gives SIGINT back its Python handler when this process inherited it ignored.
 

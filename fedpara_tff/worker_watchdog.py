@@ -12,8 +12,10 @@ the recorded workers that are still the same processes (same pid and start
 time): SIGINT as TFF does, then SIGKILL after `GRACE_S`. A parent that exited
 cleanly has stopped its workers already, so then nothing is left to stop.
 
-It ignores SIGINT, which a terminal sends to the whole foreground group on
-Ctrl-C: the parent handles that and the watchdog must outlive it to guard it.
+It ignores SIGINT, SIGTERM and SIGHUP, which reach a whole process group on
+Ctrl-C, `kill -TERM -PGID` or a closed terminal: the parent handles them (or dies
+of them) and the watchdog must outlive it to clean up after it; it ends at the
+pipe's end-of-file, i.e. with the parent.
 
 Usage (by `runtime.guard_workers`): `python -I worker_watchdog.py PARENT_PID` with
 the pipe's read end as standard input.
@@ -102,7 +104,8 @@ def main(argv):
   if len(argv) != 2 or not argv[1].isdigit():
     sys.stderr.write(f'usage: {argv[0]} PARENT_PID (the pipe from the parent on stdin)\n')
     return 2
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, signal.SIG_IGN)
   watch(int(argv[1]), sys.stdin.fileno())
   return 0
 

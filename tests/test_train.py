@@ -410,11 +410,17 @@ def _worker_children(pid):
   return out
 
 
-@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGKILL])
-def test_killed_binary_leaves_no_worker(tmp_path, signum):
+@pytest.mark.parametrize('target,signum', [('binary', signal.SIGTERM),
+                                            ('binary', signal.SIGKILL),
+                                            ('group', signal.SIGTERM),
+                                            ('group', signal.SIGINT)])
+def test_killed_binary_leaves_no_worker(tmp_path, target, signum):
+  """`binary`: the signal reaches the binary alone (the watchdog cleans up after SIGKILL);
+  `group`: its whole process group, workers included, as Ctrl-C in a terminal or
+  `kill -TERM -PGID` do (a dead worker must not make the exit print gRPC tracebacks)."""
   config = _config(tmp_path, rounds=500, checkpoint_every=1)
   process = subprocess.Popen(_train_command(config), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
   workers = []
   try:
     deadline = time.monotonic() + 240
@@ -424,12 +430,17 @@ def test_killed_binary_leaves_no_worker(tmp_path, signum):
       time.sleep(0.5)
     workers = _worker_children(process.pid)
     assert workers, 'the run should have started a TFF worker'
-    process.send_signal(signum)   # the binary only, not its process group
+    if target == 'group':
+      os.killpg(process.pid, signum)
+    else:
+      process.send_signal(signum)
     process.wait(timeout=60)
     _, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive, f'worker(s) left after {signum.name}: {[w.pid for w in alive]}'
-    if signum == signal.SIGTERM:
-      assert 'Traceback' not in process.stderr.read()
+    if signum != signal.SIGKILL:
+      stderr = process.stderr.read()
+      assert process.returncode == 128 + signum, stderr
+      assert 'Traceback' not in stderr and f'stopped by {signum.name}' in stderr, stderr
       assert checkpoints.latest(os.path.join(config.output_dir, 'checkpoints')) is not None
   finally:
     if process.poll() is None:

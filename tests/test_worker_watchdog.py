@@ -1,6 +1,7 @@
 """The worker watchdog stops a dead parent's `worker_binary` processes and nothing else."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,8 +53,11 @@ def test_sigkilled_parent_loses_its_workers_but_not_other_children():
       watchdog.kill()
 
 
-def test_watchdog_of_a_live_parent_waits_and_exits_quietly_on_eof():
+def test_watchdog_of_a_live_parent_outlives_group_signals_and_exits_quietly_on_eof():
   watchdog = _start(os.getpid())
+  time.sleep(0.5)
+  for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # what a group kill sends
+    watchdog.send_signal(signum)
   time.sleep(0.5)
   assert watchdog.poll() is None   # the parent lives: it keeps watching
   watchdog.stdin.close()
