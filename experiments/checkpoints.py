@@ -119,6 +119,29 @@ def load_latest(directory, template_state, signature, log=None):
   return None
 
 
+def load_round(directory, template_state, signature, round_num):
+  """`(round, state, counters, local_store)` of the checkpoint of exactly `round_num`; None
+  for round 0 (nothing to resume).
+
+  Raises:
+    CheckpointDamagedError: that checkpoint is missing or damaged (no other one will do: the
+      run's client store is at that round).
+    CheckpointMismatchError: as `load`.
+  """
+  if not round_num:
+    return None
+  path = path_for(directory, round_num)
+  if not os.path.exists(path):
+    raise CheckpointDamagedError(f'checkpoint {path} is missing, but the client store is at round '
+                                 f'{round_num}; start the run again with --overwrite.')
+  try:
+    return load(path, template_state, signature)
+  except CheckpointDamagedError as e:
+    raise CheckpointDamagedError(f'{e}; the client store is at round {round_num}, so no older '
+                                 f'checkpoint will do: start the run again with --overwrite.'
+                                 ) from None
+
+
 def load(path, template_state, signature):
   """`(round, state, counters, local_store)` from `path`, checked against this run.
 

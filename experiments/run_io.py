@@ -18,8 +18,11 @@ import re
 import tensorflow as tf
 
 COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
-           'test_accuracy', 'personalized_accuracy', 'bytes_uploaded', 'bytes_downloaded', 'cumulative_gb',
-           'wall_time_s')
+           'test_accuracy', 'personalized_accuracy', 'personalized_clients', 'bytes_uploaded',
+           'bytes_downloaded', 'cumulative_gb', 'wall_time_s')
+# The header of metrics files written before `personalized_clients` existed (read, then
+# rewritten with `COLUMNS` on resume).
+LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != 'personalized_clients')
 RUN_FILE = 'run.json'
 METRICS_FILE = 'metrics.csv'
 SUMMARY_FILE = 'summary.json'
@@ -31,8 +34,10 @@ class RunConflictError(ValueError):
 
 
 # What a run writes into its folder, and nothing else: `--overwrite` removes only these.
-OWNED_FILES = tuple(name + suffix for name in (RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
-                    for suffix in ('', '.tmp'))
+OWNED_FILES = (tuple(name + suffix for name in (RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
+                     for suffix in ('', '.tmp'))
+               + tuple('client_state.sqlite' + suffix for suffix in ('', '-wal', '-shm',
+                                                                     '-journal')))
 OWNED_DIRS = {'checkpoints': re.compile(r'ckpt-\d+\.npz(\.tmp\.npz)?$'),
               'tensorboard': re.compile(r'events\.out\.tfevents\..*$')}
 
@@ -121,7 +126,8 @@ def prepare(output_dir, run_flags, overwrite):
   return False
 
 
-INTEGER_COLUMNS = ('round', 'clients', 'diverged_clients', 'bytes_uploaded', 'bytes_downloaded')
+INTEGER_COLUMNS = ('round', 'clients', 'diverged_clients', 'personalized_clients', 'bytes_uploaded',
+                   'bytes_downloaded')
 
 
 class DamagedFileError(ValueError):
@@ -153,7 +159,8 @@ def read_metrics(output_dir):
   try:
     with open(path, newline='') as f:
       reader = csv.DictReader(f)
-      if reader.fieldnames is not None and list(reader.fieldnames) != list(COLUMNS):
+      if reader.fieldnames is not None and list(reader.fieldnames) not in (list(COLUMNS),
+                                                                           list(LEGACY_COLUMNS)):
         raise ValueError(f'its header is not {",".join(COLUMNS)}')
       rows = [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
               for row in reader]

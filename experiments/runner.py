@@ -23,6 +23,8 @@ import tensorflow_federated as tff
 import tqdm
 
 import fedpara_tff
+from fedpara_tff import client_optimizer
+from fedpara_tff import client_store
 from fedpara_tff import distributed
 from fedpara_tff import personalization
 from fedpara_tff import tf_backend
@@ -45,7 +47,8 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
                        'gpus')
 # Fields added after 0.2.0, left out of the identity at their default so that runs written
 # before they existed still resume.
-IDENTITY_SINCE_0_3 = {'weight_norm': False}
+IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
+                      'client_optimizer': 'sgd'}
 
 
 class RunInterruptedError(RuntimeError):
@@ -91,6 +94,9 @@ class RunConfig:
   factor_lr_scale: Optional[str] = None
   jacobian_correction: float = 0.0
   weight_norm: bool = False
+  client_store: str = 'auto'
+  client_optimizer: str = 'sgd'
+  eval_clients: int = 300
   keep_plain: Tuple[str, ...] = ('logits',)
   local_layers: Tuple[str, ...] = ('logits',)
   algorithm: str = 'fedavg'
@@ -170,6 +176,17 @@ def check(config):
                                                                      'lowrank'):
     raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
                      f'{config.parameterization!r} has none.')
+  client_store.resolve_kind(config.client_store, config.clients)
+  client_optimizer.check(config.client_optimizer)
+  if config.client_optimizer != 'sgd' and config.jacobian_correction:
+    raise ValueError(f'jacobian_correction={config.jacobian_correction} assumes an SGD client '
+                     f'step; got client_optimizer={config.client_optimizer!r}.')
+  if config.client_optimizer != 'sgd' and config.client_momentum:
+    raise ValueError(f'client_momentum={config.client_momentum} applies to SGD; got '
+                     f'client_optimizer={config.client_optimizer!r}.')
+  if not isinstance(config.eval_clients, int) or config.eval_clients < 0:
+    raise ValueError(f'eval_clients must be an integer >= 0 (0: every client); got '
+                     f'{config.eval_clients!r}.')
   if config.weight_norm and config.model != 'lstm':
     raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
                      f'model={config.model!r}.')
@@ -239,6 +256,7 @@ class _Process:
         server_learning_rate=config.server_learning_rate,
         client_momentum=config.client_momentum, server_momentum=config.server_momentum,
         lr_decay=config.lr_decay, proximal_strength=config.fedprox_mu,
+        client_optimizer=config.client_optimizer,
         quantization_bits=config.quantization_bits or None)
     self._epochs = config.local_epochs
 
@@ -277,7 +295,8 @@ class _Shared:
                    server_learning_rate=config.server_learning_rate,
                    local_epochs=config.local_epochs, lr_decay=config.lr_decay,
                    quantization_bits=config.quantization_bits or None,
-                   jacobian_correction=config.jacobian_correction)
+                   jacobian_correction=config.jacobian_correction,
+                   client_optimizer=config.client_optimizer)
     if config.parameterization == 'pfedpara':
       self.trainer = fedpara_tff.build_pfedpara_process(keras_model_fn, element_spec, **options)
     elif config.parameterization == 'fedper':
@@ -299,6 +318,13 @@ class _Shared:
   @property
   def local_store(self):
     return self.trainer.local_store
+
+  @property
+  def local_layout(self):
+    return self.trainer.local_layout
+
+  def use_store(self, store):
+    self.trainer.use_store(store)
 
   def initialize(self, weights):
     return self.trainer.initialize(weights)
@@ -333,6 +359,15 @@ def sample_clients(seed, round_num, clients, per_round):
   """The clients of round `round_num` (1-based): a pure function of the seed and the round."""
   rng = np.random.default_rng([seed, round_num])
   return np.sort(rng.choice(clients, size=per_round, replace=False))
+
+
+def sample_eval_clients(seed, ids, count):
+  """The clients of the personalised evaluation: every one (`count` 0 or >= len(ids)), or a
+  seeded sample of `count`, the same at every evaluation of the run."""
+  if not count or count >= len(ids):
+    return list(ids)
+  chosen = np.random.default_rng([seed, 7_919]).choice(len(ids), size=count, replace=False)
+  return [ids[i] for i in np.sort(chosen)]
 
 
 class _Evaluator:
@@ -460,18 +495,45 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
   process = (_Shared if _uses_shared_round(config) else _Process)(config, keras_model_fn,
                                                                    element_spec)
   state = process.initialize(initial_weights)
+  store = None
+  if personalized:
+    store = client_store.open_store(config.client_store, config.clients, config.output_dir,
+                                    process.local_layout, resuming)
+    process.use_store(store)
+  try:
+    return _run_rounds(config, data, parts, keras_model_fn, signature, params, plain_params,
+                       resuming, shares, process, state, store)
+  finally:
+    if store is not None:
+      store.close()
+
+
+def _resume_point(checkpoint_dir, state, signature, store):
+  """The checkpoint to resume from: the newest intact one, or, with an SQLite client store,
+  the one of the store's committed round (a checkpoint newer than the store was written just
+  before a kill, and its clients' state never committed)."""
+  if store is None or store.kind == 'memory':
+    return checkpoints.load_latest(checkpoint_dir, state, signature)
+  return checkpoints.load_round(checkpoint_dir, state, signature, store.committed_round())
+
+
+def _run_rounds(config, data, parts, keras_model_fn, signature, params, plain_params, resuming,
+                shares, process, state, store):
+  """The rounds of `_rounds`, with the process and its client store ready."""
+  personalized = store is not None
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
   checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
-  found = checkpoints.load_latest(checkpoint_dir, state, signature) if resuming else None
+  found = _resume_point(checkpoint_dir, state, signature, store) if resuming else None
   if found:
     start_round, state, counters, local_store = found
-    if personalized:
-      process.local_store.update(local_store)
+    if personalized and store.kind == 'memory':
+      store.restore(local_store, start_round)
   train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
   ids = train_cd.client_ids
   test_cd = (clients_lib.to_client_data(data.x_train, data.y_train, parts.test)
              if personalized else None)
+  eval_ids = sample_eval_clients(config.seed, ids, config.eval_clients)
   evaluator = None if personalized else _Evaluator(
       keras_model_fn, data.x_test, data.y_test, config.max_test_examples)
 
@@ -516,12 +578,18 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
       if round_num % config.eval_every == 0 or round_num == config.rounds:
         if personalized:
           row['personalized_accuracy'] = process.evaluate(
-              state, list(ids), [test_cd.create_tf_dataset_for_client(i).batch(256) for i in ids])
+              state, eval_ids, (test_cd.create_tf_dataset_for_client(i).batch(256)
+                                for i in eval_ids))
+          row['personalized_clients'] = len(eval_ids)
       writer.write(row)
       bar.set_postfix(loss=f'{row["train_loss"]:.3f}', gb=f'{row["cumulative_gb"]:.4f}')
       if round_num % config.checkpoint_every == 0 or round_num == config.rounds:
+        # The server state first, then the clients' (one SQLite transaction with the round):
+        # a kill between the two resumes from the previous checkpoint (`_resume_point`).
         checkpoints.save(checkpoint_dir, round_num, state, signature, counters,
-                         process.local_store)
+                         store.snapshot() if personalized and store.kind == 'memory' else None)
+        if personalized:
+          store.commit(round_num)
   finally:
     bar.close()
     writer.close()

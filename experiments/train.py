@@ -30,6 +30,8 @@ from experiments.data import common
 from experiments.data import partition
 from experiments.data import registry
 import fedpara_tff
+from fedpara_tff import client_optimizer
+from fedpara_tff import client_store
 from fedpara_tff import distributed
 import keras_layers
 
@@ -74,10 +76,20 @@ flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
 flags.DEFINE_bool('weight_norm', _DEFAULTS.weight_norm,
                   'Weight-normalise the LSTM kernels (original, low-rank and FedPara alike, as '
                   'the paper\'s LSTM runs; model=lstm only).')
+flags.DEFINE_enum('client_store', _DEFAULTS.client_store, list(client_store.KINDS),
+                  'Where stateful clients keep their state: memory (in the checkpoints), sqlite '
+                  '(client_state.sqlite in the run folder, only the round\'s clients read and '
+                  'written), auto (sqlite above 1,000 clients).')
+flags.DEFINE_integer('eval_clients', _DEFAULTS.eval_clients,
+                     'Clients in the personalised evaluation: a seeded sample of this many '
+                     '(0: every client).')
 flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
 flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
 # Algorithm.
 flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, fedpara_tff.ALGORITHMS, 'Federated algorithm.')
+flags.DEFINE_enum('client_optimizer', _DEFAULTS.client_optimizer,
+                  list(client_optimizer.CLIENT_OPTIMIZERS),
+                  'Client optimizer, reset every round (adam: beta 0.9 / 0.999, eps 1e-7).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
     'Client SGD learning rate.')
 flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,

@@ -18,12 +18,15 @@ Only the global variables are broadcast and uploaded; the upload goes through
 """
 
 import collections
+import itertools
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import aggregators
+from fedpara_tff import client_optimizer as client_optimizer_lib
+from fedpara_tff import client_store
 import keras_layers
 from fedpara_tff import communication
 from fedpara_tff import processes
@@ -50,7 +53,8 @@ def correct_and_total(logits, labels):
   return correct, tf.cast(tf.size(labels), tf.float32)
 
 
-def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0):
+def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
+                       client_optimizer='sgd'):
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -65,6 +69,8 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
     jacobian_correction: strength lambda of the paper's Jacobian correction
       (`keras_layers.jacobian`, with the round's client learning rate as
       `eta`); 0 trains on the plain gradients.
+    client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
+      state starts from zero every round).
 
   Returns:
     `train(global_values, local_values, dataset, learning_rate)` returning
@@ -75,6 +81,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
     the weight 0 and the local values unchanged, as TFF's client work does).
   """
   global_vars, local_vars = split(model)
+  optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables)
 
   # Variable assignments inside a TFF computation are only ordered inside a
   # tf.function (docs/DESIGN.md, "TFF runtime facts").
@@ -82,6 +89,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   def train(global_values, local_values, dataset, learning_rate):
     for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
       v.assign(value)
+    optimizer.reset()
 
     def step(totals, batch):
       def objective_fn():
@@ -93,8 +101,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
 
       objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
           model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
-      for v, grad in zip(model.trainable_variables, grads):
-        v.assign_sub(learning_rate * grad)
+      optimizer.apply(grads, learning_rate)
       size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
       correct, _ = correct_and_total(logits, batch['y'])
       return totals[0] + size, totals[1] + objective * size, totals[2] + correct
@@ -125,7 +132,7 @@ class PersonalizedTrainer:
       pFedPara layers, or any layers, FedPara or plain, plus `local_layers`).
     element_spec: the client datasets' batched element spec, an OrderedDict
       with `x` and `y`.
-    client_learning_rate: client SGD learning rate (> 0), for global and local
+    client_learning_rate: client learning rate (> 0), for global and local
       variables alike.
     server_learning_rate: server SGD learning rate on the mean update (> 0).
     local_epochs: passes over each client's data per round (>= 1).
@@ -140,6 +147,7 @@ class PersonalizedTrainer:
       (instead of `aggregator`); bytes are counted as sent.
     jacobian_correction: lambda of the Jacobian correction on the factorised
       Dense / convolution layers (>= 0; 0 off).
+    client_optimizer: `'sgd'` (default) or `'adam'` (`fedpara_tff.client_optimizer`).
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_process` sets it False).
   """
@@ -147,7 +155,7 @@ class PersonalizedTrainer:
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
                aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
-               jacobian_correction=0.0):
+               jacobian_correction=0.0, client_optimizer='sgd'):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
@@ -156,6 +164,10 @@ class PersonalizedTrainer:
         or not 0 <= jacobian_correction < float('inf')):
       raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                        f'{jacobian_correction!r}.')
+    client_optimizer_lib.check(client_optimizer)
+    if client_optimizer != 'sgd' and jacobian_correction:
+      raise ValueError(f'jacobian_correction={jacobian_correction} assumes an SGD client step; '
+                       f'got client_optimizer={client_optimizer!r}.')
     if not isinstance(local_epochs, int) or local_epochs < 1:
       raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
     loss_fn = loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -192,12 +204,13 @@ class PersonalizedTrainer:
 
     self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
     self.jacobian_correction = float(jacobian_correction)
+    self.client_optimizer = client_optimizer
     self.split = split
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
       train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
-                                 float(jacobian_correction))
+                                 float(jacobian_correction), client_optimizer)
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
@@ -309,7 +322,8 @@ class PersonalizedTrainer:
         learning_rate_at, increment, round_metrics)
     self._evaluate = evaluate_fn
     self._initial_local = [np.asarray(a) for a in init_local()]
-    self.local_store = {}
+    self.local_store = client_store.MemoryClientStore()
+    self.local_layout = [(tuple(spec.shape), spec.dtype.as_numpy_dtype) for spec in local_specs]
 
   def initialize(self, initial_weights=None):
     """The server state: `OrderedDict(global_weights=[...], aggregator=..., round_num=0)`.
@@ -333,14 +347,29 @@ class PersonalizedTrainer:
     self._initial_local = [values[i] for i in self.local_index]
     return state
 
+  def use_store(self, store):
+    """Keeps the clients' local variables in `store` (`fedpara_tff.client_store`) from now on."""
+    self.local_store = store
+
   def store_local(self, client_id, values):
     """Keeps a client's new local variables (nothing to keep when no variable is local)."""
+    self.store_locals([client_id], [values])
+
+  def store_locals(self, client_ids, values):
+    """Keeps the new local variables of several clients (one write to the store)."""
     if self.local_index:
-      self.local_store[client_id] = [np.asarray(v) for v in values]
+      self.local_store.put(client_ids, [[np.asarray(v) for v in value] for value in values])
 
   def local_state(self, client_id):
     """The client's local variables: stored ones, or the initial ones if never sampled."""
-    return self.local_store.get(client_id, self._initial_local)
+    return self.local_states([client_id])[0]
+
+  def local_states(self, client_ids):
+    """`local_state` of each of `client_ids` (one read from the store)."""
+    if not self.local_index:
+      return [self._initial_local for _ in client_ids]
+    return [self._initial_local if value is None else value
+            for value in self.local_store.get(client_ids)]
 
   def next(self, state, client_ids, datasets):
     """One round on the sampled clients; stores their new local variables.
@@ -352,21 +381,28 @@ class PersonalizedTrainer:
     """
     client_ids = check_round_clients(client_ids, datasets)
     state, new_local, metrics, positions = self.process.next(
-        state, list(datasets), [self.local_state(c) for c in client_ids],
-        list(range(len(client_ids))))
-    for position, values in zip(positions, new_local):
-      self.store_local(client_ids[int(position)], values)
+        state, list(datasets), self.local_states(client_ids), list(range(len(client_ids))))
+    self.store_locals([client_ids[int(p)] for p in positions], list(new_local))
     return state, metrics
 
-  def evaluate(self, state, client_ids, datasets):
-    """Personalised accuracy of each client on its own data, with its local variables."""
-    client_ids = list(client_ids)
-    results, positions = self._evaluate(state['global_weights'], list(datasets),
-                                        [self.local_state(c) for c in client_ids],
-                                        list(range(len(client_ids))))
-    ordered = [None] * len(client_ids)
-    for position, result in zip(positions, results):
-      ordered[int(position)] = collections.OrderedDict((k, float(v)) for k, v in result.items())
+  def evaluate(self, state, client_ids, datasets, chunk_clients=100):
+    """Personalised accuracy of each client on its own data, with its local variables.
+
+    The clients go to TFF `chunk_clients` at a time (one call with every client's
+    data can pass protobuf's 2 GB limit); `datasets` may be any iterable, read
+    chunk by chunk.
+    """
+    client_ids, datasets = list(client_ids), iter(datasets)
+    ordered = []
+    for start in range(0, len(client_ids), chunk_clients):
+      ids = client_ids[start:start + chunk_clients]
+      results, positions = self._evaluate(state['global_weights'],
+                                          list(itertools.islice(datasets, len(ids))),
+                                          self.local_states(ids), list(range(len(ids))))
+      chunk = [None] * len(ids)
+      for position, result in zip(positions, results):
+        chunk[int(position)] = collections.OrderedDict((k, float(v)) for k, v in result.items())
+      ordered.extend(chunk)
     return ordered
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import aggregators
+from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import distributors
 
 ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite')
@@ -53,6 +54,7 @@ def _server_optimizer(algorithm, server_learning_rate, server_momentum):
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
                           lr_decay=1.0, proximal_strength=0.01, keras_model_fn=None,
+                          client_optimizer='sgd',
                           local_layers=(), aggregator=None, quantization_bits=None,
                           quantization_threshold=20000,
                           loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR):
@@ -64,7 +66,7 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       `keras_layers`), built inside the function.
     algorithm: `'fedavg'` (server SGD), `'fedprox'`, `'fedadam'`, `'fedyogi'`,
       `'fedadagrad'` (adaptive server optimizers, Reddi et al. 2021) or `'mimelite'`.
-    client_learning_rate: client SGD learning rate at round 0 (> 0).
+    client_learning_rate: client learning rate at round 0 (> 0).
     server_learning_rate: server optimizer learning rate (> 0; 1.0 for plain
       FedAvg).
     client_momentum, server_momentum: SGD momentum (0 = none); for MIME-lite
@@ -73,6 +75,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       `client_learning_rate * lr_decay**r` (the paper uses 0.992). In (0, 1].
       FedProx and MIME-lite take only 1.0 (TFF 0.87 has no schedule for them).
     proximal_strength: FedProx mu (>= 0).
+    client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`); the
+      base optimizer of MIME-lite.
     keras_model_fn: the Keras model of `model_fn`, to find pFedPara / local
       variables that must not travel; see `fedpara_tff.factor_aggregator`.
     local_layers: layer names kept local (needs `keras_model_fn`).
@@ -110,26 +114,26 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   check_no_non_trainable(len(weights_type.non_trainable))
   distributor = distributors.build_measured_broadcast(weights_type)
   server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum)
-  client_sgd = tff.learning.optimizers.build_sgdm(client_lr, momentum=client_momentum or None)
+  client_opt = client_optimizer_lib.tff_optimizer(client_optimizer, client_lr, client_momentum)
   common = dict(model_distributor=distributor, model_aggregator=factory,
                 loop_implementation=loop_implementation)
 
   if algorithm == 'fedprox':
     return tff.learning.algorithms.build_weighted_fed_prox(
-        model_fn, proximal_strength=float(proximal_strength), client_optimizer_fn=client_sgd,
+        model_fn, proximal_strength=float(proximal_strength), client_optimizer_fn=client_opt,
         server_optimizer_fn=server_optimizer, **common)
   if algorithm == 'mimelite':
     return tff.learning.algorithms.build_weighted_mime_lite(
-        model_fn, base_optimizer=client_sgd, server_optimizer=server_optimizer, **common)
+        model_fn, base_optimizer=client_opt, server_optimizer=server_optimizer, **common)
   if lr_decay == 1:
     return tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn, client_optimizer_fn=client_sgd, server_optimizer_fn=server_optimizer, **common)
+        model_fn, client_optimizer_fn=client_opt, server_optimizer_fn=server_optimizer, **common)
   return tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
       model_fn,
       client_learning_rate_fn=lambda round_num: client_lr * tf.pow(
           float(lr_decay), tf.cast(round_num, tf.float32)),
-      client_optimizer_fn=lambda lr: tff.learning.optimizers.build_sgdm(
-          lr, momentum=client_momentum or None),
+      client_optimizer_fn=lambda lr: client_optimizer_lib.tff_optimizer(
+          client_optimizer, lr, client_momentum),
       server_optimizer_fn=server_optimizer, **common)
 
 

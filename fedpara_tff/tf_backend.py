@@ -96,12 +96,19 @@ class TFBackend:
         model = trainer.keras_model_fn()
         self._clients.append((model, personalization.build_client_train(
             model, trainer.loss_fn(), trainer.split, trainer.local_epochs,
-            trainer.jacobian_correction)))
+            trainer.jacobian_correction, trainer.client_optimizer)))
     self.placements = []  # (client id, device) of the last round, in client order
 
   @property
   def local_store(self):
     return self.trainer.local_store
+
+  @property
+  def local_layout(self):
+    return self.trainer.local_layout
+
+  def use_store(self, store):
+    self.trainer.use_store(store)
 
   def initialize(self, initial_weights=None):
     return self.trainer.initialize(initial_weights)
@@ -125,9 +132,10 @@ class TFBackend:
     global_values = [tf.constant(v) for v in state['global_weights']]
     jobs = [[] for _ in self.slots]
     self.placements = []
+    local_states = self.trainer.local_states(client_ids)
     for position, (client, dataset) in enumerate(zip(client_ids, datasets)):
       slot = position % len(self.slots)
-      local_values = [tf.constant(v) for v in self.local_state(client)]
+      local_values = [tf.constant(v) for v in local_states[position]]
       jobs[slot].append((position, local_values, dataset))
       self.placements.append((client, self.slots[slot]))
     with concurrent.futures.ThreadPoolExecutor(len(self.slots)) as pool:
@@ -142,8 +150,7 @@ class TFBackend:
     train_metrics = self.trainer.round_metrics(
         np.float32(np.sum(loss_sums, dtype=np.float32)), np.float32(np.sum(weights)),
         np.float32(np.sum(correct)), np.int32(np.sum(diverged)), np.int32(len(client_ids)))
-    for client, values in zip(client_ids, new_local):
-      self.trainer.store_local(client, values)
+    self.trainer.store_locals(list(client_ids), list(new_local))
     new_state = collections.OrderedDict(
         global_weights=new_global, aggregator=aggregated.state,
         round_num=self.trainer.increment(state['round_num']))

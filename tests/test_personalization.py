@@ -42,15 +42,15 @@ def test_local_factors_persist_differ_and_start_from_init(pfedpara, data):
   state = pfedpara.initialize()
   initial = pfedpara.local_state('never-sampled')
   state, metrics = pfedpara.next(state, ['a', 'b'], train[:2])
-  after_first = {c: [v.copy() for v in pfedpara.local_store[c]] for c in ('a', 'b')}
+  after_first = {c: [v.copy() for v in pfedpara.local_state(c)] for c in ('a', 'b')}
   for c in ('a', 'b'):
     assert any(not np.allclose(v, w) for v, w in zip(after_first[c], initial))
   assert any(not np.allclose(v, w) for v, w in zip(after_first['a'], after_first['b']))
   # Round 2 samples only 'a': 'b' keeps its factors untouched, 'a' continues from its own.
   state, _ = pfedpara.next(state, ['a'], train[:1])
-  for v, w in zip(pfedpara.local_store['b'], after_first['b']):
+  for v, w in zip(pfedpara.local_state('b'), after_first['b']):
     np.testing.assert_array_equal(v, w)
-  assert any(not np.allclose(v, w) for v, w in zip(pfedpara.local_store['a'], after_first['a']))
+  assert any(not np.allclose(v, w) for v, w in zip(pfedpara.local_state('a'), after_first['a']))
   assert 'c' not in pfedpara.local_store
   for v, w in zip(pfedpara.local_state('c'), initial):
     np.testing.assert_array_equal(v, w)
@@ -118,8 +118,8 @@ def test_local_only_sends_nothing_and_keeps_every_variable_per_client(data):
     state, metrics = trainer.next(state, ['a', 'b'], train[:2])
   assert metrics['aggregator']['communication']['bytes_uploaded'] == 0
   assert metrics['train']['bytes_downloaded'] == 0
-  assert any(not np.allclose(v, w) for v, w in zip(trainer.local_store['a'],
-                                                   trainer.local_store['b']))
+  assert any(not np.allclose(v, w) for v, w in zip(trainer.local_state('a'),
+                                                   trainer.local_state('b')))
   assert len(trainer.evaluate(state, ['a', 'b'], test[:2])) == 2
 
 
@@ -186,7 +186,7 @@ def test_learning_rate_decays_per_round(data):
   plain = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC, client_learning_rate=0.1)
   start = plain.initialize()
   start['global_weights'] = state['global_weights']
-  plain.local_store['a'] = decayed.local_state('a')
+  plain.store_local('a', decayed.local_state('a'))
   state, _ = decayed.next(state, ['a'], data[0][:1])
   assert int(state['round_num']) == 2
   expected, _ = plain.next(start, ['a'], data[0][:1])

@@ -1,5 +1,6 @@
 """The training binary end to end: every parameterisation, outputs, resume, refusals, configs."""
 
+import collections
 import csv
 import glob
 import json
@@ -18,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 import fedpara_tff
+from fedpara_tff import client_store
 import keras_layers
 from experiments import checkpoints
 from experiments import compare
@@ -196,6 +198,67 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, para
   for column in ('train_loss', 'bytes_uploaded', 'cumulative_gb'):
     assert ([r[column] for r in _rows(whole.output_dir)] ==
             [r[column] for r in _rows(cut.output_dir)])
+
+
+def _store_snapshot(run_dir, layout):
+  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), layout)
+  try:
+    return store.committed_round(), store.snapshot()
+  finally:
+    store.close()
+
+
+@pytest.mark.parametrize('after_rows, delay', [(1, 0.0), (2, 0.0)] + [
+    (1, float(d)) for d in np.random.default_rng(11).uniform(0.05, 1.5, size=2)])
+def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path, after_rows, delay):
+  """pFedPara with the SQLite client store, killed at seeded moments (in a round, between a
+  metrics row and its checkpoint, in the checkpoint or the store's commit): the resumed run ends
+  with every client's state and the weights of an uninterrupted run."""
+  common_flags = dict(parameterization='pfedpara', rounds=3, checkpoint_every=1,
+                      client_store='sqlite')
+  whole = _config(tmp_path, 'whole', **common_flags)
+  runner.run(whole)
+  cut = _config(tmp_path, 'cut', **common_flags)
+  _run_killed_at(cut, after_rows, delay)
+  resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  trainer = fedpara_tff.build_pfedpara_process(
+      lambda: models.build('mlp', (28, 28, 1), 10, 'pfedpara', gamma=whole.gamma,
+                           keep_plain=whole.keep_plain),
+      collections.OrderedDict(x=tf.TensorSpec((None, 28, 28, 1), tf.float32),
+                              y=tf.TensorSpec((None,), tf.int32)))
+  (round_a, a), (round_b, b) = (_store_snapshot(r.output_dir, trainer.local_layout)
+                                for r in (whole, cut))
+  assert round_a == round_b == 3 and sorted(a) == sorted(b) and a
+  for client in a:
+    for x, y in zip(a[client], b[client]):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=client)
+  for run in (whole, cut):
+    with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
+      assert not any(k.startswith('local_') for k in stored.files)   # not in the checkpoints
+  with np.load(checkpoints.path_for(os.path.join(whole.output_dir, 'checkpoints'), 3)) as x, \
+      np.load(checkpoints.path_for(os.path.join(cut.output_dir, 'checkpoints'), 3)) as y:
+    for key in x.files:
+      if key != 'meta':
+        np.testing.assert_allclose(x[key], y[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
+  config = _config(tmp_path, parameterization='pfedpara', rounds=2, client_store='sqlite')
+  runner.run(config)
+  path = os.path.join(config.output_dir, client_store.FILE_NAME)
+  os.rename(path, path + '.away')
+  config.rounds = 3
+  with pytest.raises(client_store.ClientStoreError, match=r'is missing, so the clients\' state is '
+                                                          r'lost; start the run again'):
+    runner.run(config)
+  with open(path, 'wb') as f:
+    f.write(b'garbage' * 1000)
+  with pytest.raises(client_store.ClientStoreError, match=r'is damaged'):
+    runner.run(config)
+  assert os.path.exists(path + '.away')   # nothing of the user's removed
 
 
 # ---- refusals ------------------------------------------------------------------------------
