@@ -94,7 +94,7 @@ class SQLiteClientStore:
   Args:
     path: the database file (created when missing).
     layout: `[(shape, dtype), ...]` of one client's arrays; checked against a
-      file that exists.
+      file that exists. None: the layout the file holds (to inspect a store).
     cache_clients: how many clients' decoded state to keep in memory (LRU).
 
   Raises:
@@ -105,7 +105,8 @@ class SQLiteClientStore:
 
   def __init__(self, path, layout, cache_clients=256):
     self.path = path
-    self.layout = [(tuple(int(d) for d in shape), np.dtype(dtype).str) for shape, dtype in layout]
+    self.layout = None if layout is None else [
+        (tuple(int(d) for d in shape), np.dtype(dtype).str) for shape, dtype in layout]
     self._cache = collections.OrderedDict()
     self._cache_clients = int(cache_clients)
     try:
@@ -118,6 +119,10 @@ class SQLiteClientStore:
     except sqlite3.DatabaseError as e:
       raise ClientStoreError(f'client store {path} is damaged ({e}); start the run again with '
                              f'--overwrite (the clients\' state cannot be recovered).') from None
+    if layout is None:
+      if 'layout' not in stored:
+        raise ClientStoreError(f'client store {path} holds no layout; it is not a store.')
+      self.layout = [(tuple(shape), dtype) for shape, dtype in json.loads(stored['layout'])]
     wanted = json.dumps(self.layout)
     if 'layout' not in stored:
       self._db.execute('INSERT INTO meta VALUES (?, ?)', ('layout', wanted))

@@ -13,6 +13,7 @@ from experiments import checkpoints
 from experiments import launch_workers
 from experiments import run_io
 from experiments import runner
+from fedpara_tff import client_store
 from fedpara_tff import distributed
 
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
@@ -39,14 +40,26 @@ def two_workers():
   assert all(p.poll() is not None for p in processes)  # no worker left behind
 
 
+def _store_snapshot(run_dir):
+  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
+  try:
+    return store.snapshot()
+  finally:
+    store.close()
+
+
 def _final_arrays(run_dir, round_num):
   with np.load(checkpoints.path_for(os.path.join(run_dir, 'checkpoints'), round_num)) as stored:
     return {k: stored[k] for k in stored.files if k != 'meta'}
 
 
-@pytest.mark.parametrize('parameterization', ['fedpara', 'pfedpara'])
-def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterization):
-  common = dict(TINY, parameterization=parameterization, cache_dir=str(tmp_path / 'cache'))
+@pytest.mark.parametrize('parameterization, store', [('fedpara', 'auto'), ('pfedpara', 'memory'),
+                                                    ('pfedpara', 'sqlite')])
+def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterization, store):
+  """With the SQLite store, each sub-round's clients' state goes to a worker and comes back
+  into the store, matched to the right client."""
+  common = dict(TINY, parameterization=parameterization, cache_dir=str(tmp_path / 'cache'),
+                client_store=store)
   local = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'local'), **common))
   remote = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'remote'),
                                        workers=','.join(two_workers), **common))
@@ -58,6 +71,12 @@ def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterizat
   for x, y in zip(*rows):
     assert x['train_loss'] == pytest.approx(y['train_loss'], abs=1e-5)
     assert x['bytes_uploaded'] == y['bytes_uploaded']
+  if store == 'sqlite':
+    a, b = (_store_snapshot(s['output_dir']) for s in (local, remote))
+    assert sorted(a) == sorted(b) and a
+    for client in a:
+      for x, y in zip(a[client], b[client]):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5, err_msg=client)
   shares = remote['worker_shares']
   assert [s['address'] for s in shares] == two_workers
   assert all(s['clients'] > 0 for s in shares), shares  # both workers trained clients
