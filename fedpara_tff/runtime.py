@@ -22,34 +22,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import psutil  # pylint: disable=g-import-not-at-top
 
-WORKER_NAME = 'worker_binary'
+from fedpara_tff import worker_watchdog  # pylint: disable=g-import-not-at-top
 
 
-def _own_workers():
-  workers = []
-  for child in psutil.Process().children(recursive=True):
-    try:
-      if any(WORKER_NAME in part for part in child.cmdline()):
-        workers.append(child)
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-      continue
-  return workers
-
-
-def shutdown_workers(timeout=5.0):
-  """Stops this process's TFF workers (SIGINT, then SIGKILL); returns how many."""
-  workers = _own_workers()
-  for worker in workers:
-    try:
-      worker.send_signal(signal.SIGINT)
-    except psutil.NoSuchProcess:
-      pass
-  _, alive = psutil.wait_procs(workers, timeout=timeout)
-  for worker in alive:
-    try:
-      worker.kill()
-    except psutil.NoSuchProcess:
-      pass
+def shutdown_workers(timeout=worker_watchdog.GRACE_S):
+  """Stops this process's TFF workers (SIGINT, then SIGKILL after `timeout` s); returns how
+  many."""
+  workers = worker_watchdog.still_running(worker_watchdog.record_workers(psutil.Process(), {}))
+  worker_watchdog.stop(workers, timeout)
   return len(workers)
 
 

@@ -65,7 +65,23 @@ def _input_dim(cell, input_shape):
   return int(in_dim)
 
 
-class _FactorizedLSTMCell(base.FactorizedLayer):
+class _ComposedKernelCell:
+  """The step of a cell that composes its kernels: `composed_kernel()` and
+  `composed_recurrent_kernel()` (or `constants`, already composed) in `_lstm_step`."""
+
+  def call(self, inputs, states, training=None, constants=None):
+    del training
+    if constants:
+      kernel, recurrent_kernel = constants
+    else:
+      kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
+    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
+
+  def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
+    return _zero_states(self, inputs, batch_size, dtype)
+
+
+class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
   """LSTM cell whose kernels `(in, 4H)` and `(H, 4H)` are composed from factors.
 
   With `z = x K + h U + b` split into gates `i, f, g, o` (Keras order):
@@ -127,17 +143,6 @@ class _FactorizedLSTMCell(base.FactorizedLayer):
     weight_norm)."""
     kernel = self.recurrent_factorization.compose()
     return weight_norm_lib.normalize(kernel, self.recurrent_g) if self.weight_norm else kernel
-
-  def call(self, inputs, states, training=None, constants=None):
-    del training
-    if constants:
-      kernel, recurrent_kernel = constants
-    else:
-      kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
-    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
-
-  def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
-    return _zero_states(self, inputs, batch_size, dtype)
 
   def original_param_count(self):
     """Parameters of the plain (weight-normalised, with weight_norm) LSTM cell this one replaces."""
@@ -345,7 +350,7 @@ class _FactorizedLSTM(_KernelLSTM):
 
 
 @_register
-class WeightNormLSTMCell(tf.keras.layers.Layer):
+class WeightNormLSTMCell(_ComposedKernelCell, tf.keras.layers.Layer):
   """Plain LSTM cell whose kernels are weight-normalised: `g * V / ||V||` per column.
 
   Weights: the directions `kernel (in, 4H)` and `recurrent_kernel (H, 4H)`, the
@@ -402,17 +407,6 @@ class WeightNormLSTMCell(tf.keras.layers.Layer):
   def composed_recurrent_kernel(self):
     """The normalised recurrent kernel `(units, 4 units)`."""
     return weight_norm_lib.normalize(self.recurrent_kernel, self.recurrent_g)
-
-  def call(self, inputs, states, training=None, constants=None):
-    del training
-    if constants:
-      kernel, recurrent_kernel = constants
-    else:
-      kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
-    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
-
-  def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
-    return _zero_states(self, inputs, batch_size, dtype)
 
   def get_config(self):
     config = super().get_config()

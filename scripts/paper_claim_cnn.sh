@@ -30,15 +30,7 @@ for p in original lowrank fedpara; do
 done
 order=(original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc fedpara_he_fan_out
        fedpara_he_fan_in fedpara_tanh fedpara_jc)
-names=(); extra=()
-for arg in "$@"; do
-  case "$arg" in --*) extra+=("$arg") ;; *) names+=("$arg") ;; esac
-done
-[ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
-for name in "${order[@]}"; do
-  [ -n "${variants[$name]+x}" ] || { echo "$0: unknown variant $name" >&2; exit 2; }
-  echo "== $partition / $name"
-  # shellcheck disable=SC2086
-  .venv/bin/python -m experiments.train --flagfile="$cfg" ${variants[$name]} --progress=false \
-      --output_dir="runs/paper_claim/fashion_vgg_narrow_${partition}/${name}" "${extra[@]}"
-done
+# shellcheck source=scripts/variants.sh
+source scripts/variants.sh
+run_variants "$partition" "runs/paper_claim/fashion_vgg_narrow_${partition}" --flagfile="$cfg" \
+    -- "$@"

@@ -36,19 +36,10 @@ declare -A variants=(
   [lowrank_r28]="--parameterization=lowrank --rank=28"
 )
 order=(fedpara_r14 lowrank_r22 original lowrank_r28)
-names=(); extra=()
-for arg in "$@"; do
-  case "$arg" in --*) extra+=("$arg") ;; *) names+=("$arg") ;; esac
-done
-[ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
-for name in "${order[@]}"; do
-  [ -n "${variants[$name]+x}" ] || { echo "$0: unknown variant $name" >&2; exit 2; }
-  echo "== $partition / $recipe / $name"
-  # shellcheck disable=SC2086
-  .venv/bin/python -m experiments.train --flagfile=experiments/configs/shakespeare_plays_lstm.cfg \
-      --partition="$partition" $recipe_flags \
-      --local_epochs=1 --weight_norm --rounds=150 --eval_every=10 --checkpoint_every=5 \
-      ${variants[$name]} \
-      --progress=false \
-      --output_dir="runs/paper_claim/shakespeare_plays_${partition}_${recipe}/${name}" "${extra[@]}"
-done
+# shellcheck source=scripts/variants.sh
+source scripts/variants.sh
+# shellcheck disable=SC2086
+run_variants "$partition / $recipe" "runs/paper_claim/shakespeare_plays_${partition}_${recipe}" \
+    --flagfile=experiments/configs/shakespeare_plays_lstm.cfg --partition="$partition" \
+    $recipe_flags --local_epochs=1 --weight_norm --rounds=150 --eval_every=10 \
+    --checkpoint_every=5 -- "$@"

@@ -163,6 +163,20 @@ def _in_group(proc, group):
     return False
 
 
+def _whole_and_resumed(tmp_path, common_flags, after_rows, delay):
+  """An uninterrupted 3-round run, and the same run killed (`_run_killed_at`) then resumed by
+  rerunning its command; returns both configs."""
+  whole = _config(tmp_path, 'whole', **common_flags)
+  runner.run(whole)
+  cut = _config(tmp_path, 'cut', **common_flags)
+  _run_killed_at(cut, after_rows, delay)
+  resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  return whole, cut
+
+
 # (parameterization, rows seen before the kill, delay in s): 0.0 with checkpoint_every=2 kills
 # right after round 1's metrics row, before any checkpoint exists (the window between a round's
 # metrics write and its checkpoint); the seeded delays land at random moments of round 2.
@@ -176,14 +190,7 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, para
                                                                   after_rows, delay):
   common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99,
                       checkpoint_every=2)
-  whole = _config(tmp_path, 'whole', **common_flags)
-  runner.run(whole)
-  cut = _config(tmp_path, 'cut', **common_flags)
-  _run_killed_at(cut, after_rows, delay)
-  resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
-                           timeout=300, check=False)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  whole, cut = _whole_and_resumed(tmp_path, common_flags, after_rows, delay)
   final = {}
   for run in (whole, cut):
     with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
@@ -215,14 +222,7 @@ def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path, after_rows, delay)
   with every client's state and the weights of an uninterrupted run."""
   common_flags = dict(parameterization='pfedpara', rounds=3, checkpoint_every=1,
                       client_store='sqlite')
-  whole = _config(tmp_path, 'whole', **common_flags)
-  runner.run(whole)
-  cut = _config(tmp_path, 'cut', **common_flags)
-  _run_killed_at(cut, after_rows, delay)
-  resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
-                           timeout=300, check=False)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert [r['round'] for r in _rows(cut.output_dir)] == ['1', '2', '3']
+  whole, cut = _whole_and_resumed(tmp_path, common_flags, after_rows, delay)
   (round_a, a), (round_b, b) = (_store_snapshot(r.output_dir) for r in (whole, cut))
   assert round_a == round_b == 3 and sorted(a) == sorted(b) and a
   for client in a:
