@@ -48,7 +48,7 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
 # Fields added after 0.2.0, left out of the identity at their default so that runs written
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
-                      'client_optimizer': 'sgd'}
+                      'client_optimizer': 'sgd', 'examples_per_client': 20}
 
 
 class RunInterruptedError(RuntimeError):
@@ -116,6 +116,7 @@ class RunConfig:
   partition: str = 'iid'
   alpha: float = 0.5
   shards_per_client: int = 2
+  examples_per_client: int = 20
   client_test_fraction: float = 0.2
   seed: int = 0
   eval_every: int = 1
@@ -423,6 +424,8 @@ def prepare(config):
       config.dataset, config.partition, config.clients, config.seed,
       alpha=config.alpha if config.partition == 'dirichlet' else None,
       shards_per_client=config.shards_per_client if config.partition == 'shards' else None,
+      examples_per_client=(config.examples_per_client if config.partition == 'sampled'
+                           else None),
       client_test_fraction=(config.client_test_fraction
                             if config.parameterization in PERSONALIZED else None))
   parts = clients_lib.load_or_compute(spec, data, config.cache_dir)

@@ -48,6 +48,8 @@ flags.DEFINE_enum('partition', _DEFAULTS.partition, partition.KINDS, 'How to spl
 flags.DEFINE_float('alpha', _DEFAULTS.alpha, 'Dirichlet concentration (partition=dirichlet).')
 flags.DEFINE_integer('shards_per_client', _DEFAULTS.shards_per_client,
     'Label shards per client (partition=shards).')
+flags.DEFINE_integer('examples_per_client', _DEFAULTS.examples_per_client,
+                     'Examples each client draws with replacement (partition=sampled).')
 flags.DEFINE_integer('clients', _DEFAULTS.clients, 'Clients in total.')
 flags.DEFINE_integer('clients_per_round', _DEFAULTS.clients_per_round, 'Clients sampled per round.')
 flags.DEFINE_float(
@@ -145,6 +147,7 @@ for _name, _check, _allowed in (
     ('local_epochs', lambda v: v >= 1, '>= 1'), ('batch_size', lambda v: v >= 1, '>= 1'),
     ('rounds', lambda v: v >= 1, '>= 1'), ('eval_every', lambda v: v >= 1, '>= 1'),
     ('checkpoint_every', lambda v: v >= 1, '>= 1'), ('shards_per_client', lambda v: v >= 1, '>= 1'),
+    ('examples_per_client', lambda v: v >= 1, '>= 1'), ('eval_clients', lambda v: v >= 0, '>= 0'),
     ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
     ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
     ('worker_connect_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),

@@ -29,6 +29,7 @@ class PartitionSpec:
   seed: int
   alpha: Optional[float] = None
   shards_per_client: Optional[int] = None
+  examples_per_client: Optional[int] = None
   client_test_fraction: Optional[float] = None  # set for personalised runs
 
   def key(self, labels):
@@ -38,6 +39,8 @@ class PartitionSpec:
       fields['alpha'] = None
     if self.kind != 'shards':
       fields['shards_per_client'] = None
+    if self.kind != 'sampled':
+      fields.pop('examples_per_client')   # keys of specs written before it existed stay valid
     fields['pool'] = [int(len(labels)), hashlib.sha256(np.ascontiguousarray(labels)).hexdigest()]
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -63,6 +66,8 @@ def compute(spec, data):
     parts = partition.dirichlet(labels, spec.clients, spec.alpha, spec.seed)
   elif spec.kind == 'shards':
     parts = partition.shards(labels, spec.clients, spec.shards_per_client, spec.seed)
+  elif spec.kind == 'sampled':
+    parts = partition.sampled(len(labels), spec.clients, spec.examples_per_client, spec.seed)
   elif spec.kind == 'natural':
     parts = partition.natural(data.train_groups, spec.clients, data.group_names)
   else:
