@@ -31,6 +31,12 @@ import time
 
 from absl import app
 from absl import flags
+import psutil
+
+from experiments import checkpoints
+from experiments import run_io
+from experiments import runner
+from fedpara_tff import client_store
 
 _CLIENTS = flags.DEFINE_list('clients', ['100', '1000', '10000', '100000'], 'Client counts.')
 _STORES = flags.DEFINE_list('stores', ['sqlite', 'memory'], 'Client stores to compare.')
@@ -40,11 +46,6 @@ _ONE = flags.DEFINE_string('one', None, 'Internal: "CLIENTS,STORE,DIR" runs one 
 
 def _measure(clients, store, directory):
   """Runs one configuration in this process; returns its measurements."""
-  import psutil  # pylint: disable=g-import-not-at-top
-  from experiments import checkpoints  # pylint: disable=g-import-not-at-top
-  from experiments import run_io  # pylint: disable=g-import-not-at-top
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-  from fedpara_tff import client_store  # pylint: disable=g-import-not-at-top
 
   marks, ckpt_times, peak = {}, [], [0]
   started = time.perf_counter()
@@ -83,8 +84,8 @@ def _measure(clients, store, directory):
   config = runner.RunConfig(
       output_dir=os.path.join(directory, 'run'), cache_dir=os.path.join(directory, 'cache'),
       dataset='fashion_mnist', model='mlp', parameterization='pfedpara', gamma=0.1,
-      partition='sampled', examples_per_client=20, clients=clients, clients_per_round=10, rounds=_ROUNDS.value,
-      local_epochs=1, batch_size=32, checkpoint_every=1, eval_every=_ROUNDS.value,
+      partition='sampled', examples_per_client=20, clients=clients, clients_per_round=10,
+      rounds=_ROUNDS.value, local_epochs=1, batch_size=32, checkpoint_every=1, eval_every=_ROUNDS.value,
       eval_clients=300, client_store=store, progress=False)
   runner.run(config)
   marks['done'] = True
