@@ -1,13 +1,17 @@
 """Many clients: the sampled partition, partition cache keys, a run with more clients than
 examples (SQLite store, sampled personalised evaluation)."""
 
+import os
+
 import numpy as np
 import pytest
 
+from experiments import checkpoints
 from experiments import run_io
 from experiments import runner
 from experiments.data import clients as clients_lib
 from experiments.data import partition
+from fedpara_tff import client_store
 
 
 def test_sampled_partition_draws_with_replacement_and_is_seeded():
@@ -43,3 +47,38 @@ def test_more_clients_than_examples_with_the_sqlite_store(tmp_path):
   rows = run_io.read_metrics(config.output_dir)
   assert rows[-1]['personalized_clients'] == 50
   assert (tmp_path / 'run' / 'client_state.sqlite').exists()   # auto: sqlite above 1,000
+
+
+def _snapshot(run_dir):
+  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
+  try:
+    return store.snapshot()
+  finally:
+    store.close()
+
+
+# Adam divides by sqrt(v): a rounding difference between the backends in a near-zero gradient can
+# move that weight by up to about lr (0.003) per step, so Adam is compared at 1e-3.
+@pytest.mark.parametrize('optimizer, learning_rate, atol', [('sgd', 0.1, 1e-5),
+                                                            ('adam', 0.003, 1e-3)])
+def test_sqlite_store_and_client_optimizers_agree_on_both_backends(tmp_path, optimizer,
+                                                                   learning_rate, atol):
+  """The in-process TensorFlow backend reads and writes the same store, and steps with the same
+  client optimizer, as the TFF backend: same clients' state, same weights."""
+  base = dict(cache_dir=str(tmp_path / 'cache'), dataset='mnist5k', model='mlp',
+              parameterization='pfedpara', clients=4, clients_per_round=2, rounds=3,
+              batch_size=64, client_store='sqlite', client_optimizer=optimizer,
+              client_learning_rate=learning_rate, progress=False)
+  runs = {backend: runner.run(runner.RunConfig(output_dir=str(tmp_path / backend),
+                                               backend=backend, **base))['output_dir']
+          for backend in ('tff', 'tf')}
+  a, b = _snapshot(runs['tff']), _snapshot(runs['tf'])
+  assert sorted(a) == sorted(b) and len(a) >= 3
+  for client in a:
+    for x, y in zip(a[client], b[client]):
+      np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=client)
+  with np.load(checkpoints.path_for(os.path.join(runs['tff'], 'checkpoints'), 3)) as x, \
+      np.load(checkpoints.path_for(os.path.join(runs['tf'], 'checkpoints'), 3)) as y:
+    for key in x.files:
+      if key != 'meta':
+        np.testing.assert_allclose(x[key], y[key], rtol=0, atol=atol, err_msg=key)
