@@ -13,8 +13,8 @@ from experiments import checkpoints
 from experiments import launch_workers
 from experiments import run_io
 from experiments import runner
-from fedpara_tff import client_store
 from fedpara_tff import distributed
+from tests import tff_support as ts
 
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
             batch_size=64, progress=False)
@@ -38,14 +38,6 @@ def two_workers():
   yield [f'127.0.0.1:{p}' for p in ports]
   launch_workers.stop(processes)
   assert all(p.poll() is not None for p in processes)  # no worker left behind
-
-
-def _store_snapshot(run_dir):
-  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
-  try:
-    return store.snapshot()
-  finally:
-    store.close()
 
 
 def _final_arrays(run_dir, round_num):
@@ -72,7 +64,7 @@ def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterizat
     assert x['train_loss'] == pytest.approx(y['train_loss'], abs=1e-5)
     assert x['bytes_uploaded'] == y['bytes_uploaded']
   if store == 'sqlite':
-    a, b = (_store_snapshot(s['output_dir']) for s in (local, remote))
+    (_, a), (_, b) = (ts.store_snapshot(s['output_dir']) for s in (local, remote))
     assert sorted(a) == sorted(b) and a
     for client in a:
       for x, y in zip(a[client], b[client]):

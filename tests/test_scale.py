@@ -11,7 +11,7 @@ from experiments import run_io
 from experiments import runner
 from experiments.data import clients as clients_lib
 from experiments.data import partition
-from fedpara_tff import client_store
+from tests import tff_support as ts
 
 
 def test_sampled_partition_draws_with_replacement_and_is_seeded():
@@ -49,14 +49,6 @@ def test_more_clients_than_examples_with_the_sqlite_store(tmp_path):
   assert (tmp_path / 'run' / 'client_state.sqlite').exists()   # auto: sqlite above 1,000
 
 
-def _snapshot(run_dir):
-  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
-  try:
-    return store.snapshot()
-  finally:
-    store.close()
-
-
 # Adam divides by sqrt(v): a rounding difference between the backends in a near-zero gradient can
 # move that weight by up to about lr (0.003) per step, so Adam is compared at 1e-3.
 @pytest.mark.parametrize('optimizer, learning_rate, atol', [('sgd', 0.1, 1e-5),
@@ -72,7 +64,7 @@ def test_sqlite_store_and_client_optimizers_agree_on_both_backends(tmp_path, opt
   runs = {backend: runner.run(runner.RunConfig(output_dir=str(tmp_path / backend),
                                                backend=backend, **base))['output_dir']
           for backend in ('tff', 'tf')}
-  a, b = _snapshot(runs['tff']), _snapshot(runs['tf'])
+  (_, a), (_, b) = ts.store_snapshot(runs['tff']), ts.store_snapshot(runs['tf'])
   assert sorted(a) == sorted(b) and len(a) >= 3
   for client in a:
     for x, y in zip(a[client], b[client]):

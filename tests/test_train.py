@@ -28,6 +28,7 @@ from experiments import run_io
 from experiments import runner
 from experiments import train
 from experiments.data import common
+from tests import tff_support as ts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset='mnist5k', model='mlp', clients=6, clients_per_round=2, rounds=2,
@@ -206,14 +207,6 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, para
             [r[column] for r in _rows(cut.output_dir)])
 
 
-def _store_snapshot(run_dir):
-  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
-  try:
-    return store.committed_round(), store.snapshot()
-  finally:
-    store.close()
-
-
 @pytest.mark.parametrize('after_rows, delay', [(1, 0.0), (2, 0.0)] + [
     (1, float(d)) for d in np.random.default_rng(11).uniform(0.05, 1.5, size=2)])
 def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path, after_rows, delay):
@@ -223,7 +216,7 @@ def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path, after_rows, delay)
   common_flags = dict(parameterization='pfedpara', rounds=3, checkpoint_every=1,
                       client_store='sqlite')
   whole, cut = _whole_and_resumed(tmp_path, common_flags, after_rows, delay)
-  (round_a, a), (round_b, b) = (_store_snapshot(r.output_dir) for r in (whole, cut))
+  (round_a, a), (round_b, b) = (ts.store_snapshot(r.output_dir) for r in (whole, cut))
   assert round_a == round_b == 3 and sorted(a) == sorted(b) and a
   for client in a:
     for x, y in zip(a[client], b[client]):

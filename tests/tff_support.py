@@ -1,11 +1,13 @@
 """Tiny real-data federated set-up shared by the fedpara_tff tests."""
 
 import collections
+import os
 
 import numpy as np
 import tensorflow as tf
 
 import fedpara_tff
+from fedpara_tff import client_store
 import keras_layers as kl
 from experiments.data import mnist5k
 
@@ -60,3 +62,12 @@ model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model, ELEMENT_SPEC)
 # Trainable tensors of keras_model('fedpara'), by hand: hidden x1, y1, x2, y2 (16x3, 98x3), bias 16;
 # logits x1, y1, x2, y2 (10x2, 16x2), bias 10.
 FEDPARA_ELEMENTS = 2 * (16 * 3 + 98 * 3) + 16 + 2 * (10 * 2 + 16 * 2) + 10  # 814
+
+
+def store_snapshot(run_dir):
+  """`(committed round, {client: [arrays]})` of a run folder's SQLite client store."""
+  store = client_store.SQLiteClientStore(os.path.join(run_dir, client_store.FILE_NAME), None)
+  try:
+    return store.committed_round(), store.snapshot()
+  finally:
+    store.close()
