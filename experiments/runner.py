@@ -247,8 +247,6 @@ class _Process:
   """TFF's own builders (FedProx, adaptive servers, MIME-lite, momentum) behind the runner's
   interface; the global parameterisations only."""
 
-  local_store = None
-
   def __init__(self, config, keras_model_fn, element_spec):
     model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model_fn, element_spec)
     self._process = fedpara_tff.build_fedpara_process(
@@ -315,10 +313,6 @@ class _Shared:
       # On the CPU fallback, one client per core at a time keeps both cores busy.
       parallel = (os.cpu_count() or 1) if note else 1
       self.trainer = tf_backend.TFBackend(self.trainer, devices, parallel_per_device=parallel)
-
-  @property
-  def local_store(self):
-    return self.trainer.local_store
 
   @property
   def local_layout(self):
