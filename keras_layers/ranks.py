@@ -107,17 +107,22 @@ _warned_ranks = set()
 
 
 def warn_if_rank_unreachable(scheme, kernel_shape, rank, layer_name=''):
-  """Warns once when `rank` adds parameters but not reachable rank (rank - 1 reaches as much)."""
+  """Warns once when `rank` adds parameters but not reachable rank (rank - 1 reaches as much).
+
+  The message names the smallest rank that already reaches the same bound.
+  """
   shape = _check_kernel_shape(kernel_shape)
-  if rank <= 1 or reachable_rank(scheme, shape, rank - 1) < reachable_rank(scheme, shape, rank):
+  reached = reachable_rank(scheme, shape, rank)
+  if rank <= 1 or reachable_rank(scheme, shape, rank - 1) < reached:
     return
+  smallest = next(r for r in range(1, rank) if reachable_rank(scheme, shape, r) == reached)
   key = (scheme, shape, rank)
   if key in _warned_ranks:
     return
   _warned_ranks.add(key)
   warnings.warn(
       f'{layer_name}: rank {rank} adds parameters without adding reachable rank for kernel '
-      f'shape {shape} (rank {rank - 1} already reaches {reachable_rank(scheme, shape, rank)}).',
+      f'shape {shape} (rank {smallest} already reaches {reached}).',
       stacklevel=4)
 
 

@@ -36,7 +36,9 @@ def test_reachable_rank_of_the_unfolding():
 
 
 def test_rank_that_adds_nothing_warns_once_and_is_accepted():
-  with pytest.warns(UserWarning, match=r'rank 40 adds parameters without adding reachable rank'):
+  # min(in, out) = 16: FedPara reaches it from R = 4 (4^2 = 16), low-rank from R = 16.
+  with pytest.warns(UserWarning, match=r'rank 40 adds parameters without adding reachable rank '
+                    r'for kernel shape \(32, 16\) \(rank 4 already reaches 16\)'):
     layer = kl.FedParaDense(16, rank=40)
     layer(tf.zeros((1, 32)))
   assert layer.ranks == [40]
@@ -45,6 +47,8 @@ def test_rank_that_adds_nothing_warns_once_and_is_accepted():
     kl.FedParaDense(16, rank=4)(tf.zeros((1, 32)))   # 16 = min(in, out): every step adds rank
     kl.LowRankDense(16, rank=16)(tf.zeros((1, 32)))
   assert not [w for w in caught if 'reachable rank' in str(w.message)]
+  with pytest.warns(UserWarning, match=r'rank 20 .* \(rank 16 already reaches 16\)'):
+    kl.LowRankDense(16, rank=20)(tf.zeros((1, 32)))
 
 
 def test_lowrank_conv_matching_is_capped_by_the_budget():
