@@ -118,10 +118,15 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     sent_type = select.type_signature.result[0]
     inner_process = self._inner.create(sent_type, weight_type)
 
+    # The result keeps the update's container: a list from `VariableModel`s, a tuple from
+    # `tff.learning.models.FunctionalModel`s (TFF's builders check the two types are equal).
+    container = tuple if isinstance(specs, tuple) else list
+
     @tff.tensorflow.computation(sent_type)
     def unpack(aggregate):
       values = iter(aggregate)
-      return [next(values) if m else tf.zeros(s.shape, s.dtype) for s, m in zip(specs, mask)]
+      return container(next(values) if m else tf.zeros(s.shape, s.dtype)
+                       for s, m in zip(specs, mask))
 
     @tff.tensorflow.computation(tf.int32)
     def round_figures(clients):

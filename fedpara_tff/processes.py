@@ -51,6 +51,30 @@ def _server_optimizer(algorithm, server_learning_rate, server_momentum):
   return tff.learning.optimizers.build_sgdm(server_learning_rate, momentum=server_momentum or None)
 
 
+def model_weights_type(model_fn):
+  """The `ModelWeights` type of a `tff.learning` model, as TFF's builders derive it.
+
+  Args:
+    model_fn: a no-argument function returning a `tff.learning.models.VariableModel`,
+      or a `tff.learning.models.FunctionalModel` (e.g. from
+      `tff.learning.models.functional_model_from_keras`), whose weights are tuples.
+  """
+  if isinstance(model_fn, tff.learning.models.FunctionalModel):
+
+    @tff.tensorflow.computation
+    def initial_weights():
+      trainable, non_trainable = model_fn.initial_weights
+      return tff.learning.models.ModelWeights(tuple(tf.convert_to_tensor(w) for w in trainable),
+                                              tuple(tf.convert_to_tensor(w) for w in non_trainable))
+
+    return initial_weights.type_signature.result
+  if not callable(model_fn) or isinstance(model_fn, tf.keras.Model):
+    raise TypeError(f'model_fn must be a no-argument function returning a tff.learning '
+                    f'VariableModel, or a tff.learning.models.FunctionalModel; got '
+                    f'{type(model_fn).__name__}.')
+  return tff.learning.models.weights_type_from_model(model_fn)
+
+
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
                           lr_decay=1.0, proximal_strength=0.01, keras_model_fn=None,
@@ -63,7 +87,11 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   Args:
     model_fn: no-argument function returning a `tff.learning` model (e.g.
       `tff.learning.models.from_keras_model` of a model built with
-      `keras_layers`), built inside the function.
+      `keras_layers`), built inside the function; or a
+      `tff.learning.models.FunctionalModel` (TFF's functional path, e.g.
+      `tff.learning.models.functional_model_from_keras`; its trainable weights
+      are in the Keras model's `trainable_variables` order, so `keras_model_fn`
+      gives the travel mask as for a `VariableModel`).
     algorithm: `'fedavg'` (server SGD), `'fedprox'`, `'fedadam'`, `'fedyogi'`,
       `'fedadagrad'` (adaptive server optimizers, Reddi et al. 2021) or `'mimelite'`.
     client_learning_rate: client learning rate at round 0 (> 0).
@@ -93,7 +121,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
 
   Raises:
     ValueError: unknown algorithm, learning rates <= 0, lr_decay outside (0, 1],
-      a decay with FedProx or MIME-lite.
+      a decay with FedProx, MIME-lite or a FunctionalModel.
+    TypeError: `model_fn` is neither a function nor a FunctionalModel.
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'algorithm must be one of {ALGORITHMS}; got {algorithm!r}.')
@@ -104,13 +133,17 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   if lr_decay != 1 and algorithm in ('fedprox', 'mimelite'):
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '
                      f'use lr_decay=1.0 or fedavg / fedadam / fedyogi.')
+  if lr_decay != 1 and isinstance(model_fn, tff.learning.models.FunctionalModel):
+    raise ValueError(f'lr_decay={lr_decay!r} is not available with a FunctionalModel: TFF 0.87\'s '
+                     f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
+                     f'lr_decay=1.0 or a VariableModel.')
   if not isinstance(proximal_strength, numbers.Real) or proximal_strength < 0:
     raise ValueError(f'proximal_strength must be a number >= 0; got {proximal_strength!r}.')
 
   factory = aggregators.factor_aggregator(
       inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,
       quantization_bits=quantization_bits, quantization_threshold=quantization_threshold)
-  weights_type = tff.learning.models.weights_type_from_model(model_fn)
+  weights_type = model_weights_type(model_fn)
   check_no_non_trainable(len(weights_type.non_trainable))
   distributor = distributors.build_measured_broadcast(weights_type)
   server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum)

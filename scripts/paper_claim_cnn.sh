@@ -28,6 +28,11 @@ for p in original lowrank fedpara; do
     variants[${p}_lr${lr}]="--parameterization=$p --client_learning_rate=$lr"
   done
 done
+# The local work (5 local epochs, the paper's non-IID setting) instead of the flagfile's 2:
+# <variant>_e5, e.g. fedpara_matched_e5.
+for name in original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc; do
+  variants[${name}_e5]="${variants[$name]} --local_epochs=5"
+done
 order=(original lowrank fedpara fedpara_matched lowrank_matched fedpara_tanh_jc fedpara_he_fan_out
        fedpara_he_fan_in fedpara_tanh fedpara_jc)
 # shellcheck source=scripts/variants.sh

@@ -273,3 +273,57 @@ def test_quantized_byte_formula_matches_the_tff_encoder_output(elements, bits):
   encoded = tf.nest.flatten(encoder.encode(x, params)[0])
   sent = sum(t.dtype.size * t.shape.num_elements() for t in encoded)
   assert communication.tensor_bytes((elements,), quantization_bits=bits) == sent
+
+
+def _functional(parameterization='fedpara'):
+  """TFF's functional path: `functional_model_from_keras` of the same Keras model."""
+  return tff.learning.models.functional_model_from_keras(
+      ts.keras_model(parameterization),
+      tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), ts.ELEMENT_SPEC)
+
+
+def test_functional_model_in_stock_fedavg_is_the_weighted_average_with_the_same_bytes(
+    stock_fedavg, clients):
+  functional = _functional()
+  process = tff.learning.algorithms.build_weighted_fed_avg(
+      functional, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+      model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model))
+  state = process.initialize()
+  initial = trainable(process, state)
+  output = process.next(state, clients)
+  assert_weights_close(trainable(process, output.state),
+                       weighted_average_of_local_training(initial, 0.1))
+  variable_model = stock_fedavg.next(stock_fedavg.initialize(), clients)
+  assert (output.metrics['aggregator']['communication']
+          == variable_model.metrics['aggregator']['communication'])
+  assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
+
+
+def test_fedpara_process_takes_a_functional_model_with_local_factors(clients):
+  """pFedPara on the functional path: local factors never travel (the server keeps their
+  initial values) and the bytes equal the VariableModel process's."""
+  def pfedpara_model_fn():
+    return fedpara_tff.keras_model_fn_to_tff(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)()
+
+  processes = [fedpara_tff.build_fedpara_process(
+      model_fn, client_learning_rate=0.1, keras_model_fn=lambda: ts.keras_model('pfedpara'))
+      for model_fn in (_functional('pfedpara'), pfedpara_model_fn)]
+  outputs = [p.next(p.initialize(), clients) for p in processes]
+  assert (outputs[0].metrics['aggregator']['communication']
+          == outputs[1].metrics['aggregator']['communication'])
+  assert outputs[0].metrics['distributor'] == outputs[1].metrics['distributor']
+  functional, state = processes[0], outputs[0].state
+  mask = fedpara_tff.travel_mask(ts.keras_model('pfedpara'))
+  before = trainable(functional, functional.initialize())
+  after = trainable(functional, state)
+  for sent, b, a in zip(mask, before, after):
+    assert np.array_equal(a, b) != sent   # only the travelling variables moved
+
+
+def test_fedpara_process_refuses_a_model_that_is_neither_kind_and_a_functional_decay():
+  with pytest.raises(TypeError, match=r'model_fn must be .* got Sequential'):
+    fedpara_tff.build_fedpara_process(ts.keras_model())
+  # TFF 0.87's scheduled FedAvg fails on a FunctionalModel inside TFF: refused up front.
+  with pytest.raises(ValueError, match=r'lr_decay=0.992 is not available with a FunctionalModel'):
+    fedpara_tff.build_fedpara_process(_functional(), lr_decay=0.992)
