@@ -2,7 +2,7 @@ r"""Per-round wall time of one FedAvg round on both backends and on 1, 2, 4 remo
 
 Each round: the clients each train the small FedPara CNN for one epoch of SGD
 over their real MNIST digits, then the example-weighted mean and the server
-step. The same round (`fedpara_tff.build_fedavg_process`) runs on TFF's
+step. The same round (`fedpara_tff.build_fedavg_driver`) runs on TFF's
 in-process C++ runtime (`backend=tff`), with client training in this process
 on TensorFlow (`backend=tf`, `fedpara_tff.tf_backend`, here on the CPU), and
 through `fedpara_tff.distributed` on N `worker_binary` processes of this host
@@ -76,7 +76,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   datasets = client_datasets(_CLIENTS.value, _EXAMPLES.value)
-  trainer = fedpara_tff.build_fedavg_process(keras_model, SPEC, client_learning_rate=0.05)
+  trainer = fedpara_tff.build_fedavg_driver(keras_model, SPEC, client_learning_rate=0.05)
   results = [('backend=tff, local TFF runtime', *time_rounds(trainer, datasets, _ROUNDS.value),
               None)]
   devices, _ = tf_backend.resolve_devices('')

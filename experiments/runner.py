@@ -297,15 +297,15 @@ class _Shared:
                    jacobian_correction=config.jacobian_correction,
                    client_optimizer=config.client_optimizer)
     if config.parameterization == 'pfedpara':
-      self.trainer = fedpara_tff.build_pfedpara_process(keras_model_fn, element_spec, **options)
+      self.trainer = fedpara_tff.build_pfedpara_driver(keras_model_fn, element_spec, **options)
     elif config.parameterization == 'fedper':
-      self.trainer = fedpara_tff.build_fedper_process(
+      self.trainer = fedpara_tff.build_fedper_driver(
           keras_model_fn, element_spec, local_layers=list(config.local_layers), **options)
     elif config.parameterization == 'local':
-      self.trainer = fedpara_tff.build_local_only_process(keras_model_fn, element_spec,
+      self.trainer = fedpara_tff.build_local_only_driver(keras_model_fn, element_spec,
                                                           **options)
     else:
-      self.trainer = fedpara_tff.build_fedavg_process(keras_model_fn, element_spec, **options)
+      self.trainer = fedpara_tff.build_fedavg_driver(keras_model_fn, element_spec, **options)
     if config.backend == 'tf':
       devices, note = tf_backend.resolve_devices(config.gpus)
       if note:

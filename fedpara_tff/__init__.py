@@ -17,11 +17,15 @@ from fedpara_tff.aggregators import UnweightedFactorAggregatorFactory
 from fedpara_tff.distributors import build_measured_broadcast
 from fedpara_tff.models import classify_variables
 from fedpara_tff.models import keras_model_fn_to_tff
-from fedpara_tff.personalization import build_fedavg_process
+from fedpara_tff.personalization import build_fedavg_driver
+from fedpara_tff.personalization import build_fedper_driver
+from fedpara_tff.personalization import build_local_only_driver
+from fedpara_tff.personalization import build_pfedpara_driver
 from fedpara_tff.personalization import build_fedper_process
 from fedpara_tff.personalization import build_local_only_process
 from fedpara_tff.personalization import build_pfedpara_process
-from fedpara_tff.personalization import PersonalizedTrainer
+from fedpara_tff.personalization import PersonalizedDriver
+from fedpara_tff.personalized_process import PersonalizedProcess
 from fedpara_tff.processes import ALGORITHMS
 from fedpara_tff.processes import build_evaluation
 from fedpara_tff.processes import build_fedpara_process

@@ -7,11 +7,20 @@ local. Both run on the same machinery here.
 
 A `tff.learning` LearningProcess cannot hold per-client state in TFF 0.87
 (client-work state is SERVER-placed), so this follows the TFF way for
-simulations with stateful clients: a `tff.templates.IterativeProcess` whose
-`next` takes the sampled clients' local state as a CLIENTS-placed argument and
-returns their new state, and a Python driver (`PersonalizedTrainer`) that keeps
-each client's local variables between rounds. Simulation only: production TFF
-deployments have stateless clients.
+simulations with stateful clients. Two entry points per method, named for what
+they return:
+
+* `build_pfedpara_process` / `build_fedper_process` / `build_local_only_process`:
+  the TFF template, a `fedpara_tff.PersonalizedProcess` (an IterativeProcess whose
+  `next` takes the sampled clients' local state as a CLIENTS-placed argument and
+  returns their new state, with `get_model_weights`), for users' own loops;
+* `build_pfedpara_driver` / `build_fedper_driver` / `build_local_only_driver` /
+  `build_fedavg_driver`: the Python driver (`PersonalizedDriver`) that runs the
+  same round and keeps each client's local variables between rounds in a
+  client-state store, with client ids, personalised evaluation and the
+  in-process TensorFlow backend (`fedpara_tff.tf_backend`).
+
+Simulation only: production TFF deployments have stateless clients.
 
 Only the global variables are broadcast and uploaded; the upload goes through
 `FactorAggregatorFactory`, so bytes are measured the same way as for FedPara.
@@ -29,6 +38,7 @@ from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import client_store
 import keras_layers
 from fedpara_tff import communication
+from fedpara_tff import personalized_process
 from fedpara_tff import processes
 from fedpara_tff import runtime  # pylint: disable=unused-import
 
@@ -124,7 +134,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   return train
 
 
-class PersonalizedTrainer:
+class PersonalizedDriver:
   """Driver of the stateful-client process; keeps every client's local variables.
 
   Args:
@@ -149,7 +159,7 @@ class PersonalizedTrainer:
       Dense / convolution layers (>= 0; 0 off).
     client_optimizer: `'sgd'` (default) or `'adam'` (`fedpara_tff.client_optimizer`).
     require_local: refuse a model without local variables (True for the
-      pFedPara / FedPer entry points; `build_fedavg_process` sets it False).
+      pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
   """
 
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
@@ -315,7 +325,25 @@ class PersonalizedTrainer:
                                               local_values, data)),
               tff.federated_map(same_position, positions))
 
+    @tff.tensorflow.computation(data_type)
+    def no_position(unused_dataset):
+      return tf.constant(0, tf.int32)
+
+    @tff.federated_computation(state_type, tff.FederatedType(data_type, tff.CLIENTS),
+                               tff.FederatedType(self.local_type, tff.CLIENTS))
+    def template_next(state, data, client_states):
+      new_state, new_local, metrics, _ = next_fn(state, data, client_states,
+                                                 tff.federated_map(no_position, data))
+      return new_state, new_local, metrics
+
+    @tff.tensorflow.computation(state_type.member)
+    def get_model_weights(state):
+      return tff.learning.models.ModelWeights(trainable=list(state['global_weights']),
+                                              non_trainable=[])
+
     self.process = tff.templates.IterativeProcess(initialize, next_fn)
+    self.iterative_process = personalized_process.PersonalizedProcess(
+        initialize, template_next, get_model_weights, init_local)
     # The round's pieces, for the in-process TensorFlow backend (fedpara_tff.tf_backend).
     self.aggregation, self.server_update = aggregation, server_update
     self.learning_rate_at, self.increment, self.round_metrics = (
@@ -406,12 +434,12 @@ class PersonalizedTrainer:
     return ordered
 
 
-def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):
-  """A `PersonalizedTrainer` for a pFedPara model (local `*2_local` factors)."""
-  return PersonalizedTrainer(keras_model_fn, element_spec, **kwargs)
+def build_pfedpara_driver(keras_model_fn, element_spec, **kwargs):
+  """A `PersonalizedDriver` for a pFedPara model (local `*2_local` factors)."""
+  return PersonalizedDriver(keras_model_fn, element_spec, **kwargs)
 
 
-def build_fedavg_process(keras_model_fn, element_spec, **kwargs):
+def build_fedavg_driver(keras_model_fn, element_spec, **kwargs):
   """FedAvg with server SGD on the stateful-client machinery: every variable travels.
 
   The same client update, aggregation and server step as pFedPara, so that the
@@ -419,22 +447,37 @@ def build_fedavg_process(keras_model_fn, element_spec, **kwargs):
   implementation. For FedProx, adaptive servers, MIME-lite or momentum use
   `build_fedpara_process` (TFF's own builders).
   """
-  return PersonalizedTrainer(keras_model_fn, element_spec, require_local=False, **kwargs)
+  return PersonalizedDriver(keras_model_fn, element_spec, require_local=False, **kwargs)
 
 
-def build_local_only_process(keras_model_fn, element_spec, **kwargs):
-  """A `PersonalizedTrainer` where every variable is local: clients never communicate.
+def build_local_only_driver(keras_model_fn, element_spec, **kwargs):
+  """A `PersonalizedDriver` where every variable is local: clients never communicate.
 
   The local-only baseline of the personalisation experiments, on the same
   client update, data and epochs as pFedPara and FedPer; 0 bytes travel.
   """
   with tf.Graph().as_default():
     names = [layer.name for layer in keras_model_fn().layers if layer.trainable_weights]
-  return PersonalizedTrainer(keras_model_fn, element_spec, local_layers=names, **kwargs)
+  return PersonalizedDriver(keras_model_fn, element_spec, local_layers=names, **kwargs)
+
+
+def build_fedper_driver(keras_model_fn, element_spec, local_layers, **kwargs):
+  """A `PersonalizedDriver` keeping `local_layers` on the clients (FedPer baseline)."""
+  if not local_layers:
+    raise ValueError('FedPer needs at least one local layer name in local_layers.')
+  return PersonalizedDriver(keras_model_fn, element_spec, local_layers=local_layers, **kwargs)
+
+
+def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):
+  """pFedPara as a TFF template (`PersonalizedProcess`); arguments as `PersonalizedDriver`'s."""
+  return build_pfedpara_driver(keras_model_fn, element_spec, **kwargs).iterative_process
 
 
 def build_fedper_process(keras_model_fn, element_spec, local_layers, **kwargs):
-  """A `PersonalizedTrainer` keeping `local_layers` on the clients (FedPer baseline)."""
-  if not local_layers:
-    raise ValueError('FedPer needs at least one local layer name in local_layers.')
-  return PersonalizedTrainer(keras_model_fn, element_spec, local_layers=local_layers, **kwargs)
+  """FedPer as a TFF template (`PersonalizedProcess`); arguments as `build_fedper_driver`'s."""
+  return build_fedper_driver(keras_model_fn, element_spec, local_layers, **kwargs).iterative_process
+
+
+def build_local_only_process(keras_model_fn, element_spec, **kwargs):
+  """Local-only training as a TFF template (`PersonalizedProcess`), as `build_local_only_driver`."""
+  return build_local_only_driver(keras_model_fn, element_spec, **kwargs).iterative_process

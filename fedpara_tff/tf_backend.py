@@ -1,8 +1,8 @@
 """The in-process TensorFlow backend: clients trained as `tf.function`s on local devices.
 
 TFF 0.87's `worker_binary` is built without CUDA, so TFF cannot put client work
-on a GPU. This backend runs the same round as a `PersonalizedTrainer` (pFedPara,
-FedPer, local-only, or FedAvg from `build_fedavg_process`) with the client half
+on a GPU. This backend runs the same round as a `PersonalizedDriver` (pFedPara,
+FedPer, local-only, or FedAvg from `build_fedavg_driver`) with the client half
 in this Python process:
 
 * each sampled client runs `personalization.build_client_train`, the very
@@ -62,13 +62,13 @@ def resolve_devices(gpus):
 
 
 class TFBackend:
-  """Runs a `PersonalizedTrainer`'s rounds with client training on `devices`.
+  """Runs a `PersonalizedDriver`'s rounds with client training on `devices`.
 
   Same interface as the trainer: `initialize`, `next`, `evaluate`,
   `local_state`, `local_store`.
 
   Args:
-    trainer: a `PersonalizedTrainer` (it supplies the model, the client
+    trainer: a `PersonalizedDriver` (it supplies the model, the client
       function and the TFF aggregation / server / metric computations).
     devices: TF device names, e.g. `['/GPU:0', '/GPU:1']` or logical CPUs.
     parallel_per_device: clients trained at once on each device (each with

@@ -61,7 +61,7 @@ def test_shared_round_adam_matches_numpy(rounds):
   start from zero again in round 2."""
   x, y = _data()
   w, b = _initial()
-  trainer = fedpara_tff.build_fedavg_process(_linear, SPEC, client_learning_rate=0.05,
+  trainer = fedpara_tff.build_fedavg_driver(_linear, SPEC, client_learning_rate=0.05,
                                              client_optimizer='adam')
   state = trainer.initialize([w, b])
   for _ in range(rounds):
@@ -90,9 +90,9 @@ def test_tff_builder_adam_matches_numpy():
 def test_bad_client_optimizer_settings_are_refused():
   with pytest.raises(ValueError, match=r"client_optimizer must be one of \('sgd', 'adam'\); "
                                        r"got 'rmsprop'"):
-    fedpara_tff.build_fedavg_process(_linear, SPEC, client_optimizer='rmsprop')
+    fedpara_tff.build_fedavg_driver(_linear, SPEC, client_optimizer='rmsprop')
   with pytest.raises(ValueError, match=r'jacobian_correction=1.0 assumes an SGD client step'):
-    fedpara_tff.build_fedavg_process(_linear, SPEC, client_optimizer='adam',
+    fedpara_tff.build_fedavg_driver(_linear, SPEC, client_optimizer='adam',
                                      jacobian_correction=1.0)
   with pytest.raises(ValueError, match=r'client_momentum=0.9 applies to SGD'):
     client_optimizer.tff_optimizer('adam', 0.1, momentum=0.9)

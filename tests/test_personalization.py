@@ -26,7 +26,7 @@ def data():
 
 @pytest.fixture(scope='module')
 def pfedpara():
-  return fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC,
+  return fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC,
                                             client_learning_rate=0.2)
 
 
@@ -70,7 +70,7 @@ def test_pfedpara_sends_about_half_of_fedpara_at_the_same_rank(pfedpara):
 
 def test_personalised_accuracy_on_own_held_out_data_is_well_above_chance(data):
   train, test = data
-  trainer = fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'),
+  trainer = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'),
                                                ts.ELEMENT_SPEC, client_learning_rate=0.2,
                                                local_epochs=5)
   state = trainer.initialize()
@@ -86,7 +86,7 @@ def test_personalised_accuracy_on_own_held_out_data_is_well_above_chance(data):
 
 def test_fedper_keeps_whole_layers_local(data):
   train, _ = data
-  trainer = fedpara_tff.build_fedper_process(ts.keras_model, ts.ELEMENT_SPEC,
+  trainer = fedpara_tff.build_fedper_driver(ts.keras_model, ts.ELEMENT_SPEC,
                                              local_layers=['logits'])
   # FedPara hidden layer travels (x1, y1, x2, y2, bias); the logits layer (5 tensors) stays.
   assert len(trainer.aggregator_value_type) == 5
@@ -102,14 +102,14 @@ def plain_model():
 
 
 def test_fedper_runs_on_a_plain_model_too(data):
-  trainer = fedpara_tff.build_fedper_process(plain_model, ts.ELEMENT_SPEC, local_layers=['logits'])
+  trainer = fedpara_tff.build_fedper_driver(plain_model, ts.ELEMENT_SPEC, local_layers=['logits'])
   _, metrics = trainer.next(trainer.initialize(), ['a'], data[0][:1])
   assert metrics['aggregator']['communication']['elements_uploaded_per_client'] == 98 * 16 + 16
 
 
 def test_local_only_sends_nothing_and_keeps_every_variable_per_client(data):
   train, test = data
-  trainer = fedpara_tff.build_local_only_process(lambda: ts.keras_model('pfedpara'),
+  trainer = fedpara_tff.build_local_only_driver(lambda: ts.keras_model('pfedpara'),
                                                  ts.ELEMENT_SPEC, client_learning_rate=0.2)
   assert len(trainer.aggregator_value_type) == 0
   assert len(trainer.local_type) == 10  # 8 factors and 2 biases of keras_model('pfedpara')
@@ -125,16 +125,16 @@ def test_local_only_sends_nothing_and_keeps_every_variable_per_client(data):
 
 def test_bad_inputs_are_named(pfedpara, data):
   with pytest.raises(ValueError, match=r'client_learning_rate must be a number > 0; got 0'):
-    fedpara_tff.build_pfedpara_process(ts.keras_model, ts.ELEMENT_SPEC, client_learning_rate=0)
+    fedpara_tff.build_pfedpara_driver(ts.keras_model, ts.ELEMENT_SPEC, client_learning_rate=0)
   with pytest.raises(ValueError, match=r'the model has no local variable'):
-    fedpara_tff.build_pfedpara_process(ts.keras_model, ts.ELEMENT_SPEC)
+    fedpara_tff.build_pfedpara_driver(ts.keras_model, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r'FedPer needs at least one local layer'):
-    fedpara_tff.build_fedper_process(ts.keras_model, ts.ELEMENT_SPEC, local_layers=[])
+    fedpara_tff.build_fedper_driver(ts.keras_model, ts.ELEMENT_SPEC, local_layers=[])
   batch_norm = lambda: tf.keras.Sequential([
       tf.keras.Input((ts.FEATURES,)), kl.PFedParaDense(8, rank=2, name='h'),
       tf.keras.layers.BatchNormalization(), tf.keras.layers.Dense(10)])
   with pytest.raises(ValueError, match=r'2 non-trainable variable\(s\) .* use GroupNormalization'):
-    fedpara_tff.build_pfedpara_process(batch_norm, ts.ELEMENT_SPEC)
+    fedpara_tff.build_pfedpara_driver(batch_norm, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r"client_ids must be distinct .* got \['a', 'a'\]"):
     pfedpara.next(pfedpara.initialize(), ['a', 'a'], data[0][:2])
 
@@ -163,7 +163,7 @@ def test_model_fn_adapter_feeds_a_stock_tff_builder():
 
 
 def test_diverged_clients_send_nothing_and_keep_their_local_variables(data):
-  trainer = fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'),
+  trainer = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'),
                                                ts.ELEMENT_SPEC, client_learning_rate=1e30)
   state = trainer.initialize()
   before = [np.asarray(w) for w in state['global_weights']]
@@ -179,11 +179,11 @@ def test_diverged_clients_send_nothing_and_keep_their_local_variables(data):
 def test_learning_rate_decays_per_round(data):
   """Round 2 of (lr 0.2, decay 0.5) equals one round at lr 0.1 from the same point."""
   model_fn = lambda: ts.keras_model('pfedpara')
-  decayed = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC,
+  decayed = fedpara_tff.build_pfedpara_driver(model_fn, ts.ELEMENT_SPEC,
                                                client_learning_rate=0.2, lr_decay=0.5)
   state = decayed.initialize()
   state, _ = decayed.next(state, ['a'], data[0][:1])
-  plain = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC, client_learning_rate=0.1)
+  plain = fedpara_tff.build_pfedpara_driver(model_fn, ts.ELEMENT_SPEC, client_learning_rate=0.1)
   start = plain.initialize()
   start['global_weights'] = state['global_weights']
   plain.store_local('a', decayed.local_state('a'))
@@ -195,4 +195,46 @@ def test_learning_rate_decays_per_round(data):
   for a, b in zip(decayed.local_state('a'), plain.local_state('a')):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match=r'lr_decay must be a number in \(0, 1\]; got 1.5'):
-    fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC, lr_decay=1.5)
+    fedpara_tff.build_pfedpara_driver(model_fn, ts.ELEMENT_SPEC, lr_decay=1.5)
+
+
+def test_tff_template_driven_by_a_program_loop_equals_the_python_driver(data):
+  """3 rounds of pFedPara through the `PersonalizedProcess` template, client states kept in a
+  dict by the loop, equal the `PersonalizedDriver`'s 3 rounds from the same initial values."""
+  train, _ = data
+  by_id = dict(zip('abc', train))
+  schedule = (['a', 'b'], ['c', 'a'], ['b', 'c'])
+  model_fn = lambda: ts.keras_model('pfedpara')  # pylint: disable=unnecessary-lambda-assignment
+  process = fedpara_tff.build_pfedpara_process(model_fn, ts.ELEMENT_SPEC,
+                                               client_learning_rate=0.2, lr_decay=0.9)
+  assert isinstance(process, fedpara_tff.PersonalizedProcess)
+  state = process.initialize()
+  initial_local = [np.asarray(v) for v in process.initial_client_state()]
+  initial_global = [np.asarray(v) for v in state['global_weights']]
+  client_states = {}
+  for ids in schedule:
+    state, new_states, metrics = process.next(
+        state, [by_id[c] for c in ids], [client_states.get(c, initial_local) for c in ids])
+    client_states.update(zip(ids, new_states))
+  template_weights = process.get_model_weights(state)
+  assert list(template_weights.non_trainable) == []
+
+  driver = fedpara_tff.build_pfedpara_driver(model_fn, ts.ELEMENT_SPEC,
+                                             client_learning_rate=0.2, lr_decay=0.9)
+  everything = [None] * (len(driver.global_index) + len(driver.local_index))
+  for index, value in zip(driver.global_index + driver.local_index,
+                          initial_global + initial_local):
+    everything[index] = value
+  driver_state = driver.initialize(everything)
+  for ids in schedule:
+    driver_state, driver_metrics = driver.next(driver_state, ids, [by_id[c] for c in ids])
+  for got, want in zip(template_weights.trainable, driver_state['global_weights']):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert int(state['round_num']) == int(driver_state['round_num']) == 3
+  for c in 'abc':
+    for got, want in zip(client_states[c], driver.local_state(c)):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  assert metrics['aggregator']['communication'] == driver_metrics['aggregator']['communication']
+  np.testing.assert_allclose(metrics['train']['loss'], driver_metrics['train']['loss'], rtol=1e-6)
+  # Training moved the global weights from their initial values.
+  assert any(not np.allclose(w, v) for w, v in zip(template_weights.trainable, initial_global))

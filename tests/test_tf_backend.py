@@ -77,7 +77,7 @@ data = [ts.to_dataset(*a) for a in ts.client_arrays([30] * 5)]
 ids = ['a', 'b', 'c', 'd', 'e']
 finals = []
 for devices in (['/CPU:0', '/CPU:1', '/CPU:2'], ['/CPU:0']):
-  trainer = fedpara_tff.build_pfedpara_process(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
+  trainer = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
   backend = tf_backend.TFBackend(trainer, devices)
   state = backend.initialize([np.full(v.shape, 0.1, np.float32) for v in
                               ts.keras_model('pfedpara').trainable_variables])
