@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Shakespeare LSTM runs behind docs/RESULTS.md ("FedPara vs low-rank", LSTM): one
-# experiments.train run per variant, in order, for one partition (natural | iid) and one recipe:
+# experiments.train run per variant, in order, for one partition (natural | iid | sampled) and one recipe:
 #   paper:       the paper's FedAvg recipe (client SGD lr 1.0, decay 0.992, batch 64, 16 clients a
 #                round, 1 local epoch, weight normalisation on every model);
 #   fedadam<LR>: the same clients with FedAdam on the server at lr LR (e.g. fedadam0.03; Reddi et
@@ -15,12 +15,20 @@
 # paper's low-rank budget); fedpara_r14 (19.5%, the paper's FedPara budget); lowrank_r28 (19.5%,
 # the same budget as fedpara_r14). Rerunning the same command resumes each run from its checkpoint
 # and skips finished ones; arguments starting with -- are passed to every run (e.g. --rounds=200).
-# Usage: scripts/paper_claim_lstm.sh natural|iid paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [VARIANT...] [--flag=value...]
+# Partitions: natural (one client per speaking role, the 100 roles with the most text: 177.3
+# sequences each on average); iid (every role's text shuffled over 100 clients: 382 each, 2.2x the
+# local work); sampled (IID at the natural clients' size: 177 sequences per client drawn with
+# replacement from every role's text, --partition=sampled).
+# Usage: scripts/paper_claim_lstm.sh natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [VARIANT...] [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-partition="${1:?usage: $0 natural|iid paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [variant ...]}"; shift
+partition="${1:?usage: $0 natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [variant ...]}"; shift
 recipe="${1:?usage: $0 natural|iid paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [variant ...]}"; shift
-case "$partition" in natural|iid) ;; *) echo "$0: partition must be natural or iid; got $partition" >&2; exit 2 ;; esac
+case "$partition" in
+  natural|iid) partition_flags="--partition=$partition" ;;
+  sampled) partition_flags="--partition=sampled --examples_per_client=177" ;;
+  *) echo "$0: partition must be natural, iid or sampled; got $partition" >&2; exit 2 ;;
+esac
 case "$recipe" in
   paper) recipe_flags="--algorithm=fedavg --client_learning_rate=1.0 --lr_decay=0.992 --batch_size=64 --clients_per_round=16" ;;
   fedadam[0-9]*) recipe_flags="--algorithm=fedadam --server_learning_rate=${recipe#fedadam} --client_learning_rate=1.0 --batch_size=64 --clients_per_round=16" ;;
@@ -40,6 +48,6 @@ order=(fedpara_r14 lowrank_r22 original lowrank_r28)
 source scripts/variants.sh
 # shellcheck disable=SC2086
 run_variants "$partition / $recipe" "runs/paper_claim/shakespeare_plays_${partition}_${recipe}" \
-    --flagfile=experiments/configs/shakespeare_plays_lstm.cfg --partition="$partition" \
+    --flagfile=experiments/configs/shakespeare_plays_lstm.cfg $partition_flags \
     $recipe_flags --local_epochs=1 --weight_norm --rounds=150 --eval_every=10 \
     --checkpoint_every=5 -- "$@"
