@@ -45,6 +45,8 @@ def test_installed_package_has_console_scripts_and_finds_its_flagfiles(tmp_path)
                  capture_output=True, timeout=300, env=env)
   for script in ('fedpara-train', 'fedpara-compare', 'fedpara-plot', 'fedpara-worker'):
     assert (venv / 'bin' / script).exists(), script
+  licenses = list(venv.glob('lib/python*/site-packages/fedpara_tff-*.dist-info/**/LICENSE'))
+  assert licenses and 'Apache License' in licenses[0].read_text(), 'the wheel carries no LICENSE'
   installed = subprocess.run(
       [str(venv / 'bin' / 'python'), '-c', 'import experiments.flagfiles as f, keras_layers as k; '
        'print(f.CONFIG_DIR, len(f.names()), k.__version__)'],
