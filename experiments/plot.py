@@ -13,11 +13,13 @@ import math
 import os
 
 from absl import app
+import numpy
 from absl import flags
 import matplotlib
 
 matplotlib.use('Agg')  # files only; no display needed
 from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 from experiments import flagfiles
 from experiments import run_io
@@ -53,6 +55,18 @@ def output_path(output):
   return output
 
 
+def format_gb_axis(axes):
+  """Readable communication ticks: from 0, at most 6, short decimals, no offset or exponent.
+
+  A single run's GB span a narrow range (one point: none), where matplotlib's default
+  labels the ticks relative to an offset ('1e-3 + 1.2345e-4').
+  """
+  axes.set_xlim(left=0, right=max(axes.get_xlim()[1], 1e-9))
+  axes.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, min_n_ticks=2))
+  axes.xaxis.set_major_formatter(ticker.FuncFormatter(
+      lambda value, _: numpy.format_float_positional(value, precision=6, trim='-')))
+
+
 def plot_runs(run_dirs, output, title=None):
   """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
   drawn."""
@@ -67,6 +81,7 @@ def plot_runs(run_dirs, output, title=None):
       axes.plot(gb, accuracy, marker='o', markersize=3, label=label)
       drawn[run_dir] = (gb, accuracy)
       metrics.add(metric)
+  format_gb_axis(axes)
   axes.set_xlabel('cumulative communication, up + down (GB)')
   axes.set_ylabel(' / '.join(sorted(m.replace('_', ' ') for m in metrics)) or 'accuracy')
   axes.set_title(title or f'{run.get("dataset", "")} {run.get("model", "")}'.strip())

@@ -432,6 +432,23 @@ def test_plot_draws_one_curve_per_run_from_the_csv(tmp_path):
     assert written.read_bytes()[:4] == b'\x89PNG'
 
 
+@pytest.mark.parametrize('gb', [[0.000123], [0.0012345, 0.0012346, 0.0012347], [0.1, 0.2, 0.3]])
+def test_single_run_plot_has_readable_communication_ticks(gb):
+  """One run's narrow GB range: ticks from 0, at most 6, distinct short labels, no offset text
+  (matplotlib's default labelled one point at 1.23e-4 as '+1.23e-4' offsets)."""
+  figure, axes = plot.pyplot.subplots()
+  axes.plot(gb, [0.5] * len(gb), marker='o')
+  plot.format_gb_axis(axes)
+  figure.canvas.draw()
+  labels = [t.get_text() for t in axes.get_xticklabels()
+            if axes.get_xlim()[0] <= t.get_position()[0] <= axes.get_xlim()[1]]
+  plot.pyplot.close(figure)
+  assert axes.get_xlim()[0] == 0
+  assert 2 <= len(labels) <= 6 and len(set(labels)) == len(labels), labels
+  assert all(len(label) <= 8 and 'e' not in label for label in labels), labels
+  assert axes.xaxis.get_offset_text().get_text() == ''
+
+
 def test_compare_lines_state_the_ratio():
   base = dict(parameterization='original', test_accuracy=0.95, personalized_accuracy=float('nan'),
               gb_total=0.72, parameters=225_034)
