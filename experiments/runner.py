@@ -139,6 +139,10 @@ class RunConfig:
     for key, default in IDENTITY_SINCE_0_3.items():
       if fields[key] == default:
         fields.pop(key)
+    if self.algorithm == 'fedprox':
+      # FedProx left TFF's builder, whose proximal term had the wrong sign: a FedProx run of
+      # 0.2 does not resume on the corrected round.
+      fields['fedprox_round'] = 'shared'
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
 
 
@@ -147,10 +151,16 @@ def check(config):
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
+  if config.algorithm == 'fedprox' and (config.client_momentum or config.server_momentum):
+    raise ValueError(f'algorithm=fedprox runs without momentum; got client_momentum='
+                     f'{config.client_momentum}, server_momentum={config.server_momentum}.')
+  if config.algorithm == 'fedprox' and config.parameterization == 'local':
+    raise ValueError('algorithm=fedprox pulls the global variables towards the server model; '
+                     'parameterization=local has none.')
   if config.parameterization in PERSONALIZED:
-    if config.algorithm != 'fedavg':
+    if config.algorithm not in ('fedavg', 'fedprox'):
       raise ValueError(f'parameterization={config.parameterization} runs stateful clients with '
-                       f'FedAvg only; got algorithm={config.algorithm!r}.')
+                       f'FedAvg or FedProx only; got algorithm={config.algorithm!r}.')
     if config.client_momentum or config.server_momentum:
       raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
                        f'client_momentum={config.client_momentum}, '
@@ -197,7 +207,7 @@ def check(config):
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and not _uses_shared_round(config):
-    raise ValueError(f'backend=tf runs FedAvg with server SGD and no momentum (and the '
+    raise ValueError(f'backend=tf runs FedAvg / FedProx with server SGD and no momentum (and the '
                      f'personalised runs); got algorithm={config.algorithm!r}, client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
   if config.backend == 'tf' and config.workers:
@@ -240,11 +250,12 @@ def _element_spec(data):
 def _uses_shared_round(config):
   """True when the run uses `fedpara_tff`'s own round (either backend), not TFF's builders."""
   return config.parameterization in PERSONALIZED or (
-      config.algorithm == 'fedavg' and not config.client_momentum and not config.server_momentum)
+      config.algorithm in ('fedavg', 'fedprox') and not config.client_momentum
+      and not config.server_momentum)
 
 
 class _Process:
-  """TFF's own builders (FedProx, adaptive servers, MIME-lite, momentum) behind the runner's
+  """TFF's own builders (adaptive servers, MIME-lite, momentum) behind the runner's
   interface; the global parameterisations only."""
 
   def __init__(self, config, keras_model_fn, element_spec):
@@ -254,8 +265,7 @@ class _Process:
         client_learning_rate=config.client_learning_rate,
         server_learning_rate=config.server_learning_rate,
         client_momentum=config.client_momentum, server_momentum=config.server_momentum,
-        lr_decay=config.lr_decay, proximal_strength=config.fedprox_mu,
-        client_optimizer=config.client_optimizer,
+        lr_decay=config.lr_decay, client_optimizer=config.client_optimizer,
         quantization_bits=config.quantization_bits or None)
     self._epochs = config.local_epochs
 
@@ -295,7 +305,8 @@ class _Shared:
                    local_epochs=config.local_epochs, lr_decay=config.lr_decay,
                    quantization_bits=config.quantization_bits or None,
                    jacobian_correction=config.jacobian_correction,
-                   client_optimizer=config.client_optimizer)
+                   client_optimizer=config.client_optimizer,
+                   proximal_strength=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
     if config.parameterization == 'pfedpara':
       self.trainer = fedpara_tff.build_pfedpara_driver(keras_model_fn, element_spec, **options)
     elif config.parameterization == 'fedper':

@@ -64,7 +64,7 @@ def correct_and_total(logits, labels):
 
 
 def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
-                       client_optimizer='sgd'):
+                       client_optimizer='sgd', proximal_strength=0.0):
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -81,6 +81,11 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       `eta`); 0 trains on the plain gradients.
     client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
       state starts from zero every round).
+    proximal_strength: FedProx's mu (Li et al., "Federated Optimization in
+      Heterogeneous Networks", MLSys 2020, eq. 2): the client minimises
+      `loss(w) + mu/2 ||w_g - x_g||^2` over the global variables `w_g`
+      (`x_g` their values at the start of the round), i.e. adds
+      `mu (w_g - x_g)` to their gradients; local variables get no term. 0: off.
 
   Returns:
     `train(global_values, local_values, dataset, learning_rate)` returning
@@ -100,6 +105,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
     for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
       v.assign(value)
     optimizer.reset()
+    starts = {v.ref(): tf.convert_to_tensor(value) for v, value in zip(global_vars, global_values)}
 
     def step(totals, batch):
       def objective_fn():
@@ -111,6 +117,9 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
 
       objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
           model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
+      if proximal_strength:
+        grads = [g + proximal_strength * (v - starts[v.ref()]) if v.ref() in starts else g
+                 for v, g in zip(model.trainable_variables, grads)]
       optimizer.apply(grads, learning_rate)
       size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
       correct, _ = correct_and_total(logits, batch['y'])
@@ -158,6 +167,8 @@ class PersonalizedDriver:
     jacobian_correction: lambda of the Jacobian correction on the factorised
       Dense / convolution layers (>= 0; 0 off).
     client_optimizer: `'sgd'` (default) or `'adam'` (`fedpara_tff.client_optimizer`).
+    proximal_strength: FedProx's mu on the global variables (>= 0; 0 off); see
+      `build_client_train`.
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
   """
@@ -165,7 +176,7 @@ class PersonalizedDriver:
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
                aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
-               jacobian_correction=0.0, client_optimizer='sgd'):
+               jacobian_correction=0.0, client_optimizer='sgd', proximal_strength=0.0):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
@@ -175,6 +186,10 @@ class PersonalizedDriver:
       raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                        f'{jacobian_correction!r}.')
     client_optimizer_lib.check(client_optimizer)
+    if (not isinstance(proximal_strength, (int, float)) or isinstance(proximal_strength, bool)
+        or not 0 <= proximal_strength < float('inf')):
+      raise ValueError(f'proximal_strength must be a finite number >= 0; got '
+                       f'{proximal_strength!r}.')
     if client_optimizer != 'sgd' and jacobian_correction:
       raise ValueError(f'jacobian_correction={jacobian_correction} assumes an SGD client step; '
                        f'got client_optimizer={client_optimizer!r}.')
@@ -188,6 +203,9 @@ class PersonalizedDriver:
       variables = model.trainable_variables
       global_specs = _specs([v for v, s in zip(variables, sent) if s])
       local_specs = _specs([v for v, s in zip(variables, sent) if not s])
+    if proximal_strength and not global_specs:
+      raise ValueError(f'proximal_strength={proximal_strength} pulls the global variables towards '
+                       f'the server model; this model has none (every variable is local).')
     if require_local and not local_specs:
       raise ValueError('the model has no local variable: use pFedPara layers or local_layers.')
     self.global_index = [i for i, s in enumerate(sent) if s]
@@ -214,13 +232,15 @@ class PersonalizedDriver:
 
     self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
     self.jacobian_correction = float(jacobian_correction)
+    self.proximal_strength = float(proximal_strength)
     self.client_optimizer = client_optimizer
     self.split = split
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
       train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
-                                 float(jacobian_correction), client_optimizer)
+                                 float(jacobian_correction), client_optimizer,
+                                 float(proximal_strength))
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)

@@ -3,8 +3,8 @@
 FedPara ("FedPara: Low-Rank Hadamard Product for Communication-Efficient
 Federated Learning", ICLR 2022) trains a model of factorised layers with the
 usual federated algorithms; what changes is what travels. `build_fedpara_process`
-wires a Keras FedPara model into TFF's FedAvg / FedProx / FedAdam / FedYogi /
-MIME-lite builders (and FedAdagrad) with the factor aggregator (measured upload) and a measured
+wires a Keras FedPara model into TFF's FedAvg / FedAdam / FedYogi / FedAdagrad /
+MIME-lite builders with the factor aggregator (measured upload) and a measured
 broadcast (measured download), and a per-round client learning-rate decay.
 """
 
@@ -77,7 +77,7 @@ def model_weights_type(model_fn):
 
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
-                          lr_decay=1.0, proximal_strength=0.01, keras_model_fn=None,
+                          lr_decay=1.0, keras_model_fn=None,
                           client_optimizer='sgd',
                           local_layers=(), aggregator=None, quantization_bits=None,
                           quantization_threshold=20000,
@@ -92,8 +92,10 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       `tff.learning.models.functional_model_from_keras`; its trainable weights
       are in the Keras model's `trainable_variables` order, so `keras_model_fn`
       gives the travel mask as for a `VariableModel`).
-    algorithm: `'fedavg'` (server SGD), `'fedprox'`, `'fedadam'`, `'fedyogi'`,
-      `'fedadagrad'` (adaptive server optimizers, Reddi et al. 2021) or `'mimelite'`.
+    algorithm: `'fedavg'` (server SGD), `'fedadam'`, `'fedyogi'`, `'fedadagrad'`
+      (adaptive server optimizers, Reddi et al. 2021) or `'mimelite'`. `'fedprox'` is
+      refused: TFF 0.87's builder pushes clients away from the server model; FedProx
+      runs on `fedpara_tff.build_fedavg_driver(proximal_strength=mu)`.
     client_learning_rate: client learning rate at round 0 (> 0).
     server_learning_rate: server optimizer learning rate (> 0; 1.0 for plain
       FedAvg).
@@ -101,8 +103,7 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       the client momentum is the base optimizer's.
     lr_decay: the client learning rate at round r is
       `client_learning_rate * lr_decay**r` (the paper uses 0.992). In (0, 1].
-      FedProx and MIME-lite take only 1.0 (TFF 0.87 has no schedule for them).
-    proximal_strength: FedProx mu (>= 0).
+      MIME-lite takes only 1.0 (TFF 0.87 has no schedule for it).
     client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`); the
       base optimizer of MIME-lite.
     keras_model_fn: the Keras model of `model_fn`, to find pFedPara / local
@@ -121,24 +122,26 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
 
   Raises:
     ValueError: unknown algorithm, learning rates <= 0, lr_decay outside (0, 1],
-      a decay with FedProx, MIME-lite or a FunctionalModel.
+      a decay with MIME-lite or a FunctionalModel, algorithm 'fedprox'.
     TypeError: `model_fn` is neither a function nor a FunctionalModel.
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'algorithm must be one of {ALGORITHMS}; got {algorithm!r}.')
+  if algorithm == 'fedprox':
+    raise ValueError("algorithm='fedprox': TFF 0.87's FedProx adds the proximal gradient with the "
+                     "wrong sign (docs/DESIGN.md, \"TFF runtime facts\"); use "
+                     "fedpara_tff.build_fedavg_driver(..., proximal_strength=mu) instead.")
   client_lr = check_positive(client_learning_rate, 'client_learning_rate')
   server_lr = check_positive(server_learning_rate, 'server_learning_rate')
   if not isinstance(lr_decay, numbers.Real) or not 0 < lr_decay <= 1:
     raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
-  if lr_decay != 1 and algorithm in ('fedprox', 'mimelite'):
+  if lr_decay != 1 and algorithm == 'mimelite':
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '
                      f'use lr_decay=1.0 or fedavg / fedadam / fedyogi.')
   if lr_decay != 1 and isinstance(model_fn, tff.learning.models.FunctionalModel):
     raise ValueError(f'lr_decay={lr_decay!r} is not available with a FunctionalModel: TFF 0.87\'s '
                      f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
                      f'lr_decay=1.0 or a VariableModel.')
-  if not isinstance(proximal_strength, numbers.Real) or proximal_strength < 0:
-    raise ValueError(f'proximal_strength must be a number >= 0; got {proximal_strength!r}.')
 
   factory = aggregators.factor_aggregator(
       inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,
@@ -151,10 +154,6 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   common = dict(model_distributor=distributor, model_aggregator=factory,
                 loop_implementation=loop_implementation)
 
-  if algorithm == 'fedprox':
-    return tff.learning.algorithms.build_weighted_fed_prox(
-        model_fn, proximal_strength=float(proximal_strength), client_optimizer_fn=client_opt,
-        server_optimizer_fn=server_optimizer, **common)
   if algorithm == 'mimelite':
     return tff.learning.algorithms.build_weighted_mime_lite(
         model_fn, base_optimizer=client_opt, server_optimizer=server_optimizer, **common)

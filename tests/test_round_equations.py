@@ -1,7 +1,8 @@
 """The shared round (`fedpara_tff.personalization`: client update, aggregation, server step)
 against its equations, written here in numpy on a tiny linear model.
 
-For every method the driver runs (FedAvg, FedPer, pFedPara, local-only), on both backends:
+For every method the driver runs (FedAvg, FedPer, pFedPara, local-only; the first three also
+with FedProx's proximal term), on both backends:
 client k starts from the server's global values and its own local values, runs E epochs of
 minibatch SGD at `lr * decay**t` (t = the round, from 0) on the mean cross-entropy, and sends
 `delta_k = global_start - global_end`; the server applies
@@ -70,20 +71,27 @@ def pfedpara_grads(params, x, y):
   return loss, [dw1 @ y1, dw1.T @ x1, dw2 @ y2, dw2.T @ x2, d.sum(0)]
 
 
-def local_sgd(grads_fn, params, x, y, lr):
-  """E epochs of minibatch SGD; returns the trained params and the summed loss x batch size."""
+def local_sgd(grads_fn, params, x, y, lr, mu=0.0, is_global=None):
+  """E epochs of minibatch SGD; returns the trained params and the summed loss x batch size.
+
+  With `mu` (FedProx, Li et al. 2020, eq. 2) the global parameters' gradients get
+  `mu (w - w_start)`: the gradient of `mu/2 ||w - w_start||^2`.
+  """
+  start_params = [p.copy() for p in params]
   params = [p.copy() for p in params]
   loss_sum = 0.0
   for _ in range(EPOCHS):
     for start in range(0, len(y), BATCH):
       xb, yb = x[start:start + BATCH], y[start:start + BATCH]
       loss, grads = grads_fn(params, xb, yb)
+      grads = [g + mu * (p - p0) if glob else g
+               for g, p, p0, glob in zip(grads, params, start_params, is_global)]
       loss_sum += loss * len(yb)
       params = [p - lr * g for p, g in zip(params, grads)]
   return params, loss_sum
 
 
-def numpy_rounds(grads_fn, initial, is_global, arrays):
+def numpy_rounds(grads_fn, initial, is_global, arrays, mu=0.0):
   """The rounds of SCHEDULE by the equations: (global values, {client: local values}, losses)."""
   glob = [p for p, g in zip(initial, is_global) if g]
   local = {}
@@ -95,7 +103,7 @@ def numpy_rounds(grads_fn, initial, is_global, arrays):
       own = iter(local.get(c, [p for p, g in zip(initial, is_global) if not g]))
       shared = iter(glob)
       start = [next(shared) if g else next(own) for g in is_global]
-      trained, client_loss = local_sgd(grads_fn, start, *arrays[c], lr)
+      trained, client_loss = local_sgd(grads_fn, start, *arrays[c], lr, mu, is_global)
       deltas.append([s - e for s, e, g in zip(start, trained, is_global) if g])
       weights.append(SIZES[c])
       local[c] = [e for e, g in zip(trained, is_global) if not g]
@@ -141,6 +149,11 @@ METHODS = {
     'pfedpara': (fedpara_tff.build_pfedpara_driver, pfedpara_dense, pfedpara_grads,
                  PFEDPARA_SHAPES, [True, True, False, False, True]),
 }
+# FedProx on the same rounds: mu on the global variables only.
+MU = {name: 0.0 for name in METHODS}
+for name in ('fedavg', 'fedper', 'pfedpara'):
+  METHODS[name + '_fedprox'] = METHODS[name]
+  MU[name + '_fedprox'] = 0.5
 
 
 @pytest.mark.parametrize('backend', ['tff', 'tf'])
@@ -150,7 +163,7 @@ def test_two_rounds_equal_the_update_equations(method, backend):
   arrays = _arrays()
   initial = _initial(shapes)
   driver = build(keras_model, SPEC, client_learning_rate=LR, server_learning_rate=SERVER_LR,
-                 lr_decay=DECAY, local_epochs=EPOCHS)
+                 lr_decay=DECAY, local_epochs=EPOCHS, proximal_strength=MU[method])
   assert [bool(g) for g in is_global] == [i in driver.global_index for i in range(len(shapes))]
   runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
   state = runner.initialize(initial)
@@ -159,7 +172,8 @@ def test_two_rounds_equal_the_update_equations(method, backend):
     state, metrics = runner.next(state, ids, [_dataset(*arrays[c]) for c in ids])
     losses.append(float(metrics['train']['loss']))
     assert float(metrics['train']['num_examples']) == sum(SIZES[c] for c in ids)
-  want_global, want_local, want_losses = numpy_rounds(grads_fn, initial, is_global, arrays)
+  want_global, want_local, want_losses = numpy_rounds(grads_fn, initial, is_global, arrays,
+                                                      MU[method])
   assert len(state['global_weights']) == len(want_global)
   for got, want in zip(state['global_weights'], want_global):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)

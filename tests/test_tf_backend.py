@@ -118,7 +118,7 @@ def test_gpu_and_device_refusals():
 
 def test_backend_options_are_checked(tmp_path):
   base = dict(TINY, output_dir=str(tmp_path / 'x'))
-  with pytest.raises(ValueError, match="backend=tf runs FedAvg with server SGD.*'fedadam'"):
+  with pytest.raises(ValueError, match="backend=tf runs FedAvg / FedProx with server SGD.*'fedadam'"):
     runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='fedadam')))
   with pytest.raises(ValueError, match='needs backend=tf'):
     runner.check(runner.RunConfig(**dict(base, gpus='0')))

@@ -105,6 +105,32 @@ def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_ba
                                         rel=1e-4)
 
 
+def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
+  """--algorithm=fedprox reaches the client update (its loss differs from FedAvg's) and the
+  two backends agree; the numbers themselves are checked in test_round_equations.py."""
+  base = dict(rounds=2, algorithm='fedprox', fedprox_mu=5.0)
+  losses = {}
+  for backend in ('tff', 'tf'):
+    summary = runner.run(_config(tmp_path, 'prox_' + backend, backend=backend, **base))
+    losses[backend] = [float(r['train_loss']) for r in _rows(summary['output_dir'])]
+  fedavg = runner.run(_config(tmp_path, 'fedavg', rounds=2))
+  np.testing.assert_allclose(losses['tff'], losses['tf'], rtol=1e-4)
+  assert losses['tff'][1] != pytest.approx(float(_rows(fedavg['output_dir'])[1]['train_loss']),
+                                           rel=1e-4)
+
+
+def test_tff_builder_path_of_the_runner_trains_and_counts_bytes(tmp_path):
+  """FedAdam runs through TFF's builder (the runner's `_Process`), with measured bytes."""
+  config = _config(tmp_path, algorithm='fedadam', server_learning_rate=0.01)
+  summary = runner.run(config)
+  rows = _rows(config.output_dir)
+  per_round = config.clients_per_round * 4 * _travelling_elements(config)
+  assert [r['round'] for r in rows] == ['1', '2'] and summary['rounds'] == 2
+  assert all(int(r['bytes_uploaded']) == per_round == int(r['bytes_downloaded']) for r in rows)
+  assert all(np.isfinite(float(r['train_loss'])) for r in rows)
+  assert 0 <= float(rows[-1]['test_accuracy']) <= 1
+
+
 @pytest.mark.parametrize('weight_norm', [False, True])
 def test_lstm_on_the_plays_runs(tmp_path, weight_norm):
   config = _config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
@@ -263,14 +289,19 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(_config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
   _refused(_config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
   _refused(_config(tmp_path, parameterization='pfedpara', algorithm='fedadam'),
-           "FedAvg only; got algorithm='fedadam'")
+           "FedAvg or FedProx only; got algorithm='fedadam'")
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
   _refused(_config(tmp_path, factor_lr_scale='fast'),
            r"factor_lr_scale must be 'none', 'matched' or a positive number; got 'fast'")
   _refused(_config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
-  _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='fedprox'),
-           r"jacobian_correction=1.0 needs the shared round .*algorithm='fedprox'")
+  _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='fedadam'),
+           r"jacobian_correction=1.0 needs the shared round .*algorithm='fedadam'")
+  _refused(_config(tmp_path, algorithm='fedprox', server_momentum=0.9),
+           r'algorithm=fedprox runs without momentum; got client_momentum=0.0, server_momentum=0.9')
+  _refused(_config(tmp_path, algorithm='fedprox', parameterization='local'),
+           r'algorithm=fedprox pulls the global variables towards the server model; '
+           r'parameterization=local has none')
   _refused(_config(tmp_path, jacobian_correction=1.0, parameterization='original'),
            "jacobian_correction applies to factorised layers; parameterization='original'")
   _refused(_config(tmp_path, jacobian_correction=-1.0),
