@@ -25,7 +25,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-import fedpara_tff  # before TFF: quiet logs, worker stopped at exit
+import fedpara_tff
 import keras_layers as kl
 import tensorflow_federated as tff
 from experiments import models
@@ -103,6 +103,7 @@ def timed(fn, rounds):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  fedpara_tff.runtime.install()
   images, labels = mnist5k.load()
   n, k = _CLIENTS.value, _EXAMPLES.value
   datasets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(

@@ -14,7 +14,7 @@ reported with its ratio to the local TFF runtime, all in one run.
   python -m benchmarks.worker_round_speed --rounds=5 --workers=1,2,4
 """
 
-from fedpara_tff import runtime  # pylint: disable=unused-import,g-bad-import-order
+from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
 
 import collections  # pylint: disable=g-import-not-at-top
 import statistics
@@ -75,6 +75,7 @@ def time_rounds(trainer, datasets, rounds):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  runtime.install()
   datasets = client_datasets(_CLIENTS.value, _EXAMPLES.value)
   trainer = fedpara_tff.build_fedavg_driver(keras_model, SPEC, client_learning_rate=0.05)
   results = [('backend=tff, local TFF runtime', *time_rounds(trainer, datasets, _ROUNDS.value),

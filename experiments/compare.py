@@ -62,8 +62,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  runtime.install()
   runtime.sigterm_as_keyboard_interrupt()
-  runtime.guard_workers()
   base = train.config_from_flags()
   configs = [train.config_from_flags(parameterization=parameterization,
                                      output_dir=os.path.join(base.output_dir, parameterization))

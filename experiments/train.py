@@ -193,8 +193,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
+  runtime.install()
   runtime.sigterm_as_keyboard_interrupt()
-  runtime.guard_workers()
   summary = run_or_exit(config_from_flags())
   print(runner.format_summaries([summary]))
   for share in summary['worker_shares']:

@@ -2,11 +2,12 @@
 
 FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated
 Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022. Imports TFF; the Keras layers live in
-`keras_layers`, which never does. Importing this package registers an exit hook that
-stops TFF's worker_binary subprocesses (`fedpara_tff.runtime`).
+`keras_layers`, which never does. Call `fedpara_tff.runtime.install()` (or enter
+`fedpara_tff.runtime.managed()`) before running TFF computations, so that TFF's
+worker_binary subprocesses are stopped when this process exits (`fedpara_tff.runtime`).
 """
 
-# runtime first: it sets TF_CPP_MIN_LOG_LEVEL before TF/TFF start and registers the exit hook.
+# runtime first: it defaults TF_CPP_MIN_LOG_LEVEL before TF/TFF load (its only import effect).
 from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
 from keras_layers import __version__  # one version for the whole distribution
 from fedpara_tff.aggregators import factor_aggregator

@@ -24,7 +24,6 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import communication
-from fedpara_tff import runtime  # pylint: disable=unused-import
 
 
 def travel_mask(keras_model, local_layers=()):

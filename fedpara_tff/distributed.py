@@ -35,7 +35,6 @@ from tensorflow_federated.python.core.impl.executors import remote_executor_grpc
 from tensorflow_federated.python.core.impl.types import placements
 from tensorflow_federated.python.core.backends.native import compiler
 
-from fedpara_tff import runtime  # pylint: disable=unused-import
 
 HEALTH_CHECK_SECONDS = 1.0
 

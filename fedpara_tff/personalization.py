@@ -40,7 +40,6 @@ import keras_layers
 from fedpara_tff import communication
 from fedpara_tff import personalized_process
 from fedpara_tff import processes
-from fedpara_tff import runtime  # pylint: disable=unused-import
 
 
 def _specs(variables):

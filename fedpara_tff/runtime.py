@@ -3,15 +3,25 @@
 TFF 0.87 runs computations in a C++ `worker_binary` subprocess that it stops
 only from a destructor that often does not run at interpreter exit; the orphan
 then keeps the parent's stdout/stderr pipes open (docs/DESIGN.md, "TFF runtime facts").
-Importing this module registers an exit hook that stops the workers this
-Python process started; `sigterm_as_keyboard_interrupt()` gives SIGTERM (what
-`timeout`, Docker, Kubernetes and Slurm send) the clean shutdown of Ctrl-C, so
-the hook runs. SIGKILL cannot be caught: `guard_workers()` starts a watchdog
-process (`fedpara_tff/worker_watchdog.py`) that stops this process's workers
-once it has exited, however it died.
+
+Nothing happens at import but one default: `TF_CPP_MIN_LOG_LEVEL=3` when unset
+(TensorFlow's C++ start-up logs, read once when TensorFlow loads, which is why
+this cannot wait for a call). The housekeeping is explicit:
+
+* `install()` (the binaries and the test session call it first; library users
+  call it, or enter `managed()`): restores an inherited ignored SIGINT,
+  registers the exit hook that stops the workers this Python process started
+  (and silences TFF's `ServiceManager` destructor, which would print a traceback
+  during interpreter teardown), and starts the watchdog process
+  (`fedpara_tff/worker_watchdog.py`) that stops them after a SIGKILL, which no
+  hook survives;
+* `managed()`: a context manager that installs and stops the workers on leaving;
+* `sigterm_as_keyboard_interrupt()` gives SIGTERM (what `timeout`, Docker,
+  Kubernetes and Slurm send) the clean shutdown of Ctrl-C, for binaries.
 """
 
 import atexit
+import contextlib
 import gc
 import os
 import signal
@@ -120,4 +130,33 @@ def _at_exit():
   _disarm_service_managers()
 
 
-atexit.register(_at_exit)
+_INSTALLED = []
+
+
+def install():
+  """Tidies TFF's runtime for this process (idempotent; see the module docstring).
+
+  Returns:
+    The worker watchdog's pid.
+  """
+  if not _INSTALLED:
+    restore_sigint()
+    atexit.register(_at_exit)
+    _INSTALLED.append(True)
+  return guard_workers()
+
+
+def installed():
+  """True once `install()` has run in this process."""
+  return bool(_INSTALLED)
+
+
+@contextlib.contextmanager
+def managed():
+  """`with fedpara_tff.runtime.managed():` runs `install()`, and on leaving stops the TFF
+  workers this process started (TFF starts new ones on its next computation)."""
+  install()
+  try:
+    yield
+  finally:
+    shutdown_workers()

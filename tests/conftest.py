@@ -15,10 +15,10 @@ tf.get_logger().setLevel('ERROR')
 def pytest_configure(config):
   """A suite started in the background (`make test &`, CI wrappers) inherits SIGINT ignored; the
   TFF workers its tests fork would then never stop on TFF's SIGINT (see `runtime.restore_sigint`).
-  The worker watchdog stops them should the session itself be SIGKILLed (`runtime.guard_workers`)."""
+  `runtime.install()` restores it, stops the workers at exit and starts the watchdog that stops
+  them should the session itself be SIGKILLed."""
   del config
-  runtime.restore_sigint()
-  runtime.guard_workers()
+  runtime.install()
 
 
 @pytest.fixture(autouse=True)

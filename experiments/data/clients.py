@@ -12,7 +12,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpara_tff import runtime  # pylint: disable=unused-import  (stops TFF's worker at exit)
 
 from experiments.data import common
 from experiments.data import partition

@@ -1,0 +1,60 @@
+"""`fedpara_tff.runtime`: nothing installed at import; `install()` / `managed()` leave no TFF
+worker behind."""
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+# A tiny TFF computation: it starts the local C++ runtime's worker_binary.
+_COMPUTE = ('import tensorflow as tf, tensorflow_federated as tff\n'
+            '@tff.tensorflow.computation(tf.int32)\n'
+            'def plus_one(x):\n'
+            '  return x + 1\n'
+            'assert plus_one(1) == 2\n')
+
+
+def _workers_started_since(t0):
+  found = []
+  for p in psutil.process_iter(['cmdline', 'create_time']):
+    cmdline = ' '.join(p.info['cmdline'] or [])
+    if 'data/worker_binary' in cmdline and p.info['create_time'] >= t0:
+      found.append(p.pid)
+  return found
+
+
+def _run(code):
+  t0 = time.time() - 1
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  deadline = time.time() + 10
+  while _workers_started_since(t0) and time.time() < deadline:
+    time.sleep(0.2)
+  return result, _workers_started_since(t0)
+
+
+def test_import_installs_nothing():
+  result, _ = _run('import fedpara_tff\n'
+                   'print(fedpara_tff.runtime.installed(), len(fedpara_tff.runtime._WATCHDOG))')
+  assert result.stdout.split() == ['False', '0']
+
+
+def test_installed_process_leaves_no_worker_at_exit():
+  result, left = _run('import fedpara_tff\n'
+                      'print(fedpara_tff.runtime.install() > 0)\n' + _COMPUTE)
+  assert result.stdout.strip() == 'True'
+  assert not left, f'worker(s) left: {left}'
+  assert 'Traceback' not in result.stderr
+
+
+def test_managed_stops_the_workers_on_leaving():
+  code = ('import fedpara_tff, psutil\n'
+          'with fedpara_tff.runtime.managed():\n' +
+          ''.join('  ' + line + '\n' for line in _COMPUTE.splitlines()) +
+          'me = psutil.Process()\n'
+          'print(sum("data/worker_binary" in " ".join(c.cmdline()) for c in me.children(True)))\n')
+  result, left = _run(code)
+  assert result.stdout.strip() == '0'
+  assert not left
