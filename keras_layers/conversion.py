@@ -43,9 +43,33 @@ _FACTORIZED_TYPES = tuple({cls for table in _REPLACEMENTS.values()
                            for cls in table.values()})
 
 
+def factorized_part(layer):
+  """What holds `layer`'s factors, or None when it has none.
+
+  The layer itself for the FedPara / pFedPara / low-rank Dense, Conv and LSTM
+  layers (and any `base.FactorizedLayer`); the cell for a
+  `tf.keras.layers.RNN` over a factorised cell (`RNN(FedParaLSTMCell(...))`).
+  Either has `ranks`, `original_param_count()` and `plain_weights()`.
+  """
+  if isinstance(layer, _FACTORIZED_TYPES + (base.FactorizedLayer,)):
+    return layer
+  cell = getattr(layer, 'cell', None)
+  if isinstance(layer, tf.keras.layers.RNN) and isinstance(cell, base.FactorizedLayer):
+    return cell
+  return None
+
+
 def is_factorized(layer):
-  """True for the layers of this package that `export` turns back into plain ones."""
-  return isinstance(layer, _FACTORIZED_TYPES)
+  """True for a layer with factors (see `factorized_part`): the one definition the package,
+  its TFF wiring and the binaries use; `export` turns each such layer back into a plain one."""
+  return factorized_part(layer) is not None
+
+
+def _to_plain(layer):
+  """The unbuilt plain layer computing what the factorised `layer` computes."""
+  if isinstance(layer, tf.keras.layers.RNN):
+    return lstm.rnn_to_plain(layer)
+  return layer.to_plain()
 
 
 def _kernel_shapes(layer):
@@ -151,12 +175,13 @@ def export(model):
 
   def clone(layer):
     if is_factorized(layer):
-      return layer.to_plain()
+      return _to_plain(layer)
     return layer.__class__.from_config(layer.get_config())
 
   plain = tf.keras.models.clone_model(model, clone_function=clone)
   for layer in model.layers:
-    weights = layer.plain_weights() if is_factorized(layer) else layer.get_weights()
+    part = factorized_part(layer)
+    weights = part.plain_weights() if part is not None else layer.get_weights()
     if weights:
       plain.get_layer(layer.name).set_weights(weights)
   return plain

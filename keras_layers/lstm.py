@@ -211,6 +211,18 @@ _CELL_PLAIN_ARGS = ('units', 'activation', 'recurrent_activation', 'use_bias',
                     'bias_regularizer', 'bias_constraint')
 # Arguments a factorised LSTM shares, with the same meaning, with tf.keras.layers.LSTM.
 _SHARED_PLAIN_ARGS = _CELL_PLAIN_ARGS + _RNN_ARGS + _LAYER_KWARGS
+
+
+def rnn_to_plain(layer):
+  """An unbuilt `tf.keras.layers.LSTM` computing what `tf.keras.layers.RNN(cell)` does, for a
+  factorised LSTM `cell` (its weights: `cell.plain_weights()`)."""
+  rnn_config, cell_config = layer.get_config(), layer.cell.get_config()
+  kwargs = {k: rnn_config[k] for k in _RNN_ARGS + _LAYER_KWARGS + ('stateful', 'time_major')
+            if k in rnn_config}
+  kwargs.update({k: cell_config[k] for k in _CELL_PLAIN_ARGS if k in cell_config})
+  return tf.keras.layers.LSTM(**kwargs)
+
+
 # Arguments of tf.keras.layers.LSTM that have no factorised counterpart, with
 # the only value we accept.
 _UNSUPPORTED_PLAIN_ARGS = {'dropout': 0.0, 'recurrent_dropout': 0.0, 'time_major': False,

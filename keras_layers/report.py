@@ -16,9 +16,10 @@ def _layer_rows(model):
       yield from _layer_rows(layer)  # nested model
       continue
     count = layer.count_params() if layer.built else 0
-    if conversion.is_factorized(layer):
-      yield LayerReport(layer.name, type(layer).__name__, tuple(layer.ranks),
-                        layer.original_param_count(), count)
+    part = conversion.factorized_part(layer)
+    if part is not None:
+      yield LayerReport(layer.name, type(layer).__name__, tuple(part.ranks),
+                        part.original_param_count(), count)
     else:
       yield LayerReport(layer.name, type(layer).__name__, (), count, count)
 

@@ -189,3 +189,28 @@ def test_lstm_masking_and_direction_match_keras_lstm_after_export(return_sequenc
   perturb(twin)
   x = np.array([[3, 4, 5, 0, 0, 0], [7, 1, 2, 9, 11, 12]], np.int32)
   np.testing.assert_allclose(kl.export(twin)(x).numpy(), twin(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_rnn_over_a_factorised_cell_is_factorised_everywhere():
+  """`RNN(FedParaLSTMCell)` is one factorised layer for `is_factorized`, the parameter report,
+  `export` (a plain LSTM, same outputs) and the TFF travel mask; it used to be exported with its
+  FedPara cell and reported as a plain layer."""
+  import fedpara_tff  # pylint: disable=g-import-not-at-top
+  wrapped = tf.keras.Sequential([tf.keras.Input((5, 3)),
+                                 tf.keras.layers.RNN(kl.FedParaLSTMCell(8, rank=2),
+                                                     return_sequences=True, name='rnn'),
+                                 tf.keras.layers.Dense(2)])
+  layer = kl.FedParaLSTM(8, rank=2, return_sequences=True)
+  reference = tf.keras.Sequential([tf.keras.Input((5, 3)), layer, tf.keras.layers.Dense(2)])
+  assert kl.is_factorized(wrapped.layers[0])
+  rows = kl.parameter_report(wrapped)
+  expected = kl.parameter_report(reference)
+  assert (rows[0].ranks, rows[0].original, rows[0].factorized) == (
+      expected[0].ranks, expected[0].original, expected[0].factorized)
+  assert rows[0].original == 4 * 8 * (3 + 8 + 1)   # the plain LSTM it replaces
+  x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+  plain = kl.export(wrapped)
+  assert type(plain.layers[0]) is tf.keras.layers.LSTM and plain.layers[0].return_sequences
+  assert not any(kl.is_factorized(l) for l in plain.submodules)
+  np.testing.assert_allclose(plain(x).numpy(), wrapped(x).numpy(), atol=1e-5)
+  assert fedpara_tff.travel_mask(wrapped) == [True] * len(wrapped.trainable_variables)
