@@ -48,7 +48,8 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
 # Fields added after 0.2.0, left out of the identity at their default so that runs written
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
-                      'client_optimizer': 'sgd', 'examples_per_client': 20}
+                      'client_optimizer': 'sgd', 'examples_per_client': 20,
+                      'feddyn_alpha': 0.1}
 
 
 class RunInterruptedError(RuntimeError):
@@ -107,6 +108,7 @@ class RunConfig:
   server_momentum: float = 0.0
   weight_decay: float = 0.0
   fedprox_mu: float = 0.01
+  feddyn_alpha: float = 0.1
   quantization_bits: int = 0
   clients: int = 20
   clients_per_round: int = 10
@@ -151,16 +153,22 @@ def check(config):
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
-  if config.algorithm == 'fedprox' and (config.client_momentum or config.server_momentum):
-    raise ValueError(f'algorithm=fedprox runs without momentum; got client_momentum='
+  shared = fedpara_tff.SHARED_ROUND_ALGORITHMS
+  if config.algorithm in shared[1:] and (config.client_momentum or config.server_momentum):
+    raise ValueError(f'algorithm={config.algorithm} runs without momentum; got client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
-  if config.algorithm == 'fedprox' and config.parameterization == 'local':
-    raise ValueError('algorithm=fedprox pulls the global variables towards the server model; '
-                     'parameterization=local has none.')
+  if config.algorithm in shared[1:] and config.parameterization == 'local':
+    raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
+                     f'parameterization=local has none.')
+  if config.algorithm in ('scaffold', 'feddyn') and config.client_optimizer != 'sgd':
+    raise ValueError(f'algorithm={config.algorithm} corrects SGD steps; got client_optimizer='
+                     f'{config.client_optimizer!r}.')
+  if not (config.feddyn_alpha > 0 and math.isfinite(config.feddyn_alpha)):
+    raise ValueError(f'feddyn_alpha must be a finite number > 0; got {config.feddyn_alpha!r}.')
   if config.parameterization in PERSONALIZED:
-    if config.algorithm not in ('fedavg', 'fedprox'):
+    if config.algorithm not in shared:
       raise ValueError(f'parameterization={config.parameterization} runs stateful clients with '
-                       f'FedAvg or FedProx only; got algorithm={config.algorithm!r}.')
+                       f'{", ".join(shared)} only; got algorithm={config.algorithm!r}.')
     if config.client_momentum or config.server_momentum:
       raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
                        f'client_momentum={config.client_momentum}, '
@@ -207,7 +215,8 @@ def check(config):
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and not _uses_shared_round(config):
-    raise ValueError(f'backend=tf runs FedAvg / FedProx with server SGD and no momentum (and the '
+    raise ValueError(f'backend=tf runs FedAvg / FedProx / SCAFFOLD / FedDyn with server SGD and '
+                     f'no momentum (and the '
                      f'personalised runs); got algorithm={config.algorithm!r}, client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
   if config.backend == 'tf' and config.workers:
@@ -250,7 +259,7 @@ def _element_spec(data):
 def _uses_shared_round(config):
   """True when the run uses `fedpara_tff`'s own round (either backend), not TFF's builders."""
   return config.parameterization in PERSONALIZED or (
-      config.algorithm in ('fedavg', 'fedprox') and not config.client_momentum
+      config.algorithm in fedpara_tff.SHARED_ROUND_ALGORITHMS and not config.client_momentum
       and not config.server_momentum)
 
 
@@ -306,6 +315,8 @@ class _Shared:
                    quantization_bits=config.quantization_bits or None,
                    jacobian_correction=config.jacobian_correction,
                    client_optimizer=config.client_optimizer,
+                   algorithm=config.algorithm, num_clients=config.clients,
+                   feddyn_alpha=config.feddyn_alpha,
                    proximal_strength=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
     if config.parameterization == 'pfedpara':
       self.trainer = fedpara_tff.build_pfedpara_driver(keras_model_fn, element_spec, **options)
@@ -504,7 +515,9 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
                                                                    element_spec)
   state = process.initialize(initial_weights)
   store = None
-  if personalized:
+  # Clients keep state between rounds in the personalised runs (local variables) and with
+  # SCAFFOLD / FedDyn (their control variates / gradient state).
+  if personalized or config.algorithm in ('scaffold', 'feddyn'):
     store = client_store.open_store(config.client_store, config.clients, config.output_dir,
                                     process.local_layout, resuming)
     process.use_store(store)
@@ -528,14 +541,15 @@ def _resume_point(checkpoint_dir, state, signature, store):
 def _run_rounds(config, data, parts, keras_model_fn, signature, params, plain_params, resuming,
                 shares, process, state, store):
   """The rounds of `_rounds`, with the process and its client store ready."""
-  personalized = store is not None
+  personalized = config.parameterization in PERSONALIZED
+  stateful = store is not None
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
   checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
   found = _resume_point(checkpoint_dir, state, signature, store) if resuming else None
   if found:
     start_round, state, counters, local_store = found
-    if personalized and store.kind == 'memory':
+    if stateful and store.kind == 'memory':
       store.restore(local_store, start_round)
   train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
   ids = train_cd.client_ids
@@ -595,8 +609,8 @@ def _run_rounds(config, data, parts, keras_model_fn, signature, params, plain_pa
         # The server state first, then the clients' (one SQLite transaction with the round):
         # a kill between the two resumes from the previous checkpoint (`_resume_point`).
         checkpoints.save(checkpoint_dir, round_num, state, signature, counters,
-                         store.snapshot() if personalized and store.kind == 'memory' else None)
-        if personalized:
+                         store.snapshot() if stateful and store.kind == 'memory' else None)
+        if stateful:
           store.commit(round_num)
   finally:
     bar.close()

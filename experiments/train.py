@@ -103,6 +103,8 @@ flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
 flags.DEFINE_float('weight_decay', _DEFAULTS.weight_decay,
     'L2 weight decay on trainable variables.')
 flags.DEFINE_float('fedprox_mu', _DEFAULTS.fedprox_mu, 'FedProx proximal strength mu.')
+flags.DEFINE_float('feddyn_alpha', _DEFAULTS.feddyn_alpha,
+                   'FedDyn alpha (Acar et al. 2021; the paper\'s Table 3 uses 0.1).')
 flags.DEFINE_integer('quantization_bits', _DEFAULTS.quantization_bits,
                                           'Quantize uploads to this many bits (0: float32).')
 flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over client data per round.')
@@ -141,7 +143,7 @@ for _name, _check, _allowed in (
     ('client_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('weight_decay', lambda v: v >= 0, '>= 0'),
-    ('fedprox_mu', lambda v: v >= 0, '>= 0'),
+    ('fedprox_mu', lambda v: v >= 0, '>= 0'), ('feddyn_alpha', lambda v: v > 0, '> 0'),
     ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),
     ('clients', lambda v: v >= 1, '>= 1'), ('clients_per_round', lambda v: v >= 1, '>= 1'),
     ('local_epochs', lambda v: v >= 1, '>= 1'), ('batch_size', lambda v: v >= 1, '>= 1'),

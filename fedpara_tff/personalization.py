@@ -34,6 +34,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import aggregators
+from fedpara_tff import algorithms
 from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import client_store
 import keras_layers
@@ -63,7 +64,7 @@ def correct_and_total(logits, labels):
 
 
 def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
-                       client_optimizer='sgd', proximal_strength=0.0):
+                       client_optimizer='sgd', algorithm=None):
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -80,31 +81,45 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       `eta`); 0 trains on the plain gradients.
     client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
       state starts from zero every round).
-    proximal_strength: FedProx's mu (Li et al., "Federated Optimization in
-      Heterogeneous Networks", MLSys 2020, eq. 2): the client minimises
-      `loss(w) + mu/2 ||w_g - x_g||^2` over the global variables `w_g`
-      (`x_g` their values at the start of the round), i.e. adds
-      `mu (w_g - x_g)` to their gradients; local variables get no term. 0: off.
+    algorithm: a `fedpara_tff.algorithms` client piece (FedAvg / FedProx,
+      SCAFFOLD, FedDyn): the correction of the global variables' gradients and
+      what the client sends and keeps besides (default plain FedAvg).
 
   Returns:
     `train(global_values, local_values, dataset, learning_rate)` returning
-    `(update, new_local, weight, loss_sum, correct, diverged)`: the update
-    FedAvg sends (initial minus trained global values), the client's new local
-    values, its example count (weight), summed loss and correct predictions
-    over its local epochs, and 1 if training diverged (then the update is zero,
+    `(upload, new_local, weight, examples, loss_sum, correct, diverged)`.
+    `global_values`: the global variables, then the server's control when the
+    algorithm broadcasts one (SCAFFOLD's `c`). `local_values`: the model's
+    local variables, then the client's algorithm state when it has one
+    (SCAFFOLD's `c_i`, FedDyn's `g_k`, one per global variable). `upload`: the
+    FedAvg update (initial minus trained global values), then the algorithm's
+    extra values (SCAFFOLD's `c_i+ - c_i`); `new_local` is laid out as
+    `local_values`; `weight` is the example count (1 for the unweighted
+    algorithms); then the example count, summed loss and correct predictions
+    over the local epochs, and 1 if training diverged (then the upload is zero,
     the weight 0 and the local values unchanged, as TFF's client work does).
   """
   global_vars, local_vars = split(model)
+  algorithm = algorithm or algorithms.FedAvg()
   optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables)
+  n_global, n_local = len(global_vars), len(local_vars)
 
   # Variable assignments inside a TFF computation are only ordered inside a
   # tf.function (docs/DESIGN.md, "TFF runtime facts").
   @tf.function
   def train(global_values, local_values, dataset, learning_rate):
-    for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
+    global_values, local_values = list(global_values), list(local_values)
+    x = [tf.convert_to_tensor(v) for v in global_values[:n_global]]
+    c_server = global_values[n_global:] or [None] * n_global
+    c_client = local_values[n_local:] or [None] * n_global
+    for v, value in zip(global_vars + local_vars, x + local_values[:n_local]):
       v.assign(value)
     optimizer.reset()
-    starts = {v.ref(): tf.convert_to_tensor(value) for v, value in zip(global_vars, global_values)}
+    index = {v.ref(): i for i, v in enumerate(global_vars)}
+
+    def correct_gradient(v, g):
+      i = index.get(v.ref())
+      return g if i is None else algorithm.gradient(g, v, x[i], c_server[i], c_client[i])
 
     def step(totals, batch):
       def objective_fn():
@@ -116,26 +131,30 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
 
       objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
           model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
-      if proximal_strength:
-        grads = [g + proximal_strength * (v - starts[v.ref()]) if v.ref() in starts else g
-                 for v, g in zip(model.trainable_variables, grads)]
+      grads = [correct_gradient(v, g) for v, g in zip(model.trainable_variables, grads)]
       optimizer.apply(grads, learning_rate)
       size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
       correct, _ = correct_and_total(logits, batch['y'])
-      return totals[0] + size, totals[1] + objective * size, totals[2] + correct
+      return (totals[0] + size, totals[1] + objective * size, totals[2] + correct,
+              totals[3] + 1)
 
     # An iterator loop, like TFF's DATASET_ITERATOR (faster here than dataset.reduce).
-    totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0))
+    totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), tf.constant(0))
     for batch in iter(dataset.repeat(local_epochs)):
       totals = step(totals, batch)
-    seen, loss_sum, correct = totals
-    update = [a - b for a, b in zip(global_values, global_vars)]
-    new_local = [tf.identity(v) for v in local_vars]
+    seen, loss_sum, correct, steps = totals
+    y = [tf.identity(v) for v in global_vars]
+    extra, client_state = algorithm.client_finish(x, y, c_server, c_client, steps,
+                                                  learning_rate)
+    upload = [a - b for a, b in zip(x, y)] + extra
+    new_local = [tf.identity(v) for v in local_vars] + client_state
     finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
-        tf.reduce_all(tf.math.is_finite(t)) for t in update + new_local])
-    return ([tf.where(finite, u, tf.zeros_like(u)) for u in update],
-            [tf.where(finite, n, o) for n, o in zip(new_local, list(local_values))],
-            tf.where(finite, seen / float(local_epochs), 0.0),
+        tf.reduce_all(tf.math.is_finite(t)) for t in upload + new_local])
+    examples = seen / float(local_epochs)
+    weight = tf.cast(examples > 0, tf.float32) if algorithm.uniform else examples
+    return ([tf.where(finite, u, tf.zeros_like(u)) for u in upload],
+            [tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
+            tf.where(finite, weight, 0.0), tf.where(finite, examples, 0.0),
             tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
             tf.cast(tf.logical_not(finite), tf.int32))
 
@@ -166,8 +185,15 @@ class PersonalizedDriver:
     jacobian_correction: lambda of the Jacobian correction on the factorised
       Dense / convolution layers (>= 0; 0 off).
     client_optimizer: `'sgd'` (default) or `'adam'` (`fedpara_tff.client_optimizer`).
-    proximal_strength: FedProx's mu on the global variables (>= 0; 0 off); see
-      `build_client_train`.
+    algorithm: `'fedavg'` (default), `'fedprox'`, `'scaffold'` or `'feddyn'`
+      (`fedpara_tff.algorithms`, which gives each one's equations); SCAFFOLD's
+      `c_i` and FedDyn's gradient state are kept per client beside its local
+      variables (for the global variables only), their server state in the
+      server state's `control`.
+    proximal_strength: FedProx's mu on the global variables (>= 0; > 0 with
+      `'fedavg'` means FedProx).
+    feddyn_alpha: FedDyn's alpha (> 0).
+    num_clients: all clients, N (SCAFFOLD and FedDyn).
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
   """
@@ -175,7 +201,8 @@ class PersonalizedDriver:
   def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
                aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
-               jacobian_correction=0.0, client_optimizer='sgd', proximal_strength=0.0):
+               jacobian_correction=0.0, client_optimizer='sgd', algorithm='fedavg',
+               proximal_strength=0.0, feddyn_alpha=0.1, num_clients=None):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
@@ -185,10 +212,10 @@ class PersonalizedDriver:
       raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                        f'{jacobian_correction!r}.')
     client_optimizer_lib.check(client_optimizer)
-    if (not isinstance(proximal_strength, (int, float)) or isinstance(proximal_strength, bool)
-        or not 0 <= proximal_strength < float('inf')):
-      raise ValueError(f'proximal_strength must be a finite number >= 0; got '
-                       f'{proximal_strength!r}.')
+    algorithm = algorithms.build(algorithm, proximal_strength, feddyn_alpha, num_clients)
+    if algorithm.client_state and client_optimizer != 'sgd':
+      raise ValueError(f'algorithm={algorithm.name} corrects SGD steps; got client_optimizer='
+                       f'{client_optimizer!r}.')
     if client_optimizer != 'sgd' and jacobian_correction:
       raise ValueError(f'jacobian_correction={jacobian_correction} assumes an SGD client step; '
                        f'got client_optimizer={client_optimizer!r}.')
@@ -202,15 +229,22 @@ class PersonalizedDriver:
       variables = model.trainable_variables
       global_specs = _specs([v for v, s in zip(variables, sent) if s])
       local_specs = _specs([v for v, s in zip(variables, sent) if not s])
-    if proximal_strength and not global_specs:
-      raise ValueError(f'proximal_strength={proximal_strength} pulls the global variables towards '
-                       f'the server model; this model has none (every variable is local).')
+    if algorithm.name != 'fedavg' and not global_specs:
+      raise ValueError(f'algorithm={algorithm.name} acts on the global variables; this model has '
+                       f'none (every variable is local).')
     if require_local and not local_specs:
       raise ValueError('the model has no local variable: use pFedPara layers or local_layers.')
     self.global_index = [i for i, s in enumerate(sent) if s]
     self.local_index = [i for i, s in enumerate(sent) if not s]
+    self.algorithm = algorithm
     self.global_type = tff.types.tensorflow_to_type(global_specs)
+    # What clients receive and keep: the model's variables, then the algorithm's
+    # server control (if broadcast) and client state (fedpara_tff.algorithms).
+    received_specs = global_specs + (global_specs if algorithm.broadcast_control else [])
+    local_specs = local_specs + (global_specs if algorithm.client_state else [])
+    self.received_type = tff.types.tensorflow_to_type(received_specs)
     self.local_type = tff.types.tensorflow_to_type(local_specs)
+    n_model_local = len(self.local_index)
     data_type = tff.SequenceType(tff.types.tensorflow_to_type(element_spec))
     # Labels per example: 1 for classification, the sequence length for
     # next-character targets `(batch, length)`.
@@ -227,19 +261,23 @@ class PersonalizedDriver:
 
     @tff.tensorflow.computation
     def init_local():
-      return split(keras_model_fn())[1]
+      globals_, locals_ = split(keras_model_fn())
+      state = [tf.zeros_like(v) for v in globals_] if algorithm.client_state else []
+      return locals_ + state
+
+    @tff.tensorflow.computation
+    def init_control():
+      return [tf.zeros(s.shape, s.dtype) for s in global_specs]
 
     self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
     self.jacobian_correction = float(jacobian_correction)
-    self.proximal_strength = float(proximal_strength)
     self.client_optimizer = client_optimizer
     self.split = split
 
-    @tff.tensorflow.computation(self.global_type, self.local_type, data_type, tf.float32)
+    @tff.tensorflow.computation(self.received_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
       train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
-                                 float(jacobian_correction), client_optimizer,
-                                 float(proximal_strength))
+                                 float(jacobian_correction), client_optimizer, algorithm)
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
@@ -249,7 +287,8 @@ class PersonalizedDriver:
 
       @tf.function
       def evaluate(global_values, local_values, dataset):
-        for v, value in zip(global_vars + local_vars, list(global_values) + list(local_values)):
+        local_values = list(local_values)[:n_model_local]   # without the algorithm's state
+        for v, value in zip(global_vars + local_vars, list(global_values) + local_values):
           v.assign(value)
 
         def step(totals, batch):
@@ -262,19 +301,29 @@ class PersonalizedDriver:
 
       return evaluate(global_values, local_values, dataset)
 
+    upload_type = tff.types.tensorflow_to_type(global_specs * algorithm.uploads)
     aggregation = aggregators.FactorAggregatorFactory(
         inner=aggregator, quantization_bits=quantization_bits).create(
-        self.global_type, tff.TensorType(np.float32))
+        upload_type, tff.TensorType(np.float32))
     self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
-    download_per_client = communication.structure_bytes(global_specs)
+    download_per_client = communication.structure_bytes(received_specs)
+    n_global = len(global_specs)
 
-    @tff.tensorflow.computation(self.global_type, self.global_type)
-    def server_update(global_values, mean_update):
+    @tff.tensorflow.computation(self.global_type, self.global_type, upload_type, tf.float32)
+    def server_update(global_values, control, mean_upload, clients):
       # A non-finite mean (e.g. every client diverged: weights sum to 0) is not
       # applied, as TFF's own finalizer skips it.
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in mean_update])
-      return [tf.where(finite, w - server_learning_rate * u, w)
-              for w, u in zip(global_values, mean_update)]
+      mean_upload = list(mean_upload)
+      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in mean_upload])
+      new_global, new_control = algorithm.server(
+          list(global_values), list(control), mean_upload[:n_global], mean_upload[n_global:],
+          clients, server_learning_rate)
+      keep = lambda new, old: [tf.where(finite, n, o) for n, o in zip(new, old)]
+      return keep(new_global, global_values), keep(new_control or list(control), control)
+
+    @tff.tensorflow.computation(self.global_type, self.global_type)
+    def with_control(global_values, control):
+      return list(global_values) + list(control)
 
     @tff.tensorflow.computation(tf.int32)
     def learning_rate_at(round_num):
@@ -298,12 +347,19 @@ class PersonalizedDriver:
           diverged_clients=diverged,
           bytes_downloaded=tf.cast(clients, tf.int64) * download_per_client)
 
+    def server_state(global_weights, aggregator_state, round_num, control):
+      # FedAvg / FedProx keep the state they always had; SCAFFOLD and FedDyn add `control`.
+      fields = collections.OrderedDict(global_weights=global_weights,
+                                       aggregator=aggregator_state, round_num=round_num)
+      if algorithm.server_state:
+        fields['control'] = control
+      return tff.federated_zip(fields)
+
     @tff.federated_computation
     def initialize():
-      return tff.federated_zip(collections.OrderedDict(
-          global_weights=tff.federated_eval(init_global, tff.SERVER),
-          aggregator=aggregation.initialize(),
-          round_num=tff.federated_eval(zero_rounds, tff.SERVER)))
+      return server_state(tff.federated_eval(init_global, tff.SERVER), aggregation.initialize(),
+                          tff.federated_eval(zero_rounds, tff.SERVER),
+                          tff.federated_eval(init_control, tff.SERVER))
 
     state_type = initialize.type_signature.result
 
@@ -320,20 +376,24 @@ class PersonalizedDriver:
                                tff.FederatedType(self.local_type, tff.CLIENTS), positions_type)
     def next_fn(state, data, local_values, positions):
       learning_rate = tff.federated_map(learning_rate_at, state.round_num)
-      update, new_local, examples, loss_sum, correct, diverged = tff.federated_map(
-          client_update, (tff.federated_broadcast(state.global_weights), local_values, data,
+      control = (state.control if algorithm.server_state
+                 else tff.federated_eval(init_control, tff.SERVER))
+      received = (tff.federated_map(with_control, (state.global_weights, control))
+                  if algorithm.broadcast_control else state.global_weights)
+      upload, new_local, weight, examples, loss_sum, correct, diverged = tff.federated_map(
+          client_update, (tff.federated_broadcast(received), local_values, data,
                           tff.federated_broadcast(learning_rate)))
-      aggregated = aggregation.next(state.aggregator, update, examples)
-      new_global = tff.federated_map(server_update, (state.global_weights, aggregated.result))
+      aggregated = aggregation.next(state.aggregator, upload, weight)
+      server_out = tff.federated_map(server_update, (state.global_weights, control,
+                                                     aggregated.result, tff.federated_sum(weight)))
       clients = communication.count_clients()
       metrics = tff.federated_zip(collections.OrderedDict(
           train=tff.federated_map(round_metrics, (
               tff.federated_sum(loss_sum), tff.federated_sum(examples),
               tff.federated_sum(correct), tff.federated_sum(diverged), clients)),
           aggregator=aggregated.measurements))
-      new_state = tff.federated_zip(collections.OrderedDict(
-          global_weights=new_global, aggregator=aggregated.state,
-          round_num=tff.federated_map(increment, state.round_num)))
+      new_state = server_state(server_out[0], aggregated.state,
+                               tff.federated_map(increment, state.round_num), server_out[1])
       return new_state, new_local, metrics, tff.federated_map(same_position, positions)
 
     @tff.federated_computation(tff.FederatedType(self.global_type, tff.SERVER),
@@ -364,7 +424,8 @@ class PersonalizedDriver:
     self.iterative_process = personalized_process.PersonalizedProcess(
         initialize, template_next, get_model_weights, init_local)
     # The round's pieces, for the in-process TensorFlow backend (fedpara_tff.tf_backend).
-    self.aggregation, self.server_update = aggregation, server_update
+    self.aggregation, self.server_update, self.init_control = (aggregation, server_update,
+                                                               init_control)
     self.learning_rate_at, self.increment, self.round_metrics = (
         learning_rate_at, increment, round_metrics)
     self._evaluate = evaluate_fn
@@ -391,7 +452,9 @@ class PersonalizedDriver:
       raise ValueError(f'initial_weights has {len(values)} arrays; the model has {expected} '
                        f'trainable variables.')
     state['global_weights'] = [values[i] for i in self.global_index]
-    self._initial_local = [values[i] for i in self.local_index]
+    algorithm_state = ([np.zeros_like(values[i]) for i in self.global_index]
+                       if self.algorithm.client_state else [])
+    self._initial_local = [values[i] for i in self.local_index] + algorithm_state
     return state
 
   def use_store(self, store):
@@ -404,7 +467,7 @@ class PersonalizedDriver:
 
   def store_locals(self, client_ids, values):
     """Keeps the new local variables of several clients (one write to the store)."""
-    if self.local_index:
+    if self.local_layout:   # model-local variables or the algorithm's client state
       self.local_store.put(client_ids, [[np.asarray(v) for v in value] for value in values])
 
   def local_state(self, client_id):
@@ -413,7 +476,7 @@ class PersonalizedDriver:
 
   def local_states(self, client_ids):
     """`local_state` of each of `client_ids` (one read from the store)."""
-    if not self.local_index:
+    if not self.local_layout:
       return [self._initial_local for _ in client_ids]
     return [self._initial_local if value is None else value
             for value in self.local_store.get(client_ids)]

@@ -17,7 +17,10 @@ from fedpara_tff import aggregators
 from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import distributors
 
-ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite')
+ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite', 'scaffold',
+              'feddyn')
+# Run on fedpara_tff's own round (`fedpara_tff.algorithms`), not on TFF's builders.
+SHARED_ROUND_ALGORITHMS = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
 
 
 def check_positive(value, name):
@@ -127,6 +130,9 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'algorithm must be one of {ALGORITHMS}; got {algorithm!r}.')
+  if algorithm in ('scaffold', 'feddyn'):
+    raise ValueError(f'algorithm={algorithm!r} has no TFF 0.87 builder; it runs on '
+                     f'fedpara_tff.build_fedavg_driver(..., algorithm={algorithm!r}).')
   if algorithm == 'fedprox':
     raise ValueError("algorithm='fedprox': TFF 0.87's FedProx adds the proximal gradient with the "
                      "wrong sign (docs/DESIGN.md, \"TFF runtime facts\"); use "

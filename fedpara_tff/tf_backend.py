@@ -96,7 +96,7 @@ class TFBackend:
         model = trainer.keras_model_fn()
         self._clients.append((model, personalization.build_client_train(
             model, trainer.loss_fn(), trainer.split, trainer.local_epochs,
-            trainer.jacobian_correction, trainer.client_optimizer, trainer.proximal_strength)))
+            trainer.jacobian_correction, trainer.client_optimizer, trainer.algorithm)))
     self.placements = []  # (client id, device) of the last round, in client order
 
   @property
@@ -129,7 +129,11 @@ class TFBackend:
     """One round; returns `(state, metrics)` shaped like the trainer's."""
     client_ids = personalization.check_round_clients(client_ids, datasets)
     learning_rate = np.float32(self.trainer.learning_rate_at(state['round_num']))
-    global_values = [tf.constant(v) for v in state['global_weights']]
+    algorithm = self.trainer.algorithm
+    control = state['control'] if algorithm.server_state else self.trainer.init_control()
+    received = list(state['global_weights']) + (list(control) if algorithm.broadcast_control
+                                                else [])
+    global_values = [tf.constant(v) for v in received]
     jobs = [[] for _ in self.slots]
     self.placements = []
     local_states = self.trainer.local_states(client_ids)
@@ -143,17 +147,20 @@ class TFBackend:
                       range(len(self.slots)))
       results = dict(item for device_results in done for item in device_results)
     ordered = [results[p] for p in range(len(client_ids))]
-    updates, new_local, weights, loss_sums, correct, diverged = zip(*ordered)
-    aggregated = self.trainer.aggregation.next(state['aggregator'], list(updates),
-                                               [np.float32(w) for w in weights])
-    new_global = self.trainer.server_update(state['global_weights'], aggregated.result)
+    uploads, new_local, weights, examples, loss_sums, correct, diverged = zip(*ordered)
+    weights = [np.float32(w) for w in weights]
+    aggregated = self.trainer.aggregation.next(state['aggregator'], list(uploads), weights)
+    new_global, new_control = self.trainer.server_update(
+        state['global_weights'], control, aggregated.result, np.float32(np.sum(weights)))
     train_metrics = self.trainer.round_metrics(
-        np.float32(np.sum(loss_sums, dtype=np.float32)), np.float32(np.sum(weights)),
+        np.float32(np.sum(loss_sums, dtype=np.float32)), np.float32(np.sum(examples)),
         np.float32(np.sum(correct)), np.int32(np.sum(diverged)), np.int32(len(client_ids)))
     self.trainer.store_locals(list(client_ids), list(new_local))
     new_state = collections.OrderedDict(
         global_weights=new_global, aggregator=aggregated.state,
         round_num=self.trainer.increment(state['round_num']))
+    if algorithm.server_state:
+      new_state['control'] = new_control
     return new_state, collections.OrderedDict(train=train_metrics,
                                               aggregator=aggregated.measurements)
 

@@ -2,7 +2,7 @@
 against its equations, written here in numpy on a tiny linear model.
 
 For every method the driver runs (FedAvg, FedPer, pFedPara, local-only; the first three also
-with FedProx's proximal term), on both backends:
+with FedProx, SCAFFOLD and FedDyn, whose equations `numpy_rounds` gives), on both backends:
 client k starts from the server's global values and its own local values, runs E epochs of
 minibatch SGD at `lr * decay**t` (t = the round, from 0) on the mean cross-entropy, and sends
 `delta_k = global_start - global_end`; the server applies
@@ -71,49 +71,84 @@ def pfedpara_grads(params, x, y):
   return loss, [dw1 @ y1, dw1.T @ x1, dw2 @ y2, dw2.T @ x2, d.sum(0)]
 
 
-def local_sgd(grads_fn, params, x, y, lr, mu=0.0, is_global=None):
-  """E epochs of minibatch SGD; returns the trained params and the summed loss x batch size.
-
-  With `mu` (FedProx, Li et al. 2020, eq. 2) the global parameters' gradients get
-  `mu (w - w_start)`: the gradient of `mu/2 ||w - w_start||^2`.
-  """
+def local_sgd(grads_fn, params, x, y, lr, is_global, correction):
+  """E epochs of minibatch SGD; returns the trained params, the summed loss x batch size and
+  the number of steps. `correction(g, w, w_start, j)` is added to the j-th global parameter's
+  gradient: FedProx `mu (w - x)`; SCAFFOLD `c - c_i`; FedDyn `-g_k + alpha (w - x)`."""
   start_params = [p.copy() for p in params]
   params = [p.copy() for p in params]
-  loss_sum = 0.0
+  loss_sum, steps = 0.0, 0
   for _ in range(EPOCHS):
     for start in range(0, len(y), BATCH):
       xb, yb = x[start:start + BATCH], y[start:start + BATCH]
       loss, grads = grads_fn(params, xb, yb)
-      grads = [g + mu * (p - p0) if glob else g
-               for g, p, p0, glob in zip(grads, params, start_params, is_global)]
+      j = 0
+      corrected = []
+      for g, p, p0, glob in zip(grads, params, start_params, is_global):
+        corrected.append(g + correction(p, p0, j) if glob else g)
+        j += glob
       loss_sum += loss * len(yb)
-      params = [p - lr * g for p, g in zip(params, grads)]
-  return params, loss_sum
+      steps += 1
+      params = [p - lr * g for p, g in zip(params, corrected)]
+  return params, loss_sum, steps
 
 
-def numpy_rounds(grads_fn, initial, is_global, arrays, mu=0.0):
-  """The rounds of SCHEDULE by the equations: (global values, {client: local values}, losses)."""
+def numpy_rounds(grads_fn, initial, is_global, arrays, algorithm='fedavg', mu=0.0):
+  """The rounds of SCHEDULE by the equations.
+
+  Returns (global values, {client: local values + algorithm state}, losses, server control).
+  FedAvg / FedProx: example-weighted mean, `x <- x - eta_g mean(x - y)`. SCAFFOLD (option II):
+  `c_i+ = c_i - c + (x - y) / (K eta)`, `x <- x - eta_g mean_S(x - y)`,
+  `c <- c + |S|/N mean_S(c_i+ - c_i)`. FedDyn: `g_k <- g_k - alpha (y - x)`,
+  `h <- h - alpha |S|/N mean_S(y - x)`, `x <- mean_S(y) - h / alpha`. Unweighted means for both.
+  """
   glob = [p for p, g in zip(initial, is_global) if g]
-  local = {}
+  control = [np.zeros_like(p) for p in glob]
+  local, state = {}, {}
   losses = []
+  n_all = len(SIZES)
   for t, ids in enumerate(SCHEDULE):
     lr = LR * DECAY**t
-    deltas, weights, loss_sum = [], [], 0.0
+    deltas, extras, weights, loss_sum, examples = [], [], [], 0.0, 0
     for c in ids:
       own = iter(local.get(c, [p for p, g in zip(initial, is_global) if not g]))
       shared = iter(glob)
       start = [next(shared) if g else next(own) for g in is_global]
-      trained, client_loss = local_sgd(grads_fn, start, *arrays[c], lr, mu, is_global)
-      deltas.append([s - e for s, e, g in zip(start, trained, is_global) if g])
-      weights.append(SIZES[c])
+      c_i = state.get(c, [np.zeros_like(p) for p in glob])
+      x = glob
+      correction = {
+          'fedavg': lambda w, w0, j: mu * (w - w0),
+          'scaffold': lambda w, w0, j, c_i=c_i: control[j] - c_i[j],
+          'feddyn': lambda w, w0, j, c_i=c_i: -c_i[j] + ALPHA * (w - w0),
+      }['fedavg' if algorithm == 'fedprox' else algorithm]
+      trained, client_loss, steps = local_sgd(grads_fn, start, *arrays[c], lr, is_global,
+                                              correction)
+      y = [e for e, g in zip(trained, is_global) if g]
+      deltas.append([a - b for a, b in zip(x, y)])
+      if algorithm == 'scaffold':
+        new = [ci - cs + (a - b) / (steps * lr) for ci, cs, a, b in zip(c_i, control, x, y)]
+        extras.append([n - ci for n, ci in zip(new, c_i)])
+        state[c] = new
+      elif algorithm == 'feddyn':
+        state[c] = [gk - ALPHA * (b - a) for gk, a, b in zip(c_i, x, y)]
+      weights.append(1.0 if algorithm in ('scaffold', 'feddyn') else SIZES[c])
       local[c] = [e for e, g in zip(trained, is_global) if not g]
       loss_sum += client_loss
+      examples += SIZES[c]
     if glob:
       mean = [sum(w * d[i] for w, d in zip(weights, deltas)) / sum(weights)
               for i in range(len(glob))]
-      glob = [w - SERVER_LR * m for w, m in zip(glob, mean)]
-    losses.append(loss_sum / (sum(weights) * EPOCHS))
-  return glob, local, losses
+      if algorithm == 'feddyn':
+        control = [h + ALPHA * len(ids) / n_all * m for h, m in zip(control, mean)]
+        glob = [w - m - h / ALPHA for w, m, h in zip(glob, mean, control)]
+      else:
+        glob = [w - SERVER_LR * m for w, m in zip(glob, mean)]
+      if algorithm == 'scaffold':
+        mean_extra = [sum(e[i] for e in extras) / len(extras) for i in range(len(glob))]
+        control = [cs + len(ids) / n_all * m for cs, m in zip(control, mean_extra)]
+    losses.append(loss_sum / (examples * EPOCHS))
+  full_local = {c: local[c] + state.get(c, []) for c in local}
+  return glob, full_local, losses, control
 
 
 # ---- the code under test ------------------------------------------------------------------
@@ -149,11 +184,14 @@ METHODS = {
     'pfedpara': (fedpara_tff.build_pfedpara_driver, pfedpara_dense, pfedpara_grads,
                  PFEDPARA_SHAPES, [True, True, False, False, True]),
 }
-# FedProx on the same rounds: mu on the global variables only.
-MU = {name: 0.0 for name in METHODS}
+# FedProx, SCAFFOLD and FedDyn on the same rounds, on the global variables only.
+ALPHA = 0.4
+ALGORITHM = {name: ('fedavg', {}) for name in METHODS}
 for name in ('fedavg', 'fedper', 'pfedpara'):
-  METHODS[name + '_fedprox'] = METHODS[name]
-  MU[name + '_fedprox'] = 0.5
+  for algorithm, options in (('fedprox', dict(proximal_strength=0.5)), ('scaffold', {}),
+                             ('feddyn', dict(feddyn_alpha=ALPHA))):
+    METHODS[f'{name}_{algorithm}'] = METHODS[name]
+    ALGORITHM[f'{name}_{algorithm}'] = (algorithm, options)
 
 
 @pytest.mark.parametrize('backend', ['tff', 'tf'])
@@ -162,8 +200,10 @@ def test_two_rounds_equal_the_update_equations(method, backend):
   build, keras_model, grads_fn, shapes, is_global = METHODS[method]
   arrays = _arrays()
   initial = _initial(shapes)
+  algorithm, options = ALGORITHM[method]
   driver = build(keras_model, SPEC, client_learning_rate=LR, server_learning_rate=SERVER_LR,
-                 lr_decay=DECAY, local_epochs=EPOCHS, proximal_strength=MU[method])
+                 lr_decay=DECAY, local_epochs=EPOCHS, algorithm=algorithm,
+                 num_clients=len(SIZES), **options)
   assert [bool(g) for g in is_global] == [i in driver.global_index for i in range(len(shapes))]
   runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
   state = runner.initialize(initial)
@@ -172,8 +212,8 @@ def test_two_rounds_equal_the_update_equations(method, backend):
     state, metrics = runner.next(state, ids, [_dataset(*arrays[c]) for c in ids])
     losses.append(float(metrics['train']['loss']))
     assert float(metrics['train']['num_examples']) == sum(SIZES[c] for c in ids)
-  want_global, want_local, want_losses = numpy_rounds(grads_fn, initial, is_global, arrays,
-                                                      MU[method])
+  want_global, want_local, want_losses, want_control = numpy_rounds(
+      grads_fn, initial, is_global, arrays, algorithm, options.get('proximal_strength', 0.0))
   assert len(state['global_weights']) == len(want_global)
   for got, want in zip(state['global_weights'], want_global):
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
@@ -182,3 +222,45 @@ def test_two_rounds_equal_the_update_equations(method, backend):
       np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(losses, want_losses, rtol=1e-5)
   assert int(state['round_num']) == len(SCHEDULE)
+  if algorithm in ('scaffold', 'feddyn'):
+    for got, want in zip(state['control'], want_control):
+      np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+  else:
+    assert 'control' not in state   # FedAvg / FedProx keep the state they always had
+
+
+def test_scaffold_sends_and_receives_twice_fedavg_bytes():
+  """SCAFFOLD's control variates travel both ways: measured, not configured."""
+  arrays = _arrays()
+  measured = {}
+  for algorithm in ('fedavg', 'scaffold', 'feddyn'):
+    driver = fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm=algorithm,
+                                             num_clients=len(SIZES))
+    _, metrics = driver.next(driver.initialize(), ['a', 'b'],
+                             [_dataset(*arrays[c]) for c in 'ab'])
+    measured[algorithm] = (int(metrics['aggregator']['communication']['bytes_uploaded']),
+                           int(metrics['train']['bytes_downloaded']))
+  elements = sum(int(np.prod(s)) for s in TWO_DENSE_SHAPES)   # 4x3 + 3 + 3x2 + 2 = 23
+  assert measured['fedavg'] == (2 * 4 * elements, 2 * 4 * elements)
+  assert measured['scaffold'] == (2 * measured['fedavg'][0], 2 * measured['fedavg'][1])
+  assert measured['feddyn'] == measured['fedavg']
+
+
+def test_bad_algorithm_settings_are_named():
+  with pytest.raises(ValueError, match=r'FedDyn alpha must be a finite number > 0; got 0'):
+    fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='feddyn', feddyn_alpha=0,
+                                    num_clients=3)
+  with pytest.raises(ValueError, match=r'SCAFFOLD needs num_clients .* got None'):
+    fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='scaffold')
+  with pytest.raises(ValueError, match=r"algorithm must be one of .* got 'fedsgd'"):
+    fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='fedsgd')
+  with pytest.raises(ValueError, match=r'algorithm=scaffold corrects SGD steps; got '
+                                       r"client_optimizer='adam'"):
+    fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='scaffold', num_clients=3,
+                                    client_optimizer='adam')
+  with pytest.raises(ValueError, match=r'algorithm=feddyn acts on the global variables; this '
+                                       r'model has none'):
+    fedpara_tff.build_local_only_driver(two_dense, SPEC, algorithm='feddyn', num_clients=3)
+  with pytest.raises(ValueError, match=r"proximal_strength=0.5 is FedProx's; algorithm=scaffold"):
+    fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='scaffold', num_clients=3,
+                                    proximal_strength=0.5)

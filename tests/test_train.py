@@ -119,6 +119,25 @@ def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
                                            rel=1e-4)
 
 
+@pytest.mark.parametrize('algorithm', ['scaffold', 'feddyn'])
+def test_stateful_algorithms_agree_across_backends_and_resume_exactly(tmp_path, algorithm):
+  """SCAFFOLD / FedDyn through the binary's runner: both backends give the same rounds, and a
+  run stopped after round 2 and extended to 3 (client states and the server's control from the
+  checkpoint) ends as the uninterrupted 3-round run. The equations: test_round_equations.py."""
+  base = dict(algorithm=algorithm, clients=4, clients_per_round=2, checkpoint_every=1)
+  losses = {}
+  for backend in ('tff', 'tf'):
+    summary = runner.run(_config(tmp_path, backend, backend=backend, rounds=3, **base))
+    losses[backend] = [float(r['train_loss']) for r in _rows(summary['output_dir'])]
+  np.testing.assert_allclose(losses['tff'], losses['tf'], rtol=1e-4)
+  runner.run(_config(tmp_path, 'resumed', rounds=2, **base))
+  resumed = runner.run(_config(tmp_path, 'resumed', rounds=3, **base))
+  rows = _rows(resumed['output_dir'])
+  np.testing.assert_allclose([float(r['train_loss']) for r in rows], losses['tff'], rtol=1e-6)
+  assert float(rows[-1]['test_accuracy']) == pytest.approx(
+      float(_rows(str(tmp_path / 'tff'))[-1]['test_accuracy']), abs=1e-6)
+
+
 def test_tff_builder_path_of_the_runner_trains_and_counts_bytes(tmp_path):
   """FedAdam runs through TFF's builder (the runner's `_Process`), with measured bytes."""
   config = _config(tmp_path, algorithm='fedadam', server_learning_rate=0.01)
@@ -289,7 +308,7 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(_config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
   _refused(_config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
   _refused(_config(tmp_path, parameterization='pfedpara', algorithm='fedadam'),
-           "FedAvg or FedProx only; got algorithm='fedadam'")
+           "with fedavg, fedprox, scaffold, feddyn only; got algorithm='fedadam'")
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
   _refused(_config(tmp_path, factor_lr_scale='fast'),
@@ -297,11 +316,16 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(_config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
   _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='fedadam'),
            r"jacobian_correction=1.0 needs the shared round .*algorithm='fedadam'")
+  _refused(_config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
+           r'feddyn_alpha must be a finite number > 0; got 0.0')
+  _refused(_config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
+           r"algorithm=scaffold corrects SGD steps; got client_optimizer='adam'")
+  _refused(_config(tmp_path, algorithm='scaffold', parameterization='local'),
+           r'algorithm=scaffold acts on the global variables; parameterization=local has none')
   _refused(_config(tmp_path, algorithm='fedprox', server_momentum=0.9),
            r'algorithm=fedprox runs without momentum; got client_momentum=0.0, server_momentum=0.9')
   _refused(_config(tmp_path, algorithm='fedprox', parameterization='local'),
-           r'algorithm=fedprox pulls the global variables towards the server model; '
-           r'parameterization=local has none')
+           r'algorithm=fedprox acts on the global variables; parameterization=local has none')
   _refused(_config(tmp_path, jacobian_correction=1.0, parameterization='original'),
            "jacobian_correction applies to factorised layers; parameterization='original'")
   _refused(_config(tmp_path, jacobian_correction=-1.0),

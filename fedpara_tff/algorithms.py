@@ -1,0 +1,179 @@
+"""The federated algorithms of the shared round: a client piece and a server piece each.
+
+Every algorithm here trains the same model the same way (minibatch steps of the
+client optimizer over `local_epochs` passes, `fedpara_tff.personalization.build_client_train`)
+and differs in three places, which these classes supply as TensorFlow code run
+by both backends:
+
+* `gradient`: the correction added to each global variable's gradient;
+* `client_finish`: the extra values a client uploads and its new algorithm state;
+* `server`: the server's step from the aggregated uploads.
+
+Notation, per global variable: `x` the server's value at the start of the round
+(what the client starts from), `w` the client's current value, `y` its value
+after local training, `eta` the round's client learning rate, `K` the client's
+number of local steps, `S` the round's clients, `N` all clients, `eta_g` the server
+learning rate. Clients send `x - y` (the FedAvg update), so the server step of
+plain FedAvg is `x <- x - eta_g mean_S(x - y)`. Only global variables get a
+correction or a state: pFedPara's local factors and FedPer's local layers train
+with their plain gradients.
+"""
+
+import math
+import numbers
+
+import tensorflow as tf
+
+NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
+
+
+class FedAvg:
+  """FedAvg, and FedProx with `proximal_strength` mu > 0.
+
+  FedProx (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys
+  2020, eq. 2): the client minimises `F_k(w) + mu/2 ||w - x||^2`, so each
+  gradient gets `mu (w - x)`. The mean is weighted by the clients' examples.
+  """
+
+  name = 'fedavg'
+  uniform = False        # weighted by examples
+  client_state = False   # no per-client arrays besides the model's local variables
+  server_state = False   # no server arrays besides the global variables
+  uploads = 1            # arrays sent per global variable
+  broadcast_control = False  # whether clients receive the server state too
+
+  def __init__(self, proximal_strength=0.0):
+    self.mu = _finite_at_least_zero(proximal_strength, 'proximal_strength')
+    if self.mu:
+      self.name = 'fedprox'
+
+  def gradient(self, g, w, x, c_server, c_client):
+    del c_server, c_client
+    return g + self.mu * (w - x) if self.mu else g
+
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
+    del x, y, c_server, c_client, steps, learning_rate
+    return [], []
+
+  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+    del control, mean_extra, clients
+    return [xi - server_learning_rate * u for xi, u in zip(x, mean_update)], []
+
+
+class Scaffold:
+  """SCAFFOLD, option II (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for
+  Federated Learning", ICML 2020, Algorithm 1).
+
+  Server control `c`, client control `c_i` (both start at 0). Client step:
+  `w <- w - eta (g(w) - c_i + c)`. After K steps: `c_i+ = c_i - c + (x - y) / (K eta)`;
+  the client sends `x - y` and `c_i+ - c_i` (twice FedAvg's upload, and receives
+  `x` and `c`, twice its download) and keeps `c_i+`. Server, over the clients S
+  (an unweighted mean, as in the paper):
+  `x <- x - eta_g mean_S(x - y)` and `c <- c + (|S| / N) mean_S(c_i+ - c_i)`.
+  """
+
+  name = 'scaffold'
+  uniform = True
+  client_state = True
+  server_state = True
+  uploads = 2
+  broadcast_control = True
+
+  def __init__(self, num_clients):
+    if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
+        or num_clients < 1):
+      raise ValueError(f'SCAFFOLD needs num_clients (all clients, N) as an integer >= 1; got '
+                       f'{num_clients!r}.')
+    self.num_clients = int(num_clients)
+
+  def gradient(self, g, w, x, c_server, c_client):
+    del w, x
+    return g - c_client + c_server
+
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
+    scale = tf.math.divide_no_nan(1.0, tf.cast(steps, tf.float32) * learning_rate)
+    new = [tf.where(steps > 0, ci - c + (xi - yi) * scale, ci)
+           for xi, yi, c, ci in zip(x, y, c_server, c_client)]
+    return [n - ci for n, ci in zip(new, c_client)], new
+
+  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+    share = tf.cast(clients, tf.float32) / float(self.num_clients)
+    return ([xi - server_learning_rate * u for xi, u in zip(x, mean_update)],
+            [c + share * d for c, d in zip(control, mean_extra)])
+
+
+class FedDyn:
+  """FedDyn (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021,
+  Algorithm 1).
+
+  Client state `g_k` (the gradient state, from 0), server state `h` (from 0). The
+  client minimises `F_k(w) - <g_k, w> + alpha/2 ||w - x||^2` by its local steps, so
+  each gradient gets `-g_k + alpha (w - x)`; then `g_k <- g_k - alpha (y - x)`.
+  Server, over the clients S (unweighted, as in the paper):
+  `h <- h - alpha (|S| / N) mean_S(y - x)` and `x <- mean_S(y) - h / alpha`.
+  The server learning rate does not enter (the paper has none).
+  """
+
+  name = 'feddyn'
+  uniform = True
+  client_state = True
+  server_state = True
+  uploads = 1
+  broadcast_control = False
+
+  def __init__(self, alpha, num_clients):
+    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
+        or not 0 < alpha < math.inf):
+      raise ValueError(f'FedDyn alpha must be a finite number > 0; got {alpha!r}.')
+    if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
+        or num_clients < 1):
+      raise ValueError(f'FedDyn needs num_clients (all clients, N) as an integer >= 1; got '
+                       f'{num_clients!r}.')
+    self.alpha, self.num_clients = float(alpha), int(num_clients)
+
+  def gradient(self, g, w, x, c_server, c_client):
+    del c_server
+    return g - c_client + self.alpha * (w - x)
+
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
+    del c_server, steps, learning_rate
+    return [], [gk - self.alpha * (yi - xi) for xi, yi, gk in zip(x, y, c_client)]
+
+  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+    del mean_extra, server_learning_rate
+    share = tf.cast(clients, tf.float32) / float(self.num_clients)
+    # mean_S(y - x) = -mean_update.
+    h = [hi + self.alpha * share * u for hi, u in zip(control, mean_update)]
+    return [xi - u - hi / self.alpha for xi, u, hi in zip(x, mean_update, h)], h
+
+
+def _finite_at_least_zero(value, name):
+  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+      or not 0 <= value < math.inf):
+    raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
+  return float(value)
+
+
+def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None):
+  """The algorithm called `name` (one of `NAMES`).
+
+  Args:
+    name: 'fedavg' (FedProx when `proximal_strength` > 0), 'fedprox' (needs
+      `proximal_strength` > 0), 'scaffold' or 'feddyn'.
+    proximal_strength: FedProx's mu (>= 0).
+    alpha: FedDyn's alpha (> 0).
+    num_clients: N, all clients (SCAFFOLD and FedDyn scale their server state by
+      |S| / N).
+  """
+  if name not in NAMES:
+    raise ValueError(f'algorithm must be one of {NAMES}; got {name!r}.')
+  if name == 'fedprox' and not proximal_strength:
+    raise ValueError(f'algorithm=fedprox needs proximal_strength > 0; got {proximal_strength!r}.')
+  if name in ('fedavg', 'fedprox'):
+    return FedAvg(proximal_strength)   # FedProx whenever proximal_strength > 0
+  if proximal_strength:
+    raise ValueError(f'proximal_strength={proximal_strength} is FedProx\'s; algorithm={name} '
+                     f'takes none.')
+  if name == 'scaffold':
+    return Scaffold(num_clients)
+  return FedDyn(alpha, num_clients)
