@@ -25,6 +25,7 @@ import tqdm
 import fedpara_tff
 from fedpara_tff import client_optimizer
 from fedpara_tff import client_store
+from fedpara_tff import runtime
 from fedpara_tff import distributed
 from fedpara_tff import personalization
 from fedpara_tff import tf_backend
@@ -467,8 +468,10 @@ def run(config):
 
   With `config.workers` the TFF computations run on those remote workers (TFF's
   mergeable context splits each round's clients between them); the local
-  runtime is restored afterwards.
+  runtime is restored afterwards. Installs `fedpara_tff.runtime`'s housekeeping (TFF's
+  workers stopped at exit, a watchdog for SIGKILL) in the calling process.
   """
+  runtime.install()
   addresses = distributed.parse_addresses(config.workers) if config.workers else None
   data, parts, keras_model_fn, keras_model = prepare(config)
   if not addresses:

@@ -73,6 +73,7 @@ import numpy as np
 import fedpara_tff
 from fedpara_tff import tf_backend
 from tests import tff_support as ts
+fedpara_tff.runtime.install()   # TFF's worker must not outlive this script (it holds our pipes)
 data = [ts.to_dataset(*a) for a in ts.client_arrays([30] * 5)]
 ids = ['a', 'b', 'c', 'd', 'e']
 finals = []
@@ -118,7 +119,7 @@ def test_gpu_and_device_refusals():
 
 def test_backend_options_are_checked(tmp_path):
   base = dict(TINY, output_dir=str(tmp_path / 'x'))
-  with pytest.raises(ValueError, match="backend=tf runs FedAvg / FedProx with server SGD.*'fedadam'"):
+  with pytest.raises(ValueError, match="backend=tf runs FedAvg / FedProx / SCAFFOLD / FedDyn with server SGD.*'fedadam'"):
     runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='fedadam')))
   with pytest.raises(ValueError, match='needs backend=tf'):
     runner.check(runner.RunConfig(**dict(base, gpus='0')))
