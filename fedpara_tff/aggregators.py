@@ -56,6 +56,33 @@ def _warn_if_quantization_does_nothing(sent, bits, threshold):
   return True
 
 
+def _factories_within(factory):
+  """`factory` and the TFF aggregation factories it wraps (attributes, and the closures of its
+  `create`, where TFF's robust / DP wrappers keep their inner factory)."""
+  kinds = (tff.aggregators.WeightedAggregationFactory, tff.aggregators.UnweightedAggregationFactory)
+  seen, stack = [], [factory]
+  while stack:
+    current = stack.pop()
+    if any(current is f for f in seen):
+      continue
+    seen.append(current)
+    found = list(getattr(current, '__dict__', {}).values())
+    create = getattr(type(current), 'create', None)
+    for cell in getattr(create, '__closure__', None) or ():
+      try:
+        found.append(cell.cell_contents)
+      except ValueError:   # an empty cell
+        pass
+    stack.extend(f for f in found if isinstance(f, kinds))
+  return seen
+
+
+def encodes(factory):
+  """True when `factory` contains a TFF `EncodedSumFactory` (quantization and other lossy
+  encodings): what it sends then differs from the float32 values it is given."""
+  return any(isinstance(f, tff.aggregators.EncodedSumFactory) for f in _factories_within(factory))
+
+
 def quantized_mean(quantization_bits, threshold=20000):
   """Weighted mean whose sum quantizes tensors above `threshold` elements to `bits`."""
   return tff.aggregators.MeanFactory(
@@ -66,7 +93,18 @@ def quantized_mean(quantization_bits, threshold=20000):
 class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
   """Aggregates the travelling subset of a model update; see `factor_aggregator`."""
 
-  def __init__(self, inner=None, mask=None, quantization_bits=None, quantization_threshold=20000):
+  def __init__(self, inner=None, mask=None, quantization_bits=None, quantization_threshold=20000,
+               inner_encodes=None):
+    # Bytes are exact for the default mean and for `quantization_bits`; an inner factory of the
+    # user's that encodes (detected, or declared with `inner_encodes`) sends an unknown number
+    # of bytes, so the upload is reported as what it is: bytes before the inner encoding.
+    self._before_encoding = bool(inner is not None and (
+        encodes(inner) if inner_encodes is None else inner_encodes))
+    if self._before_encoding:
+      warnings.warn('factor_aggregator: the inner factory encodes what it sends (e.g. TFF\'s '
+                    'EncodedSumFactory); its bytes are not known here, so the upload is '
+                    'reported as bytes_uploaded_before_encoding (float32); use '
+                    'quantization_bits= for measured quantized bytes.', stacklevel=3)
     if quantization_bits is not None:
       if inner is not None:
         raise ValueError('give either inner or quantization_bits, not both; '
@@ -127,15 +165,17 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
       return container(next(values) if m else tf.zeros(s.shape, s.dtype)
                        for s, m in zip(specs, mask))
 
+    suffix = '_before_encoding' if self._before_encoding else ''
+
     @tff.tensorflow.computation(tf.int32)
     def round_figures(clients):
       clients = tf.cast(clients, tf.int64)
-      return collections.OrderedDict(
-          bytes_uploaded=clients * bytes_per_client,
-          bytes_uploaded_per_client=tf.constant(bytes_per_client, tf.int64),
-          elements_uploaded_per_client=tf.constant(elements_per_client, tf.int64),
-          paper_bytes_both_directions=tf.constant(
-              communication.paper_bytes(1, elements_per_client), tf.int64) * clients)
+      return collections.OrderedDict([
+          ('bytes_uploaded' + suffix, clients * bytes_per_client),
+          ('bytes_uploaded_per_client' + suffix, tf.constant(bytes_per_client, tf.int64)),
+          ('elements_uploaded_per_client', tf.constant(elements_per_client, tf.int64)),
+          ('paper_bytes_both_directions', tf.constant(
+              communication.paper_bytes(1, elements_per_client), tf.int64) * clients)])
 
     @tff.federated_computation(inner_process.initialize.type_signature.result,
                                tff.FederatedType(value_type, tff.CLIENTS),
@@ -179,7 +219,8 @@ class UnweightedFactorAggregatorFactory(tff.aggregators.UnweightedAggregationFac
 
 
 def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=None,
-                      quantization_bits=None, quantization_threshold=20000, weighted=True):
+                      quantization_bits=None, quantization_threshold=20000, weighted=True,
+                      inner_encodes=None):
   """The aggregation factory to pass as `model_aggregator=` to a `tff.learning` builder.
 
   Args:
@@ -200,6 +241,12 @@ def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=Non
     quantization_threshold: see `quantization_bits`.
     weighted: False for the unweighted builders (`build_unweighted_fed_avg`,
       `build_unweighted_fed_prox`): returns an unweighted factory.
+    inner_encodes: whether `inner` encodes what it sends (None: detected, True
+      when it contains a TFF `EncodedSumFactory`). Its bytes are then unknown
+      here, and the upload is reported as `bytes_uploaded_before_encoding` /
+      `bytes_uploaded_per_client_before_encoding` (float32 bytes of the values
+      given to it) instead of `bytes_uploaded` / `bytes_uploaded_per_client`;
+      `quantization_bits` gives measured quantized bytes instead.
 
   Returns:
     A `FactorAggregatorFactory` (an `UnweightedFactorAggregatorFactory` with
@@ -219,5 +266,6 @@ def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=Non
   if keras_model_fn is not None:
     with tf.Graph().as_default():
       mask = travel_mask(keras_model_fn(), local_layers)
-  factory = FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold)
+  factory = FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold,
+                                    inner_encodes)
   return factory if weighted else UnweightedFactorAggregatorFactory(factory)

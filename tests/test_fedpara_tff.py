@@ -331,3 +331,30 @@ def test_fedpara_process_refuses_a_model_that_is_neither_kind_and_a_functional_d
   # TFF 0.87's scheduled FedAvg fails on a FunctionalModel inside TFF: refused up front.
   with pytest.raises(ValueError, match=r'lr_decay=0.992 is not available with a FunctionalModel'):
     fedpara_tff.build_fedpara_process(_functional(), lr_decay=0.992)
+
+
+def test_an_encoding_inner_factory_is_reported_as_bytes_before_encoding(clients):
+  """A user's quantizing inner factory sends fewer bytes than we can know: the upload is named
+  for what it is (float32 bytes before the encoding), also through TFF's robust wrappers; our
+  own quantization reports the measured, smaller bytes; a non-encoding chain keeps the name."""
+  def quantizing():
+    return tff.aggregators.MeanFactory(
+        tff.aggregators.EncodedSumFactory.quantize_above_threshold(8, threshold=0))
+
+  def communication_of(**kwargs):
+    process = tff.learning.algorithms.build_weighted_fed_avg(
+        ts.model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+        model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model, **kwargs))
+    return process.next(process.initialize(), clients).metrics['aggregator']['communication']
+
+  for inner in (quantizing(), tff.aggregators.zeroing_factory(1e6, quantizing())):
+    with pytest.warns(UserWarning, match='reported as bytes_uploaded_before_encoding'):
+      comm = communication_of(inner=inner)
+    assert 'bytes_uploaded' not in comm
+    assert comm['bytes_uploaded_before_encoding'] == 3 * 814 * 4
+    assert comm['bytes_uploaded_per_client_before_encoding'] == 814 * 4
+  measured = communication_of(quantization_bits=8, quantization_threshold=0)
+  assert measured['bytes_uploaded'] < 3 * 814 * 4
+  plain = communication_of(inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
+  assert plain['bytes_uploaded'] == 3 * 814 * 4
+  assert not fedpara_tff.aggregators.encodes(tff.aggregators.MeanFactory())
