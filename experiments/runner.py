@@ -146,6 +146,11 @@ class RunConfig:
       # FedProx left TFF's builder, whose proximal term had the wrong sign: a FedProx run of
       # 0.2 does not resume on the corrected round.
       fields['fedprox_round'] = 'shared'
+    elif (self.algorithm in fedpara_tff.SERVER_OPTIMIZERS or self.client_momentum
+          or self.server_momentum) and self.algorithm != 'mimelite':
+      # Adaptive servers and momentum moved from TFF's builders to the shared round (same
+      # equations, another state layout): such a run of 0.2 does not resume.
+      fields['round'] = 'shared'
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
 
 
@@ -155,10 +160,14 @@ def check(config):
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
   shared = fedpara_tff.SHARED_ROUND_ALGORITHMS
-  if config.algorithm in shared[1:] and (config.client_momentum or config.server_momentum):
+  if config.algorithm in ('scaffold', 'feddyn') and (config.client_momentum
+                                                     or config.server_momentum):
     raise ValueError(f'algorithm={config.algorithm} runs without momentum; got client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
-  if config.algorithm in shared[1:] and config.parameterization == 'local':
+  if config.algorithm in fedpara_tff.SERVER_OPTIMIZERS and config.server_momentum:
+    raise ValueError(f'server_momentum={config.server_momentum} applies to server SGD; '
+                     f'algorithm={config.algorithm} has its own moments.')
+  if config.algorithm != 'fedavg' and config.parameterization == 'local':
     raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
                      f'parameterization=local has none.')
   if config.algorithm in ('scaffold', 'feddyn') and config.client_optimizer != 'sgd':
@@ -170,10 +179,6 @@ def check(config):
     if config.algorithm not in shared:
       raise ValueError(f'parameterization={config.parameterization} runs stateful clients with '
                        f'{", ".join(shared)} only; got algorithm={config.algorithm!r}.')
-    if config.client_momentum or config.server_momentum:
-      raise ValueError(f'parameterization={config.parameterization} takes no momentum; got '
-                       f'client_momentum={config.client_momentum}, '
-                       f'server_momentum={config.server_momentum}.')
   _lr_scale(config.factor_lr_scale)
   if not 0 <= config.seed < 2**31:
     raise ValueError(f'seed must be in [0, 2**31); got {config.seed!r}.')
@@ -187,11 +192,10 @@ def check(config):
   if not (config.jacobian_correction >= 0 and math.isfinite(config.jacobian_correction)):
     raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                      f'{config.jacobian_correction!r}.')
-  if config.jacobian_correction and not _uses_shared_round(config):
-    raise ValueError(f'jacobian_correction={config.jacobian_correction} needs the shared round '
-                     f'(FedAvg without momentum, or the personalised runs); got algorithm='
-                     f'{config.algorithm!r}, client_momentum={config.client_momentum}, '
-                     f'server_momentum={config.server_momentum}.')
+  if config.jacobian_correction and (not _uses_shared_round(config) or config.client_momentum):
+    raise ValueError(f'jacobian_correction={config.jacobian_correction} needs plain client SGD '
+                     f'steps on the shared round (not MIME-lite, no client momentum); got '
+                     f'algorithm={config.algorithm!r}, client_momentum={config.client_momentum}.')
   if config.jacobian_correction and config.parameterization not in ('fedpara', 'pfedpara',
                                                                      'lowrank'):
     raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
@@ -216,10 +220,8 @@ def check(config):
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and not _uses_shared_round(config):
-    raise ValueError(f'backend=tf runs FedAvg / FedProx / SCAFFOLD / FedDyn with server SGD and '
-                     f'no momentum (and the '
-                     f'personalised runs); got algorithm={config.algorithm!r}, client_momentum='
-                     f'{config.client_momentum}, server_momentum={config.server_momentum}.')
+    raise ValueError(f'backend=tf runs every algorithm but MIME-lite, which only TFF\'s builder '
+                     f'has; got algorithm={config.algorithm!r}.')
   if config.backend == 'tf' and config.workers:
     raise ValueError('backend=tf trains clients in this process; it does not take --workers.')
   if config.gpus and config.backend != 'tf':
@@ -260,12 +262,11 @@ def _element_spec(data):
 def _uses_shared_round(config):
   """True when the run uses `fedpara_tff`'s own round (either backend), not TFF's builders."""
   return config.parameterization in PERSONALIZED or (
-      config.algorithm in fedpara_tff.SHARED_ROUND_ALGORITHMS and not config.client_momentum
-      and not config.server_momentum)
+      config.algorithm in fedpara_tff.SHARED_ROUND_ALGORITHMS)
 
 
 class _Process:
-  """TFF's own builders (adaptive servers, MIME-lite, momentum) behind the runner's
+  """TFF's own builder (MIME-lite, the one algorithm not on the shared round) behind the runner's
   interface; the global parameterisations only."""
 
   def __init__(self, config, keras_model_fn, element_spec):
@@ -316,7 +317,11 @@ class _Shared:
                    quantization_bits=config.quantization_bits or None,
                    jacobian_correction=config.jacobian_correction,
                    client_optimizer=config.client_optimizer,
-                   algorithm=config.algorithm, num_clients=config.clients,
+                   algorithm=('fedavg' if config.algorithm in fedpara_tff.SERVER_OPTIMIZERS
+                              else config.algorithm),
+                   server_optimizer=fedpara_tff.SERVER_OPTIMIZERS.get(config.algorithm, 'sgd'),
+                   server_momentum=config.server_momentum,
+                   client_momentum=config.client_momentum, num_clients=config.clients,
                    feddyn_alpha=config.feddyn_alpha,
                    proximal_strength=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
     if config.parameterization == 'pfedpara':

@@ -28,6 +28,7 @@ from fedpara_tff.personalization import build_pfedpara_process
 from fedpara_tff.personalization import PersonalizedDriver
 from fedpara_tff.personalized_process import PersonalizedProcess
 from fedpara_tff.processes import ALGORITHMS
+from fedpara_tff.processes import SERVER_OPTIMIZERS
 from fedpara_tff.processes import SHARED_ROUND_ALGORITHMS
 from fedpara_tff.processes import build_evaluation
 from fedpara_tff.processes import build_fedpara_process

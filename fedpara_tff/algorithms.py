@@ -27,25 +27,95 @@ import tensorflow as tf
 NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
 
 
+class ServerOptimizer:
+  """The server's step on the pseudo-gradient `D = mean_S(x - y)` (Reddi et al., "Adaptive
+  Federated Optimization", ICLR 2021), in the form of TFF's optimizers with their defaults:
+
+  * `sgd`: `a <- beta a + D` (no `a` without momentum), `x <- x - eta_g a`;
+  * `adam`: `m <- m + (D - m)(1 - b1)`, `v <- v + (D^2 - v)(1 - b2)`,
+    `x <- x - eta_g sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + 1e-7)`, b1 0.9, b2 0.999;
+  * `yogi`: as Adam with `v <- v + (1 - b2) sign(D^2 - v) D^2`, `v` from 1e-6, epsilon 1e-3;
+  * `adagrad`: `v <- v + D^2` (from 0.1), `x <- x - eta_g D / sqrt(v + 1e-7)`.
+
+  Its state is a list of arrays: `[a...]`, `[m..., v..., t]` or `[v...]`.
+  """
+
+  NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
+
+  def __init__(self, name='sgd', momentum=0.0):
+    if name not in self.NAMES:
+      raise ValueError(f'server optimizer must be one of {self.NAMES}; got {name!r}.')
+    if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
+        or not 0 <= momentum < 1):
+      raise ValueError(f'server_momentum must be a number in [0, 1); got {momentum!r}.')
+    if momentum and name != 'sgd':
+      raise ValueError(f'server_momentum={momentum} applies to server SGD; got {name!r}.')
+    self.name, self.momentum = name, float(momentum)
+    self.stateful = name != 'sgd' or bool(momentum)
+
+  def initial_state(self, specs):
+    """TF values of the state for global variables of `specs` (TensorSpecs)."""
+    zeros = [tf.zeros(s.shape, s.dtype) for s in specs]
+    if self.name == 'sgd':
+      return zeros if self.momentum else []
+    if self.name == 'adagrad':
+      return [tf.fill(s.shape, 0.1) for s in specs]
+    v0 = 1e-6 if self.name == 'yogi' else 0.0
+    return zeros + [tf.fill(s.shape, v0) for s in specs] + [tf.constant(0.0)]
+
+  def step(self, x, d, state, learning_rate):
+    """`(new x, new state)` after one step along the pseudo-gradient `d`."""
+    n = len(x)
+    if self.name == 'sgd':
+      if not self.momentum:
+        return [xi - learning_rate * di for xi, di in zip(x, d)], []
+      acc = [self.momentum * a + di for a, di in zip(state, d)]
+      return [xi - learning_rate * a for xi, a in zip(x, acc)], acc
+    if self.name == 'adagrad':
+      v = [vi + tf.square(di) for vi, di in zip(state, d)]
+      return [xi - learning_rate * di / tf.sqrt(vi + 1e-7) for xi, di, vi in zip(x, d, v)], v
+    b1, b2 = 0.9, 0.999
+    m, v, t = state[:n], state[n:2 * n], state[2 * n] + 1.0
+    m = [mi + (di - mi) * (1 - b1) for mi, di in zip(m, d)]
+    if self.name == 'adam':
+      v = [vi + (tf.square(di) - vi) * (1 - b2) for vi, di in zip(v, d)]
+      eps = 1e-7
+    else:
+      v = [vi + (1 - b2) * tf.sign(tf.square(di) - vi) * tf.square(di) for vi, di in zip(v, d)]
+      eps = 1e-3
+    rate = learning_rate * tf.sqrt(1 - tf.pow(b2, t)) / (1 - tf.pow(b1, t))
+    new_x = [xi - rate * mi / (tf.sqrt(vi) + eps) for xi, mi, vi in zip(x, m, v)]
+    return new_x, m + v + [t]
+
+
 class FedAvg:
-  """FedAvg, and FedProx with `proximal_strength` mu > 0.
+  """FedAvg, and FedProx with `proximal_strength` mu > 0; any `ServerOptimizer`
+  (FedAdam, FedYogi, FedAdagrad, server momentum).
 
   FedProx (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys
   2020, eq. 2): the client minimises `F_k(w) + mu/2 ||w - x||^2`, so each
-  gradient gets `mu (w - x)`. The mean is weighted by the clients' examples.
+  gradient gets `mu (w - x)`. The mean is weighted by the clients' examples. The
+  server optimizer's state, if any, is the server state's `control`.
   """
 
   name = 'fedavg'
   uniform = False        # weighted by examples
   client_state = False   # no per-client arrays besides the model's local variables
-  server_state = False   # no server arrays besides the global variables
   uploads = 1            # arrays sent per global variable
   broadcast_control = False  # whether clients receive the server state too
 
-  def __init__(self, proximal_strength=0.0):
+  def __init__(self, proximal_strength=0.0, server_optimizer=None):
     self.mu = _finite_at_least_zero(proximal_strength, 'proximal_strength')
+    self.optimizer = server_optimizer or ServerOptimizer()
+    self.server_state = self.optimizer.stateful
     if self.mu:
       self.name = 'fedprox'
+
+  def control_specs(self, specs):
+    return [tf.TensorSpec(v.shape, v.dtype) for v in self.optimizer.initial_state(specs)]
+
+  def initial_control(self, specs):
+    return self.optimizer.initial_state(specs)
 
   def gradient(self, g, w, x, c_server, c_client):
     del c_server, c_client
@@ -56,11 +126,21 @@ class FedAvg:
     return [], []
 
   def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
-    del control, mean_extra, clients
-    return [xi - server_learning_rate * u for xi, u in zip(x, mean_update)], []
+    del mean_extra, clients
+    return self.optimizer.step(x, mean_update, control, server_learning_rate)
 
 
-class Scaffold:
+class _GlobalShapedControl:
+  """SCAFFOLD's `c` and FedDyn's `h`: one array per global variable, from zero."""
+
+  def control_specs(self, specs):
+    return list(specs)
+
+  def initial_control(self, specs):
+    return [tf.zeros(s.shape, s.dtype) for s in specs]
+
+
+class Scaffold(_GlobalShapedControl):
   """SCAFFOLD, option II (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for
   Federated Learning", ICML 2020, Algorithm 1).
 
@@ -102,7 +182,7 @@ class Scaffold:
             [c + share * d for c, d in zip(control, mean_extra)])
 
 
-class FedDyn:
+class FedDyn(_GlobalShapedControl):
   """FedDyn (Acar et al., "Federated Learning Based on Dynamic Regularization", ICLR 2021,
   Algorithm 1).
 
@@ -154,7 +234,8 @@ def _finite_at_least_zero(value, name):
   return float(value)
 
 
-def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None):
+def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,
+          server_optimizer='sgd', server_momentum=0.0):
   """The algorithm called `name` (one of `NAMES`).
 
   Args:
@@ -164,13 +245,21 @@ def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None):
     alpha: FedDyn's alpha (> 0).
     num_clients: N, all clients (SCAFFOLD and FedDyn scale their server state by
       |S| / N).
+    server_optimizer: `ServerOptimizer` name for FedAvg / FedProx ('sgd', 'adam',
+      'yogi', 'adagrad').
+    server_momentum: server SGD momentum for FedAvg / FedProx.
   """
   if name not in NAMES:
     raise ValueError(f'algorithm must be one of {NAMES}; got {name!r}.')
   if name == 'fedprox' and not proximal_strength:
     raise ValueError(f'algorithm=fedprox needs proximal_strength > 0; got {proximal_strength!r}.')
+  optimizer = ServerOptimizer(server_optimizer, server_momentum)
   if name in ('fedavg', 'fedprox'):
-    return FedAvg(proximal_strength)   # FedProx whenever proximal_strength > 0
+    return FedAvg(proximal_strength, optimizer)   # FedProx whenever proximal_strength > 0
+  if optimizer.stateful:
+    raise ValueError(f'algorithm={name} takes server SGD without momentum (its paper\'s server '
+                     f'step); got server optimizer {server_optimizer!r}, momentum '
+                     f'{server_momentum}.')
   if proximal_strength:
     raise ValueError(f'proximal_strength={proximal_strength} is FedProx\'s; algorithm={name} '
                      f'takes none.')

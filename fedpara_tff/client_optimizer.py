@@ -4,7 +4,8 @@ The shared round (`personalization.build_client_train`) steps its variables
 with `LocalOptimizer`; the runs on TFF's builders get the same optimizer from
 `tff_optimizer`, so both use one update rule:
 
-* `sgd`: `w <- w - eta g`;
+* `sgd`: `w <- w - eta g`; with momentum beta (TFF's SGDM) `a <- beta a + g`,
+  `w <- w - eta a`, `a` from zero each round;
 * `adam` (Kingma and Ba, 2015, in the form of TFF's and Keras' Adam):
   `m <- b1 m + (1 - b1) g`, `v <- b2 v + (1 - b2) g^2`,
   `w <- w - eta sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, with
@@ -32,12 +33,19 @@ class LocalOptimizer:
   Args:
     name: one of `CLIENT_OPTIMIZERS`.
     variables: the model variables it updates (their order is the gradients' order).
+    momentum: SGD momentum in [0, 1) (0: none).
   """
 
-  def __init__(self, name, variables):
+  def __init__(self, name, variables, momentum=0.0):
     self.name = check(name)
     self._variables = list(variables)
     self._slots = []
+    self.momentum = float(momentum)
+    if self.momentum and self.name != 'sgd':
+      raise ValueError(f'client_momentum={momentum} applies to SGD; Adam keeps its own moments.')
+    if self.momentum:
+      self._slots = [tf.Variable(tf.zeros_like(v), trainable=False, name='momentum')
+                     for v in self._variables]
     if self.name == 'adam':
       self._step = tf.Variable(0.0, trainable=False, name='adam_step')
       self._slots = [(tf.Variable(tf.zeros_like(v), trainable=False, name='adam_m'),
@@ -46,6 +54,9 @@ class LocalOptimizer:
 
   def reset(self):
     """Zeroes the moments and the step count (call at the start of a round)."""
+    if self.momentum:
+      for a in self._slots:
+        a.assign(tf.zeros_like(a))
     if self.name == 'adam':
       self._step.assign(0.0)
       for m, v in self._slots:
@@ -54,6 +65,10 @@ class LocalOptimizer:
 
   def apply(self, grads, learning_rate):
     """One step of every variable along its gradient in `grads` at `learning_rate`."""
+    if self.name == 'sgd' and self.momentum:
+      for variable, grad, a in zip(self._variables, grads, self._slots):
+        variable.assign_sub(learning_rate * a.assign(self.momentum * a + grad))
+      return
     if self.name == 'sgd':
       for variable, grad in zip(self._variables, grads):
         variable.assign_sub(learning_rate * grad)

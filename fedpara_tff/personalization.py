@@ -64,7 +64,7 @@ def correct_and_total(logits, labels):
 
 
 def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
-                       client_optimizer='sgd', algorithm=None):
+                       client_optimizer='sgd', algorithm=None, client_momentum=0.0):
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -81,6 +81,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       `eta`); 0 trains on the plain gradients.
     client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
       state starts from zero every round).
+    client_momentum: SGD momentum of the client steps (0: none).
     algorithm: a `fedpara_tff.algorithms` client piece (FedAvg / FedProx,
       SCAFFOLD, FedDyn): the correction of the global variables' gradients and
       what the client sends and keeps besides (default plain FedAvg).
@@ -101,7 +102,8 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   """
   global_vars, local_vars = split(model)
   algorithm = algorithm or algorithms.FedAvg()
-  optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables)
+  optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables,
+                                                  client_momentum)
   n_global, n_local = len(global_vars), len(local_vars)
 
   # Variable assignments inside a TFF computation are only ordered inside a
@@ -194,6 +196,11 @@ class PersonalizedDriver:
       `'fedavg'` means FedProx).
     feddyn_alpha: FedDyn's alpha (> 0).
     num_clients: all clients, N (SCAFFOLD and FedDyn).
+    server_optimizer: `'sgd'` (default), `'adam'`, `'yogi'` or `'adagrad'` for
+      FedAvg / FedProx: FedAdam, FedYogi, FedAdagrad (`fedpara_tff.algorithms.ServerOptimizer`).
+    server_momentum: server SGD momentum (FedAvg / FedProx).
+    client_momentum: client SGD momentum (0: none; its accumulator starts at
+      zero every round, as TFF's client work does).
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
   """
@@ -202,7 +209,8 @@ class PersonalizedDriver:
                server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
                aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
                jacobian_correction=0.0, client_optimizer='sgd', algorithm='fedavg',
-               proximal_strength=0.0, feddyn_alpha=0.1, num_clients=None):
+               proximal_strength=0.0, feddyn_alpha=0.1, num_clients=None,
+               server_optimizer='sgd', server_momentum=0.0, client_momentum=0.0):
     processes.check_positive(client_learning_rate, 'client_learning_rate')
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
@@ -212,7 +220,15 @@ class PersonalizedDriver:
       raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                        f'{jacobian_correction!r}.')
     client_optimizer_lib.check(client_optimizer)
-    algorithm = algorithms.build(algorithm, proximal_strength, feddyn_alpha, num_clients)
+    algorithm = algorithms.build(algorithm, proximal_strength, feddyn_alpha, num_clients,
+                                 server_optimizer, server_momentum)
+    if (not isinstance(client_momentum, (int, float)) or isinstance(client_momentum, bool)
+        or not 0 <= client_momentum < 1):
+      raise ValueError(f'client_momentum must be a number in [0, 1); got {client_momentum!r}.')
+    if client_momentum and (client_optimizer != 'sgd' or jacobian_correction):
+      raise ValueError(f'client_momentum={client_momentum} applies to plain SGD steps; got '
+                       f'client_optimizer={client_optimizer!r}, jacobian_correction='
+                       f'{jacobian_correction}.')
     if algorithm.client_state and client_optimizer != 'sgd':
       raise ValueError(f'algorithm={algorithm.name} corrects SGD steps; got client_optimizer='
                        f'{client_optimizer!r}.')
@@ -265,19 +281,29 @@ class PersonalizedDriver:
       state = [tf.zeros_like(v) for v in globals_] if algorithm.client_state else []
       return locals_ + state
 
+    # The algorithm's server arrays (SCAFFOLD's c, FedDyn's h, the server optimizer's state);
+    # zeros of the global variables' shapes, unused, for the algorithms without any.
+    control_specs = (algorithm.control_specs(global_specs) if algorithm.server_state
+                     else global_specs)
+    control_type = tff.types.tensorflow_to_type(control_specs)
+
     @tff.tensorflow.computation
     def init_control():
+      if algorithm.server_state:
+        return algorithm.initial_control(global_specs)
       return [tf.zeros(s.shape, s.dtype) for s in global_specs]
 
     self.keras_model_fn, self.loss_fn, self.local_epochs = keras_model_fn, loss_fn, local_epochs
     self.jacobian_correction = float(jacobian_correction)
+    self.client_momentum = float(client_momentum)
     self.client_optimizer = client_optimizer
     self.split = split
 
     @tff.tensorflow.computation(self.received_type, self.local_type, data_type, tf.float32)
     def client_update(global_values, local_values, dataset, learning_rate):
       train = build_client_train(keras_model_fn(), loss_fn(), split, local_epochs,
-                                 float(jacobian_correction), client_optimizer, algorithm)
+                                 float(jacobian_correction), client_optimizer, algorithm,
+                                 float(client_momentum))
       return train(global_values, local_values, dataset, learning_rate)
 
     @tff.tensorflow.computation(self.global_type, self.local_type, data_type)
@@ -309,7 +335,7 @@ class PersonalizedDriver:
     download_per_client = communication.structure_bytes(received_specs)
     n_global = len(global_specs)
 
-    @tff.tensorflow.computation(self.global_type, self.global_type, upload_type, tf.float32)
+    @tff.tensorflow.computation(self.global_type, control_type, upload_type, tf.float32)
     def server_update(global_values, control, mean_upload, clients):
       # A non-finite mean (e.g. every client diverged: weights sum to 0) is not
       # applied, as TFF's own finalizer skips it.
@@ -321,7 +347,7 @@ class PersonalizedDriver:
       keep = lambda new, old: [tf.where(finite, n, o) for n, o in zip(new, old)]
       return keep(new_global, global_values), keep(new_control or list(control), control)
 
-    @tff.tensorflow.computation(self.global_type, self.global_type)
+    @tff.tensorflow.computation(self.global_type, control_type)
     def with_control(global_values, control):
       return list(global_values) + list(control)
 

@@ -20,7 +20,10 @@ from fedpara_tff import distributors
 ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite', 'scaffold',
               'feddyn')
 # Run on fedpara_tff's own round (`fedpara_tff.algorithms`), not on TFF's builders.
-SHARED_ROUND_ALGORITHMS = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
+SHARED_ROUND_ALGORITHMS = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'fedadam', 'fedyogi',
+                           'fedadagrad')
+# The server optimizer (`fedpara_tff.algorithms.ServerOptimizer`) of each adaptive algorithm.
+SERVER_OPTIMIZERS = {'fedadam': 'adam', 'fedyogi': 'yogi', 'fedadagrad': 'adagrad'}
 
 
 def check_positive(value, name):

@@ -96,7 +96,8 @@ class TFBackend:
         model = trainer.keras_model_fn()
         self._clients.append((model, personalization.build_client_train(
             model, trainer.loss_fn(), trainer.split, trainer.local_epochs,
-            trainer.jacobian_correction, trainer.client_optimizer, trainer.algorithm)))
+            trainer.jacobian_correction, trainer.client_optimizer, trainer.algorithm,
+            trainer.client_momentum)))
     self.placements = []  # (client id, device) of the last round, in client order
 
   @property

@@ -119,8 +119,10 @@ def test_gpu_and_device_refusals():
 
 def test_backend_options_are_checked(tmp_path):
   base = dict(TINY, output_dir=str(tmp_path / 'x'))
-  with pytest.raises(ValueError, match="backend=tf runs FedAvg / FedProx / SCAFFOLD / FedDyn with server SGD.*'fedadam'"):
-    runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='fedadam')))
+  with pytest.raises(ValueError,
+                     match="backend=tf runs every algorithm but MIME-lite.*got algorithm='mimelite'"):
+    runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='mimelite')))
+  runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm='fedadam')))   # accepted
   with pytest.raises(ValueError, match='needs backend=tf'):
     runner.check(runner.RunConfig(**dict(base, gpus='0')))
   with pytest.raises(ValueError, match='does not take --workers'):

@@ -119,12 +119,14 @@ def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
                                            rel=1e-4)
 
 
-@pytest.mark.parametrize('algorithm', ['scaffold', 'feddyn'])
+@pytest.mark.parametrize('algorithm', ['scaffold', 'feddyn', 'fedadam'])
 def test_stateful_algorithms_agree_across_backends_and_resume_exactly(tmp_path, algorithm):
-  """SCAFFOLD / FedDyn through the binary's runner: both backends give the same rounds, and a
-  run stopped after round 2 and extended to 3 (client states and the server's control from the
-  checkpoint) ends as the uninterrupted 3-round run. The equations: test_round_equations.py."""
-  base = dict(algorithm=algorithm, clients=4, clients_per_round=2, checkpoint_every=1)
+  """SCAFFOLD / FedDyn / FedAdam through the binary's runner: both backends give the same
+  rounds, and a run stopped after round 2 and extended to 3 (client states and the server's
+  control, Adam's moments for FedAdam, from the checkpoint) ends as the uninterrupted 3-round
+  run. The equations: test_round_equations.py, test_algorithm_equations.py."""
+  base = dict(algorithm=algorithm, clients=4, clients_per_round=2, checkpoint_every=1,
+              server_learning_rate=0.01 if algorithm == 'fedadam' else 1.0)
   losses = {}
   for backend in ('tff', 'tf'):
     summary = runner.run(_config(tmp_path, backend, backend=backend, rounds=3, **base))
@@ -139,8 +141,8 @@ def test_stateful_algorithms_agree_across_backends_and_resume_exactly(tmp_path, 
 
 
 def test_tff_builder_path_of_the_runner_trains_and_counts_bytes(tmp_path):
-  """FedAdam runs through TFF's builder (the runner's `_Process`), with measured bytes."""
-  config = _config(tmp_path, algorithm='fedadam', server_learning_rate=0.01)
+  """MIME-lite runs through TFF's builder (the runner's `_Process`), with measured bytes."""
+  config = _config(tmp_path, algorithm='mimelite', client_momentum=0.5)
   summary = runner.run(config)
   rows = _rows(config.output_dir)
   per_round = config.clients_per_round * 4 * _travelling_elements(config)
@@ -307,23 +309,28 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
            'clients=4001 exceeds the 4000 training examples')
   _refused(_config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
   _refused(_config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
-  _refused(_config(tmp_path, parameterization='pfedpara', algorithm='fedadam'),
-           "with fedavg, fedprox, scaffold, feddyn only; got algorithm='fedadam'")
+  _refused(_config(tmp_path, parameterization='pfedpara', algorithm='mimelite'),
+           "runs stateful clients with fedavg, .* only; got algorithm='mimelite'")
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
   _refused(_config(tmp_path, factor_lr_scale='fast'),
            r"factor_lr_scale must be 'none', 'matched' or a positive number; got 'fast'")
   _refused(_config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
-  _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='fedadam'),
-           r"jacobian_correction=1.0 needs the shared round .*algorithm='fedadam'")
+  _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
+           r"jacobian_correction=1.0 needs plain client SGD steps .*algorithm='mimelite'")
+  _refused(_config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),
+           r'jacobian_correction=1.0 needs plain client SGD steps .*client_momentum=0.9')
+  _refused(_config(tmp_path, algorithm='fedadam', server_momentum=0.9),
+           r'server_momentum=0.9 applies to server SGD; algorithm=fedadam has its own moments')
   _refused(_config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
            r'feddyn_alpha must be a finite number > 0; got 0.0')
   _refused(_config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
            r"algorithm=scaffold corrects SGD steps; got client_optimizer='adam'")
   _refused(_config(tmp_path, algorithm='scaffold', parameterization='local'),
            r'algorithm=scaffold acts on the global variables; parameterization=local has none')
-  _refused(_config(tmp_path, algorithm='fedprox', server_momentum=0.9),
-           r'algorithm=fedprox runs without momentum; got client_momentum=0.0, server_momentum=0.9')
+  _refused(_config(tmp_path, algorithm='scaffold', server_momentum=0.9),
+           r'algorithm=scaffold runs without momentum; got client_momentum=0.0, '
+           r'server_momentum=0.9')
   _refused(_config(tmp_path, algorithm='fedprox', parameterization='local'),
            r'algorithm=fedprox acts on the global variables; parameterization=local has none')
   _refused(_config(tmp_path, jacobian_correction=1.0, parameterization='original'),
