@@ -707,11 +707,11 @@ def test_metrics_keep_full_precision_on_resume(tmp_path):
 
 
 def test_compare_checks_every_parameterization_before_running_any(tmp_path):
-  # pfedpara takes FedAvg only: refused before the original run starts (it used to run first).
+  # pfedpara does not take MIME-lite: refused before the original run starts (it used to run first).
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.compare', f'--output_dir={tmp_path / "cmp"}',
        '--dataset=mnist5k', '--model=mlp', '--clients=6', '--clients_per_round=2',
-       '--algorithm=fedadam', '--parameterizations=original,pfedpara',
+       '--algorithm=mimelite', '--parameterizations=original,pfedpara',
        f'--cache_dir={tmp_path / "cache"}', '--progress=false'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
