@@ -269,6 +269,8 @@ class _Process:
   """TFF's own builder (MIME-lite, the one algorithm not on the shared round) behind the runner's
   interface; the global parameterisations only."""
 
+  local_layout = []   # stateless clients
+
   def __init__(self, config, keras_model_fn, element_spec):
     model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model_fn, element_spec)
     self._process = fedpara_tff.build_fedpara_process(
@@ -518,14 +520,13 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
             plain_params, resuming, shares):
   """Builds the process and runs the rounds of a prepared run folder; returns the summary."""
   element_spec = _element_spec(data)
-  personalized = config.parameterization in PERSONALIZED
   process = (_Shared if _uses_shared_round(config) else _Process)(config, keras_model_fn,
                                                                    element_spec)
   state = process.initialize(initial_weights)
   store = None
   # Clients keep state between rounds in the personalised runs (local variables) and with
-  # SCAFFOLD / FedDyn (their control variates / gradient state).
-  if personalized or config.algorithm in ('scaffold', 'feddyn'):
+  # SCAFFOLD / FedDyn (their control variates / gradient state): the process's layout says.
+  if process.local_layout:
     store = client_store.open_store(config.client_store, config.clients, config.output_dir,
                                     process.local_layout, resuming)
     process.use_store(store)

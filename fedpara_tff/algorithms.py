@@ -24,6 +24,8 @@ import numbers
 
 import tensorflow as tf
 
+from fedpara_tff import processes
+
 NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
 
 
@@ -105,7 +107,7 @@ class FedAvg:
   broadcast_control = False  # whether clients receive the server state too
 
   def __init__(self, proximal_strength=0.0, server_optimizer=None):
-    self.mu = _finite_at_least_zero(proximal_strength, 'proximal_strength')
+    self.mu = processes.check_finite_at_least_zero(proximal_strength, 'proximal_strength')
     self.optimizer = server_optimizer or ServerOptimizer()
     self.server_state = self.optimizer.stateful
     if self.mu:
@@ -160,11 +162,7 @@ class Scaffold(_GlobalShapedControl):
   broadcast_control = True
 
   def __init__(self, num_clients):
-    if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
-        or num_clients < 1):
-      raise ValueError(f'SCAFFOLD needs num_clients (all clients, N) as an integer >= 1; got '
-                       f'{num_clients!r}.')
-    self.num_clients = int(num_clients)
+    self.num_clients = _check_num_clients(num_clients, 'SCAFFOLD')
 
   def gradient(self, g, w, x, c_server, c_client):
     del w, x
@@ -205,11 +203,8 @@ class FedDyn(_GlobalShapedControl):
     if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
         or not 0 < alpha < math.inf):
       raise ValueError(f'FedDyn alpha must be a finite number > 0; got {alpha!r}.')
-    if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
-        or num_clients < 1):
-      raise ValueError(f'FedDyn needs num_clients (all clients, N) as an integer >= 1; got '
-                       f'{num_clients!r}.')
-    self.alpha, self.num_clients = float(alpha), int(num_clients)
+    self.alpha = float(alpha)
+    self.num_clients = _check_num_clients(num_clients, 'FedDyn')
 
   def gradient(self, g, w, x, c_server, c_client):
     del c_server
@@ -227,11 +222,13 @@ class FedDyn(_GlobalShapedControl):
     return [xi - u - hi / self.alpha for xi, u, hi in zip(x, mean_update, h)], h
 
 
-def _finite_at_least_zero(value, name):
-  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-      or not 0 <= value < math.inf):
-    raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
-  return float(value)
+def _check_num_clients(num_clients, algorithm):
+  """N as an int, else a ValueError naming the value."""
+  if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
+      or num_clients < 1):
+    raise ValueError(f'{algorithm} needs num_clients (all clients, N) as an integer >= 1; got '
+                     f'{num_clients!r}.')
+  return int(num_clients)
 
 
 def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,

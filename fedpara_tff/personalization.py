@@ -215,10 +215,7 @@ class PersonalizedDriver:
     processes.check_positive(server_learning_rate, 'server_learning_rate')
     if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
       raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
-    if (not isinstance(jacobian_correction, (int, float)) or isinstance(jacobian_correction, bool)
-        or not 0 <= jacobian_correction < float('inf')):
-      raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
-                       f'{jacobian_correction!r}.')
+    processes.check_finite_at_least_zero(jacobian_correction, 'jacobian_correction')
     client_optimizer_lib.check(client_optimizer)
     algorithm = algorithms.build(algorithm, proximal_strength, feddyn_alpha, num_clients,
                                  server_optimizer, server_momentum)

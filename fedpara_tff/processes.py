@@ -8,6 +8,7 @@ MIME-lite builders with the factor aggregator (measured upload) and a measured
 broadcast (measured download), and a per-round client learning-rate decay.
 """
 
+import math
 import numbers
 
 import tensorflow as tf
@@ -31,6 +32,14 @@ def check_positive(value, name):
   if (not isinstance(value, numbers.Real) or isinstance(value, bool)
       or not value > 0):
     raise ValueError(f'{name} must be a number > 0; got {value!r}.')
+  return float(value)
+
+
+def check_finite_at_least_zero(value, name):
+  """`value` as float if it is a finite number >= 0, else a ValueError naming it."""
+  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+      or not 0 <= value < math.inf):
+    raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
   return float(value)
 
 
