@@ -9,6 +9,11 @@ weights, then the server takes the example-weighted mean. TFF runs
 `tf.function` per client epoch over the dataset, and one `tf.function` per step
 with the dataset iterated in Python. Target: TFF / plain <= 1.5.
 
+The project's own round (the binaries' FedAvg, `fedpara_tff.build_fedavg_driver`)
+is timed in the same run on both backends (`backend=tff`: TFF's runtime;
+`backend=tf`: clients as `tf.function`s in this process, then the round's
+`finish_round`), so its cost is read against TFF's own FedAvg builder.
+
   python -m benchmarks.tff_round_speed --rounds=6
 """
 
@@ -26,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import fedpara_tff
+from fedpara_tff import tf_backend
 import keras_layers as kl
 import tensorflow_federated as tff
 from experiments import models
@@ -119,6 +125,17 @@ def main(argv):
     state[0] = process.next(state[0], datasets).state
 
   results = [('TFF process', timed(tff_round, _ROUNDS.value))]
+  ids = [str(i) for i in range(n)]
+  for name, backend in (('shared round, tff', 'tff'), ('shared round, tf', 'tf')):
+    driver = fedpara_tff.build_fedavg_driver(keras_model, SPEC,
+                                             client_learning_rate=LEARNING_RATE)
+    runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
+    shared_state = [runner.initialize()]
+
+    def shared_round(runner=runner, shared_state=shared_state):
+      shared_state[0] = runner.next(shared_state[0], ids, datasets)[0]
+
+    results.append((name, timed(shared_round, _ROUNDS.value)))
   for name, per_step in (('plain, epoch fn', False), ('plain, step fn', True)):
     model = keras_model()
     run = plain_round_fn(model, per_step)

@@ -19,15 +19,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
 import tqdm
 
 import fedpara_tff
 from fedpara_tff import client_optimizer
 from fedpara_tff import client_store
+from fedpara_tff import client_work
 from fedpara_tff import runtime
 from fedpara_tff import distributed
-from fedpara_tff import personalization
 from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
@@ -50,7 +49,7 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
                       'client_optimizer': 'sgd', 'examples_per_client': 20,
-                      'feddyn_alpha': 0.1}
+                      'feddyn_alpha': 0.1, 'server_beta_2': 0.999}
 
 
 class RunInterruptedError(RuntimeError):
@@ -107,6 +106,7 @@ class RunConfig:
   lr_decay: float = 1.0
   client_momentum: float = 0.0
   server_momentum: float = 0.0
+  server_beta_2: float = 0.999
   weight_decay: float = 0.0
   fedprox_mu: float = 0.01
   feddyn_alpha: float = 0.1
@@ -146,10 +146,10 @@ class RunConfig:
       # FedProx left TFF's builder, whose proximal term had the wrong sign: a FedProx run of
       # 0.2 does not resume on the corrected round.
       fields['fedprox_round'] = 'shared'
-    elif (self.algorithm in fedpara_tff.SERVER_OPTIMIZERS or self.client_momentum
-          or self.server_momentum) and self.algorithm != 'mimelite':
-      # Adaptive servers and momentum moved from TFF's builders to the shared round (same
-      # equations, another state layout): such a run of 0.2 does not resume.
+    elif (self.algorithm in fedpara_tff.SERVER_OPTIMIZERS or self.algorithm == 'mimelite'
+          or self.client_momentum or self.server_momentum):
+      # Adaptive servers, MIME-lite and momentum moved from TFF's builders to the shared round
+      # (same equations, another state layout): such a run of 0.2 does not resume.
       fields['round'] = 'shared'
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
 
@@ -159,26 +159,30 @@ def check(config):
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
-  shared = fedpara_tff.SHARED_ROUND_ALGORITHMS
   if config.algorithm in ('scaffold', 'feddyn') and (config.client_momentum
                                                      or config.server_momentum):
     raise ValueError(f'algorithm={config.algorithm} runs without momentum; got client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
+  if not 0 < config.server_beta_2 < 1:
+    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {config.server_beta_2!r}.')
+  if config.server_beta_2 != 0.999 and config.algorithm not in ('fedadam', 'fedyogi'):
+    raise ValueError(f'server_beta_2={config.server_beta_2} applies to fedadam or fedyogi; got '
+                     f'algorithm={config.algorithm}.')
   if config.algorithm in fedpara_tff.SERVER_OPTIMIZERS and config.server_momentum:
     raise ValueError(f'server_momentum={config.server_momentum} applies to server SGD; '
                      f'algorithm={config.algorithm} has its own moments.')
   if config.algorithm != 'fedavg' and config.parameterization == 'local':
     raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
                      f'parameterization=local has none.')
-  if config.algorithm in ('scaffold', 'feddyn') and config.client_optimizer != 'sgd':
+  if config.algorithm == 'mimelite' and config.server_momentum:
+    raise ValueError(f'algorithm=mimelite takes server SGD without momentum; got '
+                     f'server_momentum={config.server_momentum}.')
+  if (config.algorithm in ('scaffold', 'feddyn', 'mimelite')
+      and config.client_optimizer != 'sgd'):
     raise ValueError(f'algorithm={config.algorithm} corrects SGD steps; got client_optimizer='
                      f'{config.client_optimizer!r}.')
   if not (config.feddyn_alpha > 0 and math.isfinite(config.feddyn_alpha)):
     raise ValueError(f'feddyn_alpha must be a finite number > 0; got {config.feddyn_alpha!r}.')
-  if config.parameterization in PERSONALIZED:
-    if config.algorithm not in shared:
-      raise ValueError(f'parameterization={config.parameterization} runs stateful clients with '
-                       f'{", ".join(shared)} only; got algorithm={config.algorithm!r}.')
   _lr_scale(config.factor_lr_scale)
   if not 0 <= config.seed < 2**31:
     raise ValueError(f'seed must be in [0, 2**31); got {config.seed!r}.')
@@ -192,9 +196,9 @@ def check(config):
   if not (config.jacobian_correction >= 0 and math.isfinite(config.jacobian_correction)):
     raise ValueError(f'jacobian_correction must be a finite number >= 0; got '
                      f'{config.jacobian_correction!r}.')
-  if config.jacobian_correction and (not _uses_shared_round(config) or config.client_momentum):
+  if config.jacobian_correction and (config.algorithm == 'mimelite' or config.client_momentum):
     raise ValueError(f'jacobian_correction={config.jacobian_correction} needs plain client SGD '
-                     f'steps on the shared round (not MIME-lite, no client momentum); got '
+                     f'steps (not MIME-lite, no client momentum); got '
                      f'algorithm={config.algorithm!r}, client_momentum={config.client_momentum}.')
   if config.jacobian_correction and config.parameterization not in ('fedpara', 'pfedpara',
                                                                      'lowrank'):
@@ -219,9 +223,6 @@ def check(config):
                      '(the paper uses lambda 0 for its LSTM).')
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
-  if config.backend == 'tf' and not _uses_shared_round(config):
-    raise ValueError(f'backend=tf runs every algorithm but MIME-lite, which only TFF\'s builder '
-                     f'has; got algorithm={config.algorithm!r}.')
   if config.backend == 'tf' and config.workers:
     raise ValueError('backend=tf trains clients in this process; it does not take --workers.')
   if config.gpus and config.backend != 'tf':
@@ -259,58 +260,10 @@ def _element_spec(data):
       y=tf.TensorSpec((None,) + data.y_train.shape[1:], tf.int32))
 
 
-def _uses_shared_round(config):
-  """True when the run uses `fedpara_tff`'s own round (either backend), not TFF's builders."""
-  return config.parameterization in PERSONALIZED or (
-      config.algorithm in fedpara_tff.SHARED_ROUND_ALGORITHMS)
-
-
-class _Process:
-  """TFF's own builder (MIME-lite, the one algorithm not on the shared round) behind the runner's
-  interface; the global parameterisations only."""
-
-  local_layout = []   # stateless clients
-
-  def __init__(self, config, keras_model_fn, element_spec):
-    model_fn = fedpara_tff.keras_model_fn_to_tff(keras_model_fn, element_spec)
-    self._process = fedpara_tff.build_fedpara_process(
-        model_fn, algorithm=config.algorithm,
-        client_learning_rate=config.client_learning_rate,
-        server_learning_rate=config.server_learning_rate,
-        client_momentum=config.client_momentum, server_momentum=config.server_momentum,
-        lr_decay=config.lr_decay, client_optimizer=config.client_optimizer,
-        quantization_bits=config.quantization_bits or None)
-    self._epochs = config.local_epochs
-
-  def initialize(self, weights):
-    state = self._process.initialize()
-    return self._process.set_model_weights(
-        state, tff.learning.models.ModelWeights(trainable=list(weights), non_trainable=[]))
-
-  def train_dataset(self, dataset):
-    return dataset.repeat(self._epochs)
-
-  def next(self, state, client_ids, datasets):
-    del client_ids
-    output = self._process.next(state, datasets)
-    metrics = output.metrics
-    train = metrics['client_work']['train']
-    # TFF's client work zeroes a diverged client's update with weight 0; it shows as a
-    # zero-weight client in our aggregator (every client here has examples).
-    clients = metrics['aggregator']['clients']
-    return output.state, dict(
-        train_loss=float(train['loss']), train_accuracy=float(train['sparse_categorical_accuracy']),
-        diverged_clients=int(clients['zero_weight_clients']) + int(clients['non_finite_clients']),
-        bytes_uploaded=int(metrics['aggregator']['communication']['bytes_uploaded']),
-        bytes_downloaded=int(metrics['distributor']['bytes_downloaded']))
-
-  def global_weights(self, state):
-    return self._process.get_model_weights(state).trainable
-
-
 class _Shared:
-  """`fedpara_tff`'s own round: FedAvg (server SGD) or pFedPara / FedPer / local-only, on the TFF
-  runtime (`backend=tff`) or with in-process TensorFlow client training (`backend=tf`)."""
+  """`fedpara_tff`'s own round, for every algorithm and parameterisation (FedPara / low-rank /
+  original, pFedPara, FedPer, local-only), on the TFF runtime (`backend=tff`, `--workers`) or with
+  in-process TensorFlow client training (`backend=tf`, `--gpus`)."""
 
   def __init__(self, config, keras_model_fn, element_spec):
     options = dict(client_learning_rate=config.client_learning_rate,
@@ -322,7 +275,7 @@ class _Shared:
                    algorithm=('fedavg' if config.algorithm in fedpara_tff.SERVER_OPTIMIZERS
                               else config.algorithm),
                    server_optimizer=fedpara_tff.SERVER_OPTIMIZERS.get(config.algorithm, 'sgd'),
-                   server_momentum=config.server_momentum,
+                   server_momentum=config.server_momentum, server_beta_2=config.server_beta_2,
                    client_momentum=config.client_momentum, num_clients=config.clients,
                    feddyn_alpha=config.feddyn_alpha,
                    proximal_strength=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0)
@@ -409,7 +362,7 @@ class _Evaluator:
     def add_batch(totals, batch):
       batch_x, batch_y = batch
       logits = model(batch_x, training=False)
-      correct, total = personalization.correct_and_total(logits, batch_y)
+      correct, total = client_work.correct_and_total(logits, batch_y)
       return (totals[0] + loss(batch_y, logits), totals[1] + correct, totals[2] + total)
 
     # `Dataset.reduce`, not a Python loop: the loop needs AutoGraph, which reads the source file
@@ -520,8 +473,7 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
             plain_params, resuming, shares):
   """Builds the process and runs the rounds of a prepared run folder; returns the summary."""
   element_spec = _element_spec(data)
-  process = (_Shared if _uses_shared_round(config) else _Process)(config, keras_model_fn,
-                                                                   element_spec)
+  process = _Shared(config, keras_model_fn, element_spec)
   state = process.initialize(initial_weights)
   store = None
   # Clients keep state between rounds in the personalised runs (local variables) and with

@@ -100,6 +100,8 @@ flags.DEFINE_float('lr_decay', _DEFAULTS.lr_decay, 'Client learning rate x this 
 flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum, 'Client SGD momentum.')
 flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
     'Server SGD momentum (fedavg/fedprox).')
+flags.DEFINE_float('server_beta_2', _DEFAULTS.server_beta_2,
+    'Second-moment decay of the server Adam / Yogi (fedadam/fedyogi; the paper\'s FedAdam: 0.99).')
 flags.DEFINE_float('weight_decay', _DEFAULTS.weight_decay,
     'L2 weight decay on trainable variables.')
 flags.DEFINE_float('fedprox_mu', _DEFAULTS.fedprox_mu, 'FedProx proximal strength mu.')
@@ -142,6 +144,7 @@ for _name, _check, _allowed in (
     ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
     ('client_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('server_beta_2', lambda v: 0 < v < 1, 'in (0, 1)'),
     ('weight_decay', lambda v: v >= 0, '>= 0'),
     ('fedprox_mu', lambda v: v >= 0, '>= 0'), ('feddyn_alpha', lambda v: v > 0, '> 0'),
     ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),

@@ -1,12 +1,14 @@
 """The federated algorithms of the shared round: a client piece and a server piece each.
 
 Every algorithm here trains the same model the same way (minibatch steps of the
-client optimizer over `local_epochs` passes, `fedpara_tff.personalization.build_client_train`)
+client optimizer over `local_epochs` passes, `fedpara_tff.client_work.build_client_train`)
 and differs in three places, which these classes supply as TensorFlow code run
 by both backends:
 
 * `gradient`: the correction added to each global variable's gradient;
-* `client_finish`: the extra values a client uploads and its new algorithm state;
+* `client_finish`: the extra values a client uploads and its new algorithm state
+  (MIME-lite's use the client's full-batch gradient at `x`, computed when the
+  algorithm sets `full_gradient`);
 * `server`: the server's step from the aggregated uploads.
 
 Notation, per global variable: `x` the server's value at the start of the round
@@ -26,7 +28,7 @@ import tensorflow as tf
 
 from fedpara_tff import processes
 
-NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn')
+NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'mimelite')
 
 
 class ServerOptimizer:
@@ -35,7 +37,8 @@ class ServerOptimizer:
 
   * `sgd`: `a <- beta a + D` (no `a` without momentum), `x <- x - eta_g a`;
   * `adam`: `m <- m + (D - m)(1 - b1)`, `v <- v + (D^2 - v)(1 - b2)`,
-    `x <- x - eta_g sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + 1e-7)`, b1 0.9, b2 0.999;
+    `x <- x - eta_g sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + 1e-7)`, b1 0.9, b2 `beta_2`
+    (TFF's default 0.999; the FedPara paper's FedAdam runs use 0.99);
   * `yogi`: as Adam with `v <- v + (1 - b2) sign(D^2 - v) D^2`, `v` from 1e-6, epsilon 1e-3;
   * `adagrad`: `v <- v + D^2` (from 0.1), `x <- x - eta_g D / sqrt(v + 1e-7)`.
 
@@ -44,15 +47,22 @@ class ServerOptimizer:
 
   NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
 
-  def __init__(self, name='sgd', momentum=0.0):
+  DEFAULT_BETA_2 = 0.999
+
+  def __init__(self, name='sgd', momentum=0.0, beta_2=DEFAULT_BETA_2):
     if name not in self.NAMES:
       raise ValueError(f'server optimizer must be one of {self.NAMES}; got {name!r}.')
+    if (not isinstance(beta_2, numbers.Real) or isinstance(beta_2, bool)
+        or not 0 < beta_2 < 1):
+      raise ValueError(f'server_beta_2 must be a number in (0, 1); got {beta_2!r}.')
+    if beta_2 != self.DEFAULT_BETA_2 and name not in ('adam', 'yogi'):
+      raise ValueError(f'server_beta_2={beta_2} applies to server Adam or Yogi; got {name!r}.')
     if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
         or not 0 <= momentum < 1):
       raise ValueError(f'server_momentum must be a number in [0, 1); got {momentum!r}.')
     if momentum and name != 'sgd':
       raise ValueError(f'server_momentum={momentum} applies to server SGD; got {name!r}.')
-    self.name, self.momentum = name, float(momentum)
+    self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
     self.stateful = name != 'sgd' or bool(momentum)
 
   def initial_state(self, specs):
@@ -76,7 +86,7 @@ class ServerOptimizer:
     if self.name == 'adagrad':
       v = [vi + tf.square(di) for vi, di in zip(state, d)]
       return [xi - learning_rate * di / tf.sqrt(vi + 1e-7) for xi, di, vi in zip(x, d, v)], v
-    b1, b2 = 0.9, 0.999
+    b1, b2 = 0.9, self.beta_2
     m, v, t = state[:n], state[n:2 * n], state[2 * n] + 1.0
     m = [mi + (di - mi) * (1 - b1) for mi, di in zip(m, d)]
     if self.name == 'adam':
@@ -105,6 +115,7 @@ class FedAvg:
   client_state = False   # no per-client arrays besides the model's local variables
   uploads = 1            # arrays sent per global variable
   broadcast_control = False  # whether clients receive the server state too
+  full_gradient = False  # whether clients compute their full-batch gradient at x
 
   def __init__(self, proximal_strength=0.0, server_optimizer=None):
     self.mu = processes.check_finite_at_least_zero(proximal_strength, 'proximal_strength')
@@ -123,8 +134,8 @@ class FedAvg:
     del c_server, c_client
     return g + self.mu * (w - x) if self.mu else g
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
-    del x, y, c_server, c_client, steps, learning_rate
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+    del x, y, c_server, c_client, steps, learning_rate, full_gradient
     return [], []
 
   def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
@@ -160,6 +171,7 @@ class Scaffold(_GlobalShapedControl):
   server_state = True
   uploads = 2
   broadcast_control = True
+  full_gradient = False
 
   def __init__(self, num_clients):
     self.num_clients = _check_num_clients(num_clients, 'SCAFFOLD')
@@ -168,7 +180,8 @@ class Scaffold(_GlobalShapedControl):
     del w, x
     return g - c_client + c_server
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+    del full_gradient
     scale = tf.math.divide_no_nan(1.0, tf.cast(steps, tf.float32) * learning_rate)
     new = [tf.where(steps > 0, ci - c + (xi - yi) * scale, ci)
            for xi, yi, c, ci in zip(x, y, c_server, c_client)]
@@ -198,6 +211,7 @@ class FedDyn(_GlobalShapedControl):
   server_state = True
   uploads = 1
   broadcast_control = False
+  full_gradient = False
 
   def __init__(self, alpha, num_clients):
     if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
@@ -210,8 +224,8 @@ class FedDyn(_GlobalShapedControl):
     del c_server
     return g - c_client + self.alpha * (w - x)
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate):
-    del c_server, steps, learning_rate
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+    del c_server, steps, learning_rate, full_gradient
     return [], [gk - self.alpha * (yi - xi) for xi, yi, gk in zip(x, y, c_client)]
 
   def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
@@ -220,6 +234,46 @@ class FedDyn(_GlobalShapedControl):
     # mean_S(y - x) = -mean_update.
     h = [hi + self.alpha * share * u for hi, u in zip(control, mean_update)]
     return [xi - u - hi / self.alpha for xi, u, hi in zip(x, mean_update, h)], h
+
+
+class MimeLite(_GlobalShapedControl):
+  """MIME-lite with SGD momentum (Karimireddy et al., "Breaking the centralized barrier for
+  cross-device federated learning", NeurIPS 2021, MimeLite).
+
+  Server momentum `a` (from 0), momentum `beta`. Clients receive `x` and `a`; each local step
+  is `w <- w - eta (beta a + g(w))` with `a` fixed during the round. Besides `x - y` each client
+  sends its full-batch gradient at `x`, `f_k` (the example-weighted mean of its minibatch
+  gradients at `x`): twice FedAvg's upload and download. Server, with example-weighted means
+  over the clients S: `x <- x - eta_g mean_S(x - y)` and `a <- beta a + mean_S(f_k)`.
+  """
+
+  name = 'mimelite'
+  uniform = False
+  client_state = False
+  server_state = True
+  uploads = 2
+  broadcast_control = True
+  full_gradient = True
+
+  def __init__(self, momentum):
+    if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
+        or not 0 <= momentum < 1):
+      raise ValueError(f'MIME-lite momentum (client_momentum) must be a number in [0, 1); got '
+                       f'{momentum!r}.')
+    self.beta = float(momentum)
+
+  def gradient(self, g, w, x, c_server, c_client):
+    del w, x, c_client
+    return g + self.beta * c_server
+
+  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+    del x, y, c_server, c_client, steps, learning_rate
+    return list(full_gradient), []
+
+  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+    del clients
+    return ([xi - server_learning_rate * u for xi, u in zip(x, mean_update)],
+            [self.beta * a + f for a, f in zip(control, mean_extra)])
 
 
 def _check_num_clients(num_clients, algorithm):
@@ -232,12 +286,13 @@ def _check_num_clients(num_clients, algorithm):
 
 
 def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,
-          server_optimizer='sgd', server_momentum=0.0):
+          server_optimizer='sgd', server_momentum=0.0,
+          server_beta_2=ServerOptimizer.DEFAULT_BETA_2, client_momentum=0.0):
   """The algorithm called `name` (one of `NAMES`).
 
   Args:
     name: 'fedavg' (FedProx when `proximal_strength` > 0), 'fedprox' (needs
-      `proximal_strength` > 0), 'scaffold' or 'feddyn'.
+      `proximal_strength` > 0), 'scaffold', 'feddyn' or 'mimelite'.
     proximal_strength: FedProx's mu (>= 0).
     alpha: FedDyn's alpha (> 0).
     num_clients: N, all clients (SCAFFOLD and FedDyn scale their server state by
@@ -245,12 +300,15 @@ def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,
     server_optimizer: `ServerOptimizer` name for FedAvg / FedProx ('sgd', 'adam',
       'yogi', 'adagrad').
     server_momentum: server SGD momentum for FedAvg / FedProx.
+    server_beta_2: the second-moment decay of server Adam / Yogi.
+    client_momentum: MIME-lite's momentum `beta` (the other algorithms' client
+      momentum is the local optimizer's, `fedpara_tff.client_optimizer`).
   """
   if name not in NAMES:
     raise ValueError(f'algorithm must be one of {NAMES}; got {name!r}.')
   if name == 'fedprox' and not proximal_strength:
     raise ValueError(f'algorithm=fedprox needs proximal_strength > 0; got {proximal_strength!r}.')
-  optimizer = ServerOptimizer(server_optimizer, server_momentum)
+  optimizer = ServerOptimizer(server_optimizer, server_momentum, server_beta_2)
   if name in ('fedavg', 'fedprox'):
     return FedAvg(proximal_strength, optimizer)   # FedProx whenever proximal_strength > 0
   if optimizer.stateful:
@@ -262,4 +320,6 @@ def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,
                      f'takes none.')
   if name == 'scaffold':
     return Scaffold(num_clients)
+  if name == 'mimelite':
+    return MimeLite(client_momentum)
   return FedDyn(alpha, num_clients)

@@ -1,6 +1,6 @@
 """The client optimizer of a round: SGD or Adam, reset at the start of every round.
 
-The shared round (`personalization.build_client_train`) steps its variables
+The shared round (`client_work.build_client_train`) steps its variables
 with `LocalOptimizer`; the runs on TFF's builders get the same optimizer from
 `tff_optimizer`, so both use one update rule:
 

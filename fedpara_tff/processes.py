@@ -20,9 +20,8 @@ from fedpara_tff import distributors
 
 ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite', 'scaffold',
               'feddyn')
-# Run on fedpara_tff's own round (`fedpara_tff.algorithms`), not on TFF's builders.
-SHARED_ROUND_ALGORITHMS = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'fedadam', 'fedyogi',
-                           'fedadagrad')
+# Run on fedpara_tff's own round (`fedpara_tff.algorithms`): every one of them.
+SHARED_ROUND_ALGORITHMS = ALGORITHMS
 # The server optimizer (`fedpara_tff.algorithms.ServerOptimizer`) of each adaptive algorithm.
 SERVER_OPTIMIZERS = {'fedadam': 'adam', 'fedyogi': 'yogi', 'fedadagrad': 'adagrad'}
 
@@ -56,11 +55,11 @@ def check_no_non_trainable(count):
                      f'or LayerNormalization instead.')
 
 
-def _server_optimizer(algorithm, server_learning_rate, server_momentum):
+def _server_optimizer(algorithm, server_learning_rate, server_momentum, server_beta_2):
   if algorithm == 'fedadam':
-    return tff.learning.optimizers.build_adam(server_learning_rate)
+    return tff.learning.optimizers.build_adam(server_learning_rate, beta_2=server_beta_2)
   if algorithm == 'fedyogi':
-    return tff.learning.optimizers.build_yogi(server_learning_rate)
+    return tff.learning.optimizers.build_yogi(server_learning_rate, beta_2=server_beta_2)
   if algorithm == 'fedadagrad':
     return tff.learning.optimizers.build_adagrad(server_learning_rate)
   return tff.learning.optimizers.build_sgdm(server_learning_rate, momentum=server_momentum or None)
@@ -93,7 +92,7 @@ def model_weights_type(model_fn):
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
                           lr_decay=1.0, keras_model_fn=None,
-                          client_optimizer='sgd',
+                          client_optimizer='sgd', server_beta_2=0.999,
                           local_layers=(), aggregator=None, quantization_bits=None,
                           quantization_threshold=20000,
                           loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR):
@@ -116,6 +115,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       FedAvg).
     client_momentum, server_momentum: SGD momentum (0 = none); for MIME-lite
       the client momentum is the base optimizer's.
+    server_beta_2: second-moment decay of FedAdam / FedYogi's server optimizer
+      (in (0, 1); TFF's default 0.999, the FedPara paper's FedAdam 0.99).
     lr_decay: the client learning rate at round r is
       `client_learning_rate * lr_decay**r` (the paper uses 0.992). In (0, 1].
       MIME-lite takes only 1.0 (TFF 0.87 has no schedule for it).
@@ -153,6 +154,12 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   server_lr = check_positive(server_learning_rate, 'server_learning_rate')
   if not isinstance(lr_decay, numbers.Real) or not 0 < lr_decay <= 1:
     raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
+  if (not isinstance(server_beta_2, numbers.Real) or isinstance(server_beta_2, bool)
+      or not 0 < server_beta_2 < 1):
+    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {server_beta_2!r}.')
+  if server_beta_2 != 0.999 and algorithm not in ('fedadam', 'fedyogi'):
+    raise ValueError(f'server_beta_2={server_beta_2} applies to fedadam or fedyogi; got '
+                     f'algorithm={algorithm!r}.')
   if lr_decay != 1 and algorithm == 'mimelite':
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '
                      f'use lr_decay=1.0 or fedavg / fedadam / fedyogi.')
@@ -167,7 +174,7 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   weights_type = model_weights_type(model_fn)
   check_no_non_trainable(len(weights_type.non_trainable))
   distributor = distributors.build_measured_broadcast(weights_type)
-  server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum)
+  server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum, server_beta_2)
   client_opt = client_optimizer_lib.tff_optimizer(client_optimizer, client_lr, client_momentum)
   common = dict(model_distributor=distributor, model_aggregator=factory,
                 loop_implementation=loop_implementation)

@@ -5,25 +5,25 @@ on a GPU. This backend runs the same round as a `PersonalizedDriver` (pFedPara,
 FedPer, local-only, or FedAvg from `build_fedavg_driver`) with the client half
 in this Python process:
 
-* each sampled client runs `personalization.build_client_train`, the very
+* each sampled client runs `client_work.build_client_train`, the very
   function TFF's client computation wraps, on a model placed on one of
   `devices` (client i of the round goes to device i mod len(devices), or to
   slot i mod (devices x parallel_per_device); slots train their clients
   concurrently, one thread each);
-* the aggregation, the server step, the learning-rate schedule and the round
-  metrics are the trainer's own TFF computations, called with the clients'
-  results (they run on TFF's local CPU runtime; they are small).
+* the aggregation, the server step, the round metrics and the new server
+  state are the round's `finish_round` (`fedpara_tff.stateful_round`), the one
+  federated computation TFF's own round runs after its client map, called with
+  the clients' results (on TFF's local CPU runtime; it is small); the reading
+  and storing of client state is the driver's `run_round`.
 
 Same seed, same data: the same weights and byte counts as the TFF backend.
 """
 
-import collections
 import concurrent.futures
 
 import numpy as np
 import tensorflow as tf
 
-from fedpara_tff import personalization
 
 
 def resolve_devices(gpus):
@@ -90,14 +90,11 @@ class TFBackend:
     self.trainer = trainer
     self.devices = list(devices)
     self.slots = [d for _ in range(parallel_per_device) for d in self.devices]
-    self._clients = []  # per slot: (model, train function), built on the slot's device
+    self._clients = []  # per slot: (model, client work on it), built on the slot's device
     for device in self.slots:
       with tf.device(device):
-        model = trainer.keras_model_fn()
-        self._clients.append((model, personalization.build_client_train(
-            model, trainer.loss_fn(), trainer.split, trainer.local_epochs,
-            trainer.jacobian_correction, trainer.client_optimizer, trainer.algorithm,
-            trainer.client_momentum)))
+        model = trainer.round.keras_model_fn()
+        self._clients.append((model, trainer.round.client_train(model)))
     self.placements = []  # (client id, device) of the last round, in client order
 
   @property
@@ -117,53 +114,41 @@ class TFBackend:
   def local_state(self, client_id):
     return self.trainer.local_state(client_id)
 
-  def _train_on(self, slot, jobs, global_values, learning_rate):
+  def _train_on(self, slot, jobs, received, learning_rate):
     _, train = self._clients[slot]
     results = []
     with tf.device(self.slots[slot]):
       for position, local_values, dataset in jobs:
-        out = train(global_values, local_values, dataset, learning_rate)
+        out = train(received, local_values, dataset, learning_rate)
         results.append((position, tf.nest.map_structure(lambda t: t.numpy(), out)))
     return results
 
   def next(self, state, client_ids, datasets):
     """One round; returns `(state, metrics)` shaped like the trainer's."""
-    client_ids = personalization.check_round_clients(client_ids, datasets)
-    learning_rate = np.float32(self.trainer.learning_rate_at(state['round_num']))
-    algorithm = self.trainer.algorithm
-    control = state['control'] if algorithm.server_state else self.trainer.init_control()
-    received = list(state['global_weights']) + (list(control) if algorithm.broadcast_control
-                                                else [])
-    global_values = [tf.constant(v) for v in received]
+    client_ids = list(client_ids)
+    self.placements = [(client, self.slots[p % len(self.slots)])
+                       for p, client in enumerate(client_ids)]
+    return self.trainer.run_round(self._round, state, client_ids, datasets)
+
+  def _round(self, state, datasets, local_states):
+    """The clients on the devices, then the round's shared `finish_round` (TFF)."""
+    round_ = self.trainer.round
+    learning_rate = np.float32(round_.learning_rate_at(state['round_num']))
+    received = [tf.constant(v) for v in round_.received(state)]
     jobs = [[] for _ in self.slots]
-    self.placements = []
-    local_states = self.trainer.local_states(client_ids)
-    for position, (client, dataset) in enumerate(zip(client_ids, datasets)):
-      slot = position % len(self.slots)
-      local_values = [tf.constant(v) for v in local_states[position]]
-      jobs[slot].append((position, local_values, dataset))
-      self.placements.append((client, self.slots[slot]))
+    for position, (dataset, local_values) in enumerate(zip(datasets, local_states)):
+      jobs[position % len(self.slots)].append(
+          (position, [tf.constant(v) for v in local_values], dataset))
     with concurrent.futures.ThreadPoolExecutor(len(self.slots)) as pool:
-      done = pool.map(lambda s: self._train_on(s, jobs[s], global_values, learning_rate),
+      done = pool.map(lambda s: self._train_on(s, jobs[s], received, learning_rate),
                       range(len(self.slots)))
       results = dict(item for device_results in done for item in device_results)
-    ordered = [results[p] for p in range(len(client_ids))]
-    uploads, new_local, weights, examples, loss_sums, correct, diverged = zip(*ordered)
-    weights = [np.float32(w) for w in weights]
-    aggregated = self.trainer.aggregation.next(state['aggregator'], list(uploads), weights)
-    new_global, new_control = self.trainer.server_update(
-        state['global_weights'], control, aggregated.result, np.float32(np.sum(weights)))
-    train_metrics = self.trainer.round_metrics(
-        np.float32(np.sum(loss_sums, dtype=np.float32)), np.float32(np.sum(examples)),
-        np.float32(np.sum(correct)), np.int32(np.sum(diverged)), np.int32(len(client_ids)))
-    self.trainer.store_locals(list(client_ids), list(new_local))
-    new_state = collections.OrderedDict(
-        global_weights=new_global, aggregator=aggregated.state,
-        round_num=self.trainer.increment(state['round_num']))
-    if algorithm.server_state:
-      new_state['control'] = new_control
-    return new_state, collections.OrderedDict(train=train_metrics,
-                                              aggregator=aggregated.measurements)
+    uploads, new_local, weights, examples, loss_sums, correct, diverged = zip(
+        *[results[p] for p in range(len(datasets))])
+    new_state, metrics = round_.finish_round(state, list(uploads), list(weights),
+                                             list(examples), list(loss_sums), list(correct),
+                                             list(diverged))
+    return new_state, [list(values) for values in new_local], metrics
 
   def evaluate(self, state, client_ids, datasets):
     return self.trainer.evaluate(state, client_ids, datasets)

@@ -140,12 +140,13 @@ def test_stateful_algorithms_agree_across_backends_and_resume_exactly(tmp_path, 
       float(_rows(str(tmp_path / 'tff'))[-1]['test_accuracy']), abs=1e-6)
 
 
-def test_tff_builder_path_of_the_runner_trains_and_counts_bytes(tmp_path):
-  """MIME-lite runs through TFF's builder (the runner's `_Process`), with measured bytes."""
+def test_mimelite_runs_on_the_shared_round_and_sends_twice_the_bytes(tmp_path):
+  """MIME-lite: clients receive the model and the server momentum, and send their update and
+  their full-batch gradient: twice FedAvg's bytes each way."""
   config = _config(tmp_path, algorithm='mimelite', client_momentum=0.5)
   summary = runner.run(config)
   rows = _rows(config.output_dir)
-  per_round = config.clients_per_round * 4 * _travelling_elements(config)
+  per_round = 2 * config.clients_per_round * 4 * _travelling_elements(config)
   assert [r['round'] for r in rows] == ['1', '2'] and summary['rounds'] == 2
   assert all(int(r['bytes_uploaded']) == per_round == int(r['bytes_downloaded']) for r in rows)
   assert all(np.isfinite(float(r['train_loss'])) for r in rows)
@@ -309,8 +310,10 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
            'clients=4001 exceeds the 4000 training examples')
   _refused(_config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
   _refused(_config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
-  _refused(_config(tmp_path, parameterization='pfedpara', algorithm='mimelite'),
-           "runs stateful clients with fedavg, .* only; got algorithm='mimelite'")
+  _refused(_config(tmp_path, algorithm='mimelite', server_momentum=0.9),
+           'algorithm=mimelite takes server SGD without momentum; got server_momentum=0.9')
+  _refused(_config(tmp_path, algorithm='mimelite', client_optimizer='adam'),
+           "algorithm=mimelite corrects SGD steps; got client_optimizer='adam'")
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
   _refused(_config(tmp_path, factor_lr_scale='fast'),
@@ -322,6 +325,10 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
            r'jacobian_correction=1.0 needs plain client SGD steps .*client_momentum=0.9')
   _refused(_config(tmp_path, algorithm='fedadam', server_momentum=0.9),
            r'server_momentum=0.9 applies to server SGD; algorithm=fedadam has its own moments')
+  _refused(_config(tmp_path, algorithm='fedavg', server_beta_2=0.99),
+           r'server_beta_2=0.99 applies to fedadam or fedyogi; got algorithm=fedavg')
+  _refused(_config(tmp_path, algorithm='fedadam', server_beta_2=1.0),
+           r'server_beta_2 must be a number in \(0, 1\); got 1.0')
   _refused(_config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
            r'feddyn_alpha must be a finite number > 0; got 0.0')
   _refused(_config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
@@ -553,7 +560,9 @@ def test_killed_binary_leaves_no_worker(tmp_path, target, signum):
   try:
     deadline = time.monotonic() + 240
     metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
-    while not (os.path.exists(metrics) and len(_rows(config.output_dir)) >= 1):
+    # A finished round: its metrics row and its checkpoint (written after the row).
+    while not (os.path.exists(metrics) and len(_rows(config.output_dir)) >= 1
+               and checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))):
       assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
       time.sleep(0.5)
     workers = _worker_children(process.pid)
@@ -707,16 +716,16 @@ def test_metrics_keep_full_precision_on_resume(tmp_path):
 
 
 def test_compare_checks_every_parameterization_before_running_any(tmp_path):
-  # pfedpara does not take MIME-lite: refused before the original run starts (it used to run first).
+  # local-only has no global variable for SCAFFOLD: refused before the original run starts.
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.compare', f'--output_dir={tmp_path / "cmp"}',
        '--dataset=mnist5k', '--model=mlp', '--clients=6', '--clients_per_round=2',
-       '--algorithm=mimelite', '--parameterizations=original,pfedpara',
+       '--algorithm=scaffold', '--parameterizations=original,local',
        f'--cache_dir={tmp_path / "cache"}', '--progress=false'],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(
-      "compare: error: parameterization=pfedpara: parameterization=pfedpara runs stateful")
+      'compare: error: parameterization=local: algorithm=scaffold acts on the global variables')
   assert not (tmp_path / 'cmp').exists()
 
 

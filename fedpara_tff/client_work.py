@@ -1,0 +1,177 @@
+"""The client half of the shared round: local training and evaluation on one client.
+
+`build_client_train` is the one implementation of a client's round for every
+algorithm of `fedpara_tff.algorithms` and every parameterisation (FedPara,
+pFedPara, FedPer, local only): TFF's client computation wraps it
+(`fedpara_tff.stateful_round`) and the in-process TensorFlow backend
+(`fedpara_tff.tf_backend`) calls it on a model placed on a device.
+"""
+
+import collections
+
+import tensorflow as tf
+
+from fedpara_tff import algorithms
+from fedpara_tff import client_optimizer as client_optimizer_lib
+import keras_layers
+
+
+def correct_and_total(logits, labels):
+  """Correct arg-max predictions and the number of labels, as float32 scalars."""
+  predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
+  correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
+  return correct, tf.cast(tf.size(labels), tf.float32)
+
+
+def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
+                       client_optimizer='sgd', algorithm=None, client_momentum=0.0):
+  """The client half of a round, as a `tf.function` over `model` (the one implementation).
+
+  TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
+  the in-process TensorFlow backend (`fedpara_tff.tf_backend`) calls it on a
+  model placed on a device: same code, same numbers.
+
+  Args:
+    model: a Keras model; its variables are overwritten by each call.
+    loss: a Keras loss.
+    split: function of the model returning `(global variables, local variables)`.
+    local_epochs: passes over the dataset.
+    jacobian_correction: strength lambda of the paper's Jacobian correction
+      (`keras_layers.jacobian`, with the round's client learning rate as
+      `eta`); 0 trains on the plain gradients.
+    client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
+      state starts from zero every round).
+    client_momentum: SGD momentum of the client steps (0: none).
+    algorithm: a `fedpara_tff.algorithms` client piece (FedAvg / FedProx,
+      SCAFFOLD, FedDyn, MIME-lite): the correction of the global variables' gradients and
+      what the client sends and keeps besides (default plain FedAvg).
+
+  Returns:
+    `train(global_values, local_values, dataset, learning_rate)` returning
+    `(upload, new_local, weight, examples, loss_sum, correct, diverged)`.
+    `global_values`: the global variables, then the server's control when the
+    algorithm broadcasts one (SCAFFOLD's `c`, MIME-lite's momentum).
+    `local_values`: the model's local variables, then the client's algorithm
+    state when it has one (SCAFFOLD's `c_i`, FedDyn's `g_k`, one per global
+    variable). `upload`: the FedAvg update (initial minus trained global
+    values), then the algorithm's extra values (SCAFFOLD's `c_i+ - c_i`,
+    MIME-lite's full-batch gradient at `x`); `new_local` is laid out as
+    `local_values`; `weight` is the example count (1 for the unweighted
+    algorithms); then the example count, summed loss and correct predictions
+    over the local epochs, and 1 if training diverged (then the upload is zero,
+    the weight 0 and the local values unchanged, as TFF's client work does).
+  """
+  global_vars, local_vars = split(model)
+  algorithm = algorithm or algorithms.FedAvg()
+  optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables,
+                                                  client_momentum)
+  n_global, n_local = len(global_vars), len(local_vars)
+
+  # Variable assignments inside a TFF computation are only ordered inside a
+  # tf.function (docs/DESIGN.md, "TFF runtime facts").
+  @tf.function
+  def train(global_values, local_values, dataset, learning_rate):
+    global_values, local_values = list(global_values), list(local_values)
+    x = [tf.convert_to_tensor(v) for v in global_values[:n_global]]
+    c_server = global_values[n_global:] or [None] * n_global
+    c_client = local_values[n_local:] or [None] * n_global
+    for v, value in zip(global_vars + local_vars, x + local_values[:n_local]):
+      v.assign(value)
+    optimizer.reset()
+    index = {v.ref(): i for i, v in enumerate(global_vars)}
+
+    def correct_gradient(v, g):
+      i = index.get(v.ref())
+      return g if i is None else algorithm.gradient(g, v, x[i], c_server[i], c_client[i])
+
+    def step(totals, batch):
+      def objective_fn():
+        return _objective(model, loss, batch)
+
+      objective, logits, grads = keras_layers.jacobian.loss_and_gradients(
+          model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
+      grads = [correct_gradient(v, g) for v, g in zip(model.trainable_variables, grads)]
+      optimizer.apply(grads, learning_rate)
+      size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+      correct, _ = correct_and_total(logits, batch['y'])
+      return (totals[0] + size, totals[1] + objective * size, totals[2] + correct,
+              totals[3] + 1)
+
+    full_gradient = (_full_gradient(model, loss, global_vars, dataset)
+                     if algorithm.full_gradient else None)
+    # An iterator loop, like TFF's DATASET_ITERATOR (faster here than dataset.reduce).
+    totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), tf.constant(0))
+    for batch in iter(dataset.repeat(local_epochs)):
+      totals = step(totals, batch)
+    seen, loss_sum, correct, steps = totals
+    y = [tf.identity(v) for v in global_vars]
+    extra, client_state = algorithm.client_finish(x, y, c_server, c_client, steps,
+                                                  learning_rate, full_gradient)
+    upload = [a - b for a, b in zip(x, y)] + extra
+    new_local = [tf.identity(v) for v in local_vars] + client_state
+    finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
+        tf.reduce_all(tf.math.is_finite(t)) for t in upload + new_local])
+    examples = seen / float(local_epochs)
+    weight = tf.cast(examples > 0, tf.float32) if algorithm.uniform else examples
+    return ([tf.where(finite, u, tf.zeros_like(u)) for u in upload],
+            [tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
+            tf.where(finite, weight, 0.0), tf.where(finite, examples, 0.0),
+            tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
+            tf.cast(tf.logical_not(finite), tf.int32))
+
+  return train
+
+
+def _objective(model, loss, batch):
+  """The training loss of one batch, with the model's regularisation terms (as TFF adds them)."""
+  logits = model(batch['x'], training=True)
+  batch_loss = loss(batch['y'], logits)
+  return (tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss), logits
+
+
+def _full_gradient(model, loss, variables, dataset):
+  """The gradient of the mean loss over one pass of `dataset` at the current values (MIME-lite):
+  the example-weighted mean of the minibatch gradients of `variables`."""
+  totals = [tf.zeros_like(v) for v in variables]
+  seen = tf.constant(0.0)
+  for batch in iter(dataset):
+    with tf.GradientTape() as tape:
+      objective, _ = _objective(model, loss, batch)
+    size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+    grads = tape.gradient(objective, variables,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    totals = [t + size * tf.convert_to_tensor(g) for t, g in zip(totals, grads)]
+    seen += size
+  return [tf.math.divide_no_nan(t, seen) for t in totals]
+
+
+def build_client_eval(model, split, n_model_local):
+  """Accuracy of `model` on one client's data with given global and local values.
+
+  Args:
+    model: a Keras model; its variables are overwritten by each call.
+    split: function of the model returning `(global variables, local variables)`.
+    n_model_local: how many of the local values are the model's (the rest, an
+      algorithm's client state, are ignored).
+
+  Returns:
+    `evaluate(global_values, local_values, dataset)` returning
+    `OrderedDict(accuracy, num_examples)`.
+  """
+  global_vars, local_vars = split(model)
+
+  @tf.function
+  def evaluate(global_values, local_values, dataset):
+    local_values = list(local_values)[:n_model_local]
+    for v, value in zip(global_vars + local_vars, list(global_values) + local_values):
+      v.assign(value)
+
+    def step(totals, batch):
+      correct, total = correct_and_total(model(batch['x'], training=False), batch['y'])
+      return totals[0] + correct, totals[1] + total
+
+    correct, total = dataset.reduce((tf.constant(0.0), tf.constant(0.0)), step)
+    return collections.OrderedDict(accuracy=tf.math.divide_no_nan(correct, total),
+                                   num_examples=total)
+
+  return evaluate
