@@ -2,10 +2,16 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: setup demo layer-demo test bench bazel-test
+VENV_KERAS3 ?= .venv-keras3
+
+.PHONY: setup demo layer-demo test bench bazel-test setup-keras3 test-keras3
 
 setup:
 	@scripts/setup_env.sh $(VENV)
+
+# The optional Keras 3 environment (JAX backend, no TensorFlow / TFF): requirements-keras3.txt.
+setup-keras3:
+	@scripts/setup_keras3_env.sh $(VENV_KERAS3)
 
 # Main job: federated original vs FedPara small CNN on real MNIST digits (experiments/compare.py):
 # prints final accuracy and GB of both and writes runs/mnist5k_quick/accuracy_vs_gb.png.
@@ -19,6 +25,10 @@ layer-demo: setup
 # Test suite (fails on any failure, and on "no tests collected").
 test: setup
 	$(PYTHON) -m pytest -q tests
+
+# The layer tests on Keras 3 / JAX (tests/keras3; the main suite runs them on Keras 2 too).
+test-keras3: setup-keras3
+	KERAS_BACKEND=jax $(VENV_KERAS3)/bin/python -m pytest -q --confcutdir=tests/keras3 tests/keras3
 
 bench: setup
 	$(PYTHON) -m benchmarks.layer_speed

@@ -9,8 +9,14 @@ exported plain model = 1.0x (+-5%) of the plain model. The last column is the
 extra cost of the Jacobian correction (lambda 1, `keras_layers.jacobian`):
 the FedPara step with it over the FedPara step without it.
 
+On Keras 3 (the optional environment of `make setup-keras3`, any backend, e.g.
+JAX on a GPU) each step is Keras' own compiled train step (`train_on_batch`,
+XLA-compiled) for every model alike, and the Jacobian-correction column is
+"-" (the correction runs on Keras 2 only).
+
   python -m benchmarks.layer_speed            # full sizes (a few minutes on 2 cores)
   python -m benchmarks.layer_speed --quick    # smaller batches, for a smoke run
+  KERAS_BACKEND=jax .venv-keras3/bin/python -m benchmarks.layer_speed --quick
 """
 
 import os
@@ -22,10 +28,11 @@ import time  # pylint: disable=g-import-not-at-top
 from absl import app
 from absl import flags
 import numpy as np
-import tensorflow as tf
 
 import keras_layers as kl
+from keras_layers import backend
 from keras_layers import jacobian
+from keras_layers.backend import keras
 
 _GAMMA = flags.DEFINE_float('gamma', 0.1, 'FedPara rank knob.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Alternating timing rounds per case.')
@@ -34,16 +41,33 @@ _QUICK = flags.DEFINE_bool('quick', False, 'Batch 8 instead of 64 (smoke run).')
 
 
 def conv_model(channels, size, layer):
-  return tf.keras.Sequential([tf.keras.Input((size, size, channels)), layer,
-                              tf.keras.layers.GlobalAveragePooling2D()])
+  return keras.Sequential([keras.Input((size, size, channels)), layer,
+                           keras.layers.GlobalAveragePooling2D()])
 
 
 def dense_model(width, layer):
-  return tf.keras.Sequential([tf.keras.Input((width,)), layer])
+  return keras.Sequential([keras.Input((width,)), layer])
+
+
+def _keras3_step(model):
+  """Keras 3's compiled SGD train step on the mean squared output (any backend)."""
+  model.compile(optimizer=keras.optimizers.SGD(0.01), jit_compile=True,
+                loss=lambda unused_y, y_pred: keras.ops.mean(keras.ops.square(y_pred)))
+  targets = {}
+
+  def step(x):
+    if id(x) not in targets:
+      targets[id(x)] = np.zeros(model.output_shape[1:], np.float32)[None].repeat(len(x), 0)
+    return model.train_on_batch(x, targets[id(x)])
+
+  return step
 
 
 def make_step(model, correction=0.0):
   """A compiled SGD step; with `correction` > 0 the Jacobian correction of that strength."""
+  if backend.IS_KERAS_3:
+    return _keras3_step(model)
+  tf = backend.keras_tensorflow()
   optimizer = tf.keras.optimizers.SGD(0.01)
 
   @tf.function
@@ -60,11 +84,11 @@ def make_step(model, correction=0.0):
 
 
 def time_steps(step, x, steps):
-  step(x).numpy()
+  backend.to_numpy(step(x))
   start = time.perf_counter()
   for _ in range(steps):
     loss = step(x)
-  loss.numpy()
+  backend.to_numpy(loss)   # waits for the device
   return (time.perf_counter() - start) / steps
 
 
@@ -75,10 +99,10 @@ def compare(models, x, rounds, steps):
   (as `timeit` advises); every model gets the same number of rounds.
   """
   steps_fns = {name: make_step(m, 1.0 if name == 'fedpara_jc' else 0.0)
-               for name, m in models.items()}
+               for name, m in models.items() if not (name == 'fedpara_jc' and backend.IS_KERAS_3)}
   for fn in steps_fns.values():  # trace and warm up
     time_steps(fn, x, 2)
-  samples = {name: [] for name in models}
+  samples = {name: [] for name in steps_fns}
   for _ in range(rounds):
     for name, fn in steps_fns.items():
       samples[name].append(time_steps(fn, x, steps))
@@ -93,24 +117,24 @@ def main(argv):
   gamma = _GAMMA.value
   cases = []
   for channels, size in ((128, 32), (512, 4)):
-    x = tf.constant(rng.normal(size=(batch, size, size, channels)), tf.float32)
+    x = rng.normal(size=(batch, size, size, channels)).astype(np.float32)
     fedpara = conv_model(channels, size, kl.FedParaConv2D(channels, 3, padding='same', gamma=gamma))
     cases.append((f'conv {channels}->{channels} 3x3 on {size}x{size}', x, {
-        'plain': conv_model(channels, size, tf.keras.layers.Conv2D(channels, 3, padding='same')),
+        'plain': conv_model(channels, size, keras.layers.Conv2D(channels, 3, padding='same')),
         'fedpara': fedpara,
         'fedpara_jc': fedpara,
         'exported': kl.export(fedpara)}))
-  x = tf.constant(rng.normal(size=(batch, 512)), tf.float32)
+  x = rng.normal(size=(batch, 512)).astype(np.float32)
   fedpara = dense_model(512, kl.FedParaDense(512, gamma=gamma))
   cases.append(('dense 512->512', x, {
-      'plain': dense_model(512, tf.keras.layers.Dense(512)),
+      'plain': dense_model(512, keras.layers.Dense(512)),
       'fedpara': fedpara,
       'fedpara_jc': fedpara,
       'exported': kl.export(fedpara)}))
 
   print(f'train step (forward+backward+SGD), batch {batch}, gamma {gamma}, best of '
         f'{_ROUNDS.value} alternating rounds x {_STEPS.value} steps; '
-        f'{os.cpu_count()} CPU cores, TF {tf.__version__}')
+        f'{os.cpu_count()} CPU cores, {_framework()}')
   print(f'{"case":<30} {"rank":>5} {"plain ms":>9} {"fedpara ms":>11} {"fedpara/plain":>14} '
         f'{"exported/plain":>15} {"JC/fedpara":>11}')
   for name, x, models in cases:
@@ -119,7 +143,18 @@ def main(argv):
     print(f'{name:<30} {rank:>5} {times["plain"] * 1e3:>9.2f} {times["fedpara"] * 1e3:>11.2f} '
           f'{times["fedpara"] / times["plain"]:>14.2f} '
           f'{times["exported"] / times["plain"]:>15.2f} '
-          f'{times["fedpara_jc"] / times["fedpara"]:>11.2f}')
+          f'{_ratio(times, "fedpara_jc", "fedpara"):>11}')
+
+
+def _ratio(times, a, b):
+  return f'{times[a] / times[b]:.2f}' if a in times else '-'
+
+
+def _framework():
+  if backend.IS_KERAS_3:
+    return f'Keras {keras.__version__} on {keras.backend.backend()}'
+  return f'Keras 2 / TF {backend.keras_tensorflow().__version__}'
+
 
 
 if __name__ == '__main__':

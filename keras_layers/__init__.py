@@ -1,4 +1,4 @@
-"""FedPara, pFedPara and low-rank Keras layers (pure TensorFlow, no TFF).
+"""FedPara, pFedPara and low-rank Keras layers (Keras 2 or Keras 3, no TFF).
 
 FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient
 Federated Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022 (arXiv 2108.06098).

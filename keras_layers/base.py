@@ -11,10 +11,10 @@ Subclasses set the class attribute `scheme` and arrange shapes.
 
 import warnings
 
-import tensorflow as tf
-
+from keras_layers import backend
 from keras_layers import factors
 from keras_layers import ranks
+from keras_layers.backend import keras
 
 DEFAULT_GAMMA = 0.5
 
@@ -80,7 +80,7 @@ def resolve_rank(scheme, kernel_shape, gamma=None, rank=None, param_ratio=None,
   return fedpara_rank
 
 
-class FactorizedLayer(tf.keras.layers.Layer):
+class FactorizedLayer(keras.layers.Layer):
   """Base of the FedPara, pFedPara and low-rank layers.
 
   Args:
@@ -126,14 +126,14 @@ class FactorizedLayer(tf.keras.layers.Layer):
     self.nonlinearity = factors.check_nonlinearity(nonlinearity)
     self.factor_init = factors.check_factor_init(factor_init)
     self.factor_lr_scale = factors.check_factor_lr_scale(factor_lr_scale)
-    self.activation = tf.keras.activations.get(activation)
+    self.activation = keras.activations.get(activation)
     self.use_bias = bool(use_bias)
-    self.bias_initializer = tf.keras.initializers.get(bias_initializer)
-    self.kernel_regularizer = tf.keras.regularizers.get(kernel_regularizer)
-    self.bias_regularizer = tf.keras.regularizers.get(bias_regularizer)
-    self.factor_regularizer = tf.keras.regularizers.get(factor_regularizer)
-    self.factor_constraint = tf.keras.constraints.get(factor_constraint)
-    self.bias_constraint = tf.keras.constraints.get(bias_constraint)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
+    self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+    self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+    self.factor_regularizer = keras.regularizers.get(factor_regularizer)
+    self.factor_constraint = keras.constraints.get(factor_constraint)
+    self.bias_constraint = keras.constraints.get(bias_constraint)
     self.factorizations = []
     self.bias = None
 
@@ -148,7 +148,9 @@ class FactorizedLayer(tf.keras.layers.Layer):
         prefix=prefix, factor_lr_scale=self.factor_lr_scale)
     factorization.add_to(self, self.factor_regularizer, self.factor_constraint)
     self.factorizations.append(factorization)
-    if self.kernel_regularizer is not None:
+    if self.kernel_regularizer is not None and not backend.IS_KERAS_3:
+      # Keras 2 takes a callable loss, evaluated on demand; Keras 3 takes the
+      # value, added in `call` (`_recorded`).
       regularizer = self.kernel_regularizer
       self.add_loss(lambda: regularizer(factorization.compose()))
     return factorization
@@ -162,10 +164,13 @@ class FactorizedLayer(tf.keras.layers.Layer):
           trainable=True)
 
   def _recorded(self, kernel):
-    """Returns `kernel`, collecting it first when a recorder is set for this layer."""
+    """Returns the `kernel` a `call` uses: collected first when a recorder is set for this
+    layer, and its `kernel_regularizer` loss added on Keras 3."""
     recorder = _KERNEL_RECORDERS.get(id(self))
     if recorder is not None:
       recorder.append(kernel)
+    if self.kernel_regularizer is not None and backend.IS_KERAS_3:
+      self.add_loss(self.kernel_regularizer(kernel))
     return kernel
 
   # -- public queries ------------------------------------------------------
@@ -183,14 +188,14 @@ class FactorizedLayer(tf.keras.layers.Layer):
   @property
   def global_weights(self):
     """Every other weight of the layer: global factors and the bias."""
-    local = {v.ref() for v in self.local_weights}
-    return [v for v in self.weights if v.ref() not in local]
+    local = {id(v) for v in self.local_weights}
+    return [v for v in self.weights if id(v) not in local]
 
   def original_param_count(self):
     """Parameters of the plain layer this one replaces (kernels and bias)."""
     count = sum(ranks.original_param_count(f.kernel_shape)
                 for f in self.factorizations)
-    return count + (int(self.bias.shape.num_elements()) if self.bias is not None else 0)
+    return count + (int(self.bias.shape[0]) if self.bias is not None else 0)
 
   def plain_weights(self):
     """Weights of the equivalent plain layer, as numpy arrays.
@@ -201,7 +206,7 @@ class FactorizedLayer(tf.keras.layers.Layer):
     """
     weights = [f.compose() for f in self.factorizations]
     weights += [self.bias] if self.bias is not None else []
-    return [tf.convert_to_tensor(w).numpy() for w in weights]
+    return [backend.to_numpy(w) for w in weights]
 
   def get_config(self):
     config = super().get_config()
@@ -212,15 +217,15 @@ class FactorizedLayer(tf.keras.layers.Layer):
         nonlinearity=self.nonlinearity,
         factor_init=self.factor_init,
         factor_lr_scale=self.factor_lr_scale,
-        activation=tf.keras.activations.serialize(self.activation),
+        activation=keras.activations.serialize(self.activation),
         use_bias=self.use_bias,
-        bias_initializer=tf.keras.initializers.serialize(self.bias_initializer),
-        kernel_regularizer=tf.keras.regularizers.serialize(self.kernel_regularizer),
-        bias_regularizer=tf.keras.regularizers.serialize(self.bias_regularizer),
-        factor_regularizer=tf.keras.regularizers.serialize(self.factor_regularizer),
-        activity_regularizer=tf.keras.regularizers.serialize(self.activity_regularizer),
-        factor_constraint=tf.keras.constraints.serialize(self.factor_constraint),
-        bias_constraint=tf.keras.constraints.serialize(self.bias_constraint))
+        bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        kernel_regularizer=keras.regularizers.serialize(self.kernel_regularizer),
+        bias_regularizer=keras.regularizers.serialize(self.bias_regularizer),
+        factor_regularizer=keras.regularizers.serialize(self.factor_regularizer),
+        activity_regularizer=keras.regularizers.serialize(self.activity_regularizer),
+        factor_constraint=keras.constraints.serialize(self.factor_constraint),
+        bias_constraint=keras.constraints.serialize(self.bias_constraint))
     return config
 
   @classmethod

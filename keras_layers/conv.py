@@ -7,12 +7,13 @@ the Tucker-2 form of Proposition 3.
 
 import numbers
 
-import tensorflow as tf
-
+from keras_layers import backend
 from keras_layers import base
 from keras_layers import ranks
+from keras_layers.backend import keras
+from keras_layers.backend import ops
 
-_register = tf.keras.utils.register_keras_serializable(package='fedpara')
+_register = backend.register
 
 
 def _normalize_tuple(value, n, name):
@@ -89,7 +90,7 @@ class _FactorizedConv(base.FactorizedLayer):
       raise ValueError(
           f'strides > 1 cannot be combined with dilation_rate > 1; got strides='
           f'{self.strides}, dilation_rate={self.dilation_rate}.')
-    self.input_spec = tf.keras.layers.InputSpec(min_ndim=n + 2)
+    self.input_spec = keras.layers.InputSpec(min_ndim=n + 2)
     self.factorization = None
 
   def _check_valid_padding(self, input_shape):
@@ -105,8 +106,8 @@ class _FactorizedConv(base.FactorizedLayer):
             f'larger than the input size {size} allowed by padding "valid".')
 
   def build(self, input_shape):
-    input_shape = tf.TensorShape(input_shape)
-    if input_shape.rank != self.spatial_rank + 2:
+    input_shape = backend.dims(input_shape)
+    if len(input_shape) != self.spatial_rank + 2:
       raise ValueError(
           f'{self.name}: expected input of rank {self.spatial_rank + 2} '
           f'(batch, spatial..., channels); got shape {input_shape}.')
@@ -118,7 +119,7 @@ class _FactorizedConv(base.FactorizedLayer):
     kernel_shape = self.kernel_size + (int(channels), self.filters)
     self.factorization = self._add_factorization(kernel_shape)
     self._add_bias(self.filters)
-    self.input_spec = tf.keras.layers.InputSpec(
+    self.input_spec = keras.layers.InputSpec(
         ndim=self.spatial_rank + 2, axes={-1: int(channels)})
     self.built = True
 
@@ -131,21 +132,20 @@ class _FactorizedConv(base.FactorizedLayer):
     padding = self.padding
     if padding == 'causal':
       left = (self.kernel_size[0] - 1) * self.dilation_rate[0]
-      inputs = tf.pad(inputs, [[0, 0], [left, 0], [0, 0]])
+      inputs = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
       padding = 'valid'
-    outputs = tf.nn.convolution(
-        inputs, kernel, strides=self.strides, padding=padding.upper(),
-        dilations=self.dilation_rate)
+    outputs = ops.conv(inputs, kernel, strides=self.strides, padding=padding,
+                       data_format='channels_last', dilation_rate=self.dilation_rate)
     if self.bias is not None:
-      outputs = tf.nn.bias_add(outputs, self.bias)
+      outputs = backend.bias_add(outputs, self.bias)
     return self.activation(outputs)
 
   def compute_output_shape(self, input_shape):
-    input_shape = tf.TensorShape(input_shape).as_list()
+    input_shape = list(backend.dims(input_shape))
     padding = 'same' if self.padding == 'causal' else self.padding
     spatial = [_output_length(s, k, padding, st, d) for s, k, st, d in zip(
         input_shape[1:-1], self.kernel_size, self.strides, self.dilation_rate)]
-    return tf.TensorShape([input_shape[0]] + spatial + [self.filters])
+    return backend.output_shape([input_shape[0]] + spatial + [self.filters])
 
   def get_config(self):
     config = super().get_config()
@@ -174,12 +174,12 @@ class _FactorizedConv(base.FactorizedLayer):
 
 class _Conv2D(_FactorizedConv):
   spatial_rank = 2
-  plain_class = tf.keras.layers.Conv2D
+  plain_class = keras.layers.Conv2D
 
 
 class _Conv1D(_FactorizedConv):
   spatial_rank = 1
-  plain_class = tf.keras.layers.Conv1D
+  plain_class = keras.layers.Conv1D
 
 
 @_register

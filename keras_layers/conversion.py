@@ -9,33 +9,33 @@ which needs nothing from this package to run.
 
 import warnings
 
-import tensorflow as tf
 
 from keras_layers import base
 from keras_layers import conv
 from keras_layers import dense
 from keras_layers import lstm
 from keras_layers import ranks
+from keras_layers.backend import keras
 
 PARAMETERIZATIONS = ('fedpara', 'pfedpara', 'lowrank')
 
 # Plain Keras class -> factorised class, per parameterisation. Matched on the
 # exact type, so that subclasses such as Conv2DTranspose are left alone.
 _REPLACEMENTS = {
-    'fedpara': {tf.keras.layers.Dense: dense.FedParaDense,
-                tf.keras.layers.Conv2D: conv.FedParaConv2D,
-                tf.keras.layers.Conv1D: conv.FedParaConv1D,
-                tf.keras.layers.LSTM: lstm.FedParaLSTM,
+    'fedpara': {keras.layers.Dense: dense.FedParaDense,
+                keras.layers.Conv2D: conv.FedParaConv2D,
+                keras.layers.Conv1D: conv.FedParaConv1D,
+                keras.layers.LSTM: lstm.FedParaLSTM,
                 lstm.WeightNormLSTM: lstm.FedParaLSTM},
-    'pfedpara': {tf.keras.layers.Dense: dense.PFedParaDense,
-                 tf.keras.layers.Conv2D: conv.PFedParaConv2D,
-                 tf.keras.layers.Conv1D: conv.PFedParaConv1D,
-                 tf.keras.layers.LSTM: lstm.PFedParaLSTM,
+    'pfedpara': {keras.layers.Dense: dense.PFedParaDense,
+                 keras.layers.Conv2D: conv.PFedParaConv2D,
+                 keras.layers.Conv1D: conv.PFedParaConv1D,
+                 keras.layers.LSTM: lstm.PFedParaLSTM,
                  lstm.WeightNormLSTM: lstm.PFedParaLSTM},
-    'lowrank': {tf.keras.layers.Dense: dense.LowRankDense,
-                tf.keras.layers.Conv2D: conv.LowRankConv2D,
-                tf.keras.layers.Conv1D: conv.LowRankConv1D,
-                tf.keras.layers.LSTM: lstm.LowRankLSTM,
+    'lowrank': {keras.layers.Dense: dense.LowRankDense,
+                keras.layers.Conv2D: conv.LowRankConv2D,
+                keras.layers.Conv1D: conv.LowRankConv1D,
+                keras.layers.LSTM: lstm.LowRankLSTM,
                 lstm.WeightNormLSTM: lstm.LowRankLSTM},
 }
 
@@ -48,13 +48,13 @@ def factorized_part(layer):
 
   The layer itself for the FedPara / pFedPara / low-rank Dense, Conv and LSTM
   layers (and any `base.FactorizedLayer`); the cell for a
-  `tf.keras.layers.RNN` over a factorised cell (`RNN(FedParaLSTMCell(...))`).
+  `keras.layers.RNN` over a factorised cell (`RNN(FedParaLSTMCell(...))`).
   Either has `ranks`, `original_param_count()` and `plain_weights()`.
   """
   if isinstance(layer, _FACTORIZED_TYPES + (base.FactorizedLayer,)):
     return layer
   cell = getattr(layer, 'cell', None)
-  if isinstance(layer, tf.keras.layers.RNN) and isinstance(cell, base.FactorizedLayer):
+  if isinstance(layer, keras.layers.RNN) and isinstance(cell, base.FactorizedLayer):
     return cell
   return None
 
@@ -67,14 +67,14 @@ def is_factorized(layer):
 
 def _to_plain(layer):
   """The unbuilt plain layer computing what the factorised `layer` computes."""
-  if isinstance(layer, tf.keras.layers.RNN):
+  if isinstance(layer, keras.layers.RNN):
     return lstm.rnn_to_plain(layer)
   return layer.to_plain()
 
 
 def _kernel_shapes(layer):
   """Kernel shapes of a built plain layer (one for Dense/Conv, two for LSTM)."""
-  if isinstance(layer, (tf.keras.layers.LSTM, lstm.WeightNormLSTM)):
+  if isinstance(layer, (keras.layers.LSTM, lstm.WeightNormLSTM)):
     return [tuple(layer.cell.kernel.shape), tuple(layer.cell.recurrent_kernel.shape)]
   return [tuple(layer.kernel.shape)]
 
@@ -104,7 +104,7 @@ def convert(model, parameterization='fedpara', gamma=None, rank=None,
   """Returns a twin of `model` with factorised Dense/Conv/LSTM layers.
 
   Args:
-    model: a built Sequential or Functional `tf.keras.Model`.
+    model: a built Sequential or Functional `keras.Model`.
     parameterization: `'fedpara'`, `'pfedpara'` or `'lowrank'`.
     gamma, rank, param_ratio: the rank option, at most one (see
       `FactorizedLayer`); default gamma 0.5.
@@ -148,7 +148,7 @@ def convert(model, parameterization='fedpara', gamma=None, rank=None,
     replaced.append(layer.name)
     return target.from_plain(layer, **options)
 
-  twin = tf.keras.models.clone_model(model, clone_function=clone)
+  twin = keras.models.clone_model(model, clone_function=clone)
   if not replaced:
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
                   f'Dense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
@@ -178,7 +178,7 @@ def export(model):
       return _to_plain(layer)
     return layer.__class__.from_config(layer.get_config())
 
-  plain = tf.keras.models.clone_model(model, clone_function=clone)
+  plain = keras.models.clone_model(model, clone_function=clone)
   for layer in model.layers:
     part = factorized_part(layer)
     weights = part.plain_weights() if part is not None else layer.get_weights()

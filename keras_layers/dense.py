@@ -1,10 +1,11 @@
 """Dense layers with a factorised kernel: FedPara, pFedPara and low-rank."""
 
-import tensorflow as tf
-
+from keras_layers import backend
 from keras_layers import base
+from keras_layers.backend import keras
+from keras_layers.backend import ops
 
-_register = tf.keras.utils.register_keras_serializable(package='fedpara')
+_register = backend.register
 
 
 class _FactorizedDense(base.FactorizedLayer):
@@ -26,24 +27,24 @@ class _FactorizedDense(base.FactorizedLayer):
     N-D tensor `(batch_size, ..., units)`.
   """
 
-  plain_class = tf.keras.layers.Dense
+  plain_class = keras.layers.Dense
 
   def __init__(self, units, **kwargs):
     super().__init__(**kwargs)
     self.units = base.check_positive_int(units, 'units')
-    self.input_spec = tf.keras.layers.InputSpec(min_ndim=2)
+    self.input_spec = keras.layers.InputSpec(min_ndim=2)
     self.supports_masking = True
     self.factorization = None
 
   def build(self, input_shape):
-    last_dim = tf.TensorShape(input_shape)[-1]
+    last_dim = backend.dims(input_shape)[-1]
     if last_dim is None:
       raise ValueError(
           f'{self.name}: the last dimension of the input must be known; got '
-          f'input shape {tf.TensorShape(input_shape)}.')
+          f'input shape {backend.dims(input_shape)}.')
     self.factorization = self._add_factorization((int(last_dim), self.units))
     self._add_bias(self.units)
-    self.input_spec = tf.keras.layers.InputSpec(min_ndim=2, axes={-1: int(last_dim)})
+    self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: int(last_dim)})
     self.built = True
 
   def composed_kernel(self):
@@ -52,16 +53,13 @@ class _FactorizedDense(base.FactorizedLayer):
 
   def call(self, inputs):
     kernel = self._recorded(self.composed_kernel())
-    if inputs.shape.rank == 2:
-      outputs = tf.matmul(inputs, kernel)
-    else:
-      outputs = tf.tensordot(inputs, kernel, [[inputs.shape.rank - 1], [0]])
+    outputs = backend.dense(inputs, kernel)
     if self.bias is not None:
-      outputs = tf.nn.bias_add(outputs, self.bias)
+      outputs = backend.bias_add(outputs, self.bias)
     return self.activation(outputs)
 
   def compute_output_shape(self, input_shape):
-    return tf.TensorShape(input_shape)[:-1].concatenate([self.units])
+    return backend.output_shape(backend.dims(input_shape)[:-1] + (self.units,))
 
   def get_config(self):
     config = super().get_config()
@@ -70,13 +68,13 @@ class _FactorizedDense(base.FactorizedLayer):
 
   @classmethod
   def from_plain(cls, layer, **options):
-    """A twin of the plain `tf.keras.layers.Dense` `layer` with `options`."""
+    """A twin of the plain Keras `Dense` `layer` with `options`."""
     config = layer.get_config()
     return cls(config['units'], **cls.common_kwargs_from_plain(config), **options)
 
   def to_plain(self):
-    """An unbuilt `tf.keras.layers.Dense` with this layer's arguments."""
-    return tf.keras.layers.Dense(self.units, **self.common_plain_kwargs())
+    """An unbuilt Keras `Dense` with this layer's arguments."""
+    return keras.layers.Dense(self.units, **self.common_plain_kwargs())
 
 
 @_register

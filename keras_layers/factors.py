@@ -35,9 +35,11 @@ import math
 import numbers
 
 import numpy as np
-import tensorflow as tf
 
+from keras_layers import backend
 from keras_layers import ranks
+from keras_layers.backend import keras
+from keras_layers.backend import ops
 
 SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
 NONLINEARITIES = (None, 'tanh')
@@ -87,7 +89,7 @@ def check_factor_lr_scale(factor_lr_scale):
 
 def compose_matrix_terms(x, y):
   """Returns `Y_b X_b^T`, shape `(B, in, out)`, from `x (B, out, R)` and `y (B, in, R)`."""
-  return tf.matmul(y, x, transpose_b=True)
+  return backend.matmul_transpose_b(y, x)
 
 
 def compose_tucker_terms(t, x, y):
@@ -108,11 +110,11 @@ def compose_tucker_terms(t, x, y):
   fan_in, fan_out = y.shape[1], x.shape[1]
   n = len(spatial)
   # (B, R_p, R_q, k...) -> (B, K, R_q, R_p)
-  t_k = tf.reshape(tf.transpose(t, [0] + list(range(3, n + 3)) + [2, 1]),
-                   [terms, -1, rank_q, rank_p])
-  a = tf.matmul(y[:, tf.newaxis], t_k)                                   # (B, K, I, R_p)
-  w = tf.matmul(tf.reshape(a, [terms, -1, rank_p]), x, transpose_b=True)  # (B, K*I, O)
-  return tf.reshape(w, [terms] + spatial + [fan_in, fan_out])
+  t_k = ops.reshape(ops.transpose(t, [0] + list(range(3, n + 3)) + [2, 1]),
+                    [terms, -1, rank_q, rank_p])
+  a = ops.matmul(ops.expand_dims(y, 1), t_k)                                    # (B, K, I, R_p)
+  w = backend.matmul_transpose_b(ops.reshape(a, [terms, -1, rank_p]), x)        # (B, K*I, O)
+  return ops.reshape(w, [terms] + spatial + [fan_in, fan_out])
 
 
 def compose_terms(term_factors):
@@ -124,17 +126,17 @@ def compose_terms(term_factors):
   Returns:
     A list with one kernel per term, Keras layout.
   """
-  stacked = [tf.stack(list(same_kind)) for same_kind in zip(*term_factors)]
+  stacked = [ops.stack(list(same_kind)) for same_kind in zip(*term_factors)]
   if len(stacked) == 2:
     composed = compose_matrix_terms(*stacked)
   else:
     x, y, t = stacked
     composed = compose_tucker_terms(t, x, y)
-  return tf.unstack(composed, num=len(term_factors))
+  return ops.unstack(composed, num=len(term_factors))
 
 
 def _apply(nonlinearity, w):
-  return tf.tanh(w) if nonlinearity == 'tanh' else w
+  return ops.tanh(w) if nonlinearity == 'tanh' else w
 
 
 def combine_terms(scheme, terms, nonlinearity=None):
@@ -145,7 +147,7 @@ def combine_terms(scheme, terms, nonlinearity=None):
   w1, w2 = (_apply(nonlinearity, w) for w in terms)
   if scheme == 'fedpara':
     return w1 * w2
-  return w1 * (w2 + tf.ones_like(w2))
+  return w1 * (w2 + ops.ones_like(w2))
 
 
 # ---------------------------------------------------------------------------
@@ -369,7 +371,7 @@ class KernelFactorization:
       variable = layer.add_weight(
           name=self.prefix + spec.name,
           shape=spec.shape,
-          initializer=tf.keras.initializers.RandomNormal(
+          initializer=keras.initializers.RandomNormal(
               stddev=spec.stddev / self.multiplier),
           regularizer=regularizer,
           constraint=constraint,
@@ -386,7 +388,7 @@ class KernelFactorization:
   def _scaled(self, value):
     if self.multiplier == 1.0:
       return value
-    return value * tf.cast(self.multiplier, value.dtype)
+    return value * ops.cast(self.multiplier, value.dtype)
 
   def factor(self, name):
     """The factor `name` as it enters the product (stored variable x multiplier)."""

@@ -22,9 +22,12 @@ paper uses it for CNNs; its LSTM runs use lambda 0).
 
 import contextlib
 
-import tensorflow as tf
-
+from keras_layers import backend
 from keras_layers import base
+from keras_layers.backend import keras
+
+# The correction differentiates with TensorFlow's GradientTape: Keras 2 (TensorFlow 2.14) only.
+tf = None if backend.IS_KERAS_3 else backend.keras_tensorflow()
 
 
 def regularizer(factorization, j_w, learning_rate, strength):
@@ -123,7 +126,7 @@ def loss_and_gradients(model, objective_fn, variables, learning_rate, strength):
   return objective, extra, total
 
 
-class JacobianCorrectedModel(tf.keras.Model):
+class JacobianCorrectedModel(keras.Model):
   """Wraps a Keras model so that `fit` trains it with the Jacobian correction.
 
   The regularizer uses the optimizer's current learning rate as `eta` (the
@@ -135,6 +138,9 @@ class JacobianCorrectedModel(tf.keras.Model):
   """
 
   def __init__(self, model, strength, **kwargs):
+    if backend.IS_KERAS_3:
+      raise ValueError('JacobianCorrectedModel needs Keras 2 (tf.keras of TensorFlow 2.14, as '
+                       'TFF uses); the installed Keras is 3.')
     super().__init__(**kwargs)
     if not isinstance(strength, (int, float)) or isinstance(strength, bool) or strength <= 0:
       raise ValueError(f'strength must be a positive number; got {strength!r}.')

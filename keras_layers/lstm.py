@@ -9,12 +9,13 @@ is the plain LSTM with the same normalisation, the original model of the
 paper's LSTM runs.
 """
 
-import tensorflow as tf
-
+from keras_layers import backend
 from keras_layers import base
 from keras_layers import weight_norm as weight_norm_lib
+from keras_layers.backend import keras
+from keras_layers.backend import ops
 
-_register = tf.keras.utils.register_keras_serializable(package='fedpara')
+_register = backend.register
 
 
 def _lstm_step(cell, inputs, states, kernel, recurrent_kernel):
@@ -25,10 +26,10 @@ def _lstm_step(cell, inputs, states, kernel, recurrent_kernel):
   Returns `(h', [h', c'])`.
   """
   h, c = states[0], states[1]
-  z = tf.matmul(inputs, kernel) + tf.matmul(h, recurrent_kernel)
+  z = ops.matmul(inputs, kernel) + ops.matmul(h, recurrent_kernel)
   if cell.bias is not None:
-    z = tf.nn.bias_add(z, cell.bias)
-  z_i, z_f, z_g, z_o = tf.split(z, 4, axis=-1)
+    z = backend.bias_add(z, cell.bias)
+  z_i, z_f, z_g, z_o = ops.split(z, 4, axis=-1)
   c = (cell.recurrent_activation(z_f) * c
        + cell.recurrent_activation(z_i) * cell.activation(z_g))
   h = cell.recurrent_activation(z_o) * cell.activation(c)
@@ -43,25 +44,25 @@ def _forget_bias_initializer(cell):
     del shape, kwargs
     if not cell.unit_forget_bias:
       return cell.bias_initializer((4 * cell.units,), dtype=dtype)
-    return tf.concat([cell.bias_initializer((cell.units,), dtype=dtype),
-                      tf.ones((cell.units,), dtype=dtype),
-                      cell.bias_initializer((2 * cell.units,), dtype=dtype)], 0)
+    return ops.concatenate([cell.bias_initializer((cell.units,), dtype=dtype),
+                            ops.ones((cell.units,), dtype=dtype),
+                            cell.bias_initializer((2 * cell.units,), dtype=dtype)], axis=0)
 
   return initializer
 
 
 def _zero_states(cell, inputs=None, batch_size=None, dtype=None):
   if inputs is not None:
-    batch_size, dtype = tf.shape(inputs)[0], inputs.dtype
-  return [tf.zeros((batch_size, cell.units), dtype=dtype or cell.compute_dtype)
+    batch_size, dtype = ops.shape(inputs)[0], inputs.dtype
+  return [ops.zeros((batch_size, cell.units), dtype=dtype or cell.compute_dtype)
           for _ in range(2)]
 
 
 def _input_dim(cell, input_shape):
-  in_dim = tf.TensorShape(input_shape)[-1]
+  in_dim = backend.dims(input_shape)[-1]
   if in_dim is None:
     raise ValueError(f'{cell.name}: the feature dimension of the input must '
-                     f'be known; got input shape {tf.TensorShape(input_shape)}.')
+                     f'be known; got input shape {backend.dims(input_shape)}.')
   return int(in_dim)
 
 
@@ -110,7 +111,7 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
                use_bias=True, unit_forget_bias=True, weight_norm=False, **kwargs):
     super().__init__(activation=activation, use_bias=use_bias, **kwargs)
     self.units = base.check_positive_int(units, 'units')
-    self.recurrent_activation = tf.keras.activations.get(recurrent_activation)
+    self.recurrent_activation = keras.activations.get(recurrent_activation)
     self.unit_forget_bias = bool(unit_forget_bias)
     if not isinstance(weight_norm, bool):
       raise ValueError(f'weight_norm must be True or False; got {weight_norm!r}.')
@@ -153,13 +154,13 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
     """`[kernel, recurrent_kernel(, bias)]` of the plain LSTM computing the same function."""
     weights = [self.composed_kernel(), self.composed_recurrent_kernel()]
     weights += [self.bias] if self.bias is not None else []
-    return [tf.convert_to_tensor(w).numpy() for w in weights]
+    return [backend.to_numpy(w) for w in weights]
 
   def get_config(self):
     config = super().get_config()
     config.update(
         units=self.units,
-        recurrent_activation=tf.keras.activations.serialize(self.recurrent_activation),
+        recurrent_activation=keras.activations.serialize(self.recurrent_activation),
         unit_forget_bias=self.unit_forget_bias,
         weight_norm=self.weight_norm)
     return config
@@ -220,7 +221,7 @@ def rnn_to_plain(layer):
   kwargs = {k: rnn_config[k] for k in _RNN_ARGS + _LAYER_KWARGS + ('stateful', 'time_major')
             if k in rnn_config}
   kwargs.update({k: cell_config[k] for k in _CELL_PLAIN_ARGS if k in cell_config})
-  return tf.keras.layers.LSTM(**kwargs)
+  return keras.layers.LSTM(**kwargs)
 
 
 # Arguments of tf.keras.layers.LSTM that have no factorised counterpart, with
@@ -231,7 +232,7 @@ _UNSUPPORTED_PLAIN_ARGS = {'dropout': 0.0, 'recurrent_dropout': 0.0, 'time_major
                            'recurrent_constraint': None}
 
 
-class _KernelLSTM(tf.keras.layers.Layer):
+class _KernelLSTM(keras.layers.Layer):
   """`tf.keras.layers.LSTM`-compatible layer over a cell that composes its kernels.
 
   Composes the input and recurrent kernels once per call, then runs the
@@ -267,13 +268,13 @@ class _KernelLSTM(tf.keras.layers.Layer):
     self.unroll = bool(unroll)
     self.cell = self.cell_class(units, name='cell', dtype=layer_kwargs.get('dtype'),
                                 **kwargs)
-    self.input_spec = tf.keras.layers.InputSpec(ndim=3)
+    self.input_spec = keras.layers.InputSpec(ndim=3)
     self.supports_masking = True
 
   def build(self, input_shape):
-    input_shape = tf.TensorShape(input_shape)
-    with tf.name_scope(self.cell.name):
-      self.cell.build(tf.TensorShape([input_shape[0], input_shape[-1]]))
+    input_shape = backend.dims(input_shape)
+    with backend.name_scope(self.cell.name):
+      self.cell.build((input_shape[0], input_shape[-1]))
     self.built = True
 
   def composed_kernel(self):
@@ -292,11 +293,9 @@ class _KernelLSTM(tf.keras.layers.Layer):
     def step(x_t, states):
       return self.cell.call(x_t, states, training=training, constants=constants)
 
-    last, outputs, states = tf.keras.backend.rnn(
-        step, inputs, list(initial_state), go_backwards=self.go_backwards,
-        mask=mask, unroll=self.unroll, input_length=inputs.shape[1],
-        zero_output_for_mask=self.return_sequences,
-        return_all_outputs=self.return_sequences)
+    last, outputs, states = backend.rnn(
+        step, inputs, list(initial_state), go_backwards=self.go_backwards, mask=mask,
+        unroll=self.unroll, return_sequences=self.return_sequences)
     output = outputs if self.return_sequences else last
     return [output] + list(states) if self.return_state else output
 
@@ -320,7 +319,7 @@ class _FactorizedLSTM(_KernelLSTM):
   Args, Input shape, Output shape: see `_KernelLSTM`.
   """
 
-  plain_class = tf.keras.layers.LSTM
+  plain_class = keras.layers.LSTM
 
   @property
   def ranks(self):
@@ -354,7 +353,7 @@ class _FactorizedLSTM(_KernelLSTM):
   def to_plain(self):
     """An unbuilt `tf.keras.layers.LSTM` with this layer's arguments."""
     config = self.get_config()
-    return tf.keras.layers.LSTM(**{k: config[k] for k in _SHARED_PLAIN_ARGS if k in config})
+    return keras.layers.LSTM(**{k: config[k] for k in _SHARED_PLAIN_ARGS if k in config})
 
   def plain_weights(self):
     """`[kernel, recurrent_kernel(, bias)]` for `to_plain()`, as numpy arrays."""
@@ -362,7 +361,7 @@ class _FactorizedLSTM(_KernelLSTM):
 
 
 @_register
-class WeightNormLSTMCell(_ComposedKernelCell, tf.keras.layers.Layer):
+class WeightNormLSTMCell(_ComposedKernelCell, keras.layers.Layer):
   """Plain LSTM cell whose kernels are weight-normalised: `g * V / ||V||` per column.
 
   Weights: the directions `kernel (in, 4H)` and `recurrent_kernel (H, 4H)`, the
@@ -387,13 +386,13 @@ class WeightNormLSTMCell(_ComposedKernelCell, tf.keras.layers.Layer):
                recurrent_initializer='orthogonal', bias_initializer='zeros', **kwargs):
     super().__init__(**kwargs)
     self.units = base.check_positive_int(units, 'units')
-    self.activation = tf.keras.activations.get(activation)
-    self.recurrent_activation = tf.keras.activations.get(recurrent_activation)
+    self.activation = keras.activations.get(activation)
+    self.recurrent_activation = keras.activations.get(recurrent_activation)
     self.use_bias = bool(use_bias)
     self.unit_forget_bias = bool(unit_forget_bias)
-    self.kernel_initializer = tf.keras.initializers.get(kernel_initializer)
-    self.recurrent_initializer = tf.keras.initializers.get(recurrent_initializer)
-    self.bias_initializer = tf.keras.initializers.get(bias_initializer)
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
     self.state_size = [self.units, self.units]
     self.output_size = self.units
     self.bias = None
@@ -424,13 +423,13 @@ class WeightNormLSTMCell(_ComposedKernelCell, tf.keras.layers.Layer):
     config = super().get_config()
     config.update(
         units=self.units,
-        activation=tf.keras.activations.serialize(self.activation),
-        recurrent_activation=tf.keras.activations.serialize(self.recurrent_activation),
+        activation=keras.activations.serialize(self.activation),
+        recurrent_activation=keras.activations.serialize(self.recurrent_activation),
         use_bias=self.use_bias,
         unit_forget_bias=self.unit_forget_bias,
-        kernel_initializer=tf.keras.initializers.serialize(self.kernel_initializer),
-        recurrent_initializer=tf.keras.initializers.serialize(self.recurrent_initializer),
-        bias_initializer=tf.keras.initializers.serialize(self.bias_initializer))
+        kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        recurrent_initializer=keras.initializers.serialize(self.recurrent_initializer),
+        bias_initializer=keras.initializers.serialize(self.bias_initializer))
     return config
 
 

@@ -2,9 +2,8 @@
 
 import collections
 
-import tensorflow as tf
-
 from keras_layers import conversion
+from keras_layers.backend import keras
 
 LayerReport = collections.namedtuple(
     'LayerReport', ['name', 'kind', 'ranks', 'original', 'factorized'])
@@ -12,7 +11,7 @@ LayerReport = collections.namedtuple(
 
 def _layer_rows(model):
   for layer in model.layers:
-    if isinstance(layer, tf.keras.Model):
+    if isinstance(layer, keras.Model):
       yield from _layer_rows(layer)  # nested model
       continue
     count = layer.count_params() if layer.built else 0

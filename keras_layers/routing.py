@@ -9,7 +9,7 @@ from keras_layers import base
 
 
 def _factorized_local_refs(model):
-  return {v.ref() for layer in model.submodules
+  return {id(v) for layer in model.submodules
           if isinstance(layer, base.FactorizedLayer) for v in layer.local_weights}
 
 
@@ -32,8 +32,8 @@ def local_variable_mask(model, local_layers=()):
   refs = _factorized_local_refs(model)
   for layer in model.submodules:
     if getattr(layer, 'name', None) in local_layers:
-      refs.update(v.ref() for v in layer.trainable_weights)
-  return [v.ref() in refs for v in model.trainable_variables]
+      refs.update(id(v) for v in layer.trainable_weights)
+  return [id(v) in refs for v in model.trainable_variables]
 
 
 def split_global_local(model, local_layers=()):

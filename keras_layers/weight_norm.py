@@ -9,7 +9,8 @@ models alike; for a factorised kernel `V` is the composed kernel (docs/DESIGN.md
 
 import math
 
-import tensorflow as tf
+from keras_layers.backend import keras
+from keras_layers.backend import ops
 
 EPSILON = 1e-12
 
@@ -24,7 +25,7 @@ def normalize(v, g):
   Returns:
     `(in, out)`, column j of length `|g_j|` (a zero column stays zero).
   """
-  return v * (g * tf.math.rsqrt(tf.reduce_sum(tf.square(v), axis=0) + EPSILON))
+  return v * (g * ops.rsqrt(ops.sum(ops.square(v), axis=0) + EPSILON))
 
 
 def initial_scale(kernel_shape):
@@ -42,4 +43,4 @@ def add_scale(layer, name, kernel_shape):
   """Adds the trainable scale `g (out,)` of a `kernel_shape` kernel to `layer`."""
   return layer.add_weight(
       name=name, shape=(int(kernel_shape[1]),), trainable=True,
-      initializer=tf.keras.initializers.Constant(initial_scale(kernel_shape)))
+      initializer=keras.initializers.Constant(initial_scale(kernel_shape)))

@@ -1,0 +1,154 @@
+"""The Keras the layers run on, and the tensor operations their math uses.
+
+One code base for two Keras generations (docs/DESIGN.md, "Keras 2 and Keras 3"):
+
+* Keras 3 (the `keras` package 3.x, on TensorFlow, JAX or PyTorch): `keras` is
+  that package and `ops` is `keras.ops`, so the layers run on any backend;
+* Keras 2 (`tf.keras` of TensorFlow 2.14, the version TFF 0.87 pins): `keras`
+  is `tf.keras` and `ops` offers the same names, implemented with TensorFlow.
+
+The layers' math calls only `ops.<name>` for the names below. Which Keras is
+used follows the installed `keras` package (3.x: Keras 3; else `tf.keras`);
+importing this module configures nothing.
+"""
+
+import contextlib
+import importlib
+import types
+
+import numpy as np
+
+
+def _keras_major():
+  try:
+    keras_package = importlib.import_module('keras')
+  except ImportError:
+    return 2
+  return int(str(getattr(keras_package, '__version__', '2')).split('.')[0])
+
+
+IS_KERAS_3 = _keras_major() >= 3
+
+
+def _tensorflow_ops(tf):
+  """The subset of `keras.ops` the layers use, on TensorFlow (for Keras 2)."""
+
+  def conv(inputs, kernel, strides=1, padding='valid', data_format=None, dilation_rate=1):
+    del data_format   # channels_last only
+    return tf.nn.convolution(inputs, kernel, strides=strides, padding=padding.upper(),
+                             dilations=dilation_rate)
+
+  def unstack(x, num=None, axis=0):
+    return tf.unstack(x, num=num, axis=axis)
+
+  return types.SimpleNamespace(
+      add=tf.add, cast=tf.cast, concatenate=lambda xs, axis=0: tf.concat(xs, axis), conv=conv,
+      convert_to_numpy=lambda x: tf.convert_to_tensor(x).numpy(),
+      expand_dims=tf.expand_dims, matmul=tf.matmul, maximum=tf.maximum, ones=tf.ones,
+      ones_like=tf.ones_like, pad=tf.pad, reshape=tf.reshape, rsqrt=tf.math.rsqrt,
+      shape=tf.shape, split=lambda x, n, axis=0: tf.split(x, n, axis=axis), square=tf.square,
+      stack=lambda xs, axis=0: tf.stack(xs, axis=axis), stop_gradient=tf.stop_gradient,
+      sum=lambda x, axis=None, keepdims=False: tf.reduce_sum(x, axis=axis, keepdims=keepdims),
+      tanh=tf.tanh, tensordot=tf.tensordot,
+      transpose=lambda x, axes=None: tf.transpose(x, axes), unstack=unstack, zeros=tf.zeros,
+      zeros_like=tf.zeros_like)
+
+
+if IS_KERAS_3:
+  import keras  # pylint: disable=g-import-not-at-top
+  from keras import ops  # pylint: disable=g-import-not-at-top
+else:
+  import tensorflow as _tf  # pylint: disable=g-import-not-at-top
+  keras = _tf.keras
+  ops = _tensorflow_ops(_tf)
+
+
+def keras_tensorflow():
+  """TensorFlow, on Keras 2 (where the layers' training helpers use its GradientTape)."""
+  return _tf
+
+
+def register(cls):
+  """Registers a layer class for Keras serialisation under the package `fedpara`."""
+  return keras.utils.register_keras_serializable(package='fedpara')(cls)
+
+
+def dims(input_shape):
+  """`input_shape` (a tuple, list or `tf.TensorShape`) as a tuple of ints and None."""
+  if hasattr(input_shape, 'as_list'):
+    input_shape = input_shape.as_list()
+  return tuple(None if d is None else int(d) for d in input_shape)
+
+
+def output_shape(shape):
+  """A shape to return from `compute_output_shape`: a tuple on Keras 3, a `TensorShape` on 2."""
+  shape = dims(shape)
+  return shape if IS_KERAS_3 else _tf.TensorShape(shape)
+
+
+def to_numpy(value):
+  """A tensor or variable as a numpy array."""
+  return np.asarray(ops.convert_to_numpy(value))
+
+
+def matmul_transpose_b(a, b):
+  """`a @ b^T` over the last two axes, batched over the leading ones."""
+  if IS_KERAS_3:
+    return ops.matmul(a, ops.swapaxes(b, -1, -2))
+  return _tf.matmul(a, b, transpose_b=True)
+
+
+def bias_add(x, bias):
+  """`x + bias` over the last axis (`tf.nn.bias_add` on Keras 2)."""
+  return ops.add(x, bias) if IS_KERAS_3 else _tf.nn.bias_add(x, bias)
+
+
+def dense(inputs, kernel):
+  """`inputs (..., in)` times `kernel (in, out)`."""
+  rank = len(inputs.shape)
+  if rank == 2:
+    return ops.matmul(inputs, kernel)
+  return ops.tensordot(inputs, kernel, [[rank - 1], [0]])
+
+
+def name_scope(name):
+  """TensorFlow's name scope on Keras 2 (the variables' names depend on it); none on Keras 3."""
+  return contextlib.nullcontext() if IS_KERAS_3 else _tf.name_scope(name)
+
+
+def rnn(step, inputs, initial_states, go_backwards=False, mask=None, unroll=False,
+        return_sequences=False):
+  """Runs `step(x_t, states) -> (output, new states)` over the time axis of `inputs`.
+
+  Args:
+    step: the cell step.
+    inputs: `(batch, time, features)`.
+    initial_states: list of `(batch, units)` tensors.
+    go_backwards: process the sequence in reverse (outputs in processing order).
+    mask: `(batch, time)` booleans or None (Keras 2 only).
+    unroll: unroll the loop (Keras 2 only; Keras 3 scans).
+    return_sequences: also return every step's output.
+
+  Returns:
+    `(last output, outputs (batch, time, units) or the last output, final states)`.
+  """
+  if not IS_KERAS_3:
+    return _tf.keras.backend.rnn(
+        step, inputs, initial_states, go_backwards=go_backwards, mask=mask, unroll=unroll,
+        input_length=inputs.shape[1], zero_output_for_mask=return_sequences,
+        return_all_outputs=return_sequences)
+  if mask is not None:
+    raise ValueError('a masked sequence (e.g. from Embedding(mask_zero=True)) is supported by '
+                     'the factorised LSTM layers on Keras 2 only; got a mask on Keras 3.')
+  time_major = ops.transpose(inputs, [1, 0, 2])
+  if go_backwards:
+    time_major = ops.flip(time_major, axis=0)
+
+  def scan_step(states, x_t):
+    output, new_states = step(x_t, states)
+    return list(new_states), output
+
+  states, outputs = ops.scan(scan_step, list(initial_states), time_major)
+  last = outputs[-1]
+  outputs = ops.transpose(outputs, [1, 0, 2]) if return_sequences else last
+  return last, outputs, states
