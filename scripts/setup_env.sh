@@ -6,33 +6,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${1:-${FEDPARA_VENV:-.venv}}"
-stamp="$venv/.fedpara-setup-stamp"
+# shellcheck source=scripts/venv_common.sh
+source scripts/venv_common.sh
 want="$(cat requirements.txt requirements-nodeps.txt setup.py | sha256sum | cut -d' ' -f1)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
-  exit 0
-fi
+venv_is_current "$venv" "$want" && exit 0
 
-python=""
-for candidate in python3.11 python3.10 python3.9 python3; do
-  if command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys; sys.exit(not ((3, 9) <= sys.version_info[:2] <= (3, 11)))'; then
-    python="$candidate"; break
-  fi
-done
-if [ -z "$python" ]; then
+python="$(find_python 9 11 python3.11 python3.10 python3.9 python3)" || {
   echo "setup_env: need Python 3.9 to 3.11 (TensorFlow Federated 0.87 does not support 3.12+)" >&2
   exit 1
-fi
+}
 
 echo "setup_env: creating $venv with $("$python" --version) (first use only; a few minutes cold)"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-# pip install, without the registry mirror's "Location ... is ignored" warnings.
-pip_install() {
-  "$venv/bin/python" -m pip --disable-pip-version-check -q install "$@" \
-    2> >(grep -v 'is ignored: it is neither' >&2)
-}
-pip_install -r requirements.txt
-pip_install --no-deps -r requirements-nodeps.txt
-pip_install --no-deps --no-build-isolation -e .
-echo "$want" > "$stamp"
+venv_pip_install "$venv" -r requirements.txt
+venv_pip_install "$venv" --no-deps -r requirements-nodeps.txt
+venv_pip_install "$venv" --no-deps --no-build-isolation -e .
+echo "$want" > "$venv/.fedpara-setup-stamp"
 echo "setup_env: ready ($venv)"
