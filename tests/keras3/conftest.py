@@ -2,9 +2,16 @@
 whichever Keras `keras_layers.backend` picked (the main suite's conftest, which needs TensorFlow
 and TFF, is not loaded here: `make test-keras3` runs with `--confcutdir=tests/keras3`)."""
 
-import pytest
+import os
 
-from keras_layers.backend import keras
+# The tests compare with float64 numpy at float32 tolerances; on an NVIDIA GPU, JAX's default
+# float32 matmul precision is TF32 (about 1e-3 relative), so they ask for full float32. Set before
+# Keras imports JAX.
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from keras_layers.backend import keras  # pylint: disable=g-import-not-at-top
 
 
 @pytest.fixture(autouse=True)
