@@ -91,6 +91,17 @@ def to_numpy(value):
   return np.asarray(ops.convert_to_numpy(value))
 
 
+def stack(values):
+  """`values` (tensors or variables of one shape) stacked on a new first axis.
+
+  On Keras 3 as a concatenation: its TensorFlow backend's `stack` fails on variables inside a
+  layer's `call` (Keras 3.15 with TensorFlow 2.21).
+  """
+  if IS_KERAS_3:
+    return ops.concatenate([ops.expand_dims(v, 0) for v in values], axis=0)
+  return ops.stack(values)
+
+
 def matmul_transpose_b(a, b):
   """`a @ b^T` over the last two axes, batched over the leading ones."""
   if IS_KERAS_3:
@@ -148,7 +159,16 @@ def rnn(step, inputs, initial_states, go_backwards=False, mask=None, unroll=Fals
     output, new_states = step(x_t, states)
     return list(new_states), output
 
-  states, outputs = ops.scan(scan_step, list(initial_states), time_major)
+  if keras.backend.backend() == 'tensorflow':
+    # Keras 3.15's `ops.scan` fails on TensorFlow 2.21 (its TensorArray writes come back
+    # wrapped); the sequence length is static, so the loop is unrolled there.
+    states, steps = list(initial_states), []
+    for t in range(time_major.shape[0]):
+      states, output = scan_step(states, time_major[t])
+      steps.append(output)
+    outputs = ops.stack(steps)
+  else:
+    states, outputs = ops.scan(scan_step, list(initial_states), time_major)
   last = outputs[-1]
   outputs = ops.transpose(outputs, [1, 0, 2]) if return_sequences else last
   return last, outputs, states

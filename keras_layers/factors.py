@@ -126,7 +126,7 @@ def compose_terms(term_factors):
   Returns:
     A list with one kernel per term, Keras layout.
   """
-  stacked = [ops.stack(list(same_kind)) for same_kind in zip(*term_factors)]
+  stacked = [backend.stack(list(same_kind)) for same_kind in zip(*term_factors)]
   if len(stacked) == 2:
     composed = compose_matrix_terms(*stacked)
   else:
