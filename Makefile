@@ -26,9 +26,12 @@ layer-demo: setup
 test: setup
 	$(PYTHON) -m pytest -q tests
 
-# The layer tests on Keras 3 / JAX (tests/keras3; the main suite runs them on Keras 2 too).
+# The layer tests on Keras 3 / JAX: tests/keras3 and the backend-neutral layer modules of tests/
+# (the main suite runs them all on Keras 2 too).
+KERAS3_TESTS := tests/keras3 tests/test_ranks.py tests/test_init.py tests/test_rank_cap.py
 test-keras3: setup-keras3
-	KERAS_BACKEND=jax $(VENV_KERAS3)/bin/python -m pytest -q --confcutdir=tests/keras3 tests/keras3
+	KERAS_BACKEND=jax $(VENV_KERAS3)/bin/python -m pytest -q --confcutdir=tests/keras3 \
+	    -p tests.keras3.seeding $(KERAS3_TESTS)
 
 bench: setup
 	$(PYTHON) -m benchmarks.layer_speed

@@ -97,18 +97,28 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       return (totals[0] + size, totals[1] + objective * size, totals[2] + correct,
               totals[3] + 1)
 
-    full_gradient = (_full_gradient(model, loss, global_vars, dataset)
-                     if algorithm.full_gradient else None)
     # An iterator loop, like TFF's DATASET_ITERATOR (faster here than dataset.reduce).
     totals = (tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), tf.constant(0))
     for batch in iter(dataset.repeat(local_epochs)):
       totals = step(totals, batch)
     seen, loss_sum, correct, steps = totals
     y = [tf.identity(v) for v in global_vars]
+    trained_local = [tf.identity(v) for v in local_vars]
+    full_gradient = None
+    if algorithm.full_gradient:
+      # At the round's starting point, after training, so that training reads the dataset's
+      # first iteration as every other algorithm does: a reshuffling dataset orders each
+      # iteration differently, and in a graph nothing else orders two iterators of one dataset
+      # (TFF's local and remote runtimes picked differently). The full gradient does not depend
+      # on the order.
+      with tf.control_dependencies(y + trained_local + [loss_sum]):
+        for v, value in zip(global_vars + local_vars, x + local_values[:n_local]):
+          v.assign(value)
+        full_gradient = _full_gradient(model, loss, global_vars, dataset)
     extra, client_state = algorithm.client_finish(x, y, c_server, c_client, steps,
                                                   learning_rate, full_gradient)
     upload = [a - b for a, b in zip(x, y)] + extra
-    new_local = [tf.identity(v) for v in local_vars] + client_state
+    new_local = trained_local + client_state
     finite = tf.reduce_all([tf.math.is_finite(loss_sum)] + [
         tf.reduce_all(tf.math.is_finite(t)) for t in upload + new_local])
     examples = seen / float(local_epochs)

@@ -45,13 +45,19 @@ def _final_arrays(run_dir, round_num):
     return {k: stored[k] for k in stored.files if k != 'meta'}
 
 
-@pytest.mark.parametrize('parameterization, store', [('fedpara', 'auto'), ('pfedpara', 'memory'),
-                                                    ('pfedpara', 'sqlite')])
-def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterization, store):
+@pytest.mark.parametrize('parameterization, store, algorithm', [
+    ('fedpara', 'auto', {}), ('pfedpara', 'memory', {}), ('pfedpara', 'sqlite', {}),
+    # The algorithms' own state through the workers: SCAFFOLD's c_i in the store and its doubled
+    # traffic, FedDyn's g_k beside pFedPara's local factors, MIME-lite's broadcast momentum.
+    ('fedpara', 'sqlite', dict(algorithm='scaffold')),
+    ('pfedpara', 'memory', dict(algorithm='feddyn')),
+    ('fedpara', 'auto', dict(algorithm='mimelite', client_momentum=0.5))])
+def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterization, store,
+                                            algorithm):
   """With the SQLite store, each sub-round's clients' state goes to a worker and comes back
   into the store, matched to the right client."""
   common = dict(TINY, parameterization=parameterization, cache_dir=str(tmp_path / 'cache'),
-                client_store=store)
+                client_store=store, **algorithm)
   local = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'local'), **common))
   remote = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'remote'),
                                        workers=','.join(two_workers), **common))

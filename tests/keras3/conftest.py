@@ -1,24 +1,4 @@
-"""Set-up of the any-Keras layer tests: seeded randomness and a clean Keras state, through
-whichever Keras `keras_layers.backend` picked (the main suite's conftest, which needs TensorFlow
-and TFF, is not loaded here: `make test-keras3` runs with `--confcutdir=tests/keras3`)."""
+"""Set-up of the any-Keras layer tests (`tests/keras3/seeding.py`): seeded randomness and a clean
+Keras state, through whichever Keras `keras_layers.backend` picked."""
 
-import importlib.metadata
-import os
-
-# The tests compare with float64 numpy at float32 tolerances; on an NVIDIA GPU, JAX's default
-# float32 matmul precision is TF32 (about 1e-3 relative), so on Keras 3 they ask for full float32,
-# before Keras imports JAX. (Keras 2's environment has JAX 0.4.13, which names it otherwise and
-# does not run the layers.)
-if int(importlib.metadata.version('keras').split('.')[0]) >= 3:
-  os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
-
-import pytest  # pylint: disable=g-import-not-at-top
-
-from keras_layers.backend import keras  # pylint: disable=g-import-not-at-top
-
-
-@pytest.fixture(autouse=True)
-def _seeded_clean_keras():
-  keras.utils.set_random_seed(1234)
-  yield
-  keras.backend.clear_session()
+from tests.keras3.seeding import _seeded_clean_keras  # pylint: disable=unused-import
