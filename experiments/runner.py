@@ -27,6 +27,7 @@ from fedpara_tff import client_store
 from fedpara_tff import client_work
 from fedpara_tff import runtime
 from fedpara_tff import distributed
+from fedpara_tff import processes
 from fedpara_tff import tf_backend
 import keras_layers
 from experiments import checkpoints
@@ -49,7 +50,8 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
                       'client_optimizer': 'sgd', 'examples_per_client': 20,
-                      'feddyn_alpha': 0.1, 'server_beta_2': 0.999}
+                      'feddyn_alpha': 0.1,
+                      'server_beta_2': processes.DEFAULT_SERVER_BETA_2}
 
 
 class RunInterruptedError(RuntimeError):
@@ -106,7 +108,7 @@ class RunConfig:
   lr_decay: float = 1.0
   client_momentum: float = 0.0
   server_momentum: float = 0.0
-  server_beta_2: float = 0.999
+  server_beta_2: float = processes.DEFAULT_SERVER_BETA_2
   weight_decay: float = 0.0
   fedprox_mu: float = 0.01
   feddyn_alpha: float = 0.1
@@ -163,11 +165,9 @@ def check(config):
                                                      or config.server_momentum):
     raise ValueError(f'algorithm={config.algorithm} runs without momentum; got client_momentum='
                      f'{config.client_momentum}, server_momentum={config.server_momentum}.')
-  if not 0 < config.server_beta_2 < 1:
-    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {config.server_beta_2!r}.')
-  if config.server_beta_2 != 0.999 and config.algorithm not in ('fedadam', 'fedyogi'):
-    raise ValueError(f'server_beta_2={config.server_beta_2} applies to fedadam or fedyogi; got '
-                     f'algorithm={config.algorithm}.')
+  processes.check_server_beta_2(
+      config.server_beta_2, config.algorithm in ('fedadam', 'fedyogi'),
+      f'fedadam or fedyogi; got algorithm={config.algorithm}')
   if config.algorithm in fedpara_tff.SERVER_OPTIMIZERS and config.server_momentum:
     raise ValueError(f'server_momentum={config.server_momentum} applies to server SGD; '
                      f'algorithm={config.algorithm} has its own moments.')
@@ -260,7 +260,7 @@ def _element_spec(data):
       y=tf.TensorSpec((None,) + data.y_train.shape[1:], tf.int32))
 
 
-class _Shared:
+class _Process:
   """`fedpara_tff`'s own round, for every algorithm and parameterisation (FedPara / low-rank /
   original, pFedPara, FedPer, local-only), on the TFF runtime (`backend=tff`, `--workers`) or with
   in-process TensorFlow client training (`backend=tf`, `--gpus`)."""
@@ -306,9 +306,6 @@ class _Shared:
 
   def initialize(self, weights):
     return self.trainer.initialize(weights)
-
-  def train_dataset(self, dataset):
-    return dataset  # the trainer repeats it local_epochs times itself
 
   def next(self, state, client_ids, datasets):
     state, metrics = self.trainer.next(state, client_ids, datasets)
@@ -473,7 +470,7 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
             plain_params, resuming, shares):
   """Builds the process and runs the rounds of a prepared run folder; returns the summary."""
   element_spec = _element_spec(data)
-  process = _Shared(config, keras_model_fn, element_spec)
+  process = _Process(config, keras_model_fn, element_spec)
   state = process.initialize(initial_weights)
   store = None
   # Clients keep state between rounds in the personalised runs (local variables) and with
@@ -528,10 +525,10 @@ def _run_rounds(config, data, parts, keras_model_fn, signature, params, plain_pa
     for round_num in bar:
       began = time.perf_counter()
       chosen = sample_clients(config.seed, round_num, len(ids), config.clients_per_round)
-      datasets = [process.train_dataset(
-          train_cd.create_tf_dataset_for_client(ids[c]).shuffle(
-              len(parts.train[c]), seed=_shuffle_seed(config.seed, round_num, c),
-              reshuffle_each_iteration=True).batch(config.batch_size)) for c in chosen]
+      # The client work repeats each dataset local_epochs times itself.
+      datasets = [train_cd.create_tf_dataset_for_client(ids[c]).shuffle(
+          len(parts.train[c]), seed=_shuffle_seed(config.seed, round_num, c),
+          reshuffle_each_iteration=True).batch(config.batch_size) for c in chosen]
       try:
         state, row = process.next(state, [ids[c] for c in chosen], datasets)
       except distributed.WorkerUnavailableError as e:

@@ -47,22 +47,19 @@ class ServerOptimizer:
 
   NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
 
-  DEFAULT_BETA_2 = 0.999
+  DEFAULT_BETA_2 = processes.DEFAULT_SERVER_BETA_2
 
   def __init__(self, name='sgd', momentum=0.0, beta_2=DEFAULT_BETA_2):
     if name not in self.NAMES:
       raise ValueError(f'server optimizer must be one of {self.NAMES}; got {name!r}.')
-    if (not isinstance(beta_2, numbers.Real) or isinstance(beta_2, bool)
-        or not 0 < beta_2 < 1):
-      raise ValueError(f'server_beta_2 must be a number in (0, 1); got {beta_2!r}.')
-    if beta_2 != self.DEFAULT_BETA_2 and name not in ('adam', 'yogi'):
-      raise ValueError(f'server_beta_2={beta_2} applies to server Adam or Yogi; got {name!r}.')
+    beta_2 = processes.check_server_beta_2(beta_2, name in ('adam', 'yogi'),
+                                           f'server Adam or Yogi; got {name!r}')
     if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
         or not 0 <= momentum < 1):
       raise ValueError(f'server_momentum must be a number in [0, 1); got {momentum!r}.')
     if momentum and name != 'sgd':
       raise ValueError(f'server_momentum={momentum} applies to server SGD; got {name!r}.')
-    self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
+    self.name, self.momentum, self.beta_2 = name, float(momentum), beta_2
     self.stateful = name != 'sgd' or bool(momentum)
 
   def initial_state(self, specs):

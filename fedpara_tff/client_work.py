@@ -16,6 +16,16 @@ from fedpara_tff import client_optimizer as client_optimizer_lib
 import keras_layers
 
 
+def _assign(variables, values):
+  """Sets each variable to its value (inside a `tf.function`, in program order)."""
+  for v, value in zip(variables, values):
+    v.assign(value)
+
+
+def _batch_size(batch):
+  return tf.cast(tf.shape(batch['y'])[0], tf.float32)
+
+
 def correct_and_total(logits, labels):
   """Correct arg-max predictions and the number of labels, as float32 scalars."""
   predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
@@ -75,8 +85,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
     x = [tf.convert_to_tensor(v) for v in global_values[:n_global]]
     c_server = global_values[n_global:] or [None] * n_global
     c_client = local_values[n_local:] or [None] * n_global
-    for v, value in zip(global_vars + local_vars, x + local_values[:n_local]):
-      v.assign(value)
+    _assign(global_vars + local_vars, x + local_values[:n_local])
     optimizer.reset()
     index = {v.ref(): i for i, v in enumerate(global_vars)}
 
@@ -92,7 +101,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
           model, objective_fn, model.trainable_variables, learning_rate, jacobian_correction)
       grads = [correct_gradient(v, g) for v, g in zip(model.trainable_variables, grads)]
       optimizer.apply(grads, learning_rate)
-      size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+      size = _batch_size(batch)
       correct, _ = correct_and_total(logits, batch['y'])
       return (totals[0] + size, totals[1] + objective * size, totals[2] + correct,
               totals[3] + 1)
@@ -112,8 +121,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       # (TFF's local and remote runtimes picked differently). The full gradient does not depend
       # on the order.
       with tf.control_dependencies(y + trained_local + [loss_sum]):
-        for v, value in zip(global_vars + local_vars, x + local_values[:n_local]):
-          v.assign(value)
+        _assign(global_vars + local_vars, x + local_values[:n_local])
         full_gradient = _full_gradient(model, loss, global_vars, dataset)
     extra, client_state = algorithm.client_finish(x, y, c_server, c_client, steps,
                                                   learning_rate, full_gradient)
@@ -147,7 +155,7 @@ def _full_gradient(model, loss, variables, dataset):
   for batch in iter(dataset):
     with tf.GradientTape() as tape:
       objective, _ = _objective(model, loss, batch)
-    size = tf.cast(tf.shape(batch['y'])[0], tf.float32)
+    size = _batch_size(batch)
     grads = tape.gradient(objective, variables,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
     totals = [t + size * tf.convert_to_tensor(g) for t, g in zip(totals, grads)]
@@ -172,9 +180,8 @@ def build_client_eval(model, split, n_model_local):
 
   @tf.function
   def evaluate(global_values, local_values, dataset):
-    local_values = list(local_values)[:n_model_local]
-    for v, value in zip(global_vars + local_vars, list(global_values) + local_values):
-      v.assign(value)
+    _assign(global_vars + local_vars,
+            list(global_values) + list(local_values)[:n_model_local])
 
     def step(totals, batch):
       correct, total = correct_and_total(model(batch['x'], training=False), batch['y'])

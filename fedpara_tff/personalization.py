@@ -48,6 +48,15 @@ def check_round_clients(client_ids, datasets):
   return client_ids
 
 
+def _in_client_order(positions, values):
+  """`values` (one per client, in the order TFF returned them) sorted by each client's position
+  in the round (TFF's multi-worker context returns them in the order its sub-rounds finish)."""
+  ordered = [None] * len(values)
+  for position, value in zip(positions, values):
+    ordered[int(position)] = value
+  return ordered
+
+
 def _check_settings(client_learning_rate, server_learning_rate, lr_decay, jacobian_correction,
                     client_optimizer, client_momentum, local_epochs, algorithm):
   """`algorithm` if the driver's settings are valid together; else a one-line ValueError."""
@@ -234,10 +243,7 @@ class PersonalizedDriver:
   def _tff_round(self, state, datasets, local_states):
     state, new_local, metrics, positions = self.round.next(
         state, datasets, local_states, list(range(len(datasets))))
-    ordered = [None] * len(datasets)
-    for position, values in zip(positions, new_local):
-      ordered[int(position)] = list(values)
-    return state, ordered, metrics
+    return state, [list(values) for values in _in_client_order(positions, new_local)], metrics
 
   def evaluate(self, state, client_ids, datasets, chunk_clients=100):
     """Personalised accuracy of each client on its own data, with its local variables.
@@ -253,10 +259,8 @@ class PersonalizedDriver:
       results, positions = self.round.evaluate(state['global_weights'],
                                           list(itertools.islice(datasets, len(ids))),
                                           self.local_states(ids), list(range(len(ids))))
-      chunk = [None] * len(ids)
-      for position, result in zip(positions, results):
-        chunk[int(position)] = collections.OrderedDict((k, float(v)) for k, v in result.items())
-      ordered.extend(chunk)
+      ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
+                     for result in _in_client_order(positions, results))
     return ordered
 
 

@@ -22,6 +22,8 @@ ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite
               'feddyn')
 # Run on fedpara_tff's own round (`fedpara_tff.algorithms`): every one of them.
 SHARED_ROUND_ALGORITHMS = ALGORITHMS
+# TFF's default second-moment decay of server Adam / Yogi (`--server_beta_2`).
+DEFAULT_SERVER_BETA_2 = 0.999
 # The server optimizer (`fedpara_tff.algorithms.ServerOptimizer`) of each adaptive algorithm.
 SERVER_OPTIMIZERS = {'fedadam': 'adam', 'fedyogi': 'yogi', 'fedadagrad': 'adagrad'}
 
@@ -40,6 +42,23 @@ def check_finite_at_least_zero(value, name):
       or not 0 <= value < math.inf):
     raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
   return float(value)
+
+
+def check_server_beta_2(beta_2, used, user):
+  """`beta_2` as float if it is in (0, 1) and either the default or `used`; else a ValueError.
+
+  Args:
+    beta_2: the server Adam / Yogi second-moment decay.
+    used: whether the server optimizer is Adam or Yogi.
+    user: what `beta_2` applies to and what was given, for the message (e.g.
+      "fedadam or fedyogi; got algorithm='fedavg'").
+  """
+  if (not isinstance(beta_2, numbers.Real) or isinstance(beta_2, bool)
+      or not 0 < beta_2 < 1):
+    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {beta_2!r}.')
+  if beta_2 != DEFAULT_SERVER_BETA_2 and not used:
+    raise ValueError(f'server_beta_2={beta_2} applies to {user}.')
+  return float(beta_2)
 
 
 def check_no_non_trainable(count):
@@ -92,7 +111,7 @@ def model_weights_type(model_fn):
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
                           lr_decay=1.0, keras_model_fn=None,
-                          client_optimizer='sgd', server_beta_2=0.999,
+                          client_optimizer='sgd', server_beta_2=DEFAULT_SERVER_BETA_2,
                           local_layers=(), aggregator=None, quantization_bits=None,
                           quantization_threshold=20000,
                           loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR):
@@ -154,12 +173,8 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
   server_lr = check_positive(server_learning_rate, 'server_learning_rate')
   if not isinstance(lr_decay, numbers.Real) or not 0 < lr_decay <= 1:
     raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
-  if (not isinstance(server_beta_2, numbers.Real) or isinstance(server_beta_2, bool)
-      or not 0 < server_beta_2 < 1):
-    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {server_beta_2!r}.')
-  if server_beta_2 != 0.999 and algorithm not in ('fedadam', 'fedyogi'):
-    raise ValueError(f'server_beta_2={server_beta_2} applies to fedadam or fedyogi; got '
-                     f'algorithm={algorithm!r}.')
+  check_server_beta_2(server_beta_2, algorithm in ('fedadam', 'fedyogi'),
+                      f'fedadam or fedyogi; got algorithm={algorithm!r}')
   if lr_decay != 1 and algorithm == 'mimelite':
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '
                      f'use lr_decay=1.0 or fedavg / fedadam / fedyogi.')

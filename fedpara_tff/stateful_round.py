@@ -193,6 +193,12 @@ class StatefulRound:
     self.learning_rate_at, self.increment, self.zero_rounds = (learning_rate_at, increment,
                                                                zero_rounds)
 
+  def _server_control(self, state):
+    """The algorithm's server arrays of a SERVER-placed state, or their zeros."""
+    if self.algorithm.server_state:
+      return state.control
+    return tff.federated_eval(self.init_control, tff.SERVER)
+
   def _server_state(self, global_weights, aggregator_state, round_num, control):
     # FedAvg / FedProx keep the state they always had; stateful servers add `control`.
     fields = collections.OrderedDict(global_weights=global_weights, aggregator=aggregator_state,
@@ -253,8 +259,7 @@ class StatefulRound:
                                at_clients(np.float32), at_clients(np.float32),
                                at_clients(np.float32), at_clients(np.int32))
     def finish_round(state, upload, weight, examples, loss_sum, correct, diverged):
-      control = (state.control if algorithm.server_state
-                 else tff.federated_eval(self.init_control, tff.SERVER))
+      control = self._server_control(state)
       aggregated = aggregation.next(state.aggregator, upload, weight)
       server_out = tff.federated_map(server_update, (state.global_weights, control,
                                                      aggregated.result, tff.federated_sum(weight)))
@@ -287,9 +292,8 @@ class StatefulRound:
     @tff.federated_computation(self.state_type, data_at_clients, local_at_clients, positions_type)
     def next_fn(state, data, local_values, positions):
       learning_rate = tff.federated_map(self.learning_rate_at, state.round_num)
-      control = (state.control if algorithm.server_state
-                 else tff.federated_eval(self.init_control, tff.SERVER))
-      received = (tff.federated_map(self.with_control, (state.global_weights, control))
+      received = (tff.federated_map(self.with_control,
+                                    (state.global_weights, self._server_control(state)))
                   if algorithm.broadcast_control else state.global_weights)
       upload, new_local, weight, examples, loss_sum, correct, diverged = tff.federated_map(
           self.client_update, (tff.federated_broadcast(received), local_values, data,

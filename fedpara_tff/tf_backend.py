@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 
-
 def resolve_devices(gpus):
   """Device names for `gpus` (`''`: CPU; `'all'`; or indices like `'0,1'`); memory growth on.
 
