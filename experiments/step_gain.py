@@ -3,7 +3,9 @@ r"""Per-layer step gain of original, low-rank and FedPara models on a real batch
 The step gain of a layer is `G = sum_f ||dL/df||^2 / ||dL/dW||^2` (factors
 `f`, composed kernel `W`): one SGD step of size `eta` on the factors lowers the
 loss, to first order, as much as a step of `G * eta` on a plain kernel would
-(docs/DESIGN.md, "Effective step size"). Plain layers have `G = 1`. For each
+(docs/DESIGN.md, "Effective step size"). Plain layers have `G = 1`. The sign-step gain
+`G_sign = sum_f ||dL/df||_1 / ||dL/dW||_1` is the same ratio for Adam's first step, which moves
+every coordinate by the learning rate in the direction of its gradient's sign. For each
 parameterization this prints, per factorised layer, the gain expected from the
 initial factor scales (`keras_layers.factors.step_gain`, isotropic gradient)
 and the gain measured with the loss gradient of one real batch, plus the
@@ -67,7 +69,8 @@ def parse_variant(variant):
 
 
 def layer_gains(model, x, y):
-  """Per factorised Dense / conv layer: (name, expected G, measured G, ||J_W||, sum ||g_f||^2)."""
+  """Per factorised Dense / conv layer: (name, expected G, measured G, ||J_W||, sum ||g_f||^2,
+  measured G_sign)."""
   loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   layers = jacobian.corrected_layers(model)
   variables = [v for layer in layers for v in layer.factorization.factors.values()]
@@ -85,7 +88,8 @@ def layer_gains(model, x, y):
     j_sq = float(tf.reduce_sum(j * j))
     g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
     f = layer.factorization
-    rows.append((layer.name, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq))
+    rows.append((layer.name, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
+                 keras_layers.factors.sign_step_gain(j, g)))
   return rows
 
 
@@ -135,10 +139,11 @@ def main(argv):
   table = []
   for run_dir in flags_.runs:
     label, model = run_model(run_dir, data)
-    for name, expected, measured, j_norm, _ in layer_gains(model, x, y):
+    for name, expected, measured, j_norm, _, sign_gain in layer_gains(model, x, y):
       table.append(dict(variant=label, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),
-                        grad_norm_kernel=round(float(j_norm), 5)))
+                        grad_norm_kernel=round(float(j_norm), 5),
+                        measured_sign_gain=round(sign_gain, 4)))
   for variant, parameterization, kwargs in ([] if flags_.runs else variants):
     per_seed = []
     for seed in range(flags_.seeds):
@@ -150,12 +155,15 @@ def main(argv):
       measured = np.mean([rows[i][2] for rows in per_seed])
       table.append(dict(variant=variant, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),
-                        grad_norm_kernel=round(float(np.mean([r[i][3] for r in per_seed])), 5)))
+                        grad_norm_kernel=round(float(np.mean([r[i][3] for r in per_seed])), 5),
+                        measured_sign_gain=round(float(np.mean([r[i][5] for r in per_seed])),
+                                                 4)))
   width = max(len(r['variant']) for r in table)
-  print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||')
+  print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||  G_sign measured')
   for r in table:
     print(f'{r["variant"]:<{width}}  {r["layer"]:<7}  {r["expected_gain"]:>10.4f}  '
-          f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}')
+          f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}  '
+          f'{r["measured_sign_gain"]:>15.4f}')
   if flags_.output:
     os.makedirs(os.path.dirname(os.path.abspath(flags_.output)), exist_ok=True)
     with open(flags_.output, 'w', newline='') as f:

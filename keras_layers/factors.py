@@ -290,6 +290,26 @@ def term_step_gain(stddevs, rank, tucker):
   return variance * sum(1.0 / (s * s) for s in stddevs)
 
 
+def sign_step_gain(kernel_grad, factor_grads):
+  """Measured sign-step gain `G_sign = sum_f ||dL/df||_1 / ||dL/dW||_1`.
+
+  Adam's first step (bias-corrected, negligible epsilon) moves every coordinate
+  by the learning rate `eta` against its gradient's sign, lowering the loss, to
+  first order, by `eta * ||g||_1`. `G_sign` is that decrease for a step on the
+  factors over the decrease for the same step on the plain kernel: the
+  sign-step analogue of the step gain `G` (docs/DESIGN.md, "Effective step
+  size"). With `factor_lr_scale=s` the factors' gradients, and so `G_sign`,
+  grow by `sqrt(s)`.
+
+  Args:
+    kernel_grad: `dL/dW`, the loss gradient with respect to the composed
+      kernel (any array-like).
+    factor_grads: the gradients with respect to the factor variables.
+  """
+  l1 = lambda t: float(np.sum(np.abs(np.asarray(t, dtype=np.float64))))
+  return sum(l1(g) for g in factor_grads) / l1(kernel_grad)
+
+
 def step_gain(scheme, specs, rank, tucker, nonlinearity=None):
   """Expected step gain `G` of a factorised kernel at its initial factor stds.
 

@@ -13,7 +13,9 @@
 #                client and twice the rounds per hour (the levers used to converge here).
 # Variants (parameters as a share of the original's 817,872): original; lowrank_r22 (15.9%, the
 # paper's low-rank budget); fedpara_r14 (19.5%, the paper's FedPara budget); lowrank_r28 (19.5%,
-# the same budget as fedpara_r14). Rerunning the same command resumes each run from its checkpoint
+# the same budget as fedpara_r14); fedpara_r14_tanh (tanh on each Hadamard term, the paper's
+# FedPara recipe), fedpara_r14_he_fan_in / _he_fan_out (the inits of the authors' notebook and of
+# the Flower baseline; the default is the variance-matched one). Rerunning the same command resumes each run from its checkpoint
 # and skips finished ones; arguments starting with -- are passed to every run (e.g. --rounds=200).
 # Partitions: natural (one client per speaking role, the 100 roles with the most text: 177.3
 # sequences each on average); iid (every role's text shuffled over 100 clients: 382 each, 2.2x the
@@ -42,6 +44,9 @@ declare -A variants=(
   [lowrank_r22]="--parameterization=lowrank --rank=22"
   [fedpara_r14]="--parameterization=fedpara --rank=14"
   [lowrank_r28]="--parameterization=lowrank --rank=28"
+  [fedpara_r14_tanh]="--parameterization=fedpara --rank=14 --nonlinearity=tanh"
+  [fedpara_r14_he_fan_in]="--parameterization=fedpara --rank=14 --factor_init=he_fan_in"
+  [fedpara_r14_he_fan_out]="--parameterization=fedpara --rank=14 --factor_init=he_fan_out"
 )
 order=(fedpara_r14 lowrank_r22 original lowrank_r28)
 # shellcheck source=scripts/variants.sh

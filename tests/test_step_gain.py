@@ -99,3 +99,49 @@ def test_config_round_trip_keeps_the_scale():
   assert clone.factor_lr_scale == 'matched'
   clone.build((None, 8, 8, 4))
   assert clone.factorization.lr_scale == pytest.approx(1.0 / clone.factorization.initial_step_gain)
+
+
+@pytest.mark.parametrize('make', [lambda **kw: kl.FedParaDense(8, rank=3, **kw),
+                                  lambda **kw: kl.LowRankDense(8, rank=3, **kw),
+                                  lambda **kw: kl.FedParaDense(8, rank=3, factor_lr_scale=4.0,
+                                                               **kw)])
+def test_sign_step_gain_is_the_ratio_of_first_adam_steps(make):
+  """One real Adam step on the factors lowers the loss G_sign times as much as on the kernel."""
+  tf.keras.utils.set_random_seed(11)
+  x = tf.random.stateless_normal((16, 12), [5, 6], dtype=tf.float64)
+  y = tf.random.stateless_normal((16, 8), [7, 8], dtype=tf.float64)
+  layer = make(dtype='float64')
+  layer.build((None, 12))
+  kernel = tf.Variable(layer.composed_kernel())
+  factor_vars = list(layer.factorization.factors.values())
+  plain_loss = lambda: tf.reduce_mean(tf.square(tf.matmul(x, kernel) + layer.bias - y))
+  factored_loss = lambda: tf.reduce_mean(tf.square(layer(x) - y))
+
+  def decrease(loss_fn, variables):
+    before = float(loss_fn())
+    with tf.GradientTape() as tape:
+      value = loss_fn()
+    grads = tape.gradient(value, variables)
+    tf.keras.optimizers.Adam(learning_rate=1e-6, epsilon=1e-30).apply_gradients(
+        zip(grads, variables))
+    return before - float(loss_fn()), grads
+
+  plain_drop, (j,) = decrease(plain_loss, [kernel])
+  factor_drop, g = decrease(factored_loss, factor_vars)
+  assert factor_drop / plain_drop == pytest.approx(factors.sign_step_gain(j, g), rel=1e-3)
+
+
+def test_sign_step_gain_grows_with_the_square_root_of_the_lr_scale():
+  x = tf.random.stateless_normal((16, 12), [1, 9])
+  gains = []
+  for scale in (None, 9.0):
+    tf.keras.utils.set_random_seed(12)
+    layer = kl.FedParaDense(8, rank=3, factor_lr_scale=scale)
+    layer.build((None, 12))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      kernel = layer.composed_kernel()
+      value = tf.reduce_sum(tf.sin(tf.matmul(x, kernel)))
+    j, *g = tape.gradient(value, [kernel] + list(layer.factorization.factors.values()))
+    gains.append(factors.sign_step_gain(j, g))
+  assert gains[1] == pytest.approx(3.0 * gains[0], rel=1e-4)
