@@ -19,7 +19,6 @@ rebuilt from the run's `run.json`): how the gain has moved during training.
 """
 
 import csv
-import json
 import os
 
 from absl import app
@@ -27,9 +26,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from experiments import checkpoints
 from experiments import models
-from experiments import run_io
+from experiments import trained_model
 from experiments.data import registry
 import keras_layers
 from keras_layers import jacobian
@@ -93,41 +91,6 @@ def layer_gains(model, x, y):
   return rows
 
 
-def global_weights_from_checkpoint(path, model):
-  """The trainable values of `model` stored in checkpoint `path` (a run without local variables).
-
-  The server state is stored flattened; the model's variables are the one contiguous run of
-  arrays whose shapes match `model.trainable_variables` in order.
-  """
-  shapes = [tuple(v.shape) for v in model.trainable_variables]
-  with np.load(path) as stored:
-    arrays = [stored[k] for k in sorted(k for k in stored.files if k.startswith('state_'))]
-  starts = [i for i in range(len(arrays) - len(shapes) + 1)
-            if all(a.shape == s for a, s in zip(arrays[i:i + len(shapes)], shapes))]
-  if len(starts) != 1:
-    raise ValueError(f'{path}: found {len(starts)} places matching the model\'s {len(shapes)} '
-                     f'variables; expected exactly one.')
-  return arrays[starts[0]:starts[0] + len(shapes)]
-
-
-def run_model(run_dir, data):
-  """`(label, model)`: the run's model at the global weights of its latest checkpoint."""
-  with open(os.path.join(run_dir, run_io.RUN_FILE)) as f:
-    run = json.load(f)
-  found = checkpoints.latest(os.path.join(run_dir, 'checkpoints'))
-  if found is None:
-    raise ValueError(f'{run_dir} has no checkpoint.')
-  model = models.build(run['model'], data.input_shape, data.num_classes, run['parameterization'],
-                       gamma=None if run['rank'] else run['gamma'], rank=run['rank'],
-                       keep_plain=run['keep_plain'], nonlinearity=run['nonlinearity'],
-                       factor_init=run.get('factor_init', 'matched_glorot'),
-                       factor_lr_scale=run.get('factor_lr_scale'))
-  for variable, value in zip(model.trainable_variables,
-                             global_weights_from_checkpoint(found[1], model)):
-    variable.assign(value)
-  return f'{os.path.basename(os.path.normpath(run_dir))}@round{found[0]}', model
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
@@ -138,7 +101,7 @@ def main(argv):
   y = tf.constant(data.y_train[:flags_.batch_size].astype(np.int32))
   table = []
   for run_dir in flags_.runs:
-    label, model = run_model(run_dir, data)
+    label, model = trained_model.load(run_dir, data)
     for name, expected, measured, j_norm, _, sign_gain in layer_gains(model, x, y):
       table.append(dict(variant=label, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),

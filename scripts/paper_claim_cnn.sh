@@ -33,7 +33,7 @@ done
 # per-coordinate step does not depend on the factors' scale, the cause of FedPara's smaller SGD
 # step (RESULTS section 1). <parameterization>_adam<lr>, e.g. fedpara_adam0.001.
 for p in original lowrank fedpara; do
-  for lr in 0.001 0.003; do
+  for lr in 0.001 0.003 0.01; do
     variants[${p}_adam${lr}]="--parameterization=$p --client_optimizer=adam --client_learning_rate=$lr"
   done
 done
