@@ -17,6 +17,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+import keras_layers
 from keras_layers import weight_norm
 
 
@@ -76,3 +77,34 @@ def fit_error(factorization, target, weight_normalized=False, steps=3000, learni
     final = float(_relative_sq_error(factorization, stored, target, norms))
     best = min(best, math.sqrt(max(final, 0.0)))
   return best
+
+
+def kernel_pairs(factorised, original):
+  """`(layer, kernel name, factorization, weight_normalized, trained kernel)` per factorised
+  kernel of `factorised`, matched by layer name to the plain layers of `original` (an LSTM's
+  factorisations live on its cell)."""
+  plain = {layer.name: getattr(layer, 'cell', layer) for layer in original.layers}
+  pairs = []
+  for layer in factorised.layers:
+    unit = getattr(layer, 'cell', layer)
+    if not isinstance(unit, keras_layers.base.FactorizedLayer):
+      continue
+    target = plain[layer.name]
+    if hasattr(unit, 'factorization'):
+      pairs.append((layer.name, 'kernel', unit.factorization, False, target.kernel.numpy()))
+    else:   # LSTM: input and recurrent kernels, weight-normalised or not
+      normalised = bool(unit.weight_norm)
+      pairs.append((layer.name, 'kernel', unit.kernel_factorization, normalised,
+                    _lstm_kernel(target, 'kernel')))
+      pairs.append((layer.name, 'recurrent', unit.recurrent_factorization, normalised,
+                    _lstm_kernel(target, 'recurrent')))
+  return pairs
+
+
+def _lstm_kernel(cell, which):
+  """The trained kernel of a plain LSTM cell: normalised for `WeightNormLSTMCell`."""
+  if hasattr(cell, 'composed_kernel'):
+    kernel = cell.composed_kernel() if which == 'kernel' else cell.composed_recurrent_kernel()
+  else:
+    kernel = cell.kernel if which == 'kernel' else cell.recurrent_kernel
+  return kernel.numpy()

@@ -15,8 +15,6 @@ original learned. The low-rank rows of matrix kernels also print the Eckart-Youn
       --variants=lowrank:28,fedpara:14 --output=docs/results/kernel_fit_lstm.csv
 """
 
-import csv
-import os
 
 from absl import app
 from absl import flags
@@ -24,9 +22,9 @@ import tensorflow as tf
 
 from experiments import kernel_approx
 from experiments import models
+from experiments import run_io
 from experiments import trained_model
 from experiments.data import registry
-import keras_layers
 
 flags.DEFINE_string('run', None, 'Run folder of a trained original model (its latest checkpoint).')
 flags.DEFINE_string('data_dir', None, 'Where the run\'s data files are.')
@@ -49,35 +47,6 @@ def parse_variant(variant):
   return name, int(rank) if rank else None
 
 
-def kernel_pairs(factorised, original):
-  """`(layer, kernel name, factorization, weight_normalized, trained kernel)` per factorised
-  kernel of `factorised`, matched by layer name to the plain layers of `original`."""
-  plain = {layer.name: layer for layer in original.layers}
-  pairs = []
-  for layer in factorised.layers:
-    if not isinstance(layer, keras_layers.base.FactorizedLayer):
-      continue
-    target = plain[layer.name]
-    if hasattr(layer, 'factorization'):
-      pairs.append((layer.name, 'kernel', layer.factorization, False, target.kernel.numpy()))
-    else:   # LSTM: input and recurrent kernels, weight-normalised or not
-      normalised = bool(layer.weight_norm)
-      pairs.append((layer.name, 'kernel', layer.kernel_factorization, normalised,
-                    _lstm_kernel(target, 'kernel')))
-      pairs.append((layer.name, 'recurrent', layer.recurrent_factorization, normalised,
-                    _lstm_kernel(target, 'recurrent')))
-  return pairs
-
-
-def _lstm_kernel(layer, which):
-  if hasattr(layer, 'composed_kernel'):   # WeightNormLSTM
-    kernel = layer.composed_kernel() if which == 'kernel' else layer.composed_recurrent_kernel()
-  else:
-    cell = layer.cell
-    kernel = cell.kernel if which == 'kernel' else cell.recurrent_kernel
-  return kernel.numpy()
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
@@ -93,7 +62,11 @@ def main(argv):
                               gamma=None if rank else run['gamma'], rank=rank,
                               keep_plain=run['keep_plain'],
                               weight_norm=run.get('weight_norm', False))
-    for layer, kernel, factorization, normalised, target in kernel_pairs(factorised, original):
+    pairs = kernel_approx.kernel_pairs(factorised, original)
+    if not pairs:
+      raise app.UsageError(f'model {run["model"]!r} has no layer that {name} factorises '
+                           f'(keep_plain={run["keep_plain"]}).')
+    for layer, kernel, factorization, normalised, target in pairs:
       error = kernel_approx.fit_error(factorization, target, normalised, steps=flags_.steps,
                                       starts=flags_.starts)
       svd = (kernel_approx.svd_error(target, factorization.rank)
@@ -106,11 +79,7 @@ def main(argv):
             f'{factorization.param_count:>7}  relative error {error:.4f}'
             + ('' if svd is None else f'  (SVD optimum {svd:.4f})'), flush=True)
   if flags_.output:
-    os.makedirs(os.path.dirname(os.path.abspath(flags_.output)), exist_ok=True)
-    with open(flags_.output, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=list(table[0]))
-      writer.writeheader()
-      writer.writerows(table)
+    run_io.write_table(flags_.output, table)
     print(f'wrote {flags_.output}')
 
 

@@ -234,3 +234,13 @@ def write_summary(output_dir, summary):
   with open(path + '.tmp', 'w') as f:
     json.dump(_strict(summary), f, indent=1, sort_keys=True, allow_nan=False)
   os.replace(path + '.tmp', path)
+
+
+def write_table(path, rows):
+  """Writes `rows` (dicts with the same keys, in order) as the CSV file `path`, creating its
+  folder: the small analysis tables behind docs/RESULTS.md."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)

@@ -18,8 +18,6 @@ rebuilt from the run's `run.json`): how the gain has moved during training.
   python -m experiments.step_gain --runs=runs/paper_claim/fashion_vgg_narrow_iid/fedpara
 """
 
-import csv
-import os
 
 from absl import app
 from absl import flags
@@ -27,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from experiments import models
+from experiments import run_io
 from experiments import trained_model
 from experiments.data import registry
 import keras_layers
@@ -128,11 +127,7 @@ def main(argv):
           f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}  '
           f'{r["measured_sign_gain"]:>15.4f}')
   if flags_.output:
-    os.makedirs(os.path.dirname(os.path.abspath(flags_.output)), exist_ok=True)
-    with open(flags_.output, 'w', newline='') as f:
-      writer = csv.DictWriter(f, fieldnames=list(table[0]))
-      writer.writeheader()
-      writer.writerows(table)
+    run_io.write_table(flags_.output, table)
     print(f'wrote {flags_.output}')
 
 

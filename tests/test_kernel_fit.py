@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import kernel_approx
+from experiments import models
 from experiments import runner
 from keras_layers import factors
 
@@ -42,6 +43,26 @@ def test_fedpara_fit_recovers_an_exact_hadamard_product():
 def test_shape_mismatch_is_refused():
   with pytest.raises(ValueError, match=r'target shape \(3, 4\) differs from the kernel shape'):
     kernel_approx.fit_error(factors.KernelFactorization('lowrank', (4, 3), 1), np.ones((3, 4)))
+
+
+@pytest.mark.parametrize('weight_norm', [False, True])
+def test_lstm_pairs_input_and_recurrent_kernels_with_the_trained_ones(weight_norm):
+  build = lambda p, **kw: models.build('lstm', (80,), 98, p, keep_plain=['logits'],
+                                       weight_norm=weight_norm, **kw)
+  original, factorised = build('original'), build('fedpara', rank=4)
+  pairs = kernel_approx.kernel_pairs(factorised, original)
+  assert [(p[0], p[1], p[3]) for p in pairs] == [
+      (layer, kernel, weight_norm) for layer in ('lstm1', 'lstm2')
+      for kernel in ('kernel', 'recurrent')]
+  cells = {layer.name: layer.cell for layer in original.layers if hasattr(layer, 'cell')}
+  for layer, kernel, factorization, _, target in pairs:
+    cell = cells[layer]
+    raw = cell.kernel if kernel == 'kernel' else cell.recurrent_kernel
+    if weight_norm:   # the trained kernel is the normalised one: columns of length g
+      g = cell.kernel_g if kernel == 'kernel' else cell.recurrent_g
+      raw = raw.numpy() * g.numpy() / np.linalg.norm(raw.numpy(), axis=0)
+    np.testing.assert_allclose(target, np.asarray(raw), rtol=1e-5, atol=1e-6)
+    assert factorization.kernel_shape == target.shape and factorization.rank == 4
 
 
 def test_binary_fits_each_factorised_kernel_of_a_trained_run(tmp_path):
