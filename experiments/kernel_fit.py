@@ -53,7 +53,10 @@ def main(argv):
   flags_ = flags.FLAGS
   variants = [parse_variant(v) for v in flags_.variants]
   tf.get_logger().setLevel('ERROR')   # one traced fit per kernel shape: retracing is expected
-  run = trained_model.read_run(flags_.run)
+  try:
+    run = run_io.read_run(flags_.run)
+  except (FileNotFoundError, run_io.DamagedFileError) as e:
+    raise app.UsageError(f'--run={flags_.run}: {e}') from None
   data = registry.load(run['dataset'], flags_.data_dir, sequence_length=run['sequence_length'])
   label, original = trained_model.load(flags_.run, data)
   table = []

@@ -8,18 +8,15 @@ its parameterisation.
   python -m experiments.plot --runs=runs/original,runs/fedpara --output=figure.png
 """
 
-import json
 import math
 import os
 
 from absl import app
 import numpy
 from absl import flags
-import matplotlib
-
-matplotlib.use('Agg')  # files only; no display needed
-from matplotlib import pyplot  # pylint: disable=g-import-not-at-top,g-bad-import-order
-from matplotlib import ticker  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from matplotlib import figure as figure_lib
+from matplotlib import ticker
+from matplotlib.backends import backend_agg
 
 from experiments import flagfiles
 from experiments import run_io
@@ -30,9 +27,7 @@ _TITLE = flags.DEFINE_string('title', None, 'Figure title (default: the dataset 
 
 
 def _label(run_dir):
-  path = os.path.join(run_dir, run_io.RUN_FILE)
-  with open(path) as f:
-    run = json.load(f)
+  run = run_io.read_run(run_dir)
   return f'{os.path.basename(os.path.normpath(run_dir))} ({run["parameterization"]})', run
 
 
@@ -67,10 +62,19 @@ def format_gb_axis(axes):
       lambda value, _: numpy.format_float_positional(value, precision=6, trim='-')))
 
 
+def new_figure(**kwargs):
+  """A matplotlib figure drawn by Agg, to files only: no pyplot, so the caller's matplotlib
+  backend and open figures are left alone."""
+  figure = figure_lib.Figure(**kwargs)
+  backend_agg.FigureCanvasAgg(figure)
+  return figure
+
+
 def plot_runs(run_dirs, output, title=None):
   """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
   drawn."""
-  figure, axes = pyplot.subplots(figsize=(6, 4), dpi=120)
+  figure = new_figure(figsize=(6, 4), dpi=120)
+  axes = figure.subplots()
   drawn, metrics, run = {}, set(), {}
   for run_dir in run_dirs:
     if not os.path.exists(os.path.join(run_dir, run_io.RUN_FILE)):
@@ -92,7 +96,6 @@ def plot_runs(run_dirs, output, title=None):
   output = output_path(output)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   figure.savefig(output)
-  pyplot.close(figure)
   return drawn
 
 

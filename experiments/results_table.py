@@ -13,7 +13,6 @@ small files that back a table in docs/RESULTS.md.
 """
 
 import glob
-import json
 import math
 import os
 import shutil
@@ -56,8 +55,7 @@ def first_reaching(run_dir, target):
 def row_at(run_dir, round_num):
   """The table row of one run at `round_num`."""
   rows = [r for r in run_io.read_metrics(run_dir) if int(r['round']) <= round_num]
-  with open(os.path.join(run_dir, run_io.RUN_FILE)) as f:
-    flags_ = json.load(f)
+  flags_ = run_io.read_run(run_dir)
   last = rows[-1]
   evaluated = [r for r in rows if not math.isnan(r['test_accuracy'])]
   return dict(run=os.path.basename(os.path.normpath(run_dir)),

@@ -218,9 +218,6 @@ def check(config):
   if config.weight_norm and config.model != 'lstm':
     raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
                      f'model={config.model!r}.')
-  if config.jacobian_correction and config.model == 'lstm':
-    raise ValueError('jacobian_correction supports Dense and convolution layers, not model=lstm '
-                     '(the paper uses lambda 0 for its LSTM).')
   if config.backend not in BACKENDS:
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and config.workers:

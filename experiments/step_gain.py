@@ -66,26 +66,26 @@ def parse_variant(variant):
 
 
 def layer_gains(model, x, y):
-  """Per factorised Dense / conv layer: (name, expected G, measured G, ||J_W||, sum ||g_f||^2,
-  measured G_sign)."""
+  """Per factorised kernel (`jacobian.corrected_factorizations`): (label, expected G, measured G,
+  ||J_W||, sum ||g_f||^2, measured G_sign)."""
   loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-  layers = jacobian.corrected_layers(model)
-  variables = [v for layer in layers for v in layer.factorization.factors.values()]
-  with jacobian.recording_kernels(layers) as recorded:
+  pairs = jacobian.corrected_factorizations(model)
+  factorizations = [f for _, f in pairs]
+  variables = [v for f in factorizations for v in f.factors.values()]
+  with jacobian.recording_kernels(factorizations) as recorded:
     with tf.GradientTape() as tape:
       value = loss(y, model(x, training=True))
-  kernels = [recorded[layer.name][0] for layer in layers]
+  kernels = [uses[0] for uses in recorded]
   grads = tape.gradient(value, kernels + variables)
   j_kernels, g_factors = grads[:len(kernels)], grads[len(kernels):]
   rows, position = [], 0
-  for layer, j in zip(layers, j_kernels):
-    count = len(layer.factorization.factors)
+  for (label, f), j in zip(pairs, j_kernels):
+    count = len(f.factors)
     g = g_factors[position:position + count]
     position += count
     j_sq = float(tf.reduce_sum(j * j))
     g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
-    f = layer.factorization
-    rows.append((layer.name, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
+    rows.append((label, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
                  keras_layers.factors.sign_step_gain(j, g)))
   return rows
 

@@ -4,7 +4,6 @@ Used by the analysis binaries (`experiments.step_gain`, `experiments.kernel_fit`
 finished or stopped run has learned. The model is rebuilt from the run's `run.json`.
 """
 
-import json
 import os
 
 import numpy as np
@@ -12,12 +11,6 @@ import numpy as np
 from experiments import checkpoints
 from experiments import models
 from experiments import run_io
-
-
-def read_run(run_dir):
-  """The flags of the run in `run_dir` (its `run.json`, a dict)."""
-  with open(os.path.join(run_dir, run_io.RUN_FILE)) as f:
-    return json.load(f)
 
 
 def global_weights_from_checkpoint(path, model):
@@ -47,7 +40,7 @@ def load(run_dir, data):
   Returns:
     `label` is `<folder name>@round<N>`, N the checkpoint's round.
   """
-  run = read_run(run_dir)
+  run = run_io.read_run(run_dir)
   found = checkpoints.latest(os.path.join(run_dir, 'checkpoints'))
   if found is None:
     raise ValueError(f'{run_dir} has no checkpoint.')

@@ -18,9 +18,9 @@ from keras_layers.backend import keras
 
 DEFAULT_GAMMA = 0.5
 
-# id(layer) -> list collecting the kernels the layer composes in `call`, set
-# by `keras_layers.jacobian.recording_kernels` (kept outside the layer so that
-# Keras does not track it).
+# id(factorization) -> list collecting the kernels a layer's `call` composes
+# from that factorization, set by `keras_layers.jacobian.recording_kernels`
+# (kept outside the layer so that Keras does not track it).
 _KERNEL_RECORDERS = {}
 
 # Constructor arguments shared, with the same meaning, by a factorised layer and
@@ -163,12 +163,19 @@ class FactorizedLayer(keras.layers.Layer):
           regularizer=self.bias_regularizer, constraint=self.bias_constraint,
           trainable=True)
 
-  def _recorded(self, kernel):
-    """Returns the `kernel` a `call` uses: collected first when a recorder is set for this
-    layer, and its `kernel_regularizer` loss added on Keras 3."""
-    recorder = _KERNEL_RECORDERS.get(id(self))
+  @staticmethod
+  def _record(factorization, kernel):
+    """Returns `kernel`, composed from `factorization` for a `call`; collected first when a
+    recorder is set for that factorization (`keras_layers.jacobian.recording_kernels`)."""
+    recorder = _KERNEL_RECORDERS.get(id(factorization))
     if recorder is not None:
       recorder.append(kernel)
+    return kernel
+
+  def _recorded(self, kernel, factorization):
+    """Returns the `kernel` a `call` uses, composed from `factorization`: recorded
+    (`_record`), and its `kernel_regularizer` loss added on Keras 3."""
+    self._record(factorization, kernel)
     if self.kernel_regularizer is not None and backend.IS_KERAS_3:
       self.add_loss(self.kernel_regularizer(kernel))
     return kernel

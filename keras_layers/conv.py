@@ -128,7 +128,7 @@ class _FactorizedConv(base.FactorizedLayer):
     return self.factorization.compose()
 
   def call(self, inputs):
-    kernel = self._recorded(self.composed_kernel())
+    kernel = self._recorded(self.composed_kernel(), self.factorization)
     padding = self.padding
     if padding == 'causal':
       left = (self.kernel_size[0] - 1) * self.dilation_rate[0]

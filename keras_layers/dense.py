@@ -52,7 +52,7 @@ class _FactorizedDense(base.FactorizedLayer):
     return self.factorization.compose()
 
   def call(self, inputs):
-    kernel = self._recorded(self.composed_kernel())
+    kernel = self._recorded(self.composed_kernel(), self.factorization)
     outputs = backend.dense(inputs, kernel)
     if self.bias is not None:
       outputs = backend.bias_add(outputs, self.bias)

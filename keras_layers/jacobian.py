@@ -16,14 +16,16 @@ With `factor_lr_scale`, `F` are the stored variables (what SGD steps).
 
 `loss_and_gradients` is the one training step that adds it: Keras `fit`
 (`JacobianCorrectedModel`), the TFF client update and the in-process
-TensorFlow backend all call it. It supports Dense and convolution layers (the
-paper uses it for CNNs; its LSTM runs use lambda 0).
+TensorFlow backend all call it. It covers Dense and convolution layers and the
+two kernels of the package's factorised LSTM layers (the paper uses it for CNNs
+and lambda 0 for its LSTM runs; docs/DESIGN.md, "Jacobian correction").
 """
 
 import contextlib
 
 from keras_layers import backend
 from keras_layers import base
+from keras_layers import lstm
 from keras_layers.backend import keras
 
 # The correction differentiates with TensorFlow's GradientTape: Keras 2 (TensorFlow 2.14) only.
@@ -55,33 +57,47 @@ def regularizer(factorization, j_w, learning_rate, strength):
   return 0.5 * strength * tf.reduce_sum(tf.square(w_stepped - w_plain_step))
 
 
-def corrected_layers(model):
-  """The Dense / convolution factorised layers of `model`; refuses factorised LSTMs."""
-  layers = []
+def corrected_factorizations(model):
+  """The kernel factorisations the correction covers, as `(label, factorization)` pairs.
+
+  Every factorised Dense and convolution layer of `model` gives one (`label`: the layer's
+  name); every factorised LSTM layer gives two (`<layer>/kernel`, `<layer>/recurrent`). A
+  factorised LSTM cell used outside the package's LSTM layers (e.g. in
+  `tf.keras.layers.RNN`) composes its kernels at every time step and is refused.
+  """
+  lstm_layers = {id(layer.cell): layer for layer in model.submodules
+                 if isinstance(layer, lstm._KernelLSTM)}  # pylint: disable=protected-access
+  pairs = []
   for layer in model.submodules:
-    if isinstance(layer, base.FactorizedLayer):
-      if not hasattr(layer, 'factorization'):
-        raise ValueError(f'Jacobian correction supports Dense and convolution layers; '
-                         f'{layer.name} ({type(layer).__name__}) is not (the paper uses '
-                         f'lambda 0 for LSTMs).')
-      layers.append(layer)
-  return layers
+    if not isinstance(layer, base.FactorizedLayer):
+      continue
+    if hasattr(layer, 'factorization'):
+      pairs.append((layer.name, layer.factorization))
+      continue
+    owner = lstm_layers.get(id(layer))
+    if owner is None:
+      raise ValueError(f'Jacobian correction: the factorised cell {layer.name} '
+                       f'({type(layer).__name__}) runs outside the package\'s LSTM layers; '
+                       f'use FedParaLSTM / LowRankLSTM / PFedParaLSTM, which compose its '
+                       f'kernels once per call.')
+    pairs += [(f'{owner.name}/{f.prefix.rstrip("_")}', f) for f in layer.factorizations]
+  return pairs
 
 
 @contextlib.contextmanager
-def recording_kernels(layers):
-  """Within the block, each layer's composed kernels (one per call) are collected.
+def recording_kernels(factorizations):
+  """Within the block, the kernels composed from each factorisation in a `call` are collected.
 
-  Yields a dict `layer name -> list of kernel tensors`.
+  Yields a list aligned with `factorizations`: for each, the list of its kernel tensors.
   """
-  recorded = {layer.name: [] for layer in layers}
-  for layer in layers:
-    base._KERNEL_RECORDERS[id(layer)] = recorded[layer.name]  # pylint: disable=protected-access
+  recorded = [[] for _ in factorizations]
+  for factorization, uses in zip(factorizations, recorded):
+    base._KERNEL_RECORDERS[id(factorization)] = uses  # pylint: disable=protected-access
   try:
     yield recorded
   finally:
-    for layer in layers:
-      base._KERNEL_RECORDERS.pop(id(layer), None)  # pylint: disable=protected-access
+    for factorization in factorizations:
+      base._KERNEL_RECORDERS.pop(id(factorization), None)  # pylint: disable=protected-access
 
 
 def loss_and_gradients(model, objective_fn, variables, learning_rate, strength):
@@ -100,26 +116,25 @@ def loss_and_gradients(model, objective_fn, variables, learning_rate, strength):
   Returns:
     `(objective, extra, gradients)`; `objective` excludes the regularizer.
   """
-  layers = corrected_layers(model) if strength else []
-  with recording_kernels(layers) as recorded:
+  factorizations = [f for _, f in corrected_factorizations(model)] if strength else []
+  with recording_kernels(factorizations) as recorded:
     with tf.GradientTape() as tape:
       objective, extra = objective_fn()
-  kernels = [k for layer in layers for k in recorded[layer.name]]
+  kernels = [k for uses in recorded for k in uses]
   grads = tape.gradient(objective, list(variables) + kernels)
   grads, j_kernels = grads[:len(variables)], grads[len(variables):]
-  if not layers:
+  if not factorizations:
     return objective, extra, grads
   with tf.GradientTape() as reg_tape:
     penalties = []
     position = 0
-    for layer in layers:
-      uses = recorded[layer.name]
+    for factorization, uses in zip(factorizations, recorded):
       if not uses:
         continue
       j_w = tf.add_n([j if j is not None else tf.zeros_like(k)
                       for j, k in zip(j_kernels[position:position + len(uses)], uses)])
       position += len(uses)
-      penalties.append(regularizer(layer.factorization, j_w, learning_rate, strength))
+      penalties.append(regularizer(factorization, j_w, learning_rate, strength))
     penalty = tf.add_n(penalties) if penalties else tf.constant(0.0)
   reg_grads = reg_tape.gradient(penalty, list(variables))
   total = [g if r is None else (r if g is None else g + r) for g, r in zip(grads, reg_grads)]
@@ -133,7 +148,7 @@ class JacobianCorrectedModel(keras.Model):
   correction assumes plain SGD, as in the paper).
 
   Args:
-    model: the Keras model with FedPara Dense / convolution layers.
+    model: the Keras model with factorised Dense, convolution or LSTM layers.
     strength: `lambda` (> 0).
   """
 
@@ -146,7 +161,7 @@ class JacobianCorrectedModel(keras.Model):
       raise ValueError(f'strength must be a positive number; got {strength!r}.')
     self.inner = model
     self.strength = float(strength)
-    corrected_layers(model)
+    corrected_factorizations(model)
 
   def call(self, inputs, training=None):
     return self.inner(inputs, training=training)

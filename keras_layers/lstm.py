@@ -81,6 +81,10 @@ class _ComposedKernelCell:
   def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
     return _zero_states(self, inputs, batch_size, dtype)
 
+  def call_kernels(self):
+    """`[kernel, recurrent_kernel]` for one call of the LSTM layer (composed once per call)."""
+    return [self.composed_kernel(), self.composed_recurrent_kernel()]
+
 
 class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
   """LSTM cell whose kernels `(in, 4H)` and `(H, 4H)` are composed from factors.
@@ -136,14 +140,23 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
 
   def composed_kernel(self):
     """The input kernel `(in, 4 units)` composed from its factors (normalised with weight_norm)."""
-    kernel = self.kernel_factorization.compose()
-    return weight_norm_lib.normalize(kernel, self.kernel_g) if self.weight_norm else kernel
+    return self._finish(self.kernel_factorization.compose(), self.kernel_g)
 
   def composed_recurrent_kernel(self):
     """The recurrent kernel `(units, 4 units)` composed from its factors (normalised with
     weight_norm)."""
-    kernel = self.recurrent_factorization.compose()
-    return weight_norm_lib.normalize(kernel, self.recurrent_g) if self.weight_norm else kernel
+    return self._finish(self.recurrent_factorization.compose(), self.recurrent_g)
+
+  def call_kernels(self):
+    """`[kernel, recurrent_kernel]` for one call of the LSTM layer; each factorisation's
+    composition (before weight normalisation) is recorded for the Jacobian correction
+    (`keras_layers.jacobian`)."""
+    return [self._finish(self._record(f, f.compose()), g)
+            for f, g in ((self.kernel_factorization, self.kernel_g),
+                         (self.recurrent_factorization, self.recurrent_g))]
+
+  def _finish(self, kernel, scale):
+    return weight_norm_lib.normalize(kernel, scale) if self.weight_norm else kernel
 
   def original_param_count(self):
     """Parameters of the plain (weight-normalised, with weight_norm) LSTM cell this one replaces."""
@@ -286,7 +299,7 @@ class _KernelLSTM(keras.layers.Layer):
     return self.cell.composed_recurrent_kernel()
 
   def call(self, inputs, mask=None, training=None, initial_state=None):
-    constants = [self.cell.composed_kernel(), self.cell.composed_recurrent_kernel()]
+    constants = self.cell.call_kernels()
     if initial_state is None:
       initial_state = self.cell.get_initial_state(inputs=inputs[:, 0])
 

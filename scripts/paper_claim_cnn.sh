@@ -4,6 +4,7 @@
 # fixed 5,000-image set: how well each parameterization fits when optimisation is not the limit).
 # Rerunning the same command resumes each run from its checkpoint and skips finished ones;
 # arguments starting with -- are passed to every run (e.g. --rounds=40 extends finished runs).
+# NAME_seed<N> (e.g. fedpara_adam0.003_seed1) is NAME with --seed=N, in its own folder.
 # Usage: scripts/paper_claim_cnn.sh iid|noniid|fit [NAME...] [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

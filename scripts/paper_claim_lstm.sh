@@ -15,12 +15,15 @@
 # paper's low-rank budget); fedpara_r14 (19.5%, the paper's FedPara budget); lowrank_r28 (19.5%,
 # the same budget as fedpara_r14); fedpara_r14_tanh (tanh on each Hadamard term, the paper's
 # FedPara recipe), fedpara_r14_he_fan_in / _he_fan_out (the inits of the authors' notebook and of
-# the Flower baseline; the default is the variance-matched one). Rerunning the same command resumes each run from its checkpoint
+# the Flower baseline; the default is the variance-matched one); fedpara_r14_jc (the Jacobian
+# correction, lambda 1: it assumes client SGD steps, so the recipes paper, fedadam<LR> and batch8
+# only; the paper uses lambda 0 for its LSTM). Rerunning the same command resumes each run from its checkpoint
 # and skips finished ones; arguments starting with -- are passed to every run (e.g. --rounds=200).
 # Partitions: natural (one client per speaking role, the 100 roles with the most text: 177.3
 # sequences each on average); iid (every role's text shuffled over 100 clients: 382 each, 2.2x the
 # local work); sampled (IID at the natural clients' size: 177 sequences per client drawn with
 # replacement from every role's text, --partition=sampled).
+# VARIANT_seed<N> (e.g. fedpara_r14_seed1) is VARIANT with --seed=N, in its own folder.
 # Usage: scripts/paper_claim_lstm.sh natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [VARIANT...] [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +50,7 @@ declare -A variants=(
   [fedpara_r14_tanh]="--parameterization=fedpara --rank=14 --nonlinearity=tanh"
   [fedpara_r14_he_fan_in]="--parameterization=fedpara --rank=14 --factor_init=he_fan_in"
   [fedpara_r14_he_fan_out]="--parameterization=fedpara --rank=14 --factor_init=he_fan_out"
+  [fedpara_r14_jc]="--parameterization=fedpara --rank=14 --jacobian_correction=1"
 )
 order=(fedpara_r14 lowrank_r22 original lowrank_r28)
 # shellcheck source=scripts/variants.sh

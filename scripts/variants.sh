@@ -3,6 +3,7 @@
 #   run_variants LABEL OUTPUT_PREFIX FIXED_FLAG... -- [VARIANT...] [--flag=value...]
 # runs, for each VARIANT (default: `order`), the fixed flags, then the variant's, then the extra
 # --flags, into OUTPUT_PREFIX/VARIANT; a finished run is skipped, an interrupted one resumed.
+# VARIANT_seed<N> (e.g. fedpara_seed1) is VARIANT with --seed=N, in its own folder.
 run_variants() {
   local label="$1" prefix="$2"
   shift 2
@@ -13,11 +14,18 @@ run_variants() {
     case "$arg" in --*) extra+=("$arg") ;; *) names+=("$arg") ;; esac
   done
   [ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
+  local flags_of
   for name in "${order[@]}"; do
-    [ -n "${variants[$name]+x}" ] || { echo "$0: unknown variant $name" >&2; exit 2; }
+    if [ -n "${variants[$name]+x}" ]; then
+      flags_of="${variants[$name]}"
+    elif [[ "$name" =~ ^(.+)_seed([0-9]+)$ ]] && [ -n "${variants[${BASH_REMATCH[1]}]+x}" ]; then
+      flags_of="${variants[${BASH_REMATCH[1]}]} --seed=${BASH_REMATCH[2]}"
+    else
+      echo "$0: unknown variant $name" >&2; exit 2
+    fi
     echo "== $label / $name"
     # shellcheck disable=SC2086
-    .venv/bin/python -m experiments.train "${fixed[@]}" ${variants[$name]} --progress=false \
+    .venv/bin/python -m experiments.train "${fixed[@]}" $flags_of --progress=false \
         --output_dir="$prefix/$name" "${extra[@]}"
   done
 }

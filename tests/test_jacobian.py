@@ -120,37 +120,85 @@ def _tiny_model():
                               tf.keras.layers.Flatten(), kl.FedParaDense(3, rank=2)])
 
 
-def test_loss_and_gradients_adds_exactly_the_regularizers_gradient():
-  model = _tiny_model()
-  x = tf.random.stateless_normal((8, 6, 6, 2), [0, 1])
-  y = tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
-  loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+LOSS = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+
+def _check_adds_exactly(model, x, y, independent_penalty):
+  """`loss_and_gradients` with lambda LAM returns the plain gradients plus the gradient of
+  `independent_penalty()` (the regularizers with J_W derived by the caller), the same loss.
+
+  Returns the names of the variables the penalty moves.
+  """
   def objective_fn():
     logits = model(x)
-    return loss(y, logits), logits
+    return LOSS(y, logits), logits
 
   variables = model.trainable_variables
   plain_loss, _, plain = jacobian.loss_and_gradients(model, objective_fn, variables, ETA, 0.0)
   corrected_loss, _, corrected = jacobian.loss_and_gradients(model, objective_fn, variables, ETA,
                                                              LAM)
   assert float(plain_loss) == pytest.approx(float(corrected_loss))
+  with tf.GradientTape() as tape:
+    penalty = independent_penalty()
+  extra = tape.gradient(penalty, variables)
+  for p, c, e in zip(plain, corrected, extra):
+    np.testing.assert_allclose(c, p + (0 if e is None else e), rtol=1e-4, atol=1e-6)
+  return {v.name for v, e in zip(variables, extra)
+          if e is not None and float(tf.reduce_max(tf.abs(e))) > 0}
+
+
+def test_loss_and_gradients_adds_exactly_the_regularizers_gradient():
+  model = _tiny_model()
+  x = tf.random.stateless_normal((8, 6, 6, 2), [0, 1])
+  y = tf.constant([0, 1, 2, 0, 1, 2, 0, 1])
   # Independent route to J_W: differentiate the loss with each composed kernel fed in as a constant.
   conv, dense = model.layers[0], model.layers[2]
   w_conv, w_dense = conv.composed_kernel(), dense.composed_kernel()
   with tf.GradientTape() as tape:
     tape.watch([w_conv, w_dense])
     h = tf.nn.relu(tf.nn.convolution(x, w_conv, padding='VALID') + conv.bias)
-    logits = tf.matmul(tf.reshape(h, (8, -1)), w_dense) + dense.bias
-    value = loss(y, logits)
+    value = LOSS(y, tf.matmul(tf.reshape(h, (8, -1)), w_dense) + dense.bias)
   j_conv, j_dense = tape.gradient(value, [w_conv, w_dense])
+  moved = _check_adds_exactly(model, x, y, lambda: (
+      jacobian.regularizer(conv.factorization, j_conv, ETA, LAM)
+      + jacobian.regularizer(dense.factorization, j_dense, ETA, LAM)))
+  assert moved
+
+
+def _manual_lstm(x, cell, kernel, recurrent):
+  """The weight-normalised LSTM of `cell` over `x (batch, T, in)` with the raw composed kernels
+  given, written out here: column-normalised kernels `g V / ||V||`, gates i, f, g, o."""
+  def norm(v, g):
+    return v * g / tf.sqrt(tf.reduce_sum(v * v, axis=0) + 1e-12)
+  k, u = norm(kernel, cell.kernel_g), norm(recurrent, cell.recurrent_g)
+  h = c = tf.zeros((x.shape[0], cell.units))
+  for t in range(x.shape[1]):
+    z_i, z_f, z_g, z_o = tf.split(x[:, t] @ k + h @ u + cell.bias, 4, axis=-1)
+    c = tf.sigmoid(z_f) * c + tf.sigmoid(z_i) * tf.tanh(z_g)
+    h = tf.sigmoid(z_o) * tf.tanh(c)
+  return h
+
+
+def test_lstm_layers_are_corrected_on_both_kernels():
+  """The correction on a weight-normalised FedPara LSTM: J_W of each raw composed kernel (before
+  the normalisation) from a hand-written recurrence, the regularizers on both factorisations."""
+  model = tf.keras.Sequential([tf.keras.Input((5, 3)),
+                               kl.FedParaLSTM(4, rank=2, weight_norm=True, name='lstm'),
+                               tf.keras.layers.Dense(3)])
+  assert [label for label, _ in jacobian.corrected_factorizations(model)] == [
+      'lstm/kernel', 'lstm/recurrent']
+  x = tf.random.stateless_normal((6, 5, 3), [4, 5])
+  y = tf.constant([0, 1, 2, 0, 1, 2])
+  cell, head = model.layers[0].cell, model.layers[1]
+  raw = [cell.kernel_factorization.compose(), cell.recurrent_factorization.compose()]
   with tf.GradientTape() as tape:
-    penalty = (jacobian.regularizer(conv.factorization, j_conv, ETA, LAM)
-               + jacobian.regularizer(dense.factorization, j_dense, ETA, LAM))
-  extra = tape.gradient(penalty, variables)
-  for p, c, e in zip(plain, corrected, extra):
-    np.testing.assert_allclose(c, p + (0 if e is None else e), rtol=1e-4, atol=1e-6)
-  assert any(e is not None and float(tf.reduce_max(tf.abs(e))) > 0 for e in extra)
+    tape.watch(raw)
+    value = LOSS(y, _manual_lstm(x, cell, *raw) @ head.kernel + head.bias)
+  j_kernel, j_recurrent = tape.gradient(value, raw)
+  moved = _check_adds_exactly(model, x, y, lambda: (
+      jacobian.regularizer(cell.kernel_factorization, j_kernel, ETA, LAM)
+      + jacobian.regularizer(cell.recurrent_factorization, j_recurrent, ETA, LAM)))
+  assert any('kernel_x1' in n for n in moved) and any('recurrent_x1' in n for n in moved)
 
 
 def test_keras_fit_with_the_correction():
@@ -167,9 +215,10 @@ def test_keras_fit_with_the_correction():
 @pytest.mark.parametrize('make, message', [
     (lambda: kl.JacobianCorrectedModel(_tiny_model(), strength=0),
      'strength must be a positive number; got 0'),
-    (lambda: kl.JacobianCorrectedModel(tf.keras.Sequential([tf.keras.Input((3, 2)),
-                                                            kl.FedParaLSTM(4, rank=2)]), 1.0),
-     'Jacobian correction supports Dense and convolution layers'),
+    (lambda: kl.JacobianCorrectedModel(
+        tf.keras.Sequential([tf.keras.Input((3, 2)),
+                             tf.keras.layers.RNN(kl.FedParaLSTMCell(4, rank=2, name='c'))]), 1.0),
+     "the factorised cell c \\(FedParaLSTMCell\\) runs outside the package's LSTM layers"),
 ])
 def test_refusals(make, message):
   with pytest.raises(ValueError, match=message):

@@ -94,3 +94,11 @@ def test_binary_refuses_a_bad_variant(tmp_path):
                         timeout=120, check=False)
   assert done.returncode != 0
   assert "variant 'fedpara:0': the rank must be a positive integer; got '0'." in done.stderr
+
+
+def test_binary_refuses_a_folder_without_a_run(tmp_path):
+  done = subprocess.run([sys.executable, '-m', 'experiments.kernel_fit', f'--run={tmp_path}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert done.returncode != 0
+  assert f'--run={tmp_path}: {tmp_path} holds no run (no run.json).' in done.stderr
+  assert 'Traceback' not in done.stderr

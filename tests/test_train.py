@@ -165,6 +165,22 @@ def test_lstm_on_the_plays_runs(tmp_path, weight_norm):
   assert saved.get('weight_norm', False) is weight_norm
 
 
+def test_jacobian_correction_reaches_the_lstm_on_both_backends(tmp_path):
+  """Both kernels of the weight-normalised LSTMs are corrected in the client update (the math:
+  test_jacobian.py); the TFF and tf backends agree."""
+  base = dict(dataset='shakespeare', model='lstm', partition='natural', sequence_length=12,
+              clients=3, rounds=1, batch_size=4, max_test_examples=64, client_learning_rate=0.5,
+              weight_norm=True)
+  plain = runner.run(_config(tmp_path, 'lstm_plain', **base))
+  losses = {backend: float(_rows(runner.run(_config(
+      tmp_path, 'lstm_jc_' + backend, jacobian_correction=100.0, backend=backend,
+      **base))['output_dir'])[0]['train_loss']) for backend in ('tff', 'tf')}
+  assert np.isfinite(losses['tff'])
+  assert losses['tff'] == pytest.approx(losses['tf'], rel=1e-4)
+  assert losses['tff'] != pytest.approx(float(_rows(plain['output_dir'])[0]['train_loss']),
+                                        rel=1e-4)
+
+
 def _train_command(config):
   args = [sys.executable, '-m', 'experiments.train', '--progress=false']
   for key, value in vars(config).items():
@@ -501,17 +517,26 @@ def test_plot_draws_one_curve_per_run_from_the_csv(tmp_path):
     assert written.read_bytes()[:4] == b'\x89PNG'
 
 
+def test_importing_plot_leaves_the_matplotlib_backend_alone():
+  """A notebook's backend survives `import experiments.plot` (it draws with Agg directly)."""
+  probe = ('import matplotlib; import experiments.plot; from matplotlib import pyplot; '
+           'print(matplotlib.get_backend())')
+  done = subprocess.run([sys.executable, '-c', probe], cwd=REPO, capture_output=True, text=True,
+                        env={**os.environ, 'MPLBACKEND': 'svg'}, timeout=120, check=True)
+  assert done.stdout.strip() == 'svg'
+
+
 @pytest.mark.parametrize('gb', [[0.000123], [0.0012345, 0.0012346, 0.0012347], [0.1, 0.2, 0.3]])
 def test_single_run_plot_has_readable_communication_ticks(gb):
   """One run's narrow GB range: ticks from 0, at most 6, distinct short labels, no offset text
   (matplotlib's default labelled one point at 1.23e-4 as '+1.23e-4' offsets)."""
-  figure, axes = plot.pyplot.subplots()
+  figure = plot.new_figure()
+  axes = figure.subplots()
   axes.plot(gb, [0.5] * len(gb), marker='o')
   plot.format_gb_axis(axes)
   figure.canvas.draw()
   labels = [t.get_text() for t in axes.get_xticklabels()
             if axes.get_xlim()[0] <= t.get_position()[0] <= axes.get_xlim()[1]]
-  plot.pyplot.close(figure)
   assert axes.get_xlim()[0] == 0
   assert 2 <= len(labels) <= 6 and len(set(labels)) == len(labels), labels
   assert all(len(label) <= 8 and 'e' not in label for label in labels), labels
