@@ -55,7 +55,7 @@ def main(argv):
   tf.get_logger().setLevel('ERROR')   # one traced fit per kernel shape: retracing is expected
   try:
     run = run_io.read_run(flags_.run)
-  except (FileNotFoundError, run_io.DamagedFileError) as e:
+  except (run_io.NoRunError, run_io.DamagedFileError) as e:
     raise app.UsageError(f'--run={flags_.run}: {e}') from None
   data = registry.load(run['dataset'], flags_.data_dir, sequence_length=run['sequence_length'])
   label, original = trained_model.load(flags_.run, data)

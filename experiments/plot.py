@@ -77,9 +77,7 @@ def plot_runs(run_dirs, output, title=None):
   axes = figure.subplots()
   drawn, metrics, run = {}, set(), {}
   for run_dir in run_dirs:
-    if not os.path.exists(os.path.join(run_dir, run_io.RUN_FILE)):
-      raise ValueError(f'{run_dir} holds no run (no {run_io.RUN_FILE}).')
-    label, run = _label(run_dir)
+    label, run = _label(run_dir)   # run_io.NoRunError (a ValueError) for a folder without a run
     gb, accuracy, metric = curve(run_io.read_metrics(run_dir))
     if metric:
       axes.plot(gb, accuracy, marker='o', markersize=3, label=label)

@@ -134,16 +134,20 @@ class DamagedFileError(ValueError):
   """A file of the run folder cannot be read back."""
 
 
+class NoRunError(ValueError):
+  """The folder holds no run (no `run.json`)."""
+
+
 def read_run(output_dir):
   """The flags of the run in `output_dir` (its `run.json`, a dict).
 
   Raises:
-    FileNotFoundError: the folder holds no `run.json`.
+    NoRunError: the folder holds no `run.json`.
     DamagedFileError: it is not a JSON object.
   """
   path = os.path.join(output_dir, RUN_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{output_dir} holds no run (no {RUN_FILE}).')
+    raise NoRunError(f'{output_dir} holds no run (no {RUN_FILE}).')
   return _read_run_file(path)
 
 

@@ -81,10 +81,6 @@ class _ComposedKernelCell:
   def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
     return _zero_states(self, inputs, batch_size, dtype)
 
-  def call_kernels(self):
-    """`[kernel, recurrent_kernel]` for one call of the LSTM layer (composed once per call)."""
-    return [self.composed_kernel(), self.composed_recurrent_kernel()]
-
 
 class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
   """LSTM cell whose kernels `(in, 4H)` and `(H, 4H)` are composed from factors.
@@ -140,22 +136,17 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
 
   def composed_kernel(self):
     """The input kernel `(in, 4 units)` composed from its factors (normalised with weight_norm)."""
-    return self._finish(self.kernel_factorization.compose(), self.kernel_g)
+    return self._composed(self.kernel_factorization, self.kernel_g)
 
   def composed_recurrent_kernel(self):
     """The recurrent kernel `(units, 4 units)` composed from its factors (normalised with
     weight_norm)."""
-    return self._finish(self.recurrent_factorization.compose(), self.recurrent_g)
+    return self._composed(self.recurrent_factorization, self.recurrent_g)
 
-  def call_kernels(self):
-    """`[kernel, recurrent_kernel]` for one call of the LSTM layer; each factorisation's
-    composition (before weight normalisation) is recorded for the Jacobian correction
-    (`keras_layers.jacobian`)."""
-    return [self._finish(self._record(f, f.compose()), g)
-            for f, g in ((self.kernel_factorization, self.kernel_g),
-                         (self.recurrent_factorization, self.recurrent_g))]
-
-  def _finish(self, kernel, scale):
+  def _composed(self, factorization, scale):
+    """The kernel of `factorization`, normalised with weight_norm; the composition before the
+    normalisation is recorded for the Jacobian correction (`keras_layers.jacobian`)."""
+    kernel = self._record(factorization, factorization.compose())
     return weight_norm_lib.normalize(kernel, scale) if self.weight_norm else kernel
 
   def original_param_count(self):
@@ -299,7 +290,7 @@ class _KernelLSTM(keras.layers.Layer):
     return self.cell.composed_recurrent_kernel()
 
   def call(self, inputs, mask=None, training=None, initial_state=None):
-    constants = self.cell.call_kernels()
+    constants = [self.cell.composed_kernel(), self.cell.composed_recurrent_kernel()]
     if initial_state is None:
       initial_state = self.cell.get_initial_state(inputs=inputs[:, 0])
 
