@@ -13,8 +13,9 @@ setup:
 setup-keras3:
 	@scripts/setup_keras3_env.sh $(VENV_KERAS3)
 
-# Main job: federated original vs FedPara small CNN on real MNIST digits (experiments/compare.py):
-# prints final accuracy and GB of both and writes runs/mnist5k_quick/accuracy_vs_gb.png.
+# Main job: federated original, same-size low-rank and FedPara small CNN on real MNIST digits
+# (experiments/compare.py): prints final accuracy and GB of each and writes
+# runs/mnist5k_quick/accuracy_vs_gb.png.
 demo: setup
 	$(PYTHON) -m experiments.compare --flagfile=experiments/configs/mnist5k_quick.cfg
 

@@ -1,8 +1,9 @@
 r"""Runs the same federated experiment once per parameterisation and compares them.
 
-The README's main job: original vs FedPara on real data, then one table with
-final accuracy and gigabytes of each run and their ratio, and one
-accuracy-vs-GB plot of all runs. Every flag of `experiments.train` applies to
+The README's main job: the original model, the same-size low-rank model and
+FedPara on the same real data and seed, then one table with final accuracy and
+gigabytes of each run, each run against the first, and one accuracy-vs-GB plot
+of all runs. Every flag of `experiments.train` applies to
 each run; each run gets its own folder `<output_dir>/<parameterization>` (and
 resumes there if interrupted).
 
@@ -25,7 +26,7 @@ from experiments import runner
 from experiments import train
 
 _PARAMETERIZATIONS = flags.DEFINE_list(
-    'parameterizations', ['original', 'fedpara'],
+    'parameterizations', ['original', 'lowrank', 'fedpara'],
     f'Runs to compare, each one of {models.PARAMETERIZATIONS}.')
 
 
@@ -45,17 +46,22 @@ def _accuracy(summary):
 
 
 def comparison_lines(summaries):
-  """One line per run after the first: its accuracy and GB against the first run's."""
-  base = summaries[0]
-  lines = []
-  for s in summaries[1:]:
-    ratio = (f'{base["gb_total"] / s["gb_total"]:.2f}x less' if s['gb_total']
-             else 'nothing sent')
-    lines.append(f'{s["parameterization"]} vs {base["parameterization"]}: accuracy '
-                 f'{_accuracy(s):.4f} vs {_accuracy(base):.4f}, communication '
-                 f'{s["gb_total"]:.4f} GB vs {base["gb_total"]:.4f} GB ({ratio}), '
-                 f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
-  return lines
+  """One line per run after the first, against the first; then FedPara (and pFedPara) against
+  the same-size low-rank run when both ran (the paper's comparison)."""
+  pairs = [(s, summaries[0]) for s in summaries[1:]]
+  by_name = {s['parameterization']: s for s in summaries}
+  if 'lowrank' in by_name and summaries[0] is not by_name['lowrank']:
+    pairs += [(by_name[p], by_name['lowrank']) for p in ('fedpara', 'pfedpara') if p in by_name]
+  return [_comparison_line(s, base) for s, base in pairs]
+
+
+def _comparison_line(s, base):
+  ratio = (f'{base["gb_total"] / s["gb_total"]:.2f}x less' if s['gb_total']
+           else 'nothing sent')
+  return (f'{s["parameterization"]} vs {base["parameterization"]}: accuracy '
+          f'{_accuracy(s):.4f} vs {_accuracy(base):.4f}, communication '
+          f'{s["gb_total"]:.4f} GB vs {base["gb_total"]:.4f} GB ({ratio}), '
+          f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
 
 
 def main(argv):

@@ -151,9 +151,10 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     keep_plain: layer names left plain in a factorised model.
     nonlinearity: None or 'tanh', applied to each Hadamard term (FedPara).
     factor_init: initialisation of the factors (`keras_layers.factors.FACTOR_INITS`).
-    factor_lr_scale: `None`, `'matched'` or a positive number (see
+    factor_lr_scale: `None`, `'safe'`, `'matched'` or a positive number (see
       `keras_layers.FactorizedLayer`): SGD on the factors at that multiple of
-      the learning rate; `'matched'` equalises each layer's step with the plain layer's.
+      the learning rate; `'matched'` equalises each layer's step with the plain layer's at init;
+      `'safe'` takes the plain layer's step projected on the factors' direction at every step.
     weight_norm: weight-normalised LSTMs (model `lstm` only), kept by the
       factorised twins (`keras_layers.weight_norm`).
     weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable

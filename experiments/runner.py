@@ -209,6 +209,10 @@ def check(config):
   if config.client_optimizer != 'sgd' and config.jacobian_correction:
     raise ValueError(f'jacobian_correction={config.jacobian_correction} assumes an SGD client '
                      f'step; got client_optimizer={config.client_optimizer!r}.')
+  if config.client_optimizer != 'sgd' and _lr_scale(config.factor_lr_scale) == 'safe':
+    raise ValueError(f"factor_lr_scale='safe' rescales SGD gradients, which Adam's per-coordinate "
+                     f'normalisation undoes; use it with client_optimizer=sgd, got '
+                     f'client_optimizer={config.client_optimizer!r}.')
   if config.client_optimizer != 'sgd' and config.client_momentum:
     raise ValueError(f'client_momentum={config.client_momentum} applies to SGD; got '
                      f'client_optimizer={config.client_optimizer!r}.')
@@ -236,17 +240,17 @@ def check(config):
 
 
 def _lr_scale(value):
-  """`--factor_lr_scale` as the layers take it: None, 'matched' or a positive float."""
+  """`--factor_lr_scale` as the layers take it: None, 'matched', 'safe' or a positive float."""
   if value in (None, '', 'none'):
     return None
-  if value == 'matched':
+  if value in ('matched', 'safe'):
     return value
   try:
     number = float(value)
   except ValueError:
     number = float('nan')
   if not (math.isfinite(number) and number > 0):
-    raise ValueError(f"factor_lr_scale must be 'none', 'matched' or a positive number; "
+    raise ValueError(f"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; "
                      f'got {value!r}.')
   return number
 

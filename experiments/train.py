@@ -70,9 +70,10 @@ flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(keras_layers.factor
                   'Initialisation of the factors (matched_*: the composed kernel has the plain '
                   'layer\'s variance; he_*: He-normal per factor).')
 flags.DEFINE_string('factor_lr_scale', 'none',
-                    "none | matched | a positive number: SGD on the factors at that multiple of "
-                    "the learning rate (matched: each layer's step equals the plain layer's at "
-                    'init; docs/DESIGN.md).')
+                    "none | safe | matched | a positive number: SGD on the factors at that "
+                    "multiple of the learning rate (matched: each layer's step equals the plain "
+                    "layer's at init; safe: at every step, the plain layer's step projected on the "
+                    "factors' direction, client SGD only; docs/DESIGN.md).")
 flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
                    'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
 flags.DEFINE_bool('weight_norm', _DEFAULTS.weight_norm,

@@ -171,3 +171,82 @@ def rnn(step, inputs, initial_states, go_backwards=False, mask=None, unroll=Fals
   last = outputs[-1]
   outputs = ops.transpose(outputs, [1, 0, 2]) if return_sequences else last
   return last, outputs, states
+
+
+def projected_step(fn, values):
+  """`fn(values)`, whose gradient with respect to `values` is the chain rule's times `s`.
+
+  For a kernel `W = fn(F)` and the loss gradient `J = dL/dW` arriving from above, the chain rule
+  gives the factors `g = A^T J` (`A = dW/dF`); this returns `s g` instead, with
+  `s = ||g||^2 / ||A g||^2` (0 when `g = 0`), computed from `J` and `F` at every backward pass.
+  An SGD step of size `eta` on the factors then moves `W`, to first order, by
+  `-eta s A g`: the orthogonal projection of the plain kernel's step `-eta J` onto the direction
+  the factors can move it (docs/DESIGN.md, "Step-size rule"). `A g` is one forward-mode
+  derivative of `fn` along `g`.
+
+  Args:
+    fn: function of a list of tensors, returning one tensor (the composition).
+    values: the list of tensors (the factors' values) to call it with.
+
+  Returns:
+    `fn(values)`, with the rescaled gradient.
+  """
+  name = keras.backend.backend() if IS_KERAS_3 else 'tensorflow'
+  if name == 'tensorflow':
+    return _tensorflow_projected_step(fn, values)
+  if name == 'jax':
+    return _jax_projected_step(fn, values)
+  raise ValueError(f"factor_lr_scale='safe' needs the TensorFlow or JAX backend; "
+                   f'the Keras backend is {name!r}.')
+
+
+def _tensorflow_projected_step(fn, values):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  @tf.custom_gradient
+  def projected(*xs):
+    def grad(upstream):
+      with tf.GradientTape() as tape:
+        tape.watch(xs)
+        w = fn(list(xs))
+      g = tape.gradient(w, xs, output_gradients=upstream,
+                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      with tf.autodiff.ForwardAccumulator(list(xs), list(g)) as acc:
+        w_again = fn(list(xs))
+      u = acc.jvp(w_again, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+      scale = _tf_safe_scale(tf, tf.add_n([tf.reduce_sum(tf.square(gi)) for gi in g]),
+                             tf.reduce_sum(tf.square(u)))
+      return [scale * gi for gi in g]
+
+    return fn(list(xs)), grad
+
+  return projected(*[tf.convert_to_tensor(v) for v in values])
+
+
+def _tf_safe_scale(tf, sum_sq_g, sum_sq_u):
+  return tf.math.divide_no_nan(sum_sq_g, sum_sq_u)
+
+
+def _jax_projected_step(fn, values):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def call(*xs):
+    return fn(list(xs))
+
+  projected = jax.custom_vjp(call)
+
+  def forward(*xs):
+    return call(*xs), xs
+
+  def backward(xs, upstream):
+    _, vjp = jax.vjp(call, *xs)
+    g = vjp(upstream)
+    _, u = jax.jvp(call, tuple(xs), tuple(g))
+    sum_sq_g = sum(jnp.sum(jnp.square(gi)) for gi in g)
+    sum_sq_u = jnp.sum(jnp.square(u))
+    scale = jnp.where(sum_sq_u > 0, sum_sq_g / jnp.where(sum_sq_u > 0, sum_sq_u, 1.0), 0.0)
+    return tuple(scale * gi for gi in g)
+
+  projected.defvjp(forward, backward)
+  return projected(*[ops.convert_to_tensor(v) for v in values])

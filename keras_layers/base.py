@@ -94,13 +94,17 @@ class FactorizedLayer(keras.layers.Layer):
     factor_init: `'matched_glorot'` (default: the composed kernel has the
       Glorot-uniform variance of the plain layer), `'matched_he'`,
       `'he_fan_in'` or `'he_fan_out'` (He-normal per factor).
-    factor_lr_scale: `None` (default), a positive number `s`, or `'matched'`.
-      The factors are stored divided by `sqrt(s)` and multiplied back when the
-      kernel is composed: the same function, but SGD moves the factors as if
-      their learning rate were `s` times larger. `'matched'` uses `s = 1 / G`
-      with `G` the kernel's expected step gain at init (`factors.step_gain`),
-      so that one SGD step changes the loss as much as the plain layer's step
-      (docs/DESIGN.md, "Effective step size").
+    factor_lr_scale: `None` (default), `'safe'`, a positive number `s`, or
+      `'matched'`. A number: the factors are stored divided by `sqrt(s)` and
+      multiplied back when the kernel is composed: the same function, but SGD
+      moves the factors as if their learning rate were `s` times larger.
+      `'matched'` uses `s = 1 / G` with `G` the kernel's expected step gain at
+      init (`factors.step_gain`), so that one SGD step changes the loss as much
+      as the plain layer's step on average (docs/DESIGN.md, "Effective step
+      size"). `'safe'` rescales the factors' gradient at every step so that the
+      kernel's SGD step is the plain layer's step projected on the direction
+      the factors can move it: never longer, and never lowering the loss more
+      to first order (docs/DESIGN.md, "Step-size rule"; SGD only).
     activation: activation function, as in Keras.
     use_bias: whether to add a bias.
     bias_initializer, bias_regularizer, bias_constraint: for the bias.

@@ -27,7 +27,10 @@ gives its expected value at initialisation. A factorised layer trains like the
 plain layer at learning rate `G * eta`. With `factor_lr_scale=s` every factor
 is stored divided by `sqrt(s)` and multiplied back when composing, which under
 SGD is the same as a learning rate `s` times larger on the factors (the
-function at init is unchanged); `'matched'` picks `s = 1 / G`.
+function at init is unchanged); `'matched'` picks `s = 1 / G`. `'safe'` instead
+rescales the factors' gradient at every step by `||g||^2 / ||A g||^2` (`g` their
+gradient, `A` the Jacobian of the composition), which makes the kernel's first-order
+step the projection of the plain kernel's step (docs/DESIGN.md, "Step-size rule").
 """
 
 import collections
@@ -45,6 +48,7 @@ SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
 NONLINEARITIES = (None, 'tanh')
 FACTOR_INITS = ('matched_glorot', 'matched_he', 'he_fan_in', 'he_fan_out')
 MATCHED = 'matched'
+SAFE = 'safe'
 
 GLOBAL = 'global'
 LOCAL = 'local'
@@ -73,13 +77,13 @@ def check_factor_init(factor_init):
 
 
 def check_factor_lr_scale(factor_lr_scale):
-  """`None`, `'matched'` or a positive finite number; anything else raises."""
-  if factor_lr_scale is None or factor_lr_scale == MATCHED:
+  """`None`, `'matched'`, `'safe'` or a positive finite number; anything else raises."""
+  if factor_lr_scale is None or factor_lr_scale in (MATCHED, SAFE):
     return factor_lr_scale
   if (isinstance(factor_lr_scale, numbers.Real) and not isinstance(factor_lr_scale, bool)
       and math.isfinite(factor_lr_scale) and factor_lr_scale > 0):
     return float(factor_lr_scale)
-  raise ValueError(f"factor_lr_scale must be None, 'matched' or a positive number; "
+  raise ValueError(f"factor_lr_scale must be None, 'matched', 'safe' or a positive number; "
                    f'got {factor_lr_scale!r}.')
 
 
@@ -362,7 +366,9 @@ class KernelFactorization:
     prefix: prepended to factor names (the LSTM uses `kernel_`, `recurrent_`).
     factor_lr_scale: `None`, a positive number `s` or `'matched'` (`s = 1 /
       step_gain`): each factor is stored divided by `sqrt(s)` and composed
-      multiplied by it, i.e. SGD on the factors at `s` times the learning rate.
+      multiplied by it, i.e. SGD on the factors at `s` times the learning rate;
+      `'safe'`: the factors' gradient is rescaled at every step instead
+      (`backend.projected_step`).
   """
 
   def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
@@ -375,9 +381,11 @@ class KernelFactorization:
     self.initial_step_gain = step_gain(scheme, self.specs, rank, len(self.kernel_shape) > 2,
                                        self.nonlinearity)
     factor_lr_scale = check_factor_lr_scale(factor_lr_scale)
+    # 'safe' stores the factors as they are and rescales their gradient at every step instead.
+    self.projected = factor_lr_scale == SAFE
     if factor_lr_scale == MATCHED:
       factor_lr_scale = 1.0 / self.initial_step_gain
-    self.lr_scale = 1.0 if factor_lr_scale is None else factor_lr_scale
+    self.lr_scale = 1.0 if factor_lr_scale in (None, SAFE) else factor_lr_scale
     self.multiplier = math.sqrt(self.lr_scale)
     self.prefix = prefix
     self.factors = collections.OrderedDict()
@@ -434,7 +442,19 @@ class KernelFactorization:
     return self.compose_with(None)
 
   def compose_with(self, stored):
-    """The kernel composed from `stored` (dict of stored-scale factor values)."""
+    """The kernel composed from `stored` (dict of stored-scale factor values).
+
+    With `factor_lr_scale='safe'` the factors' gradient through this composition is rescaled
+    (`backend.projected_step`); the value is the same.
+    """
+    stored = self.factors if stored is None else stored
+    if not self.projected:
+      return self._combine(stored)
+    names = list(self.factors)
+    return backend.projected_step(
+        lambda values: self._combine(dict(zip(names, values))), [stored[n] for n in names])
+
+  def _combine(self, stored):
     return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
 
   @property

@@ -54,3 +54,21 @@ def weight_normalize(v, g):
   for j in range(v.shape[1]):
     w[:, j] = g[j] * v[:, j] / np.sqrt(np.sum(v[:, j] ** 2))
   return w
+
+
+def fedpara_dense_safe_gradients(x1, y1, x2, y2, j):
+  """The factors' gradients under `factor_lr_scale='safe'` for a FedPara dense kernel.
+
+  Keras layout `W (in, out) = (Y1 X1^T) * (Y2 X2^T)` and `j = dL/dW`: the chain rule's `g`
+  (by hand: `dL/dX1 = (J * W2)^T Y1`, `dL/dY1 = (J * W2) X1`, and the same for term 2), the
+  kernel's first-order change along `g` by the product rule, `u`, then `||g||^2 / ||u||^2 g`.
+
+  Returns:
+    `[dL/dX1, dL/dY1, dL/dX2, dL/dY2]`, rescaled.
+  """
+  w1, w2 = y1 @ x1.T, y2 @ x2.T
+  d1, d2 = j * w2, j * w1
+  g = [d1.T @ y1, d1 @ x1, d2.T @ y2, d2 @ x2]
+  u = (g[1] @ x1.T + y1 @ g[0].T) * w2 + w1 * (g[3] @ x2.T + y2 @ g[2].T)
+  scale = sum(np.sum(gi * gi) for gi in g) / np.sum(u * u)
+  return [scale * gi for gi in g]

@@ -28,7 +28,7 @@ import keras_layers as kl
      r"nonlinearity must be one of \(None, 'tanh'\); got 'relu'"),
     (lambda: kl.FedParaDense(8, factor_init='xavier'), r"factor_init must be one of .*got 'xavier'"),
     (lambda: kl.FedParaDense(8, param_ratio=2.0), r'param_ratio must be a number in \(0, 1\]; got 2.0'),
-    (lambda: kl.FedParaDense(8, factor_lr_scale=0), r"factor_lr_scale must be None, 'matched' or a "
+    (lambda: kl.FedParaDense(8, factor_lr_scale=0), r"factor_lr_scale must be None, 'matched', 'safe' or a "
      r'positive number; got 0'),
     (lambda: kl.FedParaDense(8, factor_lr_scale='auto'), r"factor_lr_scale must .*got 'auto'"),
     (lambda: kl.FedParaConv2D(8, 3, factor_lr_scale=float('inf')), r'factor_lr_scale must .*got inf'),

@@ -105,6 +105,26 @@ def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_ba
                                         rel=1e-4)
 
 
+def test_the_safe_step_rule_reaches_the_client_update_on_both_backends(tmp_path):
+  """factor_lr_scale='safe' (alone and with the Jacobian correction, which differentiates
+  through it) runs inside TFF's computation and on the tf backend alike, and changes the round."""
+  base = dict(model='small_cnn', rounds=1, clients=4, clients_per_round=2, batch_size=64)
+  plain = runner.run(_config(tmp_path, 'plain', backend='tf', **base))
+  losses = {}
+  for backend in ('tff', 'tf'):
+    for name, extra in (('safe', {}), ('safe_jc', dict(jacobian_correction=50.0))):
+      run = runner.run(_config(tmp_path, f'{name}_{backend}', factor_lr_scale='safe',
+                               backend=backend, **extra, **base))
+      losses[name, backend] = float(_rows(run['output_dir'])[-1]['train_loss'])
+  for name in ('safe', 'safe_jc'):
+    assert np.isfinite(losses[name, 'tff'])
+    assert losses[name, 'tff'] == pytest.approx(losses[name, 'tf'], rel=1e-6)
+  assert losses['safe', 'tf'] != pytest.approx(
+      float(_rows(plain['output_dir'])[-1]['train_loss']), rel=1e-5)
+  # The correction's gradient is second order in the step: a small but real change.
+  assert abs(losses['safe_jc', 'tf'] - losses['safe', 'tf']) > 1e-6
+
+
 def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
   """--algorithm=fedprox reaches the client update (its loss differs from FedAvg's) and the
   two backends agree; the numbers themselves are checked in test_round_equations.py."""
@@ -333,8 +353,10 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(_config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
   _refused(_config(tmp_path, factor_lr_scale='fast'),
-           r"factor_lr_scale must be 'none', 'matched' or a positive number; got 'fast'")
+           r"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; got 'fast'")
   _refused(_config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
+  _refused(_config(tmp_path, factor_lr_scale='safe', client_optimizer='adam'),
+           r"factor_lr_scale='safe' rescales SGD gradients.*got client_optimizer='adam'")
   _refused(_config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
            r"jacobian_correction=1.0 needs plain client SGD steps .*algorithm='mimelite'")
   _refused(_config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),
@@ -551,6 +573,13 @@ def test_compare_lines_state_the_ratio():
   assert compare.comparison_lines([base, other]) == [
       'fedpara vs original: accuracy 0.9300 vs 0.9500, communication 0.1800 GB vs 0.7200 GB '
       '(4.00x less), parameters 63,656 vs 225,034']
+  lowrank = dict(base, parameterization='lowrank', test_accuracy=0.92, gb_total=0.1801,
+                 parameters=63_554)
+  assert compare.comparison_lines([base, lowrank, other])[1:] == [
+      'fedpara vs original: accuracy 0.9300 vs 0.9500, communication 0.1800 GB vs 0.7200 GB '
+      '(4.00x less), parameters 63,656 vs 225,034',
+      'fedpara vs lowrank: accuracy 0.9300 vs 0.9200, communication 0.1800 GB vs 0.1801 GB '
+      '(1.00x less), parameters 63,656 vs 63,554']
 
 
 # ---- no orphaned worker, divergence is a failure ---------------------------------------------

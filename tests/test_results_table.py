@@ -1,0 +1,62 @@
+"""experiments.results_table: one row per run, and mean +- std over seeds (`--seeds`)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import results_table
+from experiments import run_io
+
+
+def _run(folder, seed, accuracies, losses, **flags):
+  """A run folder in the format experiments.train writes: run.json and metrics.csv."""
+  os.makedirs(folder)
+  with open(os.path.join(folder, run_io.RUN_FILE), 'w') as f:
+    json.dump({'parameterization': 'fedpara', 'client_learning_rate': 0.1, **flags,
+               'seed': seed, 'output_dir': str(folder)}, f)
+  with open(os.path.join(folder, run_io.METRICS_FILE), 'w', newline='') as f:
+    writer = csv.DictWriter(f, run_io.COLUMNS)
+    writer.writeheader()
+    for i, (accuracy, loss) in enumerate(zip(accuracies, losses)):
+      writer.writerow(dict(round=i + 1, clients=2, diverged_clients=0, train_loss=loss,
+                           train_accuracy=0.5, test_loss=1.0, test_accuracy=accuracy,
+                           bytes_uploaded=100, bytes_downloaded=100,
+                           cumulative_gb=(i + 1) * 2e-7, wall_time_s=i + 1.0))
+  return str(folder)
+
+
+def test_seeds_of_a_name_form_one_row_with_mean_and_sample_std(tmp_path):
+  finals = [0.80, 0.84, 0.78]
+  folders = [_run(tmp_path / 'fedpara', 0, [0.5, finals[0]], [1.0, 0.5]),
+             _run(tmp_path / 'fedpara_seed1', 1, [0.9, finals[1]], [1.0, 0.4]),
+             _run(tmp_path / 'fedpara_seed2', 2, [0.5, finals[2]], [1.0, 0.6]),
+             _run(tmp_path / 'lowrank', 0, [0.5, 0.7], [1.0, 0.7])]
+  groups = results_table.seed_groups(folders)
+  assert list(groups) == ['fedpara', 'lowrank']
+  row = results_table.seed_row(groups['fedpara'], 2)
+  assert row['seeds'] == 3
+  assert row['test_accuracy'] == pytest.approx((np.mean(finals), np.std(finals, ddof=1)))
+  assert row['best_accuracy'] == pytest.approx((np.mean([0.8, 0.9, 0.78]),
+                                                np.std([0.8, 0.9, 0.78], ddof=1)))
+  assert row['train_loss'] == pytest.approx((0.5, np.std([0.5, 0.4, 0.6], ddof=1)))
+  assert results_table.seed_row(groups['lowrank'], 2)['test_accuracy'] == (0.7, 0.0)
+
+
+def test_runs_of_one_name_must_differ_only_in_the_seed(tmp_path):
+  folders = [_run(tmp_path / 'fedpara', 0, [0.5], [1.0]),
+             _run(tmp_path / 'fedpara_seed1', 1, [0.5], [1.0], client_learning_rate=0.3)]
+  with pytest.raises(ValueError, match=r"fedpara_seed1 differs from .* in \['client_learning_rate'"):
+    results_table.seed_groups(folders)
+
+
+def test_the_binary_prints_the_spread(tmp_path):
+  _run(tmp_path / 'a', 0, [0.6], [1.0])
+  _run(tmp_path / 'a_seed1', 1, [0.8], [1.0])
+  result = subprocess.run([sys.executable, '-m', 'experiments.results_table', '--seeds',
+                           f'--runs={tmp_path}/*'], capture_output=True, text=True, check=True)
+  assert '| a | 2 | 1 | 1.0000 +- 0.0000 | 0.7000 +- 0.1414 |' in result.stdout
