@@ -13,6 +13,15 @@ gradient norms, and writes them as CSV. With `--runs`, the gains are measured
 at the global weights of each run's latest checkpoint instead (the model
 rebuilt from the run's `run.json`): how the gain has moved during training.
 
+Three more columns measure what a safe step-size rule can get (docs/DESIGN.md, "Step-size
+rule"), with `A` the Jacobian of the kernel's composition and `J = dL/dW`: `step_length`, the
+length of the paper's first-order kernel step `A A^T J` over the plain step's `||J||` (above 1:
+longer than the plain layer's step); `safe_gain`, the first-order loss decrease of
+`factor_lr_scale='safe'` over the plain step's (`||P J||^2 / ||J||^2`, `P` its projection); and
+`reachable_fraction`, the same after `--cgls_iterations` CGLS steps: a lower bound, rising with
+the steps, of the projection on every direction the factors can move the kernel (the range of
+`A`), which no rule that keeps the kernel's step a projection of the plain step exceeds.
+
   python -m experiments.step_gain --dataset=fashion_mnist --model=vgg_narrow \
       --output=docs/results/step_gain_vgg_narrow.csv
   python -m experiments.step_gain --runs=runs/paper_claim/fashion_vgg_narrow_iid/fedpara
@@ -26,6 +35,7 @@ import tensorflow as tf
 
 from experiments import models
 from experiments import run_io
+from experiments import step_measures
 from experiments import trained_model
 from experiments.data import registry
 import keras_layers
@@ -44,6 +54,7 @@ flags.DEFINE_integer('seeds', 3, 'Initialisations averaged per variant.')
 flags.DEFINE_list('runs', [], 'Run folders: measure at their latest checkpoint (instead of '
                   '--variants at init).')
 flags.DEFINE_string('output', None, 'CSV file to write (optional).')
+flags.DEFINE_integer('cgls_iterations', 40, 'CGLS iterations for reachable_fraction.')
 
 OPTIONS = ('tanh', 'matched', 'he_fan_in', 'he_fan_out')
 
@@ -65,9 +76,10 @@ def parse_variant(variant):
   return name, kwargs
 
 
-def layer_gains(model, x, y):
+def layer_gains(model, x, y, cgls_iterations=0):
   """Per factorised kernel (`jacobian.corrected_factorizations`): (label, expected G, measured G,
-  ||J_W||, sum ||g_f||^2, measured G_sign)."""
+  ||J_W||, sum ||g_f||^2, measured G_sign, (step_length, safe_gain, reachable_fraction) or None
+  without `cgls_iterations`)."""
   loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   pairs = jacobian.corrected_factorizations(model)
   factorizations = [f for _, f in pairs]
@@ -86,8 +98,17 @@ def layer_gains(model, x, y):
     j_sq = float(tf.reduce_sum(j * j))
     g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
     rows.append((label, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
-                 keras_layers.factors.sign_step_gain(j, g)))
+                 keras_layers.factors.sign_step_gain(j, g),
+                 step_measures.step_rule_measures(f, j, cgls_iterations) if cgls_iterations else None))
   return rows
+
+
+def _rule_columns(measures):
+  """The step-rule columns, averaged over seeds; none when they were not measured."""
+  if not measures or measures[0] is None:
+    return {}
+  names = ('step_length', 'safe_gain', 'reachable_fraction')
+  return {n: round(float(np.mean([m[i] for m in measures])), 4) for i, n in enumerate(names)}
 
 
 def main(argv):
@@ -101,31 +122,35 @@ def main(argv):
   table = []
   for run_dir in flags_.runs:
     label, model = trained_model.load(run_dir, data)
-    for name, expected, measured, j_norm, _, sign_gain in layer_gains(model, x, y):
+    for name, expected, measured, j_norm, _, sign_gain, rule in layer_gains(
+        model, x, y, flags_.cgls_iterations):
       table.append(dict(variant=label, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),
                         grad_norm_kernel=round(float(j_norm), 5),
-                        measured_sign_gain=round(sign_gain, 4)))
+                        measured_sign_gain=round(sign_gain, 4), **_rule_columns([rule])))
   for variant, parameterization, kwargs in ([] if flags_.runs else variants):
     per_seed = []
     for seed in range(flags_.seeds):
       tf.keras.utils.set_random_seed(seed)
       model = models.build(flags_.model, data.input_shape, data.num_classes, parameterization,
                            gamma=flags_.gamma, keep_plain=flags_.keep_plain, **kwargs)
-      per_seed.append(layer_gains(model, x, y))
+      per_seed.append(layer_gains(model, x, y, flags_.cgls_iterations))
     for i, (name, expected, *_) in enumerate(per_seed[0]):
       measured = np.mean([rows[i][2] for rows in per_seed])
       table.append(dict(variant=variant, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),
                         grad_norm_kernel=round(float(np.mean([r[i][3] for r in per_seed])), 5),
                         measured_sign_gain=round(float(np.mean([r[i][5] for r in per_seed])),
-                                                 4)))
+                                                 4),
+                        **_rule_columns([r[i][6] for r in per_seed])))
   width = max(len(r['variant']) for r in table)
-  print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||  G_sign measured')
+  print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||  G_sign measured'
+        f'  step length  safe gain  reachable')
   for r in table:
     print(f'{r["variant"]:<{width}}  {r["layer"]:<7}  {r["expected_gain"]:>10.4f}  '
           f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}  '
-          f'{r["measured_sign_gain"]:>15.4f}')
+          f'{r["measured_sign_gain"]:>15.4f}  {r.get("step_length", np.nan):>11.4f}  '
+          f'{r.get("safe_gain", np.nan):>9.4f}  {r.get("reachable_fraction", np.nan):>9.4f}')
   if flags_.output:
     run_io.write_table(flags_.output, table)
     print(f'wrote {flags_.output}')

@@ -1,12 +1,13 @@
 r"""Tables of the step-size sweep (`scripts/stepsize_sweep.sh`): accuracy per cell, divergences.
 
-Reads `<sweep_dir>/<setting>/<cell>` run folders, cells named
+Reads `<sweep_dir>/<setting>/<cell>` run folders (not the `<setting>_r<N>` folders of longer
+runs), cells named
 `<model>_<optimizer><lr>` (e.g. `fedpara_safe_sgd0.1`), and prints for each setting one markdown
 table, a row per model and a column per optimizer and learning rate, each cell the final test
 accuracy or `div` (the run stopped on a non-finite loss: `<cell>.diverged.txt` beside it, or its
 final accuracy is at most `--chance`), then per model its best learning rate per optimizer and the
 number of divergences, and how many of those happened where the original model trained.
-`--copy_to` copies each run's `metrics.csv`, `run.json` and divergence note there.
+`--save_to` copies each run's `metrics.csv`, `run.json` and divergence note there.
 
   python -m experiments.sweep_table --sweep_dir=runs/stepsize_sweep
 """
@@ -24,7 +25,7 @@ from experiments import run_io
 
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', 'runs/stepsize_sweep', 'Folder of the sweep.')
 _CHANCE = flags.DEFINE_float('chance', 0.2, 'A final accuracy at most this counts as diverged.')
-_COPY_TO = flags.DEFINE_string('copy_to', None, 'Folder to copy the small files of each run to.')
+_SAVE_TO = flags.DEFINE_string('save_to', None, 'Folder to copy the small files of each run to.')
 
 CELL = re.compile(r'^(?P<model>.+)_(?P<optimizer>sgd|adam)(?P<lr>[0-9.e-]+)$')
 DIVERGED_NOTE = '.diverged.txt'
@@ -117,8 +118,10 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   if not os.path.isdir(_SWEEP_DIR.value):
     raise app.UsageError(f'--sweep_dir={_SWEEP_DIR.value} is not a folder.')
+  # `<setting>_r<N>` folders hold the longer, seeded runs (experiments.results_table --seeds).
   settings = sorted(e for e in os.listdir(_SWEEP_DIR.value)
-                    if os.path.isdir(os.path.join(_SWEEP_DIR.value, e)))
+                    if os.path.isdir(os.path.join(_SWEEP_DIR.value, e))
+                    and not re.search(r'_r\d+$', e))
   counts = collections.Counter()
   for setting in settings:
     setting_dir = os.path.join(_SWEEP_DIR.value, setting)
@@ -130,8 +133,8 @@ def main(argv):
     print()
     print('\n'.join(summary_lines(cells)))
     counts.update(m for (m, _, _), (_, div) in cells.items() if div)
-    if _COPY_TO.value:
-      _copy(setting_dir, os.path.join(_COPY_TO.value, setting))
+    if _SAVE_TO.value:
+      _copy(setting_dir, os.path.join(_SAVE_TO.value, setting))
   print(f'\ndivergences over every setting: {dict(sorted(counts.items())) or "none"}')
 
 

@@ -72,8 +72,8 @@ flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(keras_layers.factor
 flags.DEFINE_string('factor_lr_scale', 'none',
                     "none | safe | matched | a positive number: SGD on the factors at that "
                     "multiple of the learning rate (matched: each layer's step equals the plain "
-                    "layer's at init; safe: at every step, the plain layer's step projected on the "
-                    "factors' direction, client SGD only; docs/DESIGN.md).")
+                    "layer's at init; safe: at every step, the plain layer's step projected on "
+                    "directions the factors can move the kernel, client SGD only; docs/DESIGN.md).")
 flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
                    'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
 flags.DEFINE_bool('weight_norm', _DEFAULTS.weight_norm,

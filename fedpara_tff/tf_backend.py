@@ -20,6 +20,7 @@ Same seed, same data: the same weights and byte counts as the TFF backend.
 """
 
 import concurrent.futures
+import threading
 
 import numpy as np
 import tensorflow as tf
@@ -95,6 +96,12 @@ class TFBackend:
         model = trainer.round.keras_model_fn()
         self._clients.append((model, trainer.round.client_train(model)))
     self.placements = []  # (client id, device) of the last round, in client order
+    # The first call of each slot's client function traces it; traces run one at a time:
+    # TensorFlow 2.14's op dispatch cache is not safe under concurrent tracing ("OrderedDict
+    # mutated during iteration", seen with factor_lr_scale='safe', whose gradient traces the
+    # composition again).
+    self._trace_lock = threading.Lock()
+    self._traced = [False] * len(self.slots)
 
   @property
   def local_store(self):
@@ -118,7 +125,12 @@ class TFBackend:
     results = []
     with tf.device(self.slots[slot]):
       for position, local_values, dataset in jobs:
-        out = train(received, local_values, dataset, learning_rate)
+        if self._traced[slot]:
+          out = train(received, local_values, dataset, learning_rate)
+        else:
+          with self._trace_lock:
+            out = train(received, local_values, dataset, learning_rate)
+          self._traced[slot] = True
         results.append((position, tf.nest.map_structure(lambda t: t.numpy(), out)))
     return results
 

@@ -173,61 +173,108 @@ def rnn(step, inputs, initial_states, go_backwards=False, mask=None, unroll=Fals
   return last, outputs, states
 
 
-def projected_step(fn, values):
-  """`fn(values)`, whose gradient with respect to `values` is the chain rule's times `s`.
+def projected_step(fn, values, steps):
+  """`fn(values)`, whose gradient with respect to `values` is the step-size rule's.
 
-  For a kernel `W = fn(F)` and the loss gradient `J = dL/dW` arriving from above, the chain rule
-  gives the factors `g = A^T J` (`A = dW/dF`); this returns `s g` instead, with
-  `s = ||g||^2 / ||A g||^2` (0 when `g = 0`), computed from `J` and `F` at every backward pass.
-  An SGD step of size `eta` on the factors then moves `W`, to first order, by
-  `-eta s A g`: the orthogonal projection of the plain kernel's step `-eta J` onto the direction
-  the factors can move it (docs/DESIGN.md, "Step-size rule"). `A g` is one forward-mode
-  derivative of `fn` along `g`.
+  For a kernel `W = fn(F)` with Jacobian `A = dW/dF` and the loss gradient `J = dL/dW`
+  arriving from above, the chain rule gives the factors `g = A^T J`. This returns instead the
+  `d` that `steps` iterations of CGLS (conjugate gradients on the normal equations, from 0)
+  reach for `min ||A d - J||` over the Krylov space of `A^T A` and `g`: `A d` is the orthogonal
+  projection of `J` on `A` times that space (`cgls`). An SGD step of size `eta` on the factors
+  then moves `W`, to first order, by minus `eta` times that projection of the plain kernel's step
+  `J` (docs/DESIGN.md, "Step-size rule"). With `steps=1`, `d = ||g||^2 / ||A g||^2 g`. Each
+  iteration costs one forward-mode and one reverse-mode derivative of `fn` (kernel-sized work).
 
   Args:
     fn: function of a list of tensors, returning one tensor (the composition).
     values: the list of tensors (the factors' values) to call it with.
+    steps: CGLS iterations, a positive integer.
 
   Returns:
-    `fn(values)`, with the rescaled gradient.
+    `fn(values)`, with that gradient.
   """
   name = keras.backend.backend() if IS_KERAS_3 else 'tensorflow'
   if name == 'tensorflow':
-    return _tensorflow_projected_step(fn, values)
+    return _tensorflow_projected_step(fn, values, steps)
   if name == 'jax':
-    return _jax_projected_step(fn, values)
+    return _jax_projected_step(fn, values, steps)
   raise ValueError(f"factor_lr_scale='safe' needs the TensorFlow or JAX backend; "
                    f'the Keras backend is {name!r}.')
 
 
-def _tensorflow_projected_step(fn, values):
+def cgls(vjp, jvp, j, steps, dot, where):
+  """The rule's factor gradient: `steps` CGLS iterations for `min ||A d - J||` from `d = 0`,
+  then `d` rescaled so that `A d` is exactly the projection of `J` on its own line.
+
+  In exact arithmetic the rescaling multiplies by 1 (CGLS's `A d` already is the projection of
+  `J` on `A` times the Krylov space); in floating point it keeps the bound of docs/DESIGN.md
+  ("Step-size rule") exact whatever the iterations' rounding.
+
+  Args:
+    vjp: `c -> A^T c` (a list of tensors shaped like the factors).
+    jvp: `list t -> A t` (a tensor shaped like the kernel).
+    j: `J`, shaped like the kernel.
+    steps: iterations.
+    dot: `(list, list) -> scalar` inner product of two lists of tensors.
+    where: `(condition, x, y)` elementwise select on scalars.
+  """
+  residual = j
+  g = vjp(residual)
+  s, p = g, g
+  gamma = dot(s, s)
+  floor = 1e-12 * gamma
+  d = [0.0 * si for si in s]
+  for step in range(steps):
+    q = jvp(p)
+    q_sq = dot([q], [q])
+    # Stop (alpha = 0) once the normal-equation residual has vanished or A p = 0.
+    live = (gamma > floor) & (q_sq > 0)
+    alpha = where(live, gamma / where(live, q_sq, 1.0), 0.0)
+    d = [di + alpha * pi for di, pi in zip(d, p)]
+    if step == steps - 1:
+      break
+    residual = residual - alpha * q
+    s = vjp(residual)
+    gamma_next = dot(s, s)
+    beta = where(live, gamma_next / where(live, gamma, 1.0), 0.0)
+    p = [si + beta * pi for si, pi in zip(s, p)]
+    gamma = gamma_next
+  # J . A d = (A^T J) . d = g . d.
+  u = jvp(d)
+  u_sq = dot([u], [u])
+  scale = where(u_sq > 0, dot(g, d) / where(u_sq > 0, u_sq, 1.0), 0.0)
+  return [scale * di for di in d]
+
+
+def _tensorflow_projected_step(fn, values, steps):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  zero = tf.UnconnectedGradients.ZERO
 
   @tf.custom_gradient
   def projected(*xs):
-    def grad(upstream):
+    xs = list(xs)
+
+    def vjp(cotangent):
       with tf.GradientTape() as tape:
         tape.watch(xs)
-        w = fn(list(xs))
-      g = tape.gradient(w, xs, output_gradients=upstream,
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      with tf.autodiff.ForwardAccumulator(list(xs), list(g)) as acc:
-        w_again = fn(list(xs))
-      u = acc.jvp(w_again, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-      scale = _tf_safe_scale(tf, tf.add_n([tf.reduce_sum(tf.square(gi)) for gi in g]),
-                             tf.reduce_sum(tf.square(u)))
-      return [scale * gi for gi in g]
+        w = fn(xs)
+      return tape.gradient(w, xs, output_gradients=cotangent, unconnected_gradients=zero)
 
-    return fn(list(xs)), grad
+    def jvp(tangents):
+      with tf.autodiff.ForwardAccumulator(xs, list(tangents)) as accumulator:
+        w = fn(xs)
+      return accumulator.jvp(w, unconnected_gradients=zero)
+
+    def grad(upstream):
+      return cgls(vjp, jvp, upstream, steps,
+                  lambda a, b: tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)]), tf.where)
+
+    return fn(xs), grad
 
   return projected(*[tf.convert_to_tensor(v) for v in values])
 
 
-def _tf_safe_scale(tf, sum_sq_g, sum_sq_u):
-  return tf.math.divide_no_nan(sum_sq_g, sum_sq_u)
-
-
-def _jax_projected_step(fn, values):
+def _jax_projected_step(fn, values, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -240,13 +287,11 @@ def _jax_projected_step(fn, values):
     return call(*xs), xs
 
   def backward(xs, upstream):
-    _, vjp = jax.vjp(call, *xs)
-    g = vjp(upstream)
-    _, u = jax.jvp(call, tuple(xs), tuple(g))
-    sum_sq_g = sum(jnp.sum(jnp.square(gi)) for gi in g)
-    sum_sq_u = jnp.sum(jnp.square(u))
-    scale = jnp.where(sum_sq_u > 0, sum_sq_g / jnp.where(sum_sq_u > 0, sum_sq_u, 1.0), 0.0)
-    return tuple(scale * gi for gi in g)
+    _, vjp_fn = jax.vjp(call, *xs)
+    _, jvp_fn = jax.linearize(call, *xs)
+    d = cgls(lambda c: list(vjp_fn(c)), lambda t: jvp_fn(*t), upstream, steps,
+             lambda a, b: sum(jnp.sum(x * y) for x, y in zip(a, b)), jnp.where)
+    return tuple(d)
 
   projected.defvjp(forward, backward)
   return projected(*[ops.convert_to_tensor(v) for v in values])

@@ -101,10 +101,10 @@ class FactorizedLayer(keras.layers.Layer):
       `'matched'` uses `s = 1 / G` with `G` the kernel's expected step gain at
       init (`factors.step_gain`), so that one SGD step changes the loss as much
       as the plain layer's step on average (docs/DESIGN.md, "Effective step
-      size"). `'safe'` rescales the factors' gradient at every step so that the
-      kernel's SGD step is the plain layer's step projected on the direction
-      the factors can move it: never longer, and never lowering the loss more
-      to first order (docs/DESIGN.md, "Step-size rule"; SGD only).
+      size"). `'safe'` replaces the factors' gradient at every step so that the
+      kernel's SGD step is the plain layer's step projected on directions the
+      factors can move it: never longer, and never lowering the loss more to
+      first order (docs/DESIGN.md, "Step-size rule"; SGD only).
     activation: activation function, as in Keras.
     use_bias: whether to add a bias.
     bias_initializer, bias_regularizer, bias_constraint: for the bias.

@@ -28,9 +28,9 @@ plain layer at learning rate `G * eta`. With `factor_lr_scale=s` every factor
 is stored divided by `sqrt(s)` and multiplied back when composing, which under
 SGD is the same as a learning rate `s` times larger on the factors (the
 function at init is unchanged); `'matched'` picks `s = 1 / G`. `'safe'` instead
-rescales the factors' gradient at every step by `||g||^2 / ||A g||^2` (`g` their
-gradient, `A` the Jacobian of the composition), which makes the kernel's first-order
-step the projection of the plain kernel's step (docs/DESIGN.md, "Step-size rule").
+replaces the factors' gradient at every step by a few conjugate-gradient iterations
+on the composition's Jacobian, which make the kernel's first-order step a projection
+of the plain kernel's step (docs/DESIGN.md, "Step-size rule").
 """
 
 import collections
@@ -49,6 +49,10 @@ NONLINEARITIES = (None, 'tanh')
 FACTOR_INITS = ('matched_glorot', 'matched_he', 'he_fan_in', 'he_fan_out')
 MATCHED = 'matched'
 SAFE = 'safe'
+# CGLS iterations of the 'safe' rule (docs/DESIGN.md, "Step-size rule"): each adds directions to
+# the subspace the plain step is projected on, at one more forward- and reverse-mode derivative
+# of the composition per backward pass.
+SAFE_STEPS = 8
 
 GLOBAL = 'global'
 LOCAL = 'local'
@@ -367,8 +371,8 @@ class KernelFactorization:
     factor_lr_scale: `None`, a positive number `s` or `'matched'` (`s = 1 /
       step_gain`): each factor is stored divided by `sqrt(s)` and composed
       multiplied by it, i.e. SGD on the factors at `s` times the learning rate;
-      `'safe'`: the factors' gradient is rescaled at every step instead
-      (`backend.projected_step`).
+      `'safe'`: the factors' gradient is replaced at every step instead
+      (`backend.projected_step`, `SAFE_STEPS` iterations).
   """
 
   def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
@@ -381,7 +385,7 @@ class KernelFactorization:
     self.initial_step_gain = step_gain(scheme, self.specs, rank, len(self.kernel_shape) > 2,
                                        self.nonlinearity)
     factor_lr_scale = check_factor_lr_scale(factor_lr_scale)
-    # 'safe' stores the factors as they are and rescales their gradient at every step instead.
+    # 'safe' stores the factors as they are and replaces their gradient at every step instead.
     self.projected = factor_lr_scale == SAFE
     if factor_lr_scale == MATCHED:
       factor_lr_scale = 1.0 / self.initial_step_gain
@@ -444,17 +448,20 @@ class KernelFactorization:
   def compose_with(self, stored):
     """The kernel composed from `stored` (dict of stored-scale factor values).
 
-    With `factor_lr_scale='safe'` the factors' gradient through this composition is rescaled
-    (`backend.projected_step`); the value is the same.
+    With `factor_lr_scale='safe'` the factors' gradient through this composition is the
+    step-size rule's (`backend.projected_step`); the value is the same.
     """
     stored = self.factors if stored is None else stored
     if not self.projected:
-      return self._combine(stored)
+      return self.compose_unscaled(stored)
     names = list(self.factors)
     return backend.projected_step(
-        lambda values: self._combine(dict(zip(names, values))), [stored[n] for n in names])
+        lambda values: self.compose_unscaled(dict(zip(names, values))),
+        [stored[n] for n in names], SAFE_STEPS)
 
-  def _combine(self, stored):
+  def compose_unscaled(self, stored=None):
+    """The kernel, with the chain rule's gradient whatever `factor_lr_scale` says (analysis)."""
+    stored = self.factors if stored is None else stored
     return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
 
   @property

@@ -56,19 +56,43 @@ def weight_normalize(v, g):
   return w
 
 
-def fedpara_dense_safe_gradients(x1, y1, x2, y2, j):
+def fedpara_dense_safe_gradients(x1, y1, x2, y2, j, steps):
   """The factors' gradients under `factor_lr_scale='safe'` for a FedPara dense kernel.
 
-  Keras layout `W (in, out) = (Y1 X1^T) * (Y2 X2^T)` and `j = dL/dW`: the chain rule's `g`
-  (by hand: `dL/dX1 = (J * W2)^T Y1`, `dL/dY1 = (J * W2) X1`, and the same for term 2), the
-  kernel's first-order change along `g` by the product rule, `u`, then `||g||^2 / ||u||^2 g`.
+  Keras layout `W (in, out) = (Y1 X1^T) * (Y2 X2^T)` and `j = dL/dW`. By hand: the chain rule
+  `A^T C` (`dL/dX1 = (C * W2)^T Y1`, `dL/dY1 = (C * W2) X1`, the same for term 2) and the
+  product rule `A T` (the kernel's first-order change along factor tangents `T`); then `steps`
+  iterations of conjugate gradients on `A^T A d = A^T J` from `d = 0` (CGLS), and `d` times
+  `(A^T J . d) / ||A d||^2`.
 
   Returns:
-    `[dL/dX1, dL/dY1, dL/dX2, dL/dY2]`, rescaled.
+    `[dX1, dY1, dX2, dY2]`, the rule's gradient.
   """
   w1, w2 = y1 @ x1.T, y2 @ x2.T
-  d1, d2 = j * w2, j * w1
-  g = [d1.T @ y1, d1 @ x1, d2.T @ y2, d2 @ x2]
-  u = (g[1] @ x1.T + y1 @ g[0].T) * w2 + w1 * (g[3] @ x2.T + y2 @ g[2].T)
-  scale = sum(np.sum(gi * gi) for gi in g) / np.sum(u * u)
-  return [scale * gi for gi in g]
+
+  def a_t(c):
+    d1, d2 = c * w2, c * w1
+    return [d1.T @ y1, d1 @ x1, d2.T @ y2, d2 @ x2]
+
+  def a(t):
+    tx1, ty1, tx2, ty2 = t
+    return (ty1 @ x1.T + y1 @ tx1.T) * w2 + w1 * (ty2 @ x2.T + y2 @ tx2.T)
+
+  d = [np.zeros_like(v) for v in (x1, y1, x2, y2)]
+  r = j.copy()
+  s = a_t(r)
+  p = [v.copy() for v in s]
+  gamma = sum(np.sum(v * v) for v in s)
+  for _ in range(steps):
+    q = a(p)
+    alpha = gamma / np.sum(q * q)
+    d = [dv + alpha * pv for dv, pv in zip(d, p)]
+    r = r - alpha * q
+    s = a_t(r)
+    gamma_next = sum(np.sum(v * v) for v in s)
+    p = [sv + gamma_next / gamma * pv for sv, pv in zip(s, p)]
+    gamma = gamma_next
+  # Rescaled so that A d is the projection of J on its own line (1 in exact arithmetic).
+  u = a(d)
+  scale = sum(np.sum(gv * dv) for gv, dv in zip(a_t(j), d)) / np.sum(u * u)
+  return [scale * dv for dv in d]

@@ -60,3 +60,30 @@ def test_the_binary_prints_the_spread(tmp_path):
   result = subprocess.run([sys.executable, '-m', 'experiments.results_table', '--seeds',
                            f'--runs={tmp_path}/*'], capture_output=True, text=True, check=True)
   assert '| a | 2 | 1 | 1.0000 +- 0.0000 | 0.7000 +- 0.1414 |' in result.stdout
+
+
+def test_the_sweep_table_marks_divergence_and_counts_it_where_the_original_trained(tmp_path):
+  from experiments import sweep_table  # pylint: disable=g-import-not-at-top
+  setting = tmp_path / 'fashion_cnn_iid'
+  for name, accuracy in (('original_sgd0.1', 0.80), ('original_sgd0.3', 0.10),
+                         ('fedpara_sgd0.1', 0.75), ('fedpara_sgd0.3', 0.78),
+                         ('fedpara_safe_sgd0.1', 0.70), ('fedpara_adam0.001', 0.79)):
+    _run(setting / name, 0, [0.5, accuracy], [1.0, 0.5])
+    (setting / name / run_io.SUMMARY_FILE).write_text('{}')
+  # Stopped by the runner on a non-finite loss: a note beside the folder, no summary.
+  (setting / 'fedpara_safe_sgd0.3.diverged.txt').write_text('round 3: training diverged')
+  _run(setting / 'lowrank_sgd0.1', 0, [0.5], [1.0])   # unfinished: no summary.json
+  cells = sweep_table.read_setting(str(setting), chance=0.2)
+  assert ('lowrank', 'sgd', 0.1) not in cells
+  assert cells['original', 'sgd', 0.3] == (0.10, True)       # at chance: diverged
+  assert cells['fedpara_safe', 'sgd', 0.3][1] is True
+  assert sweep_table.table_lines(cells)[2:] == [
+      '| original | 0.8000 | div | n/a |',
+      '| fedpara | 0.7500 | 0.7800 | 0.7900 |',
+      '| fedpara_safe | 0.7000 | div | n/a |']
+  summary = sweep_table.summary_lines(cells)[2:]
+  # fedpara_safe diverged at sgd 0.3 where the original diverged too: 1 divergence, 0 of them
+  # where the original trained.
+  assert summary == ['| original | 0.1 (0.8000) | - | 1 | 0 |',
+                     '| fedpara | 0.3 (0.7800) | 0.001 (0.7900) | 0 | 0 |',
+                     '| fedpara_safe | 0.1 (0.7000) | - | 1 | 0 |']

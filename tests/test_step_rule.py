@@ -1,8 +1,9 @@
 """The step-size rule `factor_lr_scale='safe'` (docs/DESIGN.md, "Step-size rule").
 
-Each factorised kernel's first SGD step is the plain kernel's step projected on the direction
-its factors can move it: checked against autodiff (explicit Jacobians of the composition, the
-kernel's gradient recorded at the layer), against a hand-derived numpy step, and for the bound it
+Each factorised kernel's first-order SGD step is the plain kernel's step projected on directions
+its factors can move it (the image of a Krylov space, `factors.SAFE_STEPS` CGLS iterations):
+checked against autodiff (explicit Jacobians of the composition, the kernel's gradient recorded at
+the layer) with float64 least squares, against a hand-derived numpy step, and for the bound it
 promises (step no longer than the plain layer's, first-order loss decrease no larger).
 """
 
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from experiments import step_measures
 import keras_layers as kl
+from keras_layers import factors
 from keras_layers import jacobian
 from tests import numpy_reference as ref
 
@@ -33,31 +36,45 @@ def _loss(outputs):
   return tf.reduce_sum(tf.sin(3.0 * outputs) + 0.5 * tf.square(outputs))
 
 
-def _pair(kind, scheme, nonlinearity, seed):
+def _pair(kind, scheme, nonlinearity, seed, dtype='float32'):
   """The same layer built twice from the same weights: paper parameterisation, then 'safe'."""
   make, shape = LAYERS[kind]
-  inputs = tf.random.stateless_normal(shape, [seed, 0])
+  inputs = tf.random.stateless_normal(shape, [seed, 0], dtype=dtype)
   layers = []
   for option in (None, 'safe'):
-    layer = make(SCHEMES[scheme], rank=2, nonlinearity=nonlinearity, factor_lr_scale=option)
+    layer = make(SCHEMES[scheme], rank=2, nonlinearity=nonlinearity, factor_lr_scale=option,
+                 dtype=dtype)
     layer(inputs)
     layers.append(layer)
   layers[1].set_weights(layers[0].get_weights())
   return layers, inputs
 
 
-def _explicit(factorization, kernel_grad):
-  """`(g, u)`, numpy: `g = A^T J` and `u = A g` with `A` the full Jacobian of the raw composition."""
-  names = list(factorization.factors)
-  variables = [factorization.factors[n] for n in names]
+def _jacobian(factorization):
+  """`A`, the full Jacobian of the raw composition, float64 `(kernel entries, factor entries)`."""
+  variables = list(factorization.factors.values())
   with tf.GradientTape(persistent=True) as tape:
-    # pylint: disable-next=protected-access
-    w = factorization._combine(factorization.factors)
-  jacobians = [tape.jacobian(w, v).numpy().reshape(w.shape.num_elements(), -1)
-               for v in variables]
-  a = np.concatenate(jacobians, axis=1).astype(np.float64)
-  g = a.T @ kernel_grad.reshape(-1).astype(np.float64)
-  return g, a @ g
+    w = factorization.compose_unscaled()
+  return np.concatenate([tape.jacobian(w, v).numpy().reshape(w.shape.num_elements(), -1)
+                         for v in variables], axis=1).astype(np.float64)
+
+
+def _krylov_projection(a, j, steps):
+  """The projection of `j` on `A` times the Krylov space of `A^T A` and `A^T j` (float64, an
+  orthonormal basis by Gram-Schmidt applied twice)."""
+  basis = []
+  vector = a.T @ j
+  for _ in range(steps):
+    for _ in range(2):
+      for b in basis:
+        vector = vector - (b @ vector) * b
+    norm = np.linalg.norm(vector)
+    if norm < 1e-12 * np.linalg.norm(a.T @ j):
+      break
+    basis.append(vector / norm)
+    vector = a.T @ (a @ basis[-1])
+  image = a @ np.stack(basis, axis=1)
+  return image @ np.linalg.lstsq(image, j, rcond=None)[0]
 
 
 def _grads_and_kernel_grads(layer, inputs):
@@ -75,31 +92,45 @@ def _flat(tensors):
   return np.concatenate([np.asarray(t, np.float64).reshape(-1) for t in tensors])
 
 
-@pytest.mark.parametrize('kind, scheme, nonlinearity', CASES)
-def test_the_gradient_is_the_projection_and_obeys_the_bound(kind, scheme, nonlinearity):
-  (plain, safe), inputs = _pair(kind, scheme, nonlinearity, seed=7)
+def _kernel_steps(kind, scheme, nonlinearity, dtype):
+  """Per kernel of a 'safe' layer: `(A, J, A^T J of the paper's layer, A d of the rule)`."""
+  (plain, safe), inputs = _pair(kind, scheme, nonlinearity, seed=7, dtype=dtype)
   plain_grads, _ = _grads_and_kernel_grads(plain, inputs)
   safe_grads, kernel_grads = _grads_and_kernel_grads(safe, inputs)
-  position = 0
+  position, steps = 0, []
   for factorization, j in zip(_factorizations(safe), kernel_grads):
     count = len(factorization.factors)
-    g, u = _explicit(factorization, j)
-    # The paper's parameterisation gets the chain rule's gradient g = A^T J ...
-    np.testing.assert_allclose(_flat(plain_grads[position:position + count]), g,
-                               rtol=1e-4, atol=1e-6)
-    # ... and 'safe' gets s g with s = ||g||^2 / ||A g||^2.
-    scale = (g @ g) / (u @ u)
-    np.testing.assert_allclose(_flat(safe_grads[position:position + count]), scale * g,
-                               rtol=1e-4, atol=1e-6)
-    # The bound: the kernel's first-order step -eta s A g is no longer than the plain step
-    # -eta J, and lowers the loss (to first order) by no more than the plain step does.
-    j = j.reshape(-1).astype(np.float64)
-    step = scale * u
-    assert np.linalg.norm(step) <= np.linalg.norm(j) * (1 + 1e-6)
-    assert j @ step <= (j @ j) * (1 + 1e-6)
-    # It is the orthogonal projection of J on u: what is left is orthogonal to u.
-    assert abs((j - step) @ u) <= 1e-5 * np.linalg.norm(j) * np.linalg.norm(u)
+    a = _jacobian(factorization)
+    steps.append((a, j.reshape(-1).astype(np.float64),
+                  _flat(plain_grads[position:position + count]),
+                  a @ _flat(safe_grads[position:position + count])))
     position += count
+  return steps
+
+
+@pytest.mark.parametrize('kind, scheme, nonlinearity', CASES)
+def test_the_step_is_the_projection_on_the_krylov_image(kind, scheme, nonlinearity):
+  # float64 layers, so that CGLS's rounding does not hide a wrong formula.
+  for a, j, chain_rule, step in _kernel_steps(kind, scheme, nonlinearity, 'float64'):
+    # The paper's parameterisation gets the chain rule's gradient A^T J ...
+    np.testing.assert_allclose(chain_rule, a.T @ j, rtol=1e-9, atol=1e-12)
+    # ... 'safe' a gradient d whose kernel step A d is the projection of J on A K_k.
+    projection = _krylov_projection(a, j, factors.SAFE_STEPS)
+    np.testing.assert_allclose(step, projection, rtol=0, atol=1e-6 * np.linalg.norm(j))
+    # At least what the first CGLS step (the plain step projected on A A^T J) reaches.
+    u = a @ (a.T @ j)
+    assert step @ step >= (j @ u) ** 2 / (u @ u) * (1 - 1e-9)
+
+
+@pytest.mark.parametrize('kind, scheme, nonlinearity', CASES)
+def test_the_float32_step_obeys_the_bound(kind, scheme, nonlinearity):
+  for _, j, _, step in _kernel_steps(kind, scheme, nonlinearity, 'float32'):
+    # No longer than the plain step J; lowers the loss, to first order, by no more; a
+    # projection leaves J - step orthogonal to the step (up to float32 rounding).
+    assert np.linalg.norm(step) <= np.linalg.norm(j) * (1 + 1e-4)
+    assert j @ step <= (j @ j) * (1 + 1e-4)
+    assert abs((j - step) @ step) <= 1e-4 * (j @ j)
+    assert j @ step > 0
 
 
 def test_the_bound_holds_on_random_layers_against_a_real_small_step():
@@ -123,9 +154,10 @@ def test_the_bound_holds_on_random_layers_against_a_real_small_step():
 
 def test_one_sgd_step_equals_the_hand_derived_numpy_step():
   rng = np.random.default_rng(3)
-  inputs = rng.normal(size=(8, 6)).astype(np.float32)
-  targets = rng.normal(size=(8, 5)).astype(np.float32)
-  layer = kl.FedParaDense(5, rank=2, use_bias=False, factor_lr_scale='safe')
+  inputs = rng.normal(size=(8, 6))
+  targets = rng.normal(size=(8, 5))
+  # float64: CGLS's rounding in float32 moves d along directions A barely sees.
+  layer = kl.FedParaDense(5, rank=2, use_bias=False, factor_lr_scale='safe', dtype='float64')
   layer(inputs)
   names = ('x1', 'y1', 'x2', 'y2')
   before = [layer.factorization.factors[n].numpy().astype(np.float64) for n in names]
@@ -139,11 +171,11 @@ def test_one_sgd_step_equals_the_hand_derived_numpy_step():
   x1, y1, x2, y2 = before
   w = ref.combine('fedpara', [ref.to_keras(ref.matrix_term(x1, y1)),
                               ref.to_keras(ref.matrix_term(x2, y2))])
-  j = inputs.T.astype(np.float64) @ (inputs @ w - targets)
-  grads = ref.fedpara_dense_safe_gradients(*before, j)
+  j = inputs.T @ (inputs @ w - targets)
+  grads = ref.fedpara_dense_safe_gradients(*before, j, factors.SAFE_STEPS)
   for name, value, grad in zip(names, before, grads):
     np.testing.assert_allclose(layer.factorization.factors[name].numpy(), value - eta * grad,
-                               rtol=1e-4, atol=1e-6)
+                               rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize('kind', list(LAYERS))
@@ -182,3 +214,25 @@ def test_the_jacobian_correction_differentiates_through_the_rule():
   # The correction adds its own (projected) gradient: the result differs from the plain one.
   assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(plain_grads, corrected))
   del plain
+
+
+@pytest.mark.parametrize('kind, scheme', [('dense', 'lowrank'), ('dense', 'fedpara'),
+                                          ('conv2d', 'fedpara')])
+def test_step_gain_measures_what_a_safe_rule_can_reach(kind, scheme):
+  """experiments.step_measures: step length, safe gain and reachable fraction against numpy."""
+  (plain, _), inputs = _pair(kind, scheme, None, seed=11, dtype='float64')
+  _, (j,) = _grads_and_kernel_grads(plain, inputs)
+  factorization = plain.factorization
+  step_length, safe_gain, reachable = step_measures.step_rule_measures(
+      factorization, tf.constant(j), iterations=factors.SAFE_STEPS + 4)
+  a = _jacobian(factorization)
+  j = j.reshape(-1).astype(np.float64)
+  u = a @ (a.T @ j)
+  assert step_length == pytest.approx(np.linalg.norm(u) / np.linalg.norm(j), rel=1e-4)
+  # After k CGLS steps: the projection of J on A times the Krylov space.
+  for measured, steps in ((safe_gain, factors.SAFE_STEPS), (reachable, factors.SAFE_STEPS + 4)):
+    projected = _krylov_projection(a, j, steps)
+    # CGLS without reorthogonalisation: equal in exact arithmetic, a hair below in float64.
+    exact = (projected @ projected) / (j @ j)
+    assert exact * (1 - 1e-3) <= measured <= exact * (1 + 1e-9)
+  assert safe_gain <= reachable + 1e-6 <= 1 + 1e-6
