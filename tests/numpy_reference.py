@@ -56,6 +56,14 @@ def weight_normalize(v, g):
   return w
 
 
+def fedpara_dense_kernel_step(x1, y1, x2, y2, t):
+  """`A T`: the first-order change of `W (in, out) = (Y1 X1^T) * (Y2 X2^T)` along factor tangents
+  `T = [tX1, tY1, tX2, tY2]` (product rule)."""
+  w1, w2 = y1 @ x1.T, y2 @ x2.T
+  tx1, ty1, tx2, ty2 = t
+  return (ty1 @ x1.T + y1 @ tx1.T) * w2 + w1 * (ty2 @ x2.T + y2 @ tx2.T)
+
+
 def fedpara_dense_safe_gradients(x1, y1, x2, y2, j, steps):
   """The factors' gradients under `factor_lr_scale='safe'` for a FedPara dense kernel.
 
@@ -75,8 +83,7 @@ def fedpara_dense_safe_gradients(x1, y1, x2, y2, j, steps):
     return [d1.T @ y1, d1 @ x1, d2.T @ y2, d2 @ x2]
 
   def a(t):
-    tx1, ty1, tx2, ty2 = t
-    return (ty1 @ x1.T + y1 @ tx1.T) * w2 + w1 * (ty2 @ x2.T + y2 @ tx2.T)
+    return fedpara_dense_kernel_step(x1, y1, x2, y2, t)
 
   d = [np.zeros_like(v) for v in (x1, y1, x2, y2)]
   r = j.copy()
