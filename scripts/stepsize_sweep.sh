@@ -42,17 +42,13 @@ for arg in "$@"; do
   esac
 done
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "$0: --rounds must be a positive integer, got $rounds" >&2; exit 2; }
+# shellcheck source=scripts/variants.sh
+source scripts/variants.sh
 prefix="runs/stepsize_sweep/fashion_cnn_${partition}"
 [ "$rounds" -ne 20 ] && prefix+="_r$rounds"
 [ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
 for name in "${order[@]}"; do
-  if [ -n "${variants[$name]+x}" ]; then
-    flags="${variants[$name]}"
-  elif [[ "$name" =~ ^(.+)_seed([0-9]+)$ ]] && [ -n "${variants[${BASH_REMATCH[1]}]+x}" ]; then
-    flags="${variants[${BASH_REMATCH[1]}]} --seed=${BASH_REMATCH[2]}"
-  else
-    echo "$0: unknown cell $name" >&2; exit 2
-  fi
+  flags="$(variant_flags "$name")" || exit 2
   out="$prefix/$name"
   # Beside each run: NAME.log (its output) and, when it diverged, NAME.diverged.txt (the runner's
   # message); a diverged cell is skipped on a rerun.

@@ -4,6 +4,19 @@
 # runs, for each VARIANT (default: `order`), the fixed flags, then the variant's, then the extra
 # --flags, into OUTPUT_PREFIX/VARIANT; a finished run is skipped, an interrupted one resumed.
 # VARIANT_seed<N> (e.g. fedpara_seed1) is VARIANT with --seed=N, in its own folder.
+# variant_flags NAME: the flags of NAME in `variants`, or of BASE with --seed=N for BASE_seed<N>;
+# exits 2 naming an unknown variant.
+variant_flags() {
+  local name="$1"
+  if [ -n "${variants[$name]+x}" ]; then
+    echo "${variants[$name]}"
+  elif [[ "$name" =~ ^(.+)_seed([0-9]+)$ ]] && [ -n "${variants[${BASH_REMATCH[1]}]+x}" ]; then
+    echo "${variants[${BASH_REMATCH[1]}]} --seed=${BASH_REMATCH[2]}"
+  else
+    echo "$0: unknown variant $name" >&2; exit 2
+  fi
+}
+
 run_variants() {
   local label="$1" prefix="$2"
   shift 2
@@ -16,13 +29,7 @@ run_variants() {
   [ "${#names[@]}" -gt 0 ] && order=("${names[@]}")
   local flags_of
   for name in "${order[@]}"; do
-    if [ -n "${variants[$name]+x}" ]; then
-      flags_of="${variants[$name]}"
-    elif [[ "$name" =~ ^(.+)_seed([0-9]+)$ ]] && [ -n "${variants[${BASH_REMATCH[1]}]+x}" ]; then
-      flags_of="${variants[${BASH_REMATCH[1]}]} --seed=${BASH_REMATCH[2]}"
-    else
-      echo "$0: unknown variant $name" >&2; exit 2
-    fi
+    flags_of="$(variant_flags "$name")" || exit 2
     echo "== $label / $name"
     # shellcheck disable=SC2086
     .venv/bin/python -m experiments.train "${fixed[@]}" $flags_of --progress=false \
