@@ -20,14 +20,13 @@ mean gigabytes and seconds. The runs of a row must differ in nothing but the see
 import glob
 import math
 import os
-import re
 import shutil
-import statistics
 
 from absl import app
 from absl import flags
 
 from experiments import run_io
+from experiments import run_tables
 
 _RUNS = flags.DEFINE_list('runs', None, 'Run folders (comma-separated; shell globs allowed).')
 _ROUND = flags.DEFINE_integer('round', 0, 'Round to report (0: the last one every run evaluated).')
@@ -53,73 +52,12 @@ def _evaluated_rounds(rows):
   return {int(r['round']) for r in rows if not math.isnan(r['test_accuracy'])}
 
 
-def first_reaching(run_dir, target):
-  """`(round, cumulative GB)` of the first evaluation with test accuracy >= `target`, or None."""
-  for r in run_io.read_metrics(run_dir):
-    if not math.isnan(r['test_accuracy']) and r['test_accuracy'] >= target:
-      return int(r['round']), r['cumulative_gb']
-  return None
-
-
-def row_at(run_dir, round_num):
-  """The table row of one run at `round_num`."""
-  rows = [r for r in run_io.read_metrics(run_dir) if int(r['round']) <= round_num]
-  flags_ = run_io.read_run(run_dir)
-  last = rows[-1]
-  evaluated = [r for r in rows if not math.isnan(r['test_accuracy'])]
-  return dict(run=os.path.basename(os.path.normpath(run_dir)),
-              parameterization=flags_['parameterization'], round=int(last['round']),
-              train_loss=last['train_loss'], test_accuracy=evaluated[-1]['test_accuracy'],
-              best_accuracy=max(r['test_accuracy'] for r in evaluated),
-              gb=last['cumulative_gb'], seconds=last['wall_time_s'])
-
-
-def seed_groups(folders):
-  """`{name: [folders]}`: `NAME` and `NAME_seed<N>` under `NAME`, in first-seen order.
-
-  Raises:
-    ValueError: two runs of one name differ in a flag other than the seed, or share a seed.
-  """
-  groups = {}
-  for folder in folders:
-    name = re.sub(r'_seed\d+$', '', os.path.basename(os.path.normpath(folder)))
-    groups.setdefault(name, []).append(folder)
-  for name, members in groups.items():
-    runs = [run_io.read_run(m) for m in members]
-    seeds = [r.get('seed') for r in runs]
-    if len(set(seeds)) != len(seeds):
-      raise ValueError(f'{name}: runs {members} share a seed ({seeds}).')
-    ignore = {'seed', 'output_dir'}
-    first = {k: v for k, v in runs[0].items() if k not in ignore}
-    for member, run in zip(members[1:], runs[1:]):
-      other = {k: v for k, v in run.items() if k not in ignore}
-      differing = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
-      if differing:
-        raise ValueError(f'{name}: {member} differs from {members[0]} in {differing}, not '
-                         f'only in the seed.')
-  return groups
-
-
-def _mean_std(values):
-  mean = statistics.fmean(values)
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
-  return mean, std
-
-
-def seed_row(folders, round_num):
-  """The mean +- std row of one group of seeds at `round_num`."""
-  rows = [row_at(f, round_num) for f in folders]
-  stats = {key: _mean_std([r[key] for r in rows])
-           for key in ('train_loss', 'test_accuracy', 'best_accuracy', 'gb', 'seconds')}
-  return dict(seeds=len(rows), round=rows[0]['round'], **stats)
-
-
 def _print_seed_table(groups, round_num):
   print('| run | seeds | round | train loss | test accuracy | best so far | GB up+down | wall s |')
   print('|---|---:|---:|---:|---:|---:|---:|---:|')
   pm = lambda pair: f'{pair[0]:.4f} +- {pair[1]:.4f}'
   for name, folders in groups.items():
-    r = seed_row(folders, round_num)
+    r = run_tables.seed_row(folders, round_num)
     print(f'| {name} | {r["seeds"]} | {r["round"]} | {pm(r["train_loss"])} | '
           f'{pm(r["test_accuracy"])} | {pm(r["best_accuracy"])} | {r["gb"][0]:.4f} | '
           f'{r["seconds"][0]:.0f} |')
@@ -138,7 +76,7 @@ def main(argv):
     if _TARGET.value:
       raise app.UsageError('--target reports one run\'s rounds; it does not combine with --seeds.')
     try:
-      groups = seed_groups(folders)
+      groups = run_tables.seed_groups(folders)
     except ValueError as e:
       raise app.UsageError(str(e)) from None
     _print_seed_table(groups, round_num)
@@ -149,10 +87,10 @@ def main(argv):
   print(f'| run | round | train loss | test accuracy | best so far | GB up+down | wall s |{reach}')
   print('|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if target else ''))
   for folder in folders:
-    r = row_at(folder, round_num)
+    r = run_tables.row_at(folder, round_num)
     cells = ''
     if target:
-      reached = first_reaching(folder, target)
+      reached = run_tables.first_reaching(folder, target)
       cells = f' {reached[0]} | {reached[1]:.4f} |' if reached else ' - | - |'
     print(f'| {r["run"]} | {r["round"]} | {r["train_loss"]:.4f} | {r["test_accuracy"]:.4f} | '
           f'{r["best_accuracy"]:.4f} | {r["gb"]:.4f} | {r["seconds"]:.0f} |{cells}')

@@ -1,4 +1,5 @@
-"""experiments.results_table: one row per run, and mean +- std over seeds (`--seeds`)."""
+"""experiments.run_tables (behind results_table and sweep_table): mean +- std over seeds, the
+step-size sweep's cells; the results_table binary end to end."""
 
 import csv
 import json
@@ -9,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import results_table
+from experiments import run_tables
 from experiments import run_io
 
 
@@ -36,22 +37,22 @@ def test_seeds_of_a_name_form_one_row_with_mean_and_sample_std(tmp_path):
              _run(tmp_path / 'fedpara_seed1', 1, [0.9, finals[1]], [1.0, 0.4]),
              _run(tmp_path / 'fedpara_seed2', 2, [0.5, finals[2]], [1.0, 0.6]),
              _run(tmp_path / 'lowrank', 0, [0.5, 0.7], [1.0, 0.7])]
-  groups = results_table.seed_groups(folders)
+  groups = run_tables.seed_groups(folders)
   assert list(groups) == ['fedpara', 'lowrank']
-  row = results_table.seed_row(groups['fedpara'], 2)
+  row = run_tables.seed_row(groups['fedpara'], 2)
   assert row['seeds'] == 3
   assert row['test_accuracy'] == pytest.approx((np.mean(finals), np.std(finals, ddof=1)))
   assert row['best_accuracy'] == pytest.approx((np.mean([0.8, 0.9, 0.78]),
                                                 np.std([0.8, 0.9, 0.78], ddof=1)))
   assert row['train_loss'] == pytest.approx((0.5, np.std([0.5, 0.4, 0.6], ddof=1)))
-  assert results_table.seed_row(groups['lowrank'], 2)['test_accuracy'] == (0.7, 0.0)
+  assert run_tables.seed_row(groups['lowrank'], 2)['test_accuracy'] == (0.7, 0.0)
 
 
 def test_runs_of_one_name_must_differ_only_in_the_seed(tmp_path):
   folders = [_run(tmp_path / 'fedpara', 0, [0.5], [1.0]),
              _run(tmp_path / 'fedpara_seed1', 1, [0.5], [1.0], client_learning_rate=0.3)]
   with pytest.raises(ValueError, match=r"fedpara_seed1 differs from .* in \['client_learning_rate'"):
-    results_table.seed_groups(folders)
+    run_tables.seed_groups(folders)
 
 
 def test_the_binary_prints_the_spread(tmp_path):
@@ -63,7 +64,6 @@ def test_the_binary_prints_the_spread(tmp_path):
 
 
 def test_the_sweep_table_marks_divergence_and_counts_it_where_the_original_trained(tmp_path):
-  from experiments import sweep_table  # pylint: disable=g-import-not-at-top
   setting = tmp_path / 'fashion_cnn_iid'
   for name, accuracy in (('original_sgd0.1', 0.80), ('original_sgd0.3', 0.10),
                          ('fedpara_sgd0.1', 0.75), ('fedpara_sgd0.3', 0.78),
@@ -73,15 +73,15 @@ def test_the_sweep_table_marks_divergence_and_counts_it_where_the_original_train
   # Stopped by the runner on a non-finite loss: a note beside the folder, no summary.
   (setting / 'fedpara_safe_sgd0.3.diverged.txt').write_text('round 3: training diverged')
   _run(setting / 'lowrank_sgd0.1', 0, [0.5], [1.0])   # unfinished: no summary.json
-  cells = sweep_table.read_setting(str(setting), chance=0.2)
+  cells = run_tables.read_setting(str(setting), chance=0.2)
   assert ('lowrank', 'sgd', 0.1) not in cells
   assert cells['original', 'sgd', 0.3] == (0.10, True)       # at chance: diverged
   assert cells['fedpara_safe', 'sgd', 0.3][1] is True
-  assert sweep_table.table_lines(cells)[2:] == [
+  assert run_tables.table_lines(cells)[2:] == [
       '| original | 0.8000 | div | n/a |',
       '| fedpara | 0.7500 | 0.7800 | 0.7900 |',
       '| fedpara_safe | 0.7000 | div | n/a |']
-  summary = sweep_table.summary_lines(cells)[2:]
+  summary = run_tables.summary_lines(cells)[2:]
   # fedpara_safe diverged at sgd 0.3 where the original diverged too: 1 divergence, 0 of them
   # where the original trained.
   assert summary == ['| original | 0.1 (0.8000) | - | 1 | 0 |',
