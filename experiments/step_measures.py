@@ -12,21 +12,11 @@ import tensorflow as tf
 import keras_layers
 
 
-def _jvp(factorization, tangents):
-  """`A t`: the kernel's first-order change along factor tangents `t`."""
-  variables = list(factorization.factors.values())
-  with tf.autodiff.ForwardAccumulator(variables, list(tangents)) as accumulator:
-    kernel = factorization.compose_unscaled()
-  return accumulator.jvp(kernel)
-
-
-def _vjp(factorization, cotangent):
-  """`A^T c`: the factors' gradient of `<c, W>`."""
-  variables = list(factorization.factors.values())
-  with tf.GradientTape() as tape:
-    kernel = factorization.compose_unscaled()
-  return tape.gradient(kernel, variables, output_gradients=cotangent,
-                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
+def _composition(factorization):
+  """`(fn, xs)`: the raw composition as a function of the factors' values, and those values."""
+  names = list(factorization.factors)
+  xs = [tf.convert_to_tensor(factorization.factors[n]) for n in names]
+  return (lambda values: factorization.compose_unscaled(dict(zip(names, values)))), xs
 
 
 def _sq(tensors):
@@ -36,18 +26,17 @@ def _sq(tensors):
 def step_rule_measures(factorization, j, iterations):
   """`(step_length, safe_gain, reachable_fraction)` of one kernel for the gradient `j`.
 
-  The rule's own CGLS (`keras_layers.backend.cgls`) gives the factor step `d`; `||A d||^2 /
-  ||J||^2` is its first-order decrease over the plain step's, after `factors.SAFE_STEPS`
-  iterations (the 'safe' rule) and after `iterations` (at least as many).
+  The rule's own CGLS (`keras_layers.backend.tensorflow_cgls`) gives the factor step `d`;
+  `||A d||^2 / ||J||^2` is its first-order decrease over the plain step's, after
+  `factors.SAFE_STEPS` iterations (the 'safe' rule) and after `iterations` (at least as many).
   """
+  fn, xs = _composition(factorization)
+  vjp, jvp = keras_layers.backend.tensorflow_products(fn, xs)
   j_sq = _sq([j])
-  u = _jvp(factorization, _vjp(factorization, j))
-  step_length = np.sqrt(_sq([u]) / j_sq)
-  dot = lambda a, b: tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)])
+  step_length = np.sqrt(_sq([jvp(vjp(j))]) / j_sq)
   fractions = []
   for steps in (keras_layers.factors.SAFE_STEPS,
                 max(iterations, keras_layers.factors.SAFE_STEPS)):
-    d = keras_layers.backend.cgls(lambda c: _vjp(factorization, c),
-                                  lambda t: _jvp(factorization, t), j, steps, dot, tf.where)
-    fractions.append(_sq([_jvp(factorization, d)]) / j_sq)
+    d = keras_layers.backend.tensorflow_cgls(fn, xs, j, steps)
+    fractions.append(_sq([jvp(d)]) / j_sq)
   return (step_length, *fractions)

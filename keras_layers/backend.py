@@ -246,30 +246,41 @@ def cgls(vjp, jvp, j, steps, dot, where):
   return [scale * di for di in d]
 
 
-def _tensorflow_projected_step(fn, values, steps):
+def tensorflow_products(fn, xs):
+  """`(vjp, jvp)` for `A = d fn / d xs` at the TensorFlow tensors `xs`: `c -> A^T c` and
+  `list t -> A t`, each recomposing `fn`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   zero = tf.UnconnectedGradients.ZERO
+
+  def vjp(cotangent):
+    with tf.GradientTape() as tape:
+      tape.watch(xs)
+      w = fn(xs)
+    return tape.gradient(w, xs, output_gradients=cotangent, unconnected_gradients=zero)
+
+  def jvp(tangents):
+    with tf.autodiff.ForwardAccumulator(xs, list(tangents)) as accumulator:
+      w = fn(xs)
+    return accumulator.jvp(w, unconnected_gradients=zero)
+
+  return vjp, jvp
+
+
+def tensorflow_cgls(fn, xs, j, steps):
+  """`cgls` for `A = d fn / d xs` at the TensorFlow tensors `xs`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  vjp, jvp = tensorflow_products(fn, xs)
+  return cgls(vjp, jvp, j, steps,
+              lambda a, b: tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)]), tf.where)
+
+
+def _tensorflow_projected_step(fn, values, steps):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   @tf.custom_gradient
   def projected(*xs):
     xs = list(xs)
-
-    def vjp(cotangent):
-      with tf.GradientTape() as tape:
-        tape.watch(xs)
-        w = fn(xs)
-      return tape.gradient(w, xs, output_gradients=cotangent, unconnected_gradients=zero)
-
-    def jvp(tangents):
-      with tf.autodiff.ForwardAccumulator(xs, list(tangents)) as accumulator:
-        w = fn(xs)
-      return accumulator.jvp(w, unconnected_gradients=zero)
-
-    def grad(upstream):
-      return cgls(vjp, jvp, upstream, steps,
-                  lambda a, b: tf.add_n([tf.reduce_sum(x * y) for x, y in zip(a, b)]), tf.where)
-
-    return fn(xs), grad
+    return fn(xs), lambda upstream: tensorflow_cgls(fn, xs, upstream, steps)
 
   return projected(*[tf.convert_to_tensor(v) for v in values])
 
