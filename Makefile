@@ -23,9 +23,10 @@ demo: setup
 layer-demo: setup
 	$(PYTHON) -m experiments.demo
 
-# Test suite (fails on any failure, and on "no tests collected").
+# Test suite (fails on any failure, and on "no tests collected"), one pytest process per core
+# (pytest-xdist).
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n logical tests
 
 # The layer tests on Keras 3 / JAX: tests/keras3 and the backend-neutral layer modules of tests/
 # (the main suite runs them all on Keras 2 too).

@@ -19,11 +19,7 @@ XLA-compiled) for every model alike, and the Jacobian-correction column is
   KERAS_BACKEND=jax .venv-keras3/bin/python -m benchmarks.layer_speed --quick
 """
 
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-import time  # pylint: disable=g-import-not-at-top
+import time
 
 from absl import app
 from absl import flags

@@ -34,6 +34,7 @@ from absl import flags
 import psutil
 
 from experiments import checkpoints
+from experiments import run_config
 from experiments import run_io
 from experiments import runner
 from fedpara_tff import client_store
@@ -81,7 +82,7 @@ def _measure(clients, store, directory):
   checkpoints.save = timed_save
   for cls in (client_store.MemoryClientStore, client_store.SQLiteClientStore):
     cls.commit = timed_commit(cls.commit)
-  config = runner.RunConfig(
+  config = run_config.RunConfig(
       output_dir=os.path.join(directory, 'run'), cache_dir=os.path.join(directory, 'cache'),
       dataset='fashion_mnist', model='mlp', parameterization='pfedpara', gamma=0.1,
       partition='sampled', examples_per_client=20, clients=clients, clients_per_round=10,

@@ -17,11 +17,7 @@ is timed in the same run on both backends (`backend=tff`: TFF's runtime;
   python -m benchmarks.tff_round_speed --rounds=6
 """
 
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-import collections  # pylint: disable=g-import-not-at-top
+import collections
 import statistics
 import time
 
@@ -127,9 +123,9 @@ def main(argv):
   results = [('TFF process', timed(tff_round, _ROUNDS.value))]
   ids = [str(i) for i in range(n)]
   for name, backend in (('shared round, tff', 'tff'), ('shared round, tf', 'tf')):
-    driver = fedpara_tff.build_fedavg_driver(keras_model, SPEC,
-                                             client_learning_rate=LEARNING_RATE)
-    runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
+    runner = fedpara_tff.build_fedavg_driver(
+        keras_model, SPEC, client_learning_rate=LEARNING_RATE,
+        client_executor=None if backend == 'tff' else tf_backend.on_devices())
     shared_state = [runner.initialize()]
 
     def shared_round(runner=runner, shared_state=shared_state):

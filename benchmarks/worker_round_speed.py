@@ -14,9 +14,7 @@ reported with its ratio to the local TFF runtime, all in one run.
   python -m benchmarks.worker_round_speed --rounds=5 --workers=1,2,4
 """
 
-from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
-
-import collections  # pylint: disable=g-import-not-at-top
+import collections
 import statistics
 import time
 
@@ -29,6 +27,7 @@ import tensorflow as tf
 
 import fedpara_tff
 from fedpara_tff import distributed
+from fedpara_tff import runtime
 from fedpara_tff import tf_backend
 import keras_layers as kl
 from experiments import launch_workers
@@ -60,14 +59,14 @@ def client_datasets(clients, examples):
       y=labels[order[i * examples:(i + 1) * examples]])).batch(20) for i in range(clients)]
 
 
-def time_rounds(trainer, datasets, rounds):
+def time_rounds(driver, datasets, rounds):
   """`(first round s, median of the later rounds s)`."""
-  state = trainer.initialize()
+  state = driver.initialize()
   ids = [f'client_{i}' for i in range(len(datasets))]
   times = []
   for _ in range(rounds):
     began = time.perf_counter()
-    state, _ = trainer.next(state, ids, datasets)
+    state, _ = driver.next(state, ids, datasets)
     times.append(time.perf_counter() - began)
   return times[0], statistics.median(times[1:])
 
@@ -77,20 +76,22 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   runtime.install()
   datasets = client_datasets(_CLIENTS.value, _EXAMPLES.value)
-  trainer = fedpara_tff.build_fedavg_driver(keras_model, SPEC, client_learning_rate=0.05)
-  results = [('backend=tff, local TFF runtime', *time_rounds(trainer, datasets, _ROUNDS.value),
+  driver = fedpara_tff.build_fedavg_driver(keras_model, SPEC, client_learning_rate=0.05)
+  results = [('backend=tff, local TFF runtime', *time_rounds(driver, datasets, _ROUNDS.value),
               None)]
   devices, _ = tf_backend.resolve_devices('')
   for parallel in (1, 2, 4):
-    backend = tf_backend.TFBackend(trainer, devices, parallel_per_device=parallel)
+    on_devices = fedpara_tff.build_fedavg_driver(
+        keras_model, SPEC, client_learning_rate=0.05,
+        client_executor=tf_backend.on_devices(devices, parallel_per_device=parallel))
     results.append((f'backend=tf, {devices[0]}, {parallel} client(s) at once',
-                    *time_rounds(backend, datasets, _ROUNDS.value), None))
+                    *time_rounds(on_devices, datasets, _ROUNDS.value), None))
   for count in map(int, _WORKERS.value):
     ports = [portpicker.pick_unused_port() for _ in range(count)]
     workers = launch_workers.start(ports)
     try:
       shares = distributed.use_remote_workers([f'127.0.0.1:{p}' for p in ports], 60)
-      first, steady = time_rounds(trainer, datasets, _ROUNDS.value)
+      first, steady = time_rounds(driver, datasets, _ROUNDS.value)
       results.append((f'backend=tff, {count} remote worker(s)', first, steady,
                       ', '.join(str(s.clients) for s in shares)))
     finally:

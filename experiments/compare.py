@@ -10,9 +10,7 @@ resumes there if interrupted).
   python -m experiments.compare --flagfile=experiments/configs/mnist5k_quick.cfg
 """
 
-from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
-
-import math  # pylint: disable=g-import-not-at-top
+import math
 import os
 
 from absl import app
@@ -22,8 +20,10 @@ from absl import logging
 from experiments import flagfiles
 from experiments import models
 from experiments import plot
-from experiments import runner
+from experiments import run_config
+from experiments import run_io
 from experiments import train
+from fedpara_tff import runtime
 
 _PARAMETERIZATIONS = flags.DEFINE_list(
     'parameterizations', ['original', 'lowrank', 'fedpara'],
@@ -76,7 +76,7 @@ def main(argv):
              for parameterization in _PARAMETERIZATIONS.value]
   for config in configs:   # every run's settings are checked before the first one starts
     try:
-      runner.check(config)
+      run_config.check(config)
     except ValueError as e:
       raise SystemExit(f'compare: error: parameterization={config.parameterization}: '
                        f'{" ".join(str(e).split())}') from None
@@ -88,7 +88,7 @@ def main(argv):
     summaries.append(train.run_or_exit(config, program='compare'))
   figure = os.path.join(base.output_dir, 'accuracy_vs_gb.png')
   plot.plot_runs([s['output_dir'] for s in summaries], figure)
-  print(runner.format_summaries(summaries))
+  print(run_io.format_summaries(summaries))
   for line in comparison_lines(summaries):
     print(line)
   print(f'plot: {figure}')

@@ -7,11 +7,7 @@ checks that the exported plain model gives the same outputs.
   python -m experiments.demo --epochs=3 --gamma=0.1
 """
 
-import os
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from absl import logging
 import numpy as np

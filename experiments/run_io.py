@@ -261,3 +261,51 @@ def write_table(path, rows):
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
+
+
+def summarize(output_dir, run, counters, parameters, plain_parameters, worker_shares=()):
+  """The run's summary (written to `summary.json` by `write_summary`), from its metrics file.
+
+  Args:
+    output_dir: the run folder.
+    run: what the run is, `dict(parameterization=..., model=..., dataset=...)`.
+    counters: bytes and wall time after the last round (`bytes_uploaded`,
+      `bytes_downloaded`, `wall_time_s`).
+    parameters, plain_parameters: the model's trainable parameters and its plain
+      counterpart's.
+    worker_shares: per remote worker, a JSON-ready dict of its share of the clients.
+  """
+  rows = read_metrics(output_dir)
+  last = rows[-1] if rows else {}
+  up, down = counters['bytes_uploaded'], counters['bytes_downloaded']
+  return dict(
+      **run, parameters=parameters, plain_parameters=plain_parameters,
+      rounds=int(last.get('round', 0)), train_loss=last.get('train_loss', math.nan),
+      test_accuracy=_last_value(rows, 'test_accuracy'),
+      personalized_accuracy=_last_value(rows, 'personalized_accuracy'),
+      gb_uploaded=up / 1e9, gb_downloaded=down / 1e9, gb_total=(up + down) / 1e9,
+      wall_time_s=counters['wall_time_s'], output_dir=output_dir,
+      worker_shares=list(worker_shares))
+
+
+def _last_value(rows, key):
+  values = [r[key] for r in rows if not math.isnan(r.get(key, math.nan))]
+  return values[-1] if values else math.nan
+
+
+def format_summaries(summaries):
+  """The final table of one or more runs, as printed on stdout."""
+  header = (f'{"run":<10} {"params":>11} {"rounds":>6} {"train loss":>10} {"test acc":>9} '
+            f'{"pers. acc":>9} {"GB up":>9} {"GB down":>9} {"GB total":>9} {"time s":>8}')
+  lines = [header, '-' * len(header)]
+  for s in summaries:
+    lines.append(
+        f'{s["parameterization"]:<10} {s["parameters"]:>11,} {s["rounds"]:>6} '
+        f'{s["train_loss"]:>10.4f} {_fmt(s["test_accuracy"]):>9} '
+        f'{_fmt(s["personalized_accuracy"]):>9} {s["gb_uploaded"]:>9.4f} '
+        f'{s["gb_downloaded"]:>9.4f} {s["gb_total"]:>9.4f} {s["wall_time_s"]:>8.1f}')
+  return '\n'.join(lines)
+
+
+def _fmt(value):
+  return '-' if value is None or math.isnan(value) else f'{value:.4f}'

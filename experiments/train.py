@@ -11,9 +11,7 @@ experiments/configs/.
       --parameterization=fedpara --output_dir=runs/fedpara
 """
 
-from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
-
-import dataclasses  # pylint: disable=g-import-not-at-top
+import dataclasses
 import os
 import signal
 import sys
@@ -25,6 +23,9 @@ from absl import logging
 from experiments import checkpoints
 from experiments import flagfiles
 from experiments import models
+from experiments import round_loop
+from experiments import run_config
+from experiments import run_io
 from experiments import runner
 from experiments.data import common
 from experiments.data import partition
@@ -33,9 +34,10 @@ import fedpara_tff
 from fedpara_tff import client_optimizer
 from fedpara_tff import client_store
 from fedpara_tff import distributed
+from fedpara_tff import runtime
 import keras_layers
 
-_DEFAULTS = runner.RunConfig(output_dir='')  # the flags' defaults are the config's
+_DEFAULTS = run_config.RunConfig(output_dir='')  # the flags' defaults are the config's
 
 # Data and clients.
 flags.DEFINE_enum('dataset', _DEFAULTS.dataset, registry.DATASETS, 'Data set.')
@@ -125,7 +127,7 @@ flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
                                           'Evaluate on the first N test examples (0: all).')
 flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
 # Backends.
-flags.DEFINE_enum('backend', _DEFAULTS.backend, runner.BACKENDS,
+flags.DEFINE_enum('backend', _DEFAULTS.backend, run_config.BACKENDS,
                   'tff: TFF runtime (local or --workers); tf: clients trained in-process with '
                   'TensorFlow on --gpus (FedAvg and the personalised runs).')
 flags.DEFINE_string('gpus', '', 'GPUs for backend=tf: "all" or indices "0,1"; empty: the CPU.')
@@ -167,15 +169,15 @@ flags.register_multi_flags_validator(
 
 
 def config_from_flags(**overrides):
-  """The `runner.RunConfig` of the parsed flags (one flag per field), with `overrides` applied."""
-  values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(runner.RunConfig)}
+  """The `run_config.RunConfig` of the parsed flags (one flag per field), with `overrides` applied."""
+  values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(run_config.RunConfig)}
   values.update(rank=values['rank'] or None,
                 nonlinearity=None if values['nonlinearity'] == 'none' else values['nonlinearity'],
                 factor_lr_scale=(None if values['factor_lr_scale'] == 'none'
                                  else values['factor_lr_scale']),
                 keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
   values.update(overrides)
-  return runner.RunConfig(**values)
+  return run_config.RunConfig(**values)
 
 
 def run_or_exit(config, program='train'):
@@ -183,7 +185,7 @@ def run_or_exit(config, program='train'):
   try:
     return runner.run(config)
   except (ValueError, common.DataNotFoundError, distributed.WorkerUnavailableError,
-          runner.RunInterruptedError) as e:
+          round_loop.RunInterruptedError) as e:
     message = ' '.join(str(e).split())
     raise SystemExit(f'{program}: error: {message}') from None
   except KeyboardInterrupt as e:
@@ -202,7 +204,7 @@ def main(argv):
   runtime.install()
   runtime.sigterm_as_keyboard_interrupt()
   summary = run_or_exit(config_from_flags())
-  print(runner.format_summaries([summary]))
+  print(run_io.format_summaries([summary]))
   for share in summary['worker_shares']:
     print(f'worker {share["address"]}: {share["calls"]} computation calls, '
           f'{share["clients"]} client values')

@@ -7,9 +7,9 @@ Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022. Imports TFF; the Keras layers live 
 worker_binary subprocesses are stopped when this process exits (`fedpara_tff.runtime`).
 """
 
-# runtime first: it defaults TF_CPP_MIN_LOG_LEVEL before TF/TFF load (its only import effect).
-from fedpara_tff import runtime  # pylint: disable=g-bad-import-order
-from keras_layers import __version__  # one version for the whole distribution
+# `from fedpara_tff import runtime` sorts before the `fedpara_tff.<module>` imports, so it runs
+# first: it defaults TF_CPP_MIN_LOG_LEVEL before TF/TFF load (its only import effect).
+from fedpara_tff import runtime
 from fedpara_tff.aggregators import factor_aggregator
 from fedpara_tff.aggregators import FactorAggregatorFactory
 from fedpara_tff.aggregators import quantized_mean
@@ -27,9 +27,11 @@ from fedpara_tff.personalization import build_local_only_process
 from fedpara_tff.personalization import build_pfedpara_process
 from fedpara_tff.personalization import PersonalizedDriver
 from fedpara_tff.personalized_process import PersonalizedProcess
-from fedpara_tff.processes import ALGORITHMS
-from fedpara_tff.processes import SERVER_OPTIMIZERS
-from fedpara_tff.processes import SHARED_ROUND_ALGORITHMS
 from fedpara_tff.processes import build_evaluation
 from fedpara_tff.processes import build_fedpara_process
+from fedpara_tff.settings import ALGORITHMS
+from fedpara_tff.settings import RoundSettings
+from fedpara_tff.settings import SERVER_OPTIMIZERS
+from fedpara_tff.settings import SHARED_ROUND_ALGORITHMS
 from fedpara_tff.runtime import shutdown_workers
+from keras_layers import __version__  # one version for the whole distribution

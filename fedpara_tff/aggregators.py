@@ -26,17 +26,25 @@ import tensorflow_federated as tff
 from fedpara_tff import communication
 
 
-def travel_mask(keras_model, local_layers=()):
+def travel_mask(keras_model, local_layers=(), require_factorized=True):
   """One bool per trainable variable of `keras_model`: True where it is sent.
 
   pFedPara's `*2_local` factors and every variable of `local_layers` stay on
-  the client.
+  the client. The one place that decides what travels: the shared round
+  (`fedpara_tff.stateful_round.split_variables`) and TFF's builders (`factor_aggregator`)
+  both ask it.
+
+  Args:
+    keras_model: the Keras model (built or not).
+    local_layers: names of layers kept local entirely (FedPer).
+    require_factorized: refuse a model without factorised layers (the factor aggregator on
+      TFF's builders has nothing to do there; the shared round runs plain models too).
 
   Raises:
-    ValueError: the model has no FedPara / pFedPara / low-rank layer.
+    ValueError: `require_factorized` and the model has no FedPara / pFedPara / low-rank layer.
   """
   import keras_layers  # pylint: disable=g-import-not-at-top
-  if not any(keras_layers.is_factorized(layer) for layer in keras_model.submodules):
+  if require_factorized and not any(keras_layers.is_factorized(layer) for layer in keras_model.submodules):
     raise ValueError(f'model {keras_model.name!r} has no factorised layer (FedParaDense, '
                      f'FedParaConv2D, ...); build it with keras_layers or keras_layers.convert, '
                      f'or call factor_aggregator() without a model to aggregate everything.')

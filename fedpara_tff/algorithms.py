@@ -21,12 +21,9 @@ correction or a state: pFedPara's local factors and FedPer's local layers train
 with their plain gradients.
 """
 
-import math
-import numbers
-
 import tensorflow as tf
 
-from fedpara_tff import processes
+from fedpara_tff import settings as settings_lib
 
 NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'mimelite')
 
@@ -45,21 +42,13 @@ class ServerOptimizer:
   Its state is a list of arrays: `[a...]`, `[m..., v..., t]` or `[v...]`.
   """
 
-  NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
+  NAMES = settings_lib.SERVER_OPTIMIZER_NAMES
 
-  DEFAULT_BETA_2 = processes.DEFAULT_SERVER_BETA_2
+  DEFAULT_BETA_2 = settings_lib.DEFAULT_SERVER_BETA_2
 
   def __init__(self, name='sgd', momentum=0.0, beta_2=DEFAULT_BETA_2):
-    if name not in self.NAMES:
-      raise ValueError(f'server optimizer must be one of {self.NAMES}; got {name!r}.')
-    beta_2 = processes.check_server_beta_2(beta_2, name in ('adam', 'yogi'),
-                                           f'server Adam or Yogi; got {name!r}')
-    if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
-        or not 0 <= momentum < 1):
-      raise ValueError(f'server_momentum must be a number in [0, 1); got {momentum!r}.')
-    if momentum and name != 'sgd':
-      raise ValueError(f'server_momentum={momentum} applies to server SGD; got {name!r}.')
-    self.name, self.momentum, self.beta_2 = name, float(momentum), beta_2
+    # Checked by `fedpara_tff.settings.RoundSettings`, through which `build` makes it.
+    self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
     self.stateful = name != 'sgd' or bool(momentum)
 
   def initial_state(self, specs):
@@ -115,7 +104,7 @@ class FedAvg:
   full_gradient = False  # whether clients compute their full-batch gradient at x
 
   def __init__(self, proximal_strength=0.0, server_optimizer=None):
-    self.mu = processes.check_finite_at_least_zero(proximal_strength, 'proximal_strength')
+    self.mu = float(proximal_strength)
     self.optimizer = server_optimizer or ServerOptimizer()
     self.server_state = self.optimizer.stateful
     if self.mu:
@@ -171,7 +160,7 @@ class Scaffold(_GlobalShapedControl):
   full_gradient = False
 
   def __init__(self, num_clients):
-    self.num_clients = _check_num_clients(num_clients, 'SCAFFOLD')
+    self.num_clients = int(num_clients)
 
   def gradient(self, g, w, x, c_server, c_client):
     del w, x
@@ -211,11 +200,7 @@ class FedDyn(_GlobalShapedControl):
   full_gradient = False
 
   def __init__(self, alpha, num_clients):
-    if (not isinstance(alpha, numbers.Real) or isinstance(alpha, bool)
-        or not 0 < alpha < math.inf):
-      raise ValueError(f'FedDyn alpha must be a finite number > 0; got {alpha!r}.')
-    self.alpha = float(alpha)
-    self.num_clients = _check_num_clients(num_clients, 'FedDyn')
+    self.alpha, self.num_clients = float(alpha), int(num_clients)
 
   def gradient(self, g, w, x, c_server, c_client):
     del c_server
@@ -253,10 +238,6 @@ class MimeLite(_GlobalShapedControl):
   full_gradient = True
 
   def __init__(self, momentum):
-    if (not isinstance(momentum, numbers.Real) or isinstance(momentum, bool)
-        or not 0 <= momentum < 1):
-      raise ValueError(f'MIME-lite momentum (client_momentum) must be a number in [0, 1); got '
-                       f'{momentum!r}.')
     self.beta = float(momentum)
 
   def gradient(self, g, w, x, c_server, c_client):
@@ -273,50 +254,15 @@ class MimeLite(_GlobalShapedControl):
             [self.beta * a + f for a, f in zip(control, mean_extra)])
 
 
-def _check_num_clients(num_clients, algorithm):
-  """N as an int, else a ValueError naming the value."""
-  if (not isinstance(num_clients, numbers.Integral) or isinstance(num_clients, bool)
-      or num_clients < 1):
-    raise ValueError(f'{algorithm} needs num_clients (all clients, N) as an integer >= 1; got '
-                     f'{num_clients!r}.')
-  return int(num_clients)
-
-
-def build(name='fedavg', proximal_strength=0.0, alpha=0.1, num_clients=None,
-          server_optimizer='sgd', server_momentum=0.0,
-          server_beta_2=ServerOptimizer.DEFAULT_BETA_2, client_momentum=0.0):
-  """The algorithm called `name` (one of `NAMES`).
-
-  Args:
-    name: 'fedavg' (FedProx when `proximal_strength` > 0), 'fedprox' (needs
-      `proximal_strength` > 0), 'scaffold', 'feddyn' or 'mimelite'.
-    proximal_strength: FedProx's mu (>= 0).
-    alpha: FedDyn's alpha (> 0).
-    num_clients: N, all clients (SCAFFOLD and FedDyn scale their server state by
-      |S| / N).
-    server_optimizer: `ServerOptimizer` name for FedAvg / FedProx ('sgd', 'adam',
-      'yogi', 'adagrad').
-    server_momentum: server SGD momentum for FedAvg / FedProx.
-    server_beta_2: the second-moment decay of server Adam / Yogi.
-    client_momentum: MIME-lite's momentum `beta` (the other algorithms' client
-      momentum is the local optimizer's, `fedpara_tff.client_optimizer`).
-  """
-  if name not in NAMES:
-    raise ValueError(f'algorithm must be one of {NAMES}; got {name!r}.')
-  if name == 'fedprox' and not proximal_strength:
-    raise ValueError(f'algorithm=fedprox needs proximal_strength > 0; got {proximal_strength!r}.')
-  optimizer = ServerOptimizer(server_optimizer, server_momentum, server_beta_2)
+def build(settings):
+  """The algorithm of `settings` (a `fedpara_tff.settings.RoundSettings`, which checked them):
+  FedAvg / FedProx with their server optimizer, SCAFFOLD, FedDyn or MIME-lite."""
+  name = settings.base_algorithm
   if name in ('fedavg', 'fedprox'):
-    return FedAvg(proximal_strength, optimizer)   # FedProx whenever proximal_strength > 0
-  if optimizer.stateful:
-    raise ValueError(f'algorithm={name} takes server SGD without momentum (its paper\'s server '
-                     f'step); got server optimizer {server_optimizer!r}, momentum '
-                     f'{server_momentum}.')
-  if proximal_strength:
-    raise ValueError(f'proximal_strength={proximal_strength} is FedProx\'s; algorithm={name} '
-                     f'takes none.')
+    return FedAvg(settings.proximal_strength, ServerOptimizer(
+        settings.server_optimizer, settings.server_momentum, settings.server_beta_2))
   if name == 'scaffold':
-    return Scaffold(num_clients)
+    return Scaffold(settings.num_clients)
   if name == 'mimelite':
-    return MimeLite(client_momentum)
-  return FedDyn(alpha, num_clients)
+    return MimeLite(settings.client_momentum)
+  return FedDyn(settings.feddyn_alpha, settings.num_clients)

@@ -21,9 +21,13 @@ CLIENT_OPTIMIZERS = ('sgd', 'adam')
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
 
 
-def check(name):
+def check(name, momentum=0.0):
+  """`name` if it is a client optimizer and `momentum` (SGD's) goes with it; else a ValueError."""
   if name not in CLIENT_OPTIMIZERS:
     raise ValueError(f'client_optimizer must be one of {CLIENT_OPTIMIZERS}; got {name!r}.')
+  if momentum and name != 'sgd':
+    raise ValueError(f'client_momentum={momentum} applies to SGD; got client_optimizer={name!r} '
+                     f'(Adam keeps its own moments).')
   return name
 
 
@@ -37,12 +41,10 @@ class LocalOptimizer:
   """
 
   def __init__(self, name, variables, momentum=0.0):
-    self.name = check(name)
+    self.name = check(name, momentum)
     self._variables = list(variables)
     self._slots = []
     self.momentum = float(momentum)
-    if self.momentum and self.name != 'sgd':
-      raise ValueError(f'client_momentum={momentum} applies to SGD; Adam keeps its own moments.')
     if self.momentum:
       self._slots = [tf.Variable(tf.zeros_like(v), trainable=False, name='momentum')
                      for v in self._variables]
@@ -84,9 +86,7 @@ class LocalOptimizer:
 
 def tff_optimizer(name, learning_rate, momentum=0.0):
   """TFF's optimizer for `name` at `learning_rate` (`momentum` only with SGD)."""
-  if check(name) == 'adam':
-    if momentum:
-      raise ValueError(f'client_momentum={momentum} applies to SGD; Adam keeps its own moments.')
+  if check(name, momentum) == 'adam':
     return tff.learning.optimizers.build_adam(learning_rate, beta_1=BETA_1, beta_2=BETA_2,
                                               epsilon=EPSILON)
   return tff.learning.optimizers.build_sgdm(learning_rate, momentum=momentum or None)

@@ -34,6 +34,12 @@ def structure_bytes(specs, quantization_bits=None, threshold=0):
              for s in specs)
 
 
+def broadcast_bytes(clients, specs):
+  """Bytes a broadcast of float `specs` (`tf.TensorSpec`s) to `clients` clients sends, as an
+  int64 tensor (`clients` a TF int32): the download count of every round and distributor."""
+  return tf.cast(clients, tf.int64) * structure_bytes(specs)
+
+
 def paper_bytes(clients, transmitted_params):
   """The paper's analytic per-round figure: `2 x clients x params x 4 bytes`."""
   return 2 * clients * transmitted_params * FLOAT_BYTES

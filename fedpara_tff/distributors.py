@@ -18,14 +18,13 @@ def build_measured_broadcast(model_weights_type):
   Args:
     model_weights_type: `tff.learning.models.weights_type_from_model(model_fn)`.
   """
-  specs = tff.types.type_to_tf_tensor_specs(model_weights_type)
-  per_client = communication.structure_bytes(tf.nest.flatten(specs))
+  specs = tf.nest.flatten(tff.types.type_to_tf_tensor_specs(model_weights_type))
 
   @tff.tensorflow.computation(tf.int32)
   def figures(clients):
     return collections.OrderedDict(
-        bytes_downloaded=tf.cast(clients, tf.int64) * per_client,
-        bytes_downloaded_per_client=tf.constant(per_client, tf.int64))
+        bytes_downloaded=communication.broadcast_bytes(clients, specs),
+        bytes_downloaded_per_client=communication.broadcast_bytes(1, specs))
 
   @tff.federated_computation
   def init_fn():

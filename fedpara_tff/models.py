@@ -20,13 +20,25 @@ import keras_layers
 KINDS = ('factor', 'local', 'global', 'other')
 
 
+def check_no_non_trainable(count):
+  """Refuses models with non-trainable variables (e.g. BatchNorm statistics).
+
+  TFF 0.87 never aggregates non-trainable variables: the server would keep
+  their initial values forever (docs/DESIGN.md, "TFF runtime facts"). Rather than freeze them
+  silently, we refuse such models; use GroupNorm or LayerNorm instead.
+  """
+  if count:
+    raise ValueError(f'the model has {count} non-trainable variable(s) (e.g. BatchNorm '
+                     f'statistics), which TFF 0.87 never aggregates; use GroupNormalization '
+                     f'or LayerNormalization instead.')
+
+
 def classify_variables(keras_model, local_layers=()):
   """`OrderedDict(variable name -> kind)` over `keras_model.variables`, in that order."""
   local = {v.ref() for v, is_local in zip(
       keras_model.trainable_variables,
       keras_layers.local_variable_mask(keras_model, local_layers)) if is_local}
-  factors = {v.ref() for layer in keras_model.submodules
-             if isinstance(layer, keras_layers.FactorizedLayer)
+  factors = {v.ref() for layer in keras_layers.factorized_layers(keras_model)
              for f in layer.factorizations for v in f.global_variables}
   trainable = {v.ref() for v in keras_model.trainable_variables}
   kinds = collections.OrderedDict()

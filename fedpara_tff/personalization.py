@@ -32,10 +32,9 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from fedpara_tff import algorithms
-from fedpara_tff import client_optimizer as client_optimizer_lib
+from fedpara_tff import client_executors
 from fedpara_tff import client_store
-from fedpara_tff import processes
+from fedpara_tff import settings as settings_lib
 from fedpara_tff import stateful_round
 
 
@@ -48,42 +47,6 @@ def check_round_clients(client_ids, datasets):
   return client_ids
 
 
-def _in_client_order(positions, values):
-  """`values` (one per client, in the order TFF returned them) sorted by each client's position
-  in the round (TFF's multi-worker context returns them in the order its sub-rounds finish)."""
-  ordered = [None] * len(values)
-  for position, value in zip(positions, values):
-    ordered[int(position)] = value
-  return ordered
-
-
-def _check_settings(client_learning_rate, server_learning_rate, lr_decay, jacobian_correction,
-                    client_optimizer, client_momentum, local_epochs, algorithm):
-  """`algorithm` if the driver's settings are valid together; else a one-line ValueError."""
-  processes.check_positive(client_learning_rate, 'client_learning_rate')
-  processes.check_positive(server_learning_rate, 'server_learning_rate')
-  if not isinstance(lr_decay, (int, float)) or not 0 < lr_decay <= 1:
-    raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
-  processes.check_finite_at_least_zero(jacobian_correction, 'jacobian_correction')
-  client_optimizer_lib.check(client_optimizer)
-  if (not isinstance(client_momentum, (int, float)) or isinstance(client_momentum, bool)
-      or not 0 <= client_momentum < 1):
-    raise ValueError(f'client_momentum must be a number in [0, 1); got {client_momentum!r}.')
-  if client_momentum and (client_optimizer != 'sgd' or jacobian_correction):
-    raise ValueError(f'client_momentum={client_momentum} applies to plain SGD steps; got '
-                     f'client_optimizer={client_optimizer!r}, jacobian_correction='
-                     f'{jacobian_correction}.')
-  if (algorithm.client_state or algorithm.name == 'mimelite') and client_optimizer != 'sgd':
-    raise ValueError(f'algorithm={algorithm.name} corrects SGD steps; got client_optimizer='
-                     f'{client_optimizer!r}.')
-  if client_optimizer != 'sgd' and jacobian_correction:
-    raise ValueError(f'jacobian_correction={jacobian_correction} assumes an SGD client step; '
-                     f'got client_optimizer={client_optimizer!r}.')
-  if not isinstance(local_epochs, int) or local_epochs < 1:
-    raise ValueError(f'local_epochs must be an integer >= 1; got {local_epochs!r}.')
-  return algorithm
-
-
 class PersonalizedDriver:
   """Driver of the stateful-client process; keeps every client's local variables.
 
@@ -92,81 +55,56 @@ class PersonalizedDriver:
       pFedPara layers, or any layers, FedPara or plain, plus `local_layers`).
     element_spec: the client datasets' batched element spec, an OrderedDict
       with `x` and `y`.
-    client_learning_rate: client learning rate (> 0), for global and local
-      variables alike.
-    server_learning_rate: server SGD learning rate on the mean update (> 0).
-    local_epochs: passes over each client's data per round (>= 1).
+    settings: the round's `fedpara_tff.settings.RoundSettings` (client and server rates,
+      their schedule, local epochs, client optimizer and momentum, the algorithm and its
+      constants, the Jacobian correction, quantization); or give its fields as keyword
+      arguments instead (`client_learning_rate=0.05, algorithm='scaffold', ...`). SCAFFOLD's
+      `c_i` and FedDyn's gradient state are kept per client beside its local variables (for the
+      global variables only), the server's arrays (SCAFFOLD's `c`, FedDyn's `h`, MIME-lite's
+      momentum) in the server state's `control`; the learning rate, local epochs and client
+      optimizer apply to global and local variables alike.
     local_layers: layer names kept local entirely (FedPer).
     loss_fn: no-argument function returning the Keras loss (default sparse
       categorical cross-entropy on logits).
-    aggregator: inner weighted TFF factory for the global updates.
-    lr_decay: the client learning rate at round r (from 0) is
-      `client_learning_rate * lr_decay**r`; in (0, 1] (the paper's
-      personalisation runs use 0.999).
-    quantization_bits: quantize the uploaded global updates to this many bits
-      (instead of `aggregator`); bytes are counted as sent.
-    jacobian_correction: lambda of the Jacobian correction on the factorised
-      Dense / convolution layers (>= 0; 0 off).
-    client_optimizer: `'sgd'` (default) or `'adam'` (`fedpara_tff.client_optimizer`).
-    algorithm: `'fedavg'` (default), `'fedprox'`, `'scaffold'`, `'feddyn'` or
-      `'mimelite'` (`fedpara_tff.algorithms`, which gives each one's
-      equations); SCAFFOLD's `c_i` and FedDyn's gradient state are kept per
-      client beside its local variables (for the global variables only), the
-      server's arrays (SCAFFOLD's `c`, FedDyn's `h`, MIME-lite's momentum) in
-      the server state's `control`.
-    proximal_strength: FedProx's mu on the global variables (>= 0; > 0 with
-      `'fedavg'` means FedProx).
-    feddyn_alpha: FedDyn's alpha (> 0).
-    num_clients: all clients, N (SCAFFOLD and FedDyn).
-    server_optimizer: `'sgd'` (default), `'adam'`, `'yogi'` or `'adagrad'` for
-      FedAvg / FedProx: FedAdam, FedYogi, FedAdagrad (`fedpara_tff.algorithms.ServerOptimizer`).
-    server_momentum: server SGD momentum (FedAvg / FedProx).
-    server_beta_2: second-moment decay of server Adam / Yogi (TFF's default 0.999).
-    client_momentum: client SGD momentum (0: none; its accumulator starts at
-      zero every round, as TFF's client work does); with `'mimelite'`, MIME's
-      momentum `beta` (its accumulator is the server's).
+    aggregator: inner weighted TFF factory for the global updates (not with
+      `quantization_bits`).
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
+    client_executor: what trains the sampled clients, as a factory `round -> executor`
+      (`fedpara_tff.client_executors`): `TFFClients` (default; TFF's local or remote workers)
+      or `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU).
   """
 
-  def __init__(self, keras_model_fn, element_spec, client_learning_rate=0.1,
-               server_learning_rate=1.0, local_epochs=1, local_layers=(), loss_fn=None,
-               aggregator=None, lr_decay=1.0, quantization_bits=None, require_local=True,
-               jacobian_correction=0.0, client_optimizer='sgd', algorithm='fedavg',
-               proximal_strength=0.0, feddyn_alpha=0.1, num_clients=None,
-               server_optimizer='sgd', server_momentum=0.0, client_momentum=0.0,
-               server_beta_2=algorithms.ServerOptimizer.DEFAULT_BETA_2):
-    algorithm = _check_settings(
-        client_learning_rate=client_learning_rate, server_learning_rate=server_learning_rate,
-        lr_decay=lr_decay, jacobian_correction=jacobian_correction,
-        client_optimizer=client_optimizer, client_momentum=client_momentum,
-        local_epochs=local_epochs, algorithm=algorithms.build(
-            algorithm, proximal_strength, feddyn_alpha, num_clients, server_optimizer,
-            server_momentum, server_beta_2, client_momentum))
+  def __init__(self, keras_model_fn, element_spec, settings=None, *, local_layers=(),
+               loss_fn=None, aggregator=None, require_local=True, client_executor=None,
+               **settings_fields):
+    if settings is None:
+      settings = settings_lib.RoundSettings(**settings_fields)
+    elif settings_fields:
+      raise ValueError(f'give either settings or its fields, not both; got settings and '
+                       f'{sorted(settings_fields)}.')
+    self.settings = settings
     self.round = stateful_round.StatefulRound(
-        keras_model_fn, element_spec, algorithm, client_learning_rate=client_learning_rate,
-        server_learning_rate=server_learning_rate, local_epochs=local_epochs,
-        local_layers=local_layers,
+        keras_model_fn, element_spec, settings, local_layers=local_layers,
         loss_fn=loss_fn or (lambda: tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True)),
-        aggregator=aggregator, lr_decay=lr_decay, quantization_bits=quantization_bits,
-        jacobian_correction=jacobian_correction, client_optimizer=client_optimizer,
-        # MIME-lite's momentum is its server-held `a` (fedpara_tff.algorithms.MimeLite).
-        client_momentum=0.0 if algorithm.name == 'mimelite' else client_momentum)
-    if algorithm.name != 'fedavg' and not self.round.global_specs:
+        aggregator=aggregator)
+    algorithm, layout = self.round.algorithm, self.round.layout
+    if algorithm.name != 'fedavg' and not layout.global_specs:
       raise ValueError(f'algorithm={algorithm.name} acts on the global variables; this model has '
                        f'none (every variable is local).')
-    if require_local and not self.round.model_local_specs:
+    if require_local and not layout.model_local_specs:
       raise ValueError('the model has no local variable: use pFedPara layers or local_layers.')
     self.algorithm = algorithm
-    self.global_index, self.local_index = self.round.global_index, self.round.local_index
-    self.global_type, self.local_type = self.round.global_type, self.round.local_type
+    self.global_index, self.local_index = layout.global_index, layout.local_index
+    self.global_type, self.local_type = layout.global_type, layout.local_type
     self.aggregator_value_type = self.round.aggregator_value_type
     self.iterative_process = self.round.template
     self._initial_local = [np.asarray(a) for a in self.round.init_local()]
     self.local_store = client_store.MemoryClientStore()
     self.local_layout = [(tuple(spec.shape), spec.dtype.as_numpy_dtype)
-                         for spec in self.round.local_specs]
+                         for spec in layout.local_specs]
+    self.client_executor = (client_executor or client_executors.TFFClients)(self.round)
 
   def initialize(self, initial_weights=None):
     """The server state: `OrderedDict(global_weights=[...], aggregator=..., round_num=0)`.
@@ -217,33 +155,19 @@ class PersonalizedDriver:
             for value in self.local_store.get(client_ids)]
 
   def next(self, state, client_ids, datasets):
-    """One round on the sampled clients; stores their new local variables.
+    """One round on the sampled clients (trained by the client executor); stores their new
+    local variables.
 
     Returns:
       `(state, metrics)`; metrics hold `train` (loss, accuracy and num_examples
       over the clients whose training stayed finite, diverged_clients,
       bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
     """
-    return self.run_round(self._tff_round, state, client_ids, datasets)
-
-  def run_round(self, run, state, client_ids, datasets):
-    """One round whose client and server work `run` does; stores the new local variables.
-
-    Args:
-      run: `run(state, datasets, local_states) -> (state, new local states in
-        the clients' order, metrics)`: TFF's round here, the devices' round in
-        `fedpara_tff.tf_backend`.
-      state, client_ids, datasets: as in `next`.
-    """
     client_ids = check_round_clients(client_ids, datasets)
-    state, new_local, metrics = run(state, list(datasets), self.local_states(client_ids))
+    state, new_local, metrics = self.client_executor.train(
+        state, client_ids, list(datasets), self.local_states(client_ids))
     self.store_locals(client_ids, new_local)
     return state, metrics
-
-  def _tff_round(self, state, datasets, local_states):
-    state, new_local, metrics, positions = self.round.next(
-        state, datasets, local_states, list(range(len(datasets))))
-    return state, [list(values) for values in _in_client_order(positions, new_local)], metrics
 
   def evaluate(self, state, client_ids, datasets, chunk_clients=100):
     """Personalised accuracy of each client on its own data, with its local variables.
@@ -260,7 +184,7 @@ class PersonalizedDriver:
                                           list(itertools.islice(datasets, len(ids))),
                                           self.local_states(ids), list(range(len(ids))))
       ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
-                     for result in _in_client_order(positions, results))
+                     for result in client_executors.in_client_order(positions, results))
     return ordered
 
 

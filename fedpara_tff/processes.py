@@ -8,70 +8,15 @@ MIME-lite builders with the factor aggregator (measured upload) and a measured
 broadcast (measured download), and a per-round client learning-rate decay.
 """
 
-import math
-import numbers
-
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import aggregators
 from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import distributors
-
-ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite', 'scaffold',
-              'feddyn')
-# Run on fedpara_tff's own round (`fedpara_tff.algorithms`): every one of them.
-SHARED_ROUND_ALGORITHMS = ALGORITHMS
-# TFF's default second-moment decay of server Adam / Yogi (`--server_beta_2`).
-DEFAULT_SERVER_BETA_2 = 0.999
-# The server optimizer (`fedpara_tff.algorithms.ServerOptimizer`) of each adaptive algorithm.
-SERVER_OPTIMIZERS = {'fedadam': 'adam', 'fedyogi': 'yogi', 'fedadagrad': 'adagrad'}
-
-
-def check_positive(value, name):
-  """`value` as float if it is a number > 0, else a ValueError naming it."""
-  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-      or not value > 0):
-    raise ValueError(f'{name} must be a number > 0; got {value!r}.')
-  return float(value)
-
-
-def check_finite_at_least_zero(value, name):
-  """`value` as float if it is a finite number >= 0, else a ValueError naming it."""
-  if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-      or not 0 <= value < math.inf):
-    raise ValueError(f'{name} must be a finite number >= 0; got {value!r}.')
-  return float(value)
-
-
-def check_server_beta_2(beta_2, used, user):
-  """`beta_2` as float if it is in (0, 1) and either the default or `used`; else a ValueError.
-
-  Args:
-    beta_2: the server Adam / Yogi second-moment decay.
-    used: whether the server optimizer is Adam or Yogi.
-    user: what `beta_2` applies to and what was given, for the message (e.g.
-      "fedadam or fedyogi; got algorithm='fedavg'").
-  """
-  if (not isinstance(beta_2, numbers.Real) or isinstance(beta_2, bool)
-      or not 0 < beta_2 < 1):
-    raise ValueError(f'server_beta_2 must be a number in (0, 1); got {beta_2!r}.')
-  if beta_2 != DEFAULT_SERVER_BETA_2 and not used:
-    raise ValueError(f'server_beta_2={beta_2} applies to {user}.')
-  return float(beta_2)
-
-
-def check_no_non_trainable(count):
-  """Refuses models with non-trainable variables (e.g. BatchNorm statistics).
-
-  TFF 0.87 never aggregates non-trainable variables: the server would keep
-  their initial values forever (docs/DESIGN.md, "TFF runtime facts"). Rather than freeze them
-  silently, we refuse such models; use GroupNorm or LayerNorm instead.
-  """
-  if count:
-    raise ValueError(f'the model has {count} non-trainable variable(s) (e.g. BatchNorm '
-                     f'statistics), which TFF 0.87 never aggregates; use GroupNormalization '
-                     f'or LayerNormalization instead.')
+from fedpara_tff import models
+from fedpara_tff import settings as settings_lib
+from keras_layers import validation
 
 
 def _server_optimizer(algorithm, server_learning_rate, server_momentum, server_beta_2):
@@ -111,7 +56,8 @@ def model_weights_type(model_fn):
 def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
                           server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
                           lr_decay=1.0, keras_model_fn=None,
-                          client_optimizer='sgd', server_beta_2=DEFAULT_SERVER_BETA_2,
+                          client_optimizer='sgd',
+                          server_beta_2=settings_lib.DEFAULT_SERVER_BETA_2,
                           local_layers=(), aggregator=None, quantization_bits=None,
                           quantization_threshold=20000,
                           loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR):
@@ -160,8 +106,7 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       a decay with MIME-lite or a FunctionalModel, algorithm 'fedprox'.
     TypeError: `model_fn` is neither a function nor a FunctionalModel.
   """
-  if algorithm not in ALGORITHMS:
-    raise ValueError(f'algorithm must be one of {ALGORITHMS}; got {algorithm!r}.')
+  validation.one_of(algorithm, 'algorithm', settings_lib.ALGORITHMS)
   if algorithm in ('scaffold', 'feddyn'):
     raise ValueError(f'algorithm={algorithm!r} has no TFF 0.87 builder; it runs on '
                      f'fedpara_tff.build_fedavg_driver(..., algorithm={algorithm!r}).')
@@ -169,25 +114,29 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
     raise ValueError("algorithm='fedprox': TFF 0.87's FedProx adds the proximal gradient with the "
                      "wrong sign (docs/DESIGN.md, \"TFF runtime facts\"); use "
                      "fedpara_tff.build_fedavg_driver(..., proximal_strength=mu) instead.")
-  client_lr = check_positive(client_learning_rate, 'client_learning_rate')
-  server_lr = check_positive(server_learning_rate, 'server_learning_rate')
-  if not isinstance(lr_decay, numbers.Real) or not 0 < lr_decay <= 1:
-    raise ValueError(f'lr_decay must be a number in (0, 1]; got {lr_decay!r}.')
-  check_server_beta_2(server_beta_2, algorithm in ('fedadam', 'fedyogi'),
-                      f'fedadam or fedyogi; got algorithm={algorithm!r}')
-  if lr_decay != 1 and algorithm == 'mimelite':
+  # TFF's MIME-lite takes any server optimizer (the shared round's, server SGD only).
+  mime = algorithm == 'mimelite'
+  if mime:
+    validation.fraction(server_momentum, 'server_momentum')
+  settings = settings_lib.RoundSettings(
+      client_learning_rate=client_learning_rate, server_learning_rate=server_learning_rate,
+      lr_decay=lr_decay, client_optimizer=client_optimizer, client_momentum=client_momentum,
+      algorithm=algorithm, server_momentum=0.0 if mime else server_momentum,
+      server_beta_2=server_beta_2)
+  if settings.lr_decay != 1 and mime:
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '
                      f'use lr_decay=1.0 or fedavg / fedadam / fedyogi.')
-  if lr_decay != 1 and isinstance(model_fn, tff.learning.models.FunctionalModel):
+  if settings.lr_decay != 1 and isinstance(model_fn, tff.learning.models.FunctionalModel):
     raise ValueError(f'lr_decay={lr_decay!r} is not available with a FunctionalModel: TFF 0.87\'s '
                      f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
                      f'lr_decay=1.0 or a VariableModel.')
+  client_lr, server_lr = settings.client_learning_rate, settings.server_learning_rate
 
   factory = aggregators.factor_aggregator(
       inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,
       quantization_bits=quantization_bits, quantization_threshold=quantization_threshold)
   weights_type = model_weights_type(model_fn)
-  check_no_non_trainable(len(weights_type.non_trainable))
+  models.check_no_non_trainable(len(weights_type.non_trainable))
   distributor = distributors.build_measured_broadcast(weights_type)
   server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum, server_beta_2)
   client_opt = client_optimizer_lib.tff_optimizer(client_optimizer, client_lr, client_momentum)
@@ -202,8 +151,7 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
         model_fn, client_optimizer_fn=client_opt, server_optimizer_fn=server_optimizer, **common)
   return tff.learning.algorithms.build_weighted_fed_avg_with_optimizer_schedule(
       model_fn,
-      client_learning_rate_fn=lambda round_num: client_lr * tf.pow(
-          float(lr_decay), tf.cast(round_num, tf.float32)),
+      client_learning_rate_fn=settings.learning_rate_at,
       client_optimizer_fn=lambda lr: client_optimizer_lib.tff_optimizer(
           client_optimizer, lr, client_momentum),
       server_optimizer_fn=server_optimizer, **common)

@@ -22,17 +22,17 @@ this cannot wait for a call). The housekeeping is explicit:
 
 import atexit
 import contextlib
-import gc
+import inspect
 import os
 import signal
 import subprocess
 import sys
 
+import psutil
+
+from fedpara_tff import worker_watchdog
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-import psutil  # pylint: disable=g-import-not-at-top
-
-from fedpara_tff import worker_watchdog  # pylint: disable=g-import-not-at-top
 
 
 def shutdown_workers(timeout=worker_watchdog.GRACE_S):
@@ -114,20 +114,42 @@ def sigterm_as_keyboard_interrupt():
   signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _disarm_service_managers():
-  """Silences the destructor of TFF's `ServiceManager` once its workers are stopped.
+def _service_manager():
+  """The `ServiceManager` of the installed TFF execution context, or None (TFF not loaded, or
+  the context is not TFF's local C++ one, e.g. remote workers).
 
-  That destructor runs during interpreter teardown, when the `subprocess` module
-  is already gone, and prints an AttributeError traceback on every exit.
+  TFF 0.87 does not expose it: `ServiceManager` is a class local to
+  `executor_factory.local_cpp_executor_factory`, and its one instance is held only by the
+  closure of the executor-stack function of the context's executor factory; this follows that
+  reference (docs/DESIGN.md, "TFF runtime facts").
   """
-  for cls in {type(obj) for obj in gc.get_objects()
-              if type(obj).__name__ == 'ServiceManager' and hasattr(obj, '_process')}:
-    cls.__del__ = lambda self: None
+  tff_module = sys.modules.get('tensorflow_federated')
+  if tff_module is None:
+    return None
+  context = tff_module.framework.get_context_stack().current
+  stack_fn = getattr(getattr(context, '_executor_factory', None), '_executor_stack_fn', None)
+  if stack_fn is None:
+    return None
+  manager = inspect.getclosurevars(stack_fn).nonlocals.get('service_manager')
+  return manager if hasattr(manager, '_process') else None
+
+
+def _disarm_service_manager():
+  """Silences the destructor of TFF's `ServiceManager` once its worker is stopped.
+
+  That destructor runs during interpreter teardown, when the `subprocess` module is already
+  gone (`None`), and prints an AttributeError traceback on every exit: it reads
+  `subprocess.Popen` whatever the manager holds. Each TFF context defines its own
+  `ServiceManager` class; the installed one's loses its destructor.
+  """
+  manager = _service_manager()
+  if manager is not None:
+    type(manager).__del__ = lambda self: None
 
 
 def _at_exit():
   shutdown_workers()
-  _disarm_service_managers()
+  _disarm_service_manager()
 
 
 _INSTALLED = []

@@ -1,9 +1,10 @@
 """The in-process TensorFlow backend: clients trained as `tf.function`s on local devices.
 
 TFF 0.87's `worker_binary` is built without CUDA, so TFF cannot put client work
-on a GPU. This backend runs the same round as a `PersonalizedDriver` (pFedPara,
-FedPer, local-only, or FedAvg from `build_fedavg_driver`) with the client half
-in this Python process:
+on a GPU. `DeviceClients`, a client executor (`fedpara_tff.client_executors`), runs
+the same round as TFF does for a driver (pFedPara, FedPer, local-only, or FedAvg
+from `build_fedavg_driver`; `client_executor=on_devices(devices)`) with the client
+half in this Python process:
 
 * each sampled client runs `client_work.build_client_train`, the very
   function TFF's client computation wraps, on a model placed on one of
@@ -14,7 +15,7 @@ in this Python process:
   state are the round's `finish_round` (`fedpara_tff.stateful_round`), the one
   federated computation TFF's own round runs after its client map, called with
   the clients' results (on TFF's local CPU runtime; it is small); the reading
-  and storing of client state is the driver's `run_round`.
+  and storing of client state is the driver's, around the executor's `train`.
 
 Same seed, same data: the same weights and byte counts as the TFF backend.
 """
@@ -61,15 +62,17 @@ def resolve_devices(gpus):
   return [f'/GPU:{i}' for i in chosen], None
 
 
-class TFBackend:
-  """Runs a `PersonalizedDriver`'s rounds with client training on `devices`.
+def on_devices(devices=('/CPU:0',), parallel_per_device=1):
+  """A driver's `client_executor` factory: `DeviceClients` on `devices`."""
+  return lambda round_: DeviceClients(round_, devices, parallel_per_device)
 
-  Same interface as the trainer: `initialize`, `next`, `evaluate`,
-  `local_state`, `local_store`.
+
+class DeviceClients:
+  """A client executor training a round's sampled clients on TF `devices` in this process.
 
   Args:
-    trainer: a `PersonalizedDriver` (it supplies the model, the client
-      function and the TFF aggregation / server / metric computations).
+    round_: the driver's `fedpara_tff.stateful_round.StatefulRound` (it supplies the model,
+      the client function and the TFF aggregation / server / metric computations).
     devices: TF device names, e.g. `['/GPU:0', '/GPU:1']` or logical CPUs.
     parallel_per_device: clients trained at once on each device (each with
       its own model copy); client i of a round goes to slot i mod (devices x
@@ -77,7 +80,7 @@ class TFBackend:
       small batches.
   """
 
-  def __init__(self, trainer, devices=('/CPU:0',), parallel_per_device=1):
+  def __init__(self, round_, devices=('/CPU:0',), parallel_per_device=1):
     if not devices:
       raise ValueError('devices must name at least one device.')
     known = {d.name.replace('/device:', '/').upper() for d in tf.config.list_logical_devices()}
@@ -87,14 +90,14 @@ class TFBackend:
                          f'{sorted(known)}.')
     if not isinstance(parallel_per_device, int) or parallel_per_device < 1:
       raise ValueError(f'parallel_per_device must be an integer >= 1; got {parallel_per_device!r}.')
-    self.trainer = trainer
+    self.round = round_
     self.devices = list(devices)
     self.slots = [d for _ in range(parallel_per_device) for d in self.devices]
     self._clients = []  # per slot: (model, client work on it), built on the slot's device
     for device in self.slots:
       with tf.device(device):
-        model = trainer.round.keras_model_fn()
-        self._clients.append((model, trainer.round.client_train(model)))
+        model = round_.keras_model_fn()
+        self._clients.append((model, round_.client_train(model)))
     self.placements = []  # (client id, device) of the last round, in client order
     # The first call of each slot's client function traces it; traces run one at a time:
     # TensorFlow 2.14's op dispatch cache is not safe under concurrent tracing ("OrderedDict
@@ -102,23 +105,6 @@ class TFBackend:
     # composition again).
     self._trace_lock = threading.Lock()
     self._traced = [False] * len(self.slots)
-
-  @property
-  def local_store(self):
-    return self.trainer.local_store
-
-  @property
-  def local_layout(self):
-    return self.trainer.local_layout
-
-  def use_store(self, store):
-    self.trainer.use_store(store)
-
-  def initialize(self, initial_weights=None):
-    return self.trainer.initialize(initial_weights)
-
-  def local_state(self, client_id):
-    return self.trainer.local_state(client_id)
 
   def _train_on(self, slot, jobs, received, learning_rate):
     _, train = self._clients[slot]
@@ -134,16 +120,12 @@ class TFBackend:
         results.append((position, tf.nest.map_structure(lambda t: t.numpy(), out)))
     return results
 
-  def next(self, state, client_ids, datasets):
-    """One round; returns `(state, metrics)` shaped like the trainer's."""
-    client_ids = list(client_ids)
+  def train(self, state, client_ids, datasets, local_states):
+    """The clients on the devices, then the round's shared `finish_round` (TFF); returns
+    `(state, new local states in the clients' order, metrics)`."""
     self.placements = [(client, self.slots[p % len(self.slots)])
                        for p, client in enumerate(client_ids)]
-    return self.trainer.run_round(self._round, state, client_ids, datasets)
-
-  def _round(self, state, datasets, local_states):
-    """The clients on the devices, then the round's shared `finish_round` (TFF)."""
-    round_ = self.trainer.round
+    round_ = self.round
     learning_rate = np.float32(round_.learning_rate_at(state['round_num']))
     received = [tf.constant(v) for v in round_.received(state)]
     jobs = [[] for _ in self.slots]
@@ -160,6 +142,3 @@ class TFBackend:
                                              list(examples), list(loss_sums), list(correct),
                                              list(diverged))
     return new_state, [list(values) for values in new_local], metrics
-
-  def evaluate(self, state, client_ids, datasets):
-    return self.trainer.evaluate(state, client_ids, datasets)

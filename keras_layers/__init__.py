@@ -11,6 +11,7 @@ from keras_layers import factors
 from keras_layers import jacobian
 from keras_layers import weight_norm
 from keras_layers.base import FactorizedLayer
+from keras_layers.base import factorized_layers
 from keras_layers.conv import FedParaConv1D
 from keras_layers.conv import FedParaConv2D
 from keras_layers.conv import LowRankConv1D

@@ -8,9 +8,6 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
-
-import warnings
-
 from keras_layers import backend
 from keras_layers import factors
 from keras_layers import ranks
@@ -78,6 +75,28 @@ def resolve_rank(scheme, kernel_shape, gamma=None, rank=None, param_ratio=None,
   if scheme == 'lowrank':
     return ranks.lowrank_rank_matching(kernel_shape, fedpara_rank)
   return fedpara_rank
+
+
+def holds_factors(obj):
+  """Whether `obj` holds factorised kernels itself: a FedPara / pFedPara / low-rank Dense or
+  convolution layer, or a factorised LSTM cell."""
+  return isinstance(obj, FactorizedLayer)
+
+
+def factorized_layers(model):
+  """The factorised layers of `model`, each once, in `model.submodules` order.
+
+  The one interface to them: each has `labelled_factorizations()` (`(label,
+  factorization)` per kernel), `factorizations` and `local_weights`. Routing,
+  the Jacobian correction, kernel analysis and variable classification ask it. A
+  package LSTM layer (`FedParaLSTM`, ...) stands for its cell; a factorised cell
+  inside another RNN (`keras.layers.RNN(FedParaLSTMCell(...))`) stands for itself.
+  """
+  modules = list(model.submodules)
+  owners = {id(m): m for m in modules if getattr(m, 'answers_for_cell', False)}
+  owned = {id(m.cell) for m in owners.values()}
+  return [m for m in modules
+          if id(m) in owners or (holds_factors(m) and id(m) not in owned)]
 
 
 class FactorizedLayer(keras.layers.Layer):
@@ -190,6 +209,14 @@ class FactorizedLayer(keras.layers.Layer):
   def ranks(self):
     """Inner rank of each factorised kernel of this layer (after build)."""
     return [f.rank for f in self.factorizations]
+
+  def labelled_factorizations(self):
+    """`(label, factorization)` per factorised kernel: `(layer name, its kernel's)` for Dense and
+    Conv; a cell with several kernels labels them `<name>/kernel`, `<name>/recurrent` (the
+    package's LSTM layers answer for their cell with their own name)."""
+    if len(self.factorizations) == 1:
+      return [(self.name, self.factorizations[0])]
+    return [(f'{self.name}/{f.prefix.rstrip("_")}', f) for f in self.factorizations]
 
   @property
   def local_weights(self):

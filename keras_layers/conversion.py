@@ -51,10 +51,10 @@ def factorized_part(layer):
   `keras.layers.RNN` over a factorised cell (`RNN(FedParaLSTMCell(...))`).
   Either has `ranks`, `original_param_count()` and `plain_weights()`.
   """
-  if isinstance(layer, _FACTORIZED_TYPES + (base.FactorizedLayer,)):
+  if isinstance(layer, _FACTORIZED_TYPES) or base.holds_factors(layer):
     return layer
   cell = getattr(layer, 'cell', None)
-  if isinstance(layer, keras.layers.RNN) and isinstance(cell, base.FactorizedLayer):
+  if isinstance(layer, keras.layers.RNN) and base.holds_factors(cell):
     return cell
   return None
 

@@ -3,7 +3,6 @@
 from keras_layers import backend
 from keras_layers import base
 from keras_layers.backend import keras
-from keras_layers.backend import ops
 
 _register = backend.register
 

@@ -65,22 +65,14 @@ def corrected_factorizations(model):
   factorised LSTM cell used outside the package's LSTM layers (e.g. in
   `tf.keras.layers.RNN`) composes its kernels at every time step and is refused.
   """
-  lstm_layers = {id(layer.cell): layer for layer in model.submodules
-                 if isinstance(layer, lstm._KernelLSTM)}  # pylint: disable=protected-access
   pairs = []
-  for layer in model.submodules:
-    if not isinstance(layer, base.FactorizedLayer):
-      continue
-    if hasattr(layer, 'factorization'):
-      pairs.append((layer.name, layer.factorization))
-      continue
-    owner = lstm_layers.get(id(layer))
-    if owner is None:
+  for layer in base.factorized_layers(model):
+    if isinstance(layer, lstm.FACTORIZED_CELLS):
       raise ValueError(f'Jacobian correction: the factorised cell {layer.name} '
                        f'({type(layer).__name__}) runs outside the package\'s LSTM layers; '
                        f'use FedParaLSTM / LowRankLSTM / PFedParaLSTM, which compose its '
                        f'kernels once per call.')
-    pairs += [(f'{owner.name}/{f.prefix.rstrip("_")}', f) for f in layer.factorizations]
+    pairs += layer.labelled_factorizations()
   return pairs
 
 

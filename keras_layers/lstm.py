@@ -208,6 +208,10 @@ class LowRankLSTMCell(_FactorizedLSTMCell):
   scheme = 'lowrank'
 
 
+# The factorised cells (`keras_layers.base.factorized_layers` lists one alone when it runs
+# outside the package's LSTM layers).
+FACTORIZED_CELLS = (FedParaLSTMCell, PFedParaLSTMCell, LowRankLSTMCell)
+
 _LAYER_KWARGS = ('name', 'dtype', 'trainable', 'input_shape', 'batch_input_shape',
                  'batch_size', 'activity_regularizer')
 _RNN_ARGS = ('return_sequences', 'return_state', 'go_backwards', 'unroll')
@@ -324,10 +328,22 @@ class _FactorizedLSTM(_KernelLSTM):
   """
 
   plain_class = keras.layers.LSTM
+  # `keras_layers.base.factorized_layers`: this layer stands for its cell.
+  answers_for_cell = True
 
   @property
   def ranks(self):
     return self.cell.ranks
+
+  @property
+  def factorizations(self):
+    """The cell's factorisations: the input kernel's, then the recurrent kernel's."""
+    return self.cell.factorizations
+
+  def labelled_factorizations(self):
+    """`(<layer>/kernel, ...)`, `(<layer>/recurrent, ...)`: the cell's kernels, by this layer's
+    name."""
+    return [(f'{self.name}/{f.prefix.rstrip("_")}', f) for f in self.cell.factorizations]
 
   @property
   def local_weights(self):

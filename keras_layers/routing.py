@@ -9,8 +9,7 @@ from keras_layers import base
 
 
 def _factorized_local_refs(model):
-  return {id(v) for layer in model.submodules
-          if isinstance(layer, base.FactorizedLayer) for v in layer.local_weights}
+  return {id(v) for layer in base.factorized_layers(model) for v in layer.local_weights}
 
 
 def _check_layer_names(model, names):

@@ -220,8 +220,9 @@ def test_the_shared_round_gives_the_same_equations(case, backend):
   driver = fedpara_tff.build_fedavg_driver(
       _model, SPEC, client_learning_rate=CLIENT_LR, server_learning_rate=SERVER_LR,
       algorithm='mimelite' if algorithm == 'mimelite' else 'fedavg',
-      server_optimizer=SERVER_OPTIMIZERS.get(algorithm, 'sgd'), **kwargs)
-  runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
+      server_optimizer=SERVER_OPTIMIZERS.get(algorithm, 'sgd'),
+      client_executor=None if backend == 'tff' else tf_backend.on_devices(), **kwargs)
+  runner = driver
   state = runner.initialize(_initial())
   datasets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(BATCH)
               for x, y in data]

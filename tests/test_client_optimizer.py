@@ -99,10 +99,10 @@ def test_bad_client_optimizer_settings_are_refused():
 
 
 def test_runner_refuses_adam_with_sgd_only_settings():
-  from experiments import runner  # pylint: disable=g-import-not-at-top
+  from experiments import run_config  # pylint: disable=g-import-not-at-top
   with pytest.raises(ValueError, match=r"client_momentum=0.9 applies to SGD; got "
                                        r"client_optimizer='adam'"):
-    runner.check(runner.RunConfig('unused', client_optimizer='adam', client_momentum=0.9))
+    run_config.check(run_config.RunConfig('unused', client_optimizer='adam', client_momentum=0.9))
   with pytest.raises(ValueError, match=r"client_optimizer must be one of"):
-    runner.check(runner.RunConfig('unused', client_optimizer='lamb'))
-  assert 'client_optimizer' not in runner.RunConfig('unused').identity()
+    run_config.check(run_config.RunConfig('unused', client_optimizer='lamb'))
+  assert 'client_optimizer' not in run_config.RunConfig('unused').identity()

@@ -1,7 +1,5 @@
 """convert / export, the parameter report, global-local routing and the PyTorch layout."""
 
-import warnings
-
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -11,6 +11,8 @@ import pytest
 
 from experiments import checkpoints
 from experiments import launch_workers
+from experiments import round_loop
+from experiments import run_config
 from experiments import run_io
 from experiments import runner
 from fedpara_tff import distributed
@@ -58,8 +60,8 @@ def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterizat
   into the store, matched to the right client."""
   common = dict(TINY, parameterization=parameterization, cache_dir=str(tmp_path / 'cache'),
                 client_store=store, **algorithm)
-  local = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'local'), **common))
-  remote = runner.run(runner.RunConfig(output_dir=str(tmp_path / 'remote'),
+  local = runner.run(run_config.RunConfig(output_dir=str(tmp_path / 'local'), **common))
+  remote = runner.run(run_config.RunConfig(output_dir=str(tmp_path / 'remote'),
                                        workers=','.join(two_workers), **common))
   a, b = _final_arrays(local['output_dir'], 3), _final_arrays(remote['output_dir'], 3)
   assert sorted(a) == sorted(b)
@@ -85,7 +87,7 @@ def test_a_worker_killed_mid_run_stops_it_and_a_restart_resumes(tmp_path):
   ports = [portpicker.pick_unused_port() for _ in range(2)]
   processes = _start(ports)
   addresses = [f'127.0.0.1:{p}' for p in ports]
-  config = runner.RunConfig(output_dir=str(tmp_path / 'run'), cache_dir=str(tmp_path / 'cache'),
+  config = run_config.RunConfig(output_dir=str(tmp_path / 'run'), cache_dir=str(tmp_path / 'cache'),
                             workers=','.join(addresses), worker_failure_timeout=3.0,
                             **dict(TINY, rounds=6))
   checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
@@ -99,7 +101,7 @@ def test_a_worker_killed_mid_run_stops_it_and_a_restart_resumes(tmp_path):
   killer.start()
   try:
     began = time.monotonic()
-    with pytest.raises(runner.RunInterruptedError) as raised:
+    with pytest.raises(round_loop.RunInterruptedError) as raised:
       runner.run(config)
     assert time.monotonic() - began < 120
     message = str(raised.value)

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import kernel_approx
+from experiments.analysis import kernel_approx
 from experiments import models
+from experiments import run_config
 from experiments import runner
 from keras_layers import factors
 
@@ -66,12 +67,12 @@ def test_lstm_pairs_input_and_recurrent_kernels_with_the_trained_ones(weight_nor
 
 
 def test_binary_fits_each_factorised_kernel_of_a_trained_run(tmp_path):
-  config = runner.RunConfig(dataset='mnist5k', model='mlp', parameterization='original', clients=4,
+  config = run_config.RunConfig(dataset='mnist5k', model='mlp', parameterization='original', clients=4,
                             clients_per_round=2, rounds=1, batch_size=64, progress=False,
                             output_dir=str(tmp_path / 'original'))
   runner.run(config)
   output = tmp_path / 'fit.csv'
-  done = subprocess.run([sys.executable, '-m', 'experiments.kernel_fit',
+  done = subprocess.run([sys.executable, '-m', 'experiments.analysis.kernel_fit',
                          f'--run={config.output_dir}', '--variants=lowrank,fedpara:4',
                          '--steps=300', '--starts=1', f'--output={output}'],
                         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -89,7 +90,7 @@ def test_binary_fits_each_factorised_kernel_of_a_trained_run(tmp_path):
 
 
 def test_binary_refuses_a_bad_variant(tmp_path):
-  done = subprocess.run([sys.executable, '-m', 'experiments.kernel_fit', f'--run={tmp_path}',
+  done = subprocess.run([sys.executable, '-m', 'experiments.analysis.kernel_fit', f'--run={tmp_path}',
                          '--variants=fedpara:0'], cwd=REPO, capture_output=True, text=True,
                         timeout=120, check=False)
   assert done.returncode != 0
@@ -97,7 +98,7 @@ def test_binary_refuses_a_bad_variant(tmp_path):
 
 
 def test_binary_refuses_a_folder_without_a_run(tmp_path):
-  done = subprocess.run([sys.executable, '-m', 'experiments.kernel_fit', f'--run={tmp_path}'],
+  done = subprocess.run([sys.executable, '-m', 'experiments.analysis.kernel_fit', f'--run={tmp_path}'],
                         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert done.returncode != 0
   assert f'--run={tmp_path}: {tmp_path} holds no run (no run.json).' in done.stderr

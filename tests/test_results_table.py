@@ -1,4 +1,4 @@
-"""experiments.run_tables (behind results_table and sweep_table): mean +- std over seeds, the
+"""experiments.analysis.run_tables (behind results_table and sweep_table): mean +- std over seeds, the
 step-size sweep's cells; the results_table binary end to end."""
 
 import csv
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import run_tables
+from experiments.analysis import run_tables
 from experiments import run_io
 
 
@@ -58,7 +58,7 @@ def test_runs_of_one_name_must_differ_only_in_the_seed(tmp_path):
 def test_the_binary_prints_the_spread(tmp_path):
   _run(tmp_path / 'a', 0, [0.6], [1.0])
   _run(tmp_path / 'a_seed1', 1, [0.8], [1.0])
-  result = subprocess.run([sys.executable, '-m', 'experiments.results_table', '--seeds',
+  result = subprocess.run([sys.executable, '-m', 'experiments.analysis.results_table', '--seeds',
                            f'--runs={tmp_path}/*'], capture_output=True, text=True, check=True)
   assert '| a | 2 | 1 | 1.0000 +- 0.0000 | 0.7000 +- 0.1414 |' in result.stdout
 

@@ -203,9 +203,10 @@ def test_two_rounds_equal_the_update_equations(method, backend):
   algorithm, options = ALGORITHM[method]
   driver = build(keras_model, SPEC, client_learning_rate=LR, server_learning_rate=SERVER_LR,
                  lr_decay=DECAY, local_epochs=EPOCHS, algorithm=algorithm,
-                 num_clients=len(SIZES), **options)
+                 num_clients=len(SIZES),
+                 client_executor=None if backend == 'tff' else tf_backend.on_devices(), **options)
   assert [bool(g) for g in is_global] == [i in driver.global_index for i in range(len(shapes))]
-  runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
+  runner = driver
   state = runner.initialize(initial)
   losses = []
   for ids in SCHEDULE:
@@ -247,7 +248,7 @@ def test_scaffold_sends_and_receives_twice_fedavg_bytes():
 
 
 def test_bad_algorithm_settings_are_named():
-  with pytest.raises(ValueError, match=r'FedDyn alpha must be a finite number > 0; got 0'):
+  with pytest.raises(ValueError, match=r'feddyn_alpha must be a finite number > 0; got 0'):
     fedpara_tff.build_fedavg_driver(two_dense, SPEC, algorithm='feddyn', feddyn_alpha=0,
                                     num_clients=3)
   with pytest.raises(ValueError, match=r'SCAFFOLD needs num_clients .* got None'):

@@ -1,9 +1,11 @@
 """`fedpara_tff.runtime`: nothing installed at import; `install()` / `managed()` leave no TFF
 worker behind."""
 
+import os
 import subprocess
 import sys
 import time
+import uuid
 
 import psutil
 
@@ -15,24 +17,29 @@ _COMPUTE = ('import tensorflow as tf, tensorflow_federated as tff\n'
             'assert plus_one(1) == 2\n')
 
 
-def _workers_started_since(t0):
+def _workers_started_by(tag):
+  """TFF workers whose environment carries `tag` (inherited from the process `_run` started):
+  only that process's, whatever else runs on the machine (other test processes included)."""
   found = []
-  for p in psutil.process_iter(['cmdline', 'create_time']):
-    cmdline = ' '.join(p.info['cmdline'] or [])
-    if 'data/worker_binary' in cmdline and p.info['create_time'] >= t0:
-      found.append(p.pid)
+  for p in psutil.process_iter(['cmdline']):
+    try:
+      if ('data/worker_binary' in ' '.join(p.info['cmdline'] or [])
+          and p.environ().get('FEDPARA_TEST_TAG') == tag):
+        found.append(p.pid)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+      pass
   return found
 
 
 def _run(code):
-  t0 = time.time() - 1
+  tag = uuid.uuid4().hex
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=dict(os.environ, FEDPARA_TEST_TAG=tag))
   assert result.returncode == 0, result.stderr[-2000:]
   deadline = time.time() + 10
-  while _workers_started_since(t0) and time.time() < deadline:
+  while _workers_started_by(tag) and time.time() < deadline:
     time.sleep(0.2)
-  return result, _workers_started_since(t0)
+  return result, _workers_started_by(tag)
 
 
 def test_import_installs_nothing():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpoints
+from experiments import run_config
 from experiments import run_io
 from experiments import runner
 from experiments.data import clients as clients_lib
@@ -37,7 +38,7 @@ def test_partition_keys_of_other_kinds_do_not_change():
 
 
 def test_more_clients_than_examples_with_the_sqlite_store(tmp_path):
-  config = runner.RunConfig(
+  config = run_config.RunConfig(
       output_dir=str(tmp_path / 'run'), cache_dir=str(tmp_path / 'cache'), dataset='mnist5k',
       model='mlp', parameterization='pfedpara', partition='sampled', clients=6000,
       examples_per_client=4, clients_per_round=3, rounds=2, batch_size=4, eval_every=2,
@@ -61,7 +62,7 @@ def test_sqlite_store_and_client_optimizers_agree_on_both_backends(tmp_path, opt
               parameterization='pfedpara', clients=4, clients_per_round=2, rounds=3,
               batch_size=64, client_store='sqlite', client_optimizer=optimizer,
               client_learning_rate=learning_rate, progress=False)
-  runs = {backend: runner.run(runner.RunConfig(output_dir=str(tmp_path / backend),
+  runs = {backend: runner.run(run_config.RunConfig(output_dir=str(tmp_path / backend),
                                                backend=backend, **base))['output_dir']
           for backend in ('tff', 'tf')}
   (_, a), (_, b) = ts.store_snapshot(runs['tff']), ts.store_snapshot(runs['tf'])

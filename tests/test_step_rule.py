@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import step_measures
+from experiments.analysis import step_measures
 import keras_layers as kl
 from keras_layers import factors
 from keras_layers import jacobian
@@ -219,7 +219,7 @@ def test_the_jacobian_correction_differentiates_through_the_rule():
 @pytest.mark.parametrize('kind, scheme', [('dense', 'lowrank'), ('dense', 'fedpara'),
                                           ('conv2d', 'fedpara')])
 def test_step_gain_measures_what_a_safe_rule_can_reach(kind, scheme):
-  """experiments.step_measures: step length, safe gain and reachable fraction against numpy."""
+  """experiments.analysis.step_measures: step length, safe gain and reachable fraction against numpy."""
   (plain, _), inputs = _pair(kind, scheme, None, seed=11, dtype='float64')
   _, (j,) = _grads_and_kernel_grads(plain, inputs)
   factorization = plain.factorization

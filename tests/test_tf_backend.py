@@ -5,10 +5,9 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from experiments import runner
+from experiments import run_config
 import fedpara_tff
 from fedpara_tff import tf_backend
 
@@ -20,13 +19,13 @@ TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, roun
 AGREEMENT_SCRIPT = """
 import json, os, sys
 import numpy as np
-from experiments import checkpoints, run_io, runner
+from experiments import checkpoints, run_config, run_io, runner
 tiny = json.loads(sys.argv[1])
 out = {}
 for parameterization in ('fedpara', 'pfedpara'):
   runs = {}
-  for backend in runner.BACKENDS:
-    summary = runner.run(runner.RunConfig(
+  for backend in run_config.BACKENDS:
+    summary = runner.run(run_config.RunConfig(
         output_dir=os.path.join(sys.argv[2], parameterization, backend),
         cache_dir=os.path.join(sys.argv[2], 'cache'), backend=backend,
         parameterization=parameterization, **tiny))
@@ -93,9 +92,10 @@ for name, options in ALGORITHMS.items():
                for i, v in enumerate(ts.keras_model(parameterization).trainable_variables)]
     runs = {}
     for backend in ('tff', 'tf'):
-      driver = build(lambda: ts.keras_model(parameterization), ts.ELEMENT_SPEC,
-                     client_learning_rate=0.1, **options)
-      runner = driver if backend == 'tff' else tf_backend.TFBackend(driver)
+      runner = build(lambda: ts.keras_model(parameterization), ts.ELEMENT_SPEC,
+                     client_learning_rate=0.1,
+                     client_executor=None if backend == 'tff' else tf_backend.on_devices(),
+                     **options)
       state = runner.initialize(initial)
       sent = []
       for chosen in sampled:
@@ -156,15 +156,16 @@ data = [ts.to_dataset(*a) for a in ts.client_arrays([30] * 5)]
 ids = ['a', 'b', 'c', 'd', 'e']
 finals = []
 for devices in (['/CPU:0', '/CPU:1', '/CPU:2'], ['/CPU:0']):
-  trainer = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
-  backend = tf_backend.TFBackend(trainer, devices)
+  backend = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC,
+                                              client_executor=tf_backend.on_devices(devices))
   state = backend.initialize([np.full(v.shape, 0.1, np.float32) for v in
                               ts.keras_model('pfedpara').trainable_variables])
   state, _ = backend.next(state, ids, data)
   finals.append([np.asarray(w).tolist() for w in state['global_weights']])
   if len(devices) == 3:
-    report = dict(placements=backend.placements,
-                  variables=[m.trainable_variables[0].device for m, _ in backend._clients])
+    clients = backend.client_executor
+    report = dict(placements=clients.placements,
+                  variables=[m.trainable_variables[0].device for m, _ in clients._clients])
 gap = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(*finals))
 print(json.dumps(dict(report, gap=gap)))
 """
@@ -192,14 +193,14 @@ def test_gpu_and_device_refusals():
   devices, note = tf_backend.resolve_devices('')
   assert devices == ['/CPU:0'] and 'no GPU' in note
   with pytest.raises(ValueError, match=r"device '/GPU:3' does not exist here"):
-    tf_backend.TFBackend(object(), ['/GPU:3'])
+    tf_backend.DeviceClients(object(), ['/GPU:3'])
 
 
 def test_backend_options_are_checked(tmp_path):
   base = dict(TINY, output_dir=str(tmp_path / 'x'))
   for algorithm in fedpara_tff.ALGORITHMS:   # every algorithm runs on backend=tf
-    runner.check(runner.RunConfig(**dict(base, backend='tf', algorithm=algorithm)))
+    run_config.check(run_config.RunConfig(**dict(base, backend='tf', algorithm=algorithm)))
   with pytest.raises(ValueError, match='needs backend=tf'):
-    runner.check(runner.RunConfig(**dict(base, gpus='0')))
+    run_config.check(run_config.RunConfig(**dict(base, gpus='0')))
   with pytest.raises(ValueError, match='does not take --workers'):
-    runner.check(runner.RunConfig(**dict(base, backend='tf', workers='h:1')))
+    run_config.check(run_config.RunConfig(**dict(base, backend='tf', workers='h:1')))

@@ -1,6 +1,7 @@
 """The training binary end to end: every parameterisation, outputs, resume, refusals, configs."""
 
 import csv
+import functools
 import glob
 import json
 import math
@@ -24,6 +25,8 @@ from experiments import checkpoints
 from experiments import compare
 from experiments import models
 from experiments import plot
+from experiments import round_loop
+from experiments import run_config
 from experiments import run_io
 from experiments import runner
 from experiments import train
@@ -36,7 +39,7 @@ TINY = dict(dataset='mnist5k', model='mlp', clients=6, clients_per_round=2, roun
 
 
 def _config(tmp_path, name='run', **overrides):
-  return runner.RunConfig(output_dir=str(tmp_path / name), cache_dir=str(tmp_path / 'cache'),
+  return run_config.RunConfig(output_dir=str(tmp_path / name), cache_dir=str(tmp_path / 'cache'),
                           **{**TINY, **overrides})
 
 
@@ -76,7 +79,7 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
     assert int(row['bytes_uploaded']) == per_round and int(row['bytes_downloaded']) == per_round
     assert np.isfinite(float(row['train_loss'])) and 0 <= float(row['train_accuracy']) <= 1
   assert float(rows[-1]['cumulative_gb']) == pytest.approx(4 * per_round / 1e9, rel=1e-5)
-  personalized = parameterization in runner.PERSONALIZED
+  personalized = parameterization in run_config.PERSONALIZED
   assert (rows[-1]['personalized_accuracy'] != '') == personalized
   assert (rows[-1]['test_accuracy'] != '') == (not personalized)
   assert {'train_loss', 'bytes_uploaded', 'cumulative_gb'} <= _tensorboard_tags(config.output_dir)
@@ -92,7 +95,8 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
 
 def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_backends(tmp_path):
   """The correction and the lr scale reach the client update (TFF and tf backends agree)."""
-  base = dict(model='small_cnn', rounds=1, clients=4, clients_per_round=2, batch_size=64)
+  # The MLP (Dense layers): the correction's math on every layer kind is test_jacobian.py's.
+  base = dict(model='mlp', rounds=1, clients=4, clients_per_round=2, batch_size=64)
   plain = runner.run(_config(tmp_path, 'plain', **base))
   losses = {}
   for backend in ('tff', 'tf'):
@@ -108,7 +112,8 @@ def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_ba
 def test_the_safe_step_rule_reaches_the_client_update_on_both_backends(tmp_path):
   """factor_lr_scale='safe' (alone and with the Jacobian correction, which differentiates
   through it) runs inside TFF's computation and on the tf backend alike, and changes the round."""
-  base = dict(model='small_cnn', rounds=1, clients=4, clients_per_round=2, batch_size=64)
+  # The MLP (Dense layers): the rule's math on every layer kind is test_step_rule.py's.
+  base = dict(model='mlp', rounds=1, clients=4, clients_per_round=2, batch_size=64)
   plain = runner.run(_config(tmp_path, 'plain', backend='tf', **base))
   losses = {}
   for backend in ('tff', 'tf'):
@@ -173,8 +178,16 @@ def test_mimelite_runs_on_the_shared_round_and_sends_twice_the_bytes(tmp_path):
   assert 0 <= float(rows[-1]['test_accuracy']) <= 1
 
 
+@pytest.fixture
+def small_lstm(monkeypatch):
+  """The zoo's Shakespeare LSTM with 16 units instead of 256: the same layers and code paths,
+  a fraction of the tracing and training time (the 256-unit model: test_zoo_builds_...)."""
+  monkeypatch.setattr(models, 'shakespeare_lstm',
+                      functools.partial(models.shakespeare_lstm, units=16))
+
+
 @pytest.mark.parametrize('weight_norm', [False, True])
-def test_lstm_on_the_plays_runs(tmp_path, weight_norm):
+def test_lstm_on_the_plays_runs(tmp_path, weight_norm, small_lstm):
   config = _config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
                    sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,
                    client_learning_rate=0.5, weight_norm=weight_norm)
@@ -185,7 +198,7 @@ def test_lstm_on_the_plays_runs(tmp_path, weight_norm):
   assert saved.get('weight_norm', False) is weight_norm
 
 
-def test_jacobian_correction_reaches_the_lstm_on_both_backends(tmp_path):
+def test_jacobian_correction_reaches_the_lstm_on_both_backends(tmp_path, small_lstm):
   """Both kernels of the weight-normalised LSTMs are corrected in the client update (the math:
   test_jacobian.py); the TFF and tf backends agree."""
   base = dict(dataset='shakespeare', model='lstm', partition='natural', sequence_length=12,
@@ -193,7 +206,7 @@ def test_jacobian_correction_reaches_the_lstm_on_both_backends(tmp_path):
               weight_norm=True)
   plain = runner.run(_config(tmp_path, 'lstm_plain', **base))
   losses = {backend: float(_rows(runner.run(_config(
-      tmp_path, 'lstm_jc_' + backend, jacobian_correction=100.0, backend=backend,
+      tmp_path, 'lstm_jc_' + backend, jacobian_correction=1000.0, backend=backend,
       **base))['output_dir'])[0]['train_loss']) for backend in ('tff', 'tf')}
   assert np.isfinite(losses['tff'])
   assert losses['tff'] == pytest.approx(losses['tf'], rel=1e-4)
@@ -248,11 +261,24 @@ def _in_group(proc, group):
     return False
 
 
-def _whole_and_resumed(tmp_path, common_flags, after_rows, delay):
-  """An uninterrupted 3-round run, and the same run killed (`_run_killed_at`) then resumed by
-  rerunning its command; returns both configs."""
-  whole = _config(tmp_path, 'whole', **common_flags)
-  runner.run(whole)
+_WHOLE_RUNS = {}   # flags -> the config of an uninterrupted run with them (read only)
+
+
+def _whole_run(tmp_path_factory, common_flags):
+  """The uninterrupted run of `common_flags`, run once per test process and shared by the kill
+  tests that compare with it (they only read it)."""
+  key = tuple(sorted(common_flags.items()))
+  if key not in _WHOLE_RUNS:
+    whole = _config(tmp_path_factory.mktemp('whole'), 'whole', **common_flags)
+    runner.run(whole)
+    _WHOLE_RUNS[key] = whole
+  return _WHOLE_RUNS[key]
+
+
+def _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay):
+  """An uninterrupted 3-round run (`_whole_run`), and the same run killed (`_run_killed_at`)
+  then resumed by rerunning its command; returns both configs."""
+  whole = _whole_run(tmp_path_factory, common_flags)
   cut = _config(tmp_path, 'cut', **common_flags)
   _run_killed_at(cut, after_rows, delay)
   resumed = subprocess.run(_train_command(cut), cwd=REPO, capture_output=True, text=True,
@@ -271,11 +297,12 @@ _KILLS = [('fedpara', 1, 0.0), ('pfedpara', 1, 0.0)] + [
 
 
 @pytest.mark.parametrize('parameterization, after_rows, delay', _KILLS)
-def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, parameterization,
-                                                                  after_rows, delay):
+def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path_factory, tmp_path,
+                                                                  parameterization, after_rows,
+                                                                  delay):
   common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99,
                       checkpoint_every=2)
-  whole, cut = _whole_and_resumed(tmp_path, common_flags, after_rows, delay)
+  whole, cut = _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay)
   final = {}
   for run in (whole, cut):
     with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
@@ -293,13 +320,14 @@ def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path, para
 
 @pytest.mark.parametrize('after_rows, delay', [(1, 0.0), (2, 0.0)] + [
     (1, float(d)) for d in np.random.default_rng(11).uniform(0.05, 1.5, size=2)])
-def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path, after_rows, delay):
+def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path_factory, tmp_path, after_rows,
+                                                    delay):
   """pFedPara with the SQLite client store, killed at seeded moments (in a round, between a
   metrics row and its checkpoint, in the checkpoint or the store's commit): the resumed run ends
   with every client's state and the weights of an uninterrupted run."""
   common_flags = dict(parameterization='pfedpara', rounds=3, checkpoint_every=1,
                       client_store='sqlite')
-  whole, cut = _whole_and_resumed(tmp_path, common_flags, after_rows, delay)
+  whole, cut = _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay)
   (round_a, a), (round_b, b) = (ts.store_snapshot(r.output_dir) for r in (whole, cut))
   assert round_a == round_b == 3 and sorted(a) == sorted(b) and a
   for client in a:
@@ -390,7 +418,7 @@ def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
            'apt-get install -y dataset-fashion-mnist', common.DataNotFoundError)
   broken = tmp_path / 'broken'
   broken.mkdir()
-  real = runner.registry.mnist5k.default_path()
+  real = run_config.registry.mnist5k.default_path()
   with open(real, 'rb') as f:
     (broken / 'mnist_5k.csv.gz').write_bytes(f.read()[:5000])
   _refused(_config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
@@ -466,7 +494,7 @@ def test_every_flagfile_parses_and_is_consistent(path):
     config = train.config_from_flags()
   finally:
     flags.FLAGS.unparse_flags()
-  runner.check(config)
+  run_config.check(config)
   assert config.output_dir.startswith('runs/')
 
 
@@ -645,7 +673,7 @@ def test_killed_binary_leaves_no_worker(tmp_path, target, signum):
 
 def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
   config = _config(tmp_path, rounds=3, client_learning_rate=1e6)
-  with pytest.raises(runner.RunDivergedError,
+  with pytest.raises(round_loop.RunDivergedError,
                      match=r'round 1: training diverged: every client\'s update was non-finite '
                            r'\(2 of 2 clients\) at client_learning_rate=1000000.0, '
                            r'server_learning_rate=1.0; the last checkpoint \(round 0\) is kept'):
@@ -659,10 +687,10 @@ def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
 
 def test_divergence_checks():
   fine = np.ones(3)
-  assert runner.divergence({'diverged_clients': 1}, 2, [fine]) is None
-  assert 'variable 1 of 2' in runner.divergence({'diverged_clients': 0}, 2,
+  assert round_loop.divergence({'diverged_clients': 1}, 2, [fine]) is None
+  assert 'variable 1 of 2' in round_loop.divergence({'diverged_clients': 0}, 2,
                                                 [fine, np.array([np.nan])])
-  assert 'test loss is inf' in runner.divergence({'diverged_clients': 0, 'test_loss': math.inf},
+  assert 'test loss is inf' in round_loop.divergence({'diverged_clients': 0, 'test_loss': math.inf},
                                                  2, [])
 
 
@@ -677,7 +705,7 @@ def test_diverged_binary_exits_non_zero_with_one_line(tmp_path):
 
 def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
   import gzip  # pylint: disable=g-import-not-at-top
-  real = runner.registry.mnist5k.default_path()
+  real = run_config.registry.mnist5k.default_path()
   same, other = tmp_path / 'same', tmp_path / 'other'
   same.mkdir()
   other.mkdir()
@@ -790,7 +818,7 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
     runner.run(_config(tmp_path, 'a_file', rounds=1))
   with pytest.raises(run_io.RunConflictError, match=r'output_dir .*cannot be written \(Not a '):
     runner.run(_config(tmp_path, 'a_file/run', rounds=1))
-  config = runner.RunConfig(**{**vars(_config(tmp_path, 'cached', rounds=1)),
+  config = run_config.RunConfig(**{**vars(_config(tmp_path, 'cached', rounds=1)),
                                'cache_dir': str(a_file / 'cache')})
   with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
     runner.run(config)

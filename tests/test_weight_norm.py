@@ -8,7 +8,7 @@ import tensorflow as tf
 
 import keras_layers as kl
 from experiments import models
-from experiments import runner
+from experiments import run_config
 from tests import numpy_reference as ref
 from tests.test_composition import factor
 from tests.test_composition import randomize
@@ -120,9 +120,9 @@ def test_zoo_weight_norm_for_every_parameterization():
 
 
 def test_weight_norm_flag_is_checked_and_old_runs_keep_their_identity():
-  config = runner.RunConfig(output_dir='unused', dataset='mnist5k', model='mlp', weight_norm=True)
+  config = run_config.RunConfig(output_dir='unused', dataset='mnist5k', model='mlp', weight_norm=True)
   with pytest.raises(ValueError, match=r"weight_norm applies to the LSTM family \(model=lstm\); "
                                        r"got model='mlp'"):
-    runner.check(config)
-  assert 'weight_norm' not in runner.RunConfig('unused').identity()   # as before the flag existed
-  assert runner.RunConfig('unused', weight_norm=True).identity()['weight_norm'] is True
+    run_config.check(config)
+  assert 'weight_norm' not in run_config.RunConfig('unused').identity()   # as before the flag existed
+  assert run_config.RunConfig('unused', weight_norm=True).identity()['weight_norm'] is True

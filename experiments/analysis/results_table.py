@@ -14,7 +14,7 @@ With `--seeds`, runs named `NAME` (seed 0 of the paper-claim scripts) and
 deviation of the train loss and the test accuracy (its last and best value), with the
 mean gigabytes and seconds. The runs of a row must differ in nothing but the seed.
 
-  python -m experiments.results_table --runs=runs/paper_claim/fashion_vgg_narrow_iid/*
+  python -m experiments.analysis.results_table --runs=runs/paper_claim/fashion_vgg_narrow_iid/*
 """
 
 import glob
@@ -26,7 +26,7 @@ from absl import app
 from absl import flags
 
 from experiments import run_io
-from experiments import run_tables
+from experiments.analysis import run_tables
 
 _RUNS = flags.DEFINE_list('runs', None, 'Run folders (comma-separated; shell globs allowed).')
 _ROUND = flags.DEFINE_integer('round', 0, 'Round to report (0: the last one every run evaluated).')

@@ -81,23 +81,19 @@ def fit_error(factorization, target, weight_normalized=False, steps=3000, learni
 
 def kernel_pairs(factorised, original):
   """`(layer, kernel name, factorization, weight_normalized, trained kernel)` per factorised
-  kernel of `factorised`, matched by layer name to the plain layers of `original` (an LSTM's
-  factorisations live on its cell)."""
+  kernel of `factorised` (`keras_layers.factorized_layers`), matched by layer name to the plain
+  layers of `original` (an LSTM's kernels are `kernel` and `recurrent`)."""
   plain = {layer.name: getattr(layer, 'cell', layer) for layer in original.layers}
   pairs = []
-  for layer in factorised.layers:
-    unit = getattr(layer, 'cell', layer)
-    if not isinstance(unit, keras_layers.base.FactorizedLayer):
-      continue
+  for layer in keras_layers.factorized_layers(factorised):
     target = plain[layer.name]
-    if hasattr(unit, 'factorization'):
-      pairs.append((layer.name, 'kernel', unit.factorization, False, target.kernel.numpy()))
-    else:   # LSTM: input and recurrent kernels, weight-normalised or not
-      normalised = bool(unit.weight_norm)
-      pairs.append((layer.name, 'kernel', unit.kernel_factorization, normalised,
-                    _lstm_kernel(target, 'kernel')))
-      pairs.append((layer.name, 'recurrent', unit.recurrent_factorization, normalised,
-                    _lstm_kernel(target, 'recurrent')))
+    # An LSTM layer's cell holds the weight normalisation; Dense and Conv have none.
+    normalised = bool(getattr(getattr(layer, 'cell', None), 'weight_norm', False))
+    for label, factorization in layer.labelled_factorizations():
+      which = label.rsplit('/', 1)[1] if '/' in label else 'kernel'
+      trained = (target.kernel.numpy() if label == layer.name
+                 else _lstm_kernel(target, which))
+      pairs.append((layer.name, which, factorization, normalised, trained))
   return pairs
 
 

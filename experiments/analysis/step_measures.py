@@ -1,4 +1,4 @@
-"""What a safe step-size rule can reach on one factorised kernel (`experiments.step_gain`'s
+"""What a safe step-size rule can reach on one factorised kernel (`experiments.analysis.step_gain`'s
 step-rule columns; docs/DESIGN.md, "Step-size rule").
 
 With `A` the Jacobian of the kernel's composition and `J = dL/dW`: the length of the paper's

@@ -9,7 +9,7 @@ final accuracy is at most `--chance`), then per model its best learning rate per
 number of divergences, and how many of those happened where the original model trained.
 `--save_to` copies each run's `metrics.csv`, `run.json` and divergence note there.
 
-  python -m experiments.sweep_table --sweep_dir=runs/stepsize_sweep
+  python -m experiments.analysis.sweep_table --sweep_dir=runs/stepsize_sweep
 """
 
 import collections
@@ -21,7 +21,7 @@ from absl import app
 from absl import flags
 
 from experiments import run_io
-from experiments import run_tables
+from experiments.analysis import run_tables
 
 _SWEEP_DIR = flags.DEFINE_string('sweep_dir', 'runs/stepsize_sweep', 'Folder of the sweep.')
 _CHANCE = flags.DEFINE_float('chance', 0.2, 'A final accuracy at most this counts as diverged.')
@@ -44,7 +44,7 @@ def main(argv):
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   if not os.path.isdir(_SWEEP_DIR.value):
     raise app.UsageError(f'--sweep_dir={_SWEEP_DIR.value} is not a folder.')
-  # `<setting>_r<N>` folders hold the longer, seeded runs (experiments.results_table --seeds).
+  # `<setting>_r<N>` folders hold the longer, seeded runs (experiments.analysis.results_table --seeds).
   settings = sorted(e for e in os.listdir(_SWEEP_DIR.value)
                     if os.path.isdir(os.path.join(_SWEEP_DIR.value, e))
                     and not re.search(r'_r\d+$', e))

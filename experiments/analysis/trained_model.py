@@ -1,6 +1,6 @@
 """A run's Keras model at the global weights of its latest checkpoint.
 
-Used by the analysis binaries (`experiments.step_gain`, `experiments.kernel_fit`) to look at what a
+Used by the analysis binaries (`experiments.analysis.step_gain`, `experiments.analysis.kernel_fit`) to look at what a
 finished or stopped run has learned. The model is rebuilt from the run's `run.json`.
 """
 

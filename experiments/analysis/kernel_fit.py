@@ -2,15 +2,15 @@ r"""How much of a trained original model's kernels a same-size factorisation can
 
 For every factorised layer of the model rebuilt with each `--variants` entry, the best relative
 error `||W(F) - T|| / ||T||` of its kernel to the trained original kernel `T` (the run's latest
-checkpoint), found by `experiments.kernel_approx.fit_error`; weight-normalised LSTM kernels are
+checkpoint), found by `experiments.analysis.kernel_approx.fit_error`; weight-normalised LSTM kernels are
 compared by column direction. Lower is better: the parameterisation can reproduce more of what the
 original learned. The low-rank rows of matrix kernels also print the Eckart-Young optimum
 (`svd_error`), a check of the fit.
 
-  python -m experiments.kernel_fit \
+  python -m experiments.analysis.kernel_fit \
       --run=runs/paper_claim/fashion_vgg_narrow_iid/original_lr0.1 \
       --variants=lowrank,fedpara --output=docs/results/kernel_fit_vgg_narrow.csv
-  python -m experiments.kernel_fit \
+  python -m experiments.analysis.kernel_fit \
       --run=runs/paper_claim/shakespeare_plays_natural_fast0.003/original \
       --variants=lowrank:28,fedpara:14 --output=docs/results/kernel_fit_lstm.csv
 """
@@ -20,10 +20,10 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from experiments import kernel_approx
+from experiments.analysis import kernel_approx
 from experiments import models
 from experiments import run_io
-from experiments import trained_model
+from experiments.analysis import trained_model
 from experiments.data import registry
 
 flags.DEFINE_string('run', None, 'Run folder of a trained original model (its latest checkpoint).')

@@ -22,9 +22,9 @@ longer than the plain layer's step); `safe_gain`, the first-order loss decrease 
 the steps, of the projection on every direction the factors can move the kernel (the range of
 `A`), which no rule that keeps the kernel's step a projection of the plain step exceeds.
 
-  python -m experiments.step_gain --dataset=fashion_mnist --model=vgg_narrow \
+  python -m experiments.analysis.step_gain --dataset=fashion_mnist --model=vgg_narrow \
       --output=docs/results/step_gain_vgg_narrow.csv
-  python -m experiments.step_gain --runs=runs/paper_claim/fashion_vgg_narrow_iid/fedpara
+  python -m experiments.analysis.step_gain --runs=runs/paper_claim/fashion_vgg_narrow_iid/fedpara
 """
 
 
@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from experiments import models
 from experiments import run_io
-from experiments import step_measures
-from experiments import trained_model
+from experiments.analysis import step_measures
+from experiments.analysis import trained_model
 from experiments.data import registry
 import keras_layers
 from keras_layers import jacobian

@@ -1,6 +1,6 @@
 """Rows of run tables: one run at a round, a group of seeds, the cells of the step-size sweep.
 
-The library behind `experiments.results_table` and `experiments.sweep_table` (no flags, so that
+The library behind `experiments.analysis.results_table` and `experiments.analysis.sweep_table` (no flags, so that
 tests and other tools can import it).
 """
 

@@ -1,0 +1,193 @@
+"""A run's settings: `RunConfig` (the training binary's flags), its identity and its checks.
+
+`RunConfig` maps the flags of `python -m experiments.train` one to one. `check` refuses
+inconsistent settings in one line before anything is loaded or written; the rules of the round
+itself (rates, client optimizer, algorithm constants) are `fedpara_tff.settings.RoundSettings`'s,
+built by `RunConfig.round_settings`; this module adds the rules that involve the model, the data
+and the run's machinery. `RunConfig.identity` is what a restart must repeat to resume.
+"""
+
+import dataclasses
+import math
+from typing import Optional, Tuple
+
+from fedpara_tff import client_store
+from fedpara_tff import settings as settings_lib
+import keras_layers
+from experiments.data import registry
+
+PERSONALIZED = ('pfedpara', 'fedper', 'local')
+BACKENDS = ('tff', 'tf')
+# Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
+# The data itself is identified by its checksum (`data_sha256` in run.json), not by `data_dir`;
+# `max_test_examples` picks the evaluation set, so it is part of the identity.
+NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
+                       'progress', 'cache_dir', 'download', 'data_dir',
+                       'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
+                       'gpus')
+# Fields added after 0.2.0, left out of the identity at their default so that runs written
+# before they existed still resume.
+IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
+                      'client_optimizer': 'sgd', 'examples_per_client': 20,
+                      'feddyn_alpha': 0.1,
+                      'server_beta_2': settings_lib.DEFAULT_SERVER_BETA_2}
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Every setting of a run; the training binary's flags map one to one onto it."""
+  output_dir: str
+  dataset: str = 'mnist5k'
+  data_dir: Optional[str] = None
+  download: bool = False
+  sequence_length: int = 80
+  model: str = 'small_cnn'
+  parameterization: str = 'fedpara'
+  gamma: Optional[float] = 0.1
+  rank: Optional[int] = None
+  nonlinearity: Optional[str] = None
+  factor_init: str = 'matched_glorot'
+  factor_lr_scale: Optional[str] = None
+  jacobian_correction: float = 0.0
+  weight_norm: bool = False
+  client_store: str = 'auto'
+  client_optimizer: str = 'sgd'
+  eval_clients: int = 300
+  keep_plain: Tuple[str, ...] = ('logits',)
+  local_layers: Tuple[str, ...] = ('logits',)
+  algorithm: str = 'fedavg'
+  client_learning_rate: float = 0.1
+  server_learning_rate: float = 1.0
+  lr_decay: float = 1.0
+  client_momentum: float = 0.0
+  server_momentum: float = 0.0
+  server_beta_2: float = settings_lib.DEFAULT_SERVER_BETA_2
+  weight_decay: float = 0.0
+  fedprox_mu: float = 0.01
+  feddyn_alpha: float = 0.1
+  quantization_bits: int = 0
+  clients: int = 20
+  clients_per_round: int = 10
+  local_epochs: int = 1
+  batch_size: int = 32
+  rounds: int = 10
+  partition: str = 'iid'
+  alpha: float = 0.5
+  shards_per_client: int = 2
+  examples_per_client: int = 20
+  client_test_fraction: float = 0.2
+  seed: int = 0
+  eval_every: int = 1
+  checkpoint_every: int = 1
+  overwrite: bool = False
+  cache_dir: Optional[str] = None
+  max_test_examples: int = 0
+  progress: bool = True
+  workers: str = ''
+  backend: str = 'tff'
+  gpus: str = ''
+  worker_connect_timeout: float = 20.0
+  worker_failure_timeout: float = 10.0
+
+  def round_settings(self):
+    """The round's `fedpara_tff.settings.RoundSettings`, which checks them."""
+    return settings_lib.RoundSettings(
+        client_learning_rate=self.client_learning_rate,
+        server_learning_rate=self.server_learning_rate, local_epochs=self.local_epochs,
+        lr_decay=self.lr_decay, client_optimizer=self.client_optimizer,
+        client_momentum=self.client_momentum, algorithm=self.algorithm,
+        proximal_strength=self.fedprox_mu if self.algorithm == 'fedprox' else 0.0,
+        feddyn_alpha=self.feddyn_alpha, num_clients=self.clients,
+        server_momentum=self.server_momentum, server_beta_2=self.server_beta_2,
+        jacobian_correction=self.jacobian_correction,
+        quantization_bits=self.quantization_bits or None)
+
+  def identity(self):
+    """The flags a restart must repeat to resume this run (JSON-ready)."""
+    fields = dataclasses.asdict(self)
+    for key in NOT_IN_RUN_IDENTITY:
+      fields.pop(key)
+    for key, default in IDENTITY_SINCE_0_3.items():
+      if fields[key] == default:
+        fields.pop(key)
+    if self.algorithm == 'fedprox':
+      # FedProx left TFF's builder, whose proximal term had the wrong sign: a FedProx run of
+      # 0.2 does not resume on the corrected round.
+      fields['fedprox_round'] = 'shared'
+    elif (self.algorithm in settings_lib.SERVER_OPTIMIZERS or self.algorithm == 'mimelite'
+          or self.client_momentum or self.server_momentum):
+      # Adaptive servers, MIME-lite and momentum moved from TFF's builders to the shared round
+      # (same equations, another state layout): such a run of 0.2 does not resume.
+      fields['round'] = 'shared'
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+
+
+def check(config):
+  """Refuses inconsistent settings with one line naming the bad value; returns the round's
+  `RoundSettings`."""
+  if config.clients_per_round > config.clients:
+    raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
+                     f'clients={config.clients}.')
+  settings = config.round_settings()
+  if config.algorithm != 'fedavg' and config.parameterization == 'local':
+    raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
+                     f'parameterization=local has none.')
+  lr_scale = factor_lr_scale(config.factor_lr_scale)
+  if not 0 <= config.seed < 2**31:
+    raise ValueError(f'seed must be in [0, 2**31); got {config.seed!r}.')
+  for name in ('worker_connect_timeout', 'worker_failure_timeout'):
+    value = getattr(config, name)
+    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
+      raise ValueError(f'{name} must be a finite number > 0; got {value!r}.')
+  if config.factor_init not in keras_layers.factors.FACTOR_INITS:
+    raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
+                     f'{config.factor_init!r}.')
+  if config.jacobian_correction and config.parameterization not in ('fedpara', 'pfedpara',
+                                                                     'lowrank'):
+    raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
+                     f'{config.parameterization!r} has none.')
+  client_store.resolve_kind(config.client_store, config.clients)
+  if config.client_optimizer != 'sgd' and lr_scale == 'safe':
+    raise ValueError(f"factor_lr_scale='safe' rescales SGD gradients, which Adam's per-coordinate "
+                     f'normalisation undoes; use it with client_optimizer=sgd, got '
+                     f'client_optimizer={config.client_optimizer!r}.')
+  if not isinstance(config.eval_clients, int) or config.eval_clients < 0:
+    raise ValueError(f'eval_clients must be an integer >= 0 (0: every client); got '
+                     f'{config.eval_clients!r}.')
+  if config.weight_norm and config.model != 'lstm':
+    raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
+                     f'model={config.model!r}.')
+  if config.backend not in BACKENDS:
+    raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
+  if config.backend == 'tf' and config.workers:
+    raise ValueError('backend=tf trains clients in this process; it does not take --workers.')
+  if config.gpus and config.backend != 'tf':
+    raise ValueError(f'gpus={config.gpus!r} needs backend=tf (TFF 0.87\'s worker has no CUDA).')
+  if config.partition == 'natural' and config.dataset not in registry.NATURAL:
+    raise ValueError(f'partition=natural needs a naturally federated dataset '
+                     f'{registry.NATURAL}; got dataset={config.dataset!r}.')
+  if config.model == 'lstm' and config.dataset not in ('shakespeare', 'shakespeare_tff'):
+    raise ValueError(f'model=lstm reads character sequences (dataset shakespeare or '
+                     f'shakespeare_tff); got dataset={config.dataset!r}.')
+  if config.model != 'lstm' and config.dataset in ('shakespeare', 'shakespeare_tff'):
+    raise ValueError(f'dataset={config.dataset} is character sequences; use model=lstm, '
+                     f'got model={config.model!r}.')
+  return settings
+
+
+def factor_lr_scale(value):
+  """`--factor_lr_scale` as the layers take it: None, 'matched', 'safe' or a positive float."""
+  if value in (None, '', 'none'):
+    return None
+  if value in ('matched', 'safe'):
+    return value
+  try:
+    number = float(value)
+  except ValueError:
+    number = float('nan')
+  if not (math.isfinite(number) and number > 0):
+    raise ValueError(f"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; "
+                     f'got {value!r}.')
+  return number
+
+
