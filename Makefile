@@ -4,7 +4,7 @@ PYTHON := $(VENV)/bin/python
 
 VENV_KERAS3 ?= .venv-keras3
 
-.PHONY: setup demo layer-demo test bench bazel-test setup-keras3 test-keras3
+.PHONY: setup demo layer-demo test test-slow bench bazel-test setup-keras3 test-keras3
 
 setup:
 	@scripts/setup_env.sh $(VENV)
@@ -24,9 +24,13 @@ layer-demo: setup
 	$(PYTHON) -m experiments.demo
 
 # Test suite (fails on any failure, and on "no tests collected"), one pytest process per core
-# (pytest-xdist).
+# (pytest-xdist), without the long end-to-end tests marked slow (pytest.ini), which
+# `make test-slow` runs; CI (.ci/run) runs both.
 test: setup
-	$(PYTHON) -m pytest -q -n logical tests
+	$(PYTHON) -m pytest -q -n logical --dist worksteal -m "not slow" tests
+
+test-slow: setup
+	$(PYTHON) -m pytest -q -n logical --dist worksteal -m slow tests
 
 # The layer tests on Keras 3 / JAX: tests/keras3 and the backend-neutral layer modules of tests/
 # (the main suite runs them all on Keras 2 too).

@@ -210,13 +210,14 @@ class FactorizedLayer(keras.layers.Layer):
     """Inner rank of each factorised kernel of this layer (after build)."""
     return [f.rank for f in self.factorizations]
 
-  def labelled_factorizations(self):
+  def labelled_factorizations(self, name=None):
     """`(label, factorization)` per factorised kernel: `(layer name, its kernel's)` for Dense and
-    Conv; a cell with several kernels labels them `<name>/kernel`, `<name>/recurrent` (the
-    package's LSTM layers answer for their cell with their own name)."""
+    Conv; a cell labels its two kernels `<name>/kernel`, `<name>/recurrent` (`name`: the layer
+    answering for it, default its own)."""
+    name = name or self.name
     if len(self.factorizations) == 1:
-      return [(self.name, self.factorizations[0])]
-    return [(f'{self.name}/{f.prefix.rstrip("_")}', f) for f in self.factorizations]
+      return [(name, self.factorizations[0])]
+    return [(f'{name}/{f.prefix.rstrip("_")}', f) for f in self.factorizations]
 
   @property
   def local_weights(self):

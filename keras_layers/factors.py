@@ -35,12 +35,12 @@ of the plain kernel's step (docs/DESIGN.md, "Step-size rule").
 
 import collections
 import math
-import numbers
 
 import numpy as np
 
 from keras_layers import backend
 from keras_layers import ranks
+from keras_layers import validation
 from keras_layers.backend import keras
 from keras_layers.backend import ops
 
@@ -84,8 +84,8 @@ def check_factor_lr_scale(factor_lr_scale):
   """`None`, `'matched'`, `'safe'` or a positive finite number; anything else raises."""
   if factor_lr_scale is None or factor_lr_scale in (MATCHED, SAFE):
     return factor_lr_scale
-  if (isinstance(factor_lr_scale, numbers.Real) and not isinstance(factor_lr_scale, bool)
-      and math.isfinite(factor_lr_scale) and factor_lr_scale > 0):
+  if (validation.is_number(factor_lr_scale) and math.isfinite(factor_lr_scale)
+      and factor_lr_scale > 0):
     return float(factor_lr_scale)
   raise ValueError(f"factor_lr_scale must be None, 'matched', 'safe' or a positive number; "
                    f'got {factor_lr_scale!r}.')

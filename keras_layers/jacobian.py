@@ -26,6 +26,7 @@ import contextlib
 from keras_layers import backend
 from keras_layers import base
 from keras_layers import lstm
+from keras_layers import validation
 from keras_layers.backend import keras
 
 # The correction differentiates with TensorFlow's GradientTape: Keras 2 (TensorFlow 2.14) only.
@@ -149,7 +150,7 @@ class JacobianCorrectedModel(keras.Model):
       raise ValueError('JacobianCorrectedModel needs Keras 2 (tf.keras of TensorFlow 2.14, as '
                        'TFF uses); the installed Keras is 3.')
     super().__init__(**kwargs)
-    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or strength <= 0:
+    if not validation.is_number(strength) or not strength > 0:
       raise ValueError(f'strength must be a positive number; got {strength!r}.')
     self.inner = model
     self.strength = float(strength)

@@ -208,8 +208,7 @@ class LowRankLSTMCell(_FactorizedLSTMCell):
   scheme = 'lowrank'
 
 
-# The factorised cells (`keras_layers.base.factorized_layers` lists one alone when it runs
-# outside the package's LSTM layers).
+# The factorised cells (`base.factorized_layers` lists one alone outside the LSTM layers).
 FACTORIZED_CELLS = (FedParaLSTMCell, PFedParaLSTMCell, LowRankLSTMCell)
 
 _LAYER_KWARGS = ('name', 'dtype', 'trainable', 'input_shape', 'batch_input_shape',
@@ -337,13 +336,10 @@ class _FactorizedLSTM(_KernelLSTM):
 
   @property
   def factorizations(self):
-    """The cell's factorisations: the input kernel's, then the recurrent kernel's."""
     return self.cell.factorizations
 
   def labelled_factorizations(self):
-    """`(<layer>/kernel, ...)`, `(<layer>/recurrent, ...)`: the cell's kernels, by this layer's
-    name."""
-    return [(f'{self.name}/{f.prefix.rstrip("_")}', f) for f in self.cell.factorizations]
+    return self.cell.labelled_factorizations(self.name)
 
   @property
   def local_weights(self):

@@ -10,8 +10,9 @@ gamma 0.4 gives `R = 72`; `param_ratio=0.1` gives `R = 36` (60,192 parameters).
 """
 
 import math
-import numbers
 import warnings
+
+from keras_layers import validation
 
 # Tolerance for the floating-point interpolation in `rank_for_gamma`, so that a
 # mathematically integral value such as 30.000000000004 is not rounded up.
@@ -20,7 +21,7 @@ _CEIL_EPS = 1e-9
 
 def is_positive_int(value):
   """True for a positive integer (bools, floats and strings are not)."""
-  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+  return validation.is_integer(value, 1)
 
 
 def _check_kernel_shape(kernel_shape):
@@ -162,18 +163,11 @@ def r_max(kernel_shape):
 
 
 def check_gamma(gamma):
-  if (not isinstance(gamma, numbers.Real) or isinstance(gamma, bool)
-      or not 0.0 <= float(gamma) <= 1.0):
-    raise ValueError(f'gamma must be a number in [0, 1]; got {gamma!r}.')
-  return float(gamma)
+  return validation.number(gamma, 'gamma', 0.0, 1.0)
 
 
 def check_param_ratio(param_ratio):
-  if (not isinstance(param_ratio, numbers.Real) or isinstance(param_ratio, bool)
-      or not 0.0 < float(param_ratio) <= 1.0):
-    raise ValueError(
-        f'param_ratio must be a number in (0, 1]; got {param_ratio!r}.')
-  return float(param_ratio)
+  return validation.number(param_ratio, 'param_ratio', 0.0, 1.0, low_closed=False)
 
 
 _warned_shapes = set()

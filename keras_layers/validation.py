@@ -67,10 +67,14 @@ def fraction(value, name, *, low_closed=True, high_closed=False):
   return number(value, name, 0.0, 1.0, low_closed=low_closed, high_closed=high_closed)
 
 
+def is_integer(value, minimum=1):
+  """Whether `value` is an integer (not a bool) >= `minimum`."""
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
+
+
 def integer(value, name, minimum=1):
   """`value` as an int if it is an integer (not a bool) >= `minimum`."""
-  if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
-      or value < minimum):
+  if not is_integer(value, minimum):
     raise ValueError(f'{name} must be an integer >= {minimum}; got {value!r}.')
   return int(value)
 

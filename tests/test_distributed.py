@@ -47,6 +47,7 @@ def _final_arrays(run_dir, round_num):
     return {k: stored[k] for k in stored.files if k != 'meta'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('parameterization, store, algorithm', [
     ('fedpara', 'auto', {}), ('pfedpara', 'memory', {}), ('pfedpara', 'sqlite', {}),
     # The algorithms' own state through the workers: SCAFFOLD's c_i in the store and its doubled
@@ -83,6 +84,7 @@ def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterizat
   assert local['worker_shares'] == []
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_stops_it_and_a_restart_resumes(tmp_path):
   ports = [portpicker.pick_unused_port() for _ in range(2)]
   processes = _start(ports)

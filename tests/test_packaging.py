@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import tensorflow as tf
 
 import keras_layers as kl
@@ -24,6 +25,7 @@ def test_every_layer_is_registered_for_deserialization():
     assert tf.keras.utils.get_registered_object(f'fedpara>{cls.__name__}') is cls
 
 
+@pytest.mark.slow
 def test_installed_package_has_console_scripts_and_finds_its_flagfiles(tmp_path):
   """`pip install --no-deps .` into a clean venv: four console scripts; `fedpara-train
   --flagfile=NAME.cfg` runs from an unrelated folder with the packaged flagfile."""

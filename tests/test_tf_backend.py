@@ -117,6 +117,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_every_algorithm_agrees_across_backends_with_fedpara_and_pfedpara():
   """Every algorithm of the shared round x {FedPara, pFedPara}: `backend=tff` and `backend=tf`
   give the same server state (weights and the algorithm's arrays), the same client states and

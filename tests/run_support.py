@@ -1,0 +1,47 @@
+"""What the end-to-end tests of the training binary share: a tiny run's config, its metrics
+rows and its command line."""
+
+import csv
+import os
+import subprocess
+import sys
+
+from experiments import run_config
+from experiments import run_io
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(dataset='mnist5k', model='mlp', clients=6, clients_per_round=2, rounds=2,
+            batch_size=64, progress=False)
+
+
+def config(tmp_path, name='run', **overrides):
+  """A tiny run (`TINY` with `overrides`) in `tmp_path / name`, caching its partition beside."""
+  return run_config.RunConfig(output_dir=str(tmp_path / name), cache_dir=str(tmp_path / 'cache'),
+                              **{**TINY, **overrides})
+
+
+def rows(run_dir):
+  """The rows of a run folder's metrics.csv, as dicts of strings."""
+  with open(os.path.join(run_dir, run_io.METRICS_FILE), newline='') as f:
+    return list(csv.DictReader(f))
+
+
+def train_command(config_):
+  """`python -m experiments.train` with the flags of `config_`."""
+  args = [sys.executable, '-m', 'experiments.train', '--progress=false']
+  for key, value in vars(config_).items():
+    if key == 'progress' or value is None:
+      continue
+    if isinstance(value, bool):
+      args.append(f'--{key}' if value else f'--no{key}')
+    elif isinstance(value, tuple):
+      args.append(f'--{key}={",".join(value)}')
+    else:
+      args.append(f'--{key}={value}')
+  return args
+
+
+def binary(*args):
+  """Runs `python -m experiments.train *args` from the repository; returns the result."""
+  return subprocess.run([sys.executable, '-m', 'experiments.train', *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, check=False)

@@ -1,0 +1,151 @@
+"""What the training binary refuses, in one line, before writing anything."""
+
+import glob
+import json
+import os
+import shutil
+
+from absl import flags
+import pytest
+
+from experiments import checkpoints
+from experiments import run_config
+from experiments import run_io
+from experiments import runner
+from experiments import train
+from experiments.data import common
+from tests import run_support as rs
+
+
+# ---- refusals ------------------------------------------------------------------------------
+
+def _refused(config, match, error=ValueError):
+  with pytest.raises(error, match=match):
+    runner.run(config)
+  assert not os.path.exists(config.output_dir)  # nothing half-written
+
+
+def test_inconsistent_settings_are_refused_before_writing(tmp_path):
+  _refused(rs.config(tmp_path, clients=4, clients_per_round=5),
+           'clients_per_round=5 exceeds clients=4')
+  _refused(rs.config(tmp_path, clients=4001, clients_per_round=2),
+           'clients=4001 exceeds the 4000 training examples')
+  _refused(rs.config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
+  _refused(rs.config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
+  _refused(rs.config(tmp_path, algorithm='mimelite', server_momentum=0.9),
+           'algorithm=mimelite takes server SGD without momentum; got server_momentum=0.9')
+  _refused(rs.config(tmp_path, algorithm='mimelite', client_optimizer='adam'),
+           "algorithm=mimelite corrects SGD steps; got client_optimizer='adam'")
+  _refused(rs.config(tmp_path, parameterization='fedper', local_layers=('nope',)),
+           r"local_layers=\['nope'\] must name layers")
+  _refused(rs.config(tmp_path, factor_lr_scale='fast'),
+           r"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; got 'fast'")
+  _refused(rs.config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
+  _refused(rs.config(tmp_path, factor_lr_scale='safe', client_optimizer='adam'),
+           r"factor_lr_scale='safe' rescales SGD gradients.*got client_optimizer='adam'")
+  _refused(rs.config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
+           r"jacobian_correction=1.0 needs plain client SGD steps .*algorithm='mimelite'")
+  _refused(rs.config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),
+           r'jacobian_correction=1.0 needs plain client SGD steps .*client_momentum=0.9')
+  _refused(rs.config(tmp_path, algorithm='fedadam', server_momentum=0.9),
+           r'server_momentum=0.9 applies to server SGD; algorithm=fedadam has its own moments')
+  _refused(rs.config(tmp_path, algorithm='fedavg', server_beta_2=0.99),
+           r'server_beta_2=0.99 applies to fedadam or fedyogi; got algorithm=fedavg')
+  _refused(rs.config(tmp_path, algorithm='fedadam', server_beta_2=1.0),
+           r'server_beta_2 must be a number in \(0, 1\); got 1.0')
+  _refused(rs.config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
+           r'feddyn_alpha must be a finite number > 0; got 0.0')
+  _refused(rs.config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
+           r"algorithm=scaffold corrects SGD steps; got client_optimizer='adam'")
+  _refused(rs.config(tmp_path, algorithm='scaffold', parameterization='local'),
+           r'algorithm=scaffold acts on the global variables; parameterization=local has none')
+  _refused(rs.config(tmp_path, algorithm='scaffold', server_momentum=0.9),
+           r'algorithm=scaffold runs without momentum; got client_momentum=0.0, '
+           r'server_momentum=0.9')
+  _refused(rs.config(tmp_path, algorithm='fedprox', parameterization='local'),
+           r'algorithm=fedprox acts on the global variables; parameterization=local has none')
+  _refused(rs.config(tmp_path, jacobian_correction=1.0, parameterization='original'),
+           "jacobian_correction applies to factorised layers; parameterization='original'")
+  _refused(rs.config(tmp_path, jacobian_correction=-1.0),
+           'jacobian_correction must be a finite number >= 0; got -1.0')
+
+
+def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
+  _refused(rs.config(tmp_path, dataset='fashion_mnist', model='small_cnn',
+                   data_dir=str(tmp_path / 'empty')),
+           'apt-get install -y dataset-fashion-mnist', common.DataNotFoundError)
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  real = run_config.registry.mnist5k.default_path()
+  with open(real, 'rb') as f:
+    (broken / 'mnist_5k.csv.gz').write_bytes(f.read()[:5000])
+  _refused(rs.config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
+
+
+def test_output_dir_of_another_run_needs_overwrite(tmp_path):
+  runner.run(rs.config(tmp_path, rounds=1))
+  other = rs.config(tmp_path, rounds=1, client_learning_rate=0.05)
+  with pytest.raises(run_io.RunConflictError,
+                     match=r'different flags \(client_learning_rate: 0.1 -> 0.05\).*--overwrite'):
+    runner.run(other)
+  assert len(rs.rows(other.output_dir)) == 1  # the old run is untouched
+  other.overwrite = True
+  assert runner.run(other)['rounds'] == 1
+  with open(os.path.join(other.output_dir, run_io.RUN_FILE)) as f:
+    assert json.load(f)['client_learning_rate'] == 0.05
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  mlp_run = rs.config(tmp_path, 'mlp', rounds=1)
+  runner.run(mlp_run)
+  cnn_run = rs.config(tmp_path, 'cnn', model='small_cnn', rounds=1)
+  runner.run(cnn_run)
+  source = checkpoints.path_for(os.path.join(mlp_run.output_dir, 'checkpoints'), 1)
+  shutil.copy(source, checkpoints.path_for(os.path.join(cnn_run.output_dir, 'checkpoints'), 5))
+  cnn_run.rounds = 6
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='written for another model'):
+    runner.run(cnn_run)
+
+
+def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
+  out = tmp_path / 'out'
+  result = rs.binary(f'--output_dir={out}', '--dataset=imagenet')
+  assert result.returncode != 0
+  assert 'flag --dataset=imagenet: value should be one of' in result.stderr
+  result = rs.binary(f'--output_dir={out}', '--dataset=fashion_mnist',
+                   f'--data_dir={tmp_path / "none"}', f'--cache_dir={tmp_path / "cache"}')
+  assert result.returncode == 1
+  errors = [line for line in result.stderr.splitlines() if 'error' in line.lower()]
+  assert len(errors) == 1 and errors[0].startswith('train: error: Fashion-MNIST not found')
+  assert not out.exists()
+
+
+@pytest.mark.parametrize('argv, match', [
+    (['--alpha=0'], '--alpha must be > 0'),
+    (['--clients=3', '--clients_per_round=4'], 'clients_per_round must not exceed --clients'),
+    (['--partition=random'], 'value should be one of'),
+    (['--model=resnet'], 'value should be one of'),
+    (['--gamma=1.5'], r'--gamma must be in \[0, 1\]'),
+    (['--seed=-1'], r'--seed must be in \[0, 2\*\*31\)'),
+    (['--worker_connect_timeout=inf'], '--worker_connect_timeout must be a finite number > 0'),
+    (['--worker_failure_timeout=nan'], '--worker_failure_timeout must be a finite number > 0'),
+    (['--jacobian_correction=-1'], '--jacobian_correction must be a finite number >= 0'),
+])
+def test_flag_validators(argv, match):
+  try:
+    with pytest.raises(flags.Error, match=match):
+      flags.FLAGS(['train', '--output_dir=unused', *argv])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(rs.REPO, 'experiments', 'configs',
+                                                               '*.cfg'))))
+def test_every_flagfile_parses_and_is_consistent(path):
+  try:
+    flags.FLAGS(['train', f'--flagfile={path}'])
+    config = train.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  run_config.check(config)
+  assert config.output_dir.startswith('runs/')

@@ -1,0 +1,373 @@
+"""Runs stopped and resumed: SIGKILL at any moment resumes bit-exact, no TFF worker is left
+behind, divergence stops a run, damaged files are named or recovered."""
+
+import glob
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from fedpara_tff import client_store
+from experiments import checkpoints
+from experiments import round_loop
+from experiments import run_config
+from experiments import run_io
+from experiments import runner
+from tests import run_support as rs
+from tests import tff_support as ts
+
+
+def _run_killed_at(config, after_rows, delay):
+  """Starts the binary in its own process group and SIGKILLs the whole group (TFF's worker
+  included) `delay` seconds after `metrics.csv` first holds `after_rows` rows.
+
+  No hook in the binary: the moment is picked from outside, so it can fall anywhere in the next
+  round, in its evaluation, or between a round's metrics row and its checkpoint.
+  """
+  process = subprocess.Popen(rs.train_command(config), cwd=rs.REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  try:
+    deadline = time.monotonic() + 240   # checked on every poll, whatever the child prints
+    path = os.path.join(config.output_dir, run_io.METRICS_FILE)
+    while not (os.path.exists(path) and len(rs.rows(config.output_dir)) >= after_rows):
+      assert process.poll() is None, f'the run ended (code {process.returncode}) before round ' \
+                                     f'{after_rows}'
+      assert time.monotonic() < deadline, f'round {after_rows} not reached within 240 s'
+      time.sleep(0.05)
+    time.sleep(delay)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+  time.sleep(0.5)
+  assert not [p for p in psutil.process_iter(['pid']) if _in_group(p, process.pid)]
+
+
+def _in_group(proc, group):
+  """True for a live (not zombie) process of process group `group`."""
+  try:
+    return os.getpgid(proc.pid) == group and proc.status() != psutil.STATUS_ZOMBIE
+  except (ProcessLookupError, psutil.Error):
+    return False
+
+
+_WHOLE_RUNS = {}   # flags -> the config of an uninterrupted run with them (read only)
+
+
+def _whole_run(tmp_path_factory, common_flags):
+  """The uninterrupted run of `common_flags`, run once per test process and shared by the kill
+  tests that compare with it (they only read it)."""
+  key = tuple(sorted(common_flags.items()))
+  if key not in _WHOLE_RUNS:
+    whole = rs.config(tmp_path_factory.mktemp('whole'), 'whole', **common_flags)
+    runner.run(whole)
+    _WHOLE_RUNS[key] = whole
+  return _WHOLE_RUNS[key]
+
+
+def _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay):
+  """An uninterrupted 3-round run (`_whole_run`), and the same run killed (`_run_killed_at`)
+  then resumed by rerunning its command; returns both configs."""
+  whole = _whole_run(tmp_path_factory, common_flags)
+  cut = rs.config(tmp_path, 'cut', **common_flags)
+  _run_killed_at(cut, after_rows, delay)
+  resumed = subprocess.run(rs.train_command(cut), cwd=rs.REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert [r['round'] for r in rs.rows(cut.output_dir)] == ['1', '2', '3']
+  return whole, cut
+
+
+# (parameterization, rows seen before the kill, delay in s): 0.0 with checkpoint_every=2 kills
+# right after round 1's metrics row, before any checkpoint exists (the window between a round's
+# metrics write and its checkpoint); the seeded delays land at random moments of round 2.
+_KILLS = [('fedpara', 1, 0.0), ('pfedpara', 1, 0.0)] + [
+    (p, 1, float(d)) for p, d in zip(('fedpara', 'pfedpara'),
+                                     np.random.default_rng(7).uniform(0.05, 1.5, size=2))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('parameterization, after_rows, delay', _KILLS)
+def test_sigkilled_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path_factory, tmp_path,
+                                                                  parameterization, after_rows,
+                                                                  delay):
+  common_flags = dict(parameterization=parameterization, rounds=3, lr_decay=0.99,
+                      checkpoint_every=2)
+  whole, cut = _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay)
+  final = {}
+  for run in (whole, cut):
+    with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
+      final[run.output_dir] = {k: stored[k] for k in stored.files if k != 'meta'}
+  a, b = final[whole.output_dir], final[cut.output_dir]
+  assert sorted(a) == sorted(b)
+  if parameterization == 'pfedpara':
+    assert any(k.startswith('local_') for k in a)  # every trained client's local factors
+  for key in a:
+    np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=key)
+  for column in ('train_loss', 'bytes_uploaded', 'cumulative_gb'):
+    assert ([r[column] for r in rs.rows(whole.output_dir)] ==
+            [r[column] for r in rs.rows(cut.output_dir)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('after_rows, delay', [(1, 0.0), (2, 0.0)] + [
+    (1, float(d)) for d in np.random.default_rng(11).uniform(0.05, 1.5, size=2)])
+def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path_factory, tmp_path, after_rows,
+                                                    delay):
+  """pFedPara with the SQLite client store, killed at seeded moments (in a round, between a
+  metrics row and its checkpoint, in the checkpoint or the store's commit): the resumed run ends
+  with every client's state and the weights of an uninterrupted run."""
+  common_flags = dict(parameterization='pfedpara', rounds=3, checkpoint_every=1,
+                      client_store='sqlite')
+  whole, cut = _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay)
+  (round_a, a), (round_b, b) = (ts.store_snapshot(r.output_dir) for r in (whole, cut))
+  assert round_a == round_b == 3 and sorted(a) == sorted(b) and a
+  for client in a:
+    for x, y in zip(a[client], b[client]):
+      np.testing.assert_allclose(x, y, rtol=0, atol=1e-6, err_msg=client)
+  for run in (whole, cut):
+    with np.load(checkpoints.path_for(os.path.join(run.output_dir, 'checkpoints'), 3)) as stored:
+      assert not any(k.startswith('local_') for k in stored.files)   # not in the checkpoints
+  with np.load(checkpoints.path_for(os.path.join(whole.output_dir, 'checkpoints'), 3)) as x, \
+      np.load(checkpoints.path_for(os.path.join(cut.output_dir, 'checkpoints'), 3)) as y:
+    for key in x.files:
+      if key != 'meta':
+        np.testing.assert_allclose(x[key], y[key], rtol=0, atol=1e-6, err_msg=key)
+
+
+def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
+  config = rs.config(tmp_path, parameterization='pfedpara', rounds=2, client_store='sqlite')
+  runner.run(config)
+  path = os.path.join(config.output_dir, client_store.FILE_NAME)
+  os.rename(path, path + '.away')
+  config.rounds = 3
+  with pytest.raises(client_store.ClientStoreError, match=r'is missing, so the clients\' state is '
+                                                          r'lost; start the run again'):
+    runner.run(config)
+  with open(path, 'wb') as f:
+    f.write(b'garbage' * 1000)
+  with pytest.raises(client_store.ClientStoreError, match=r'is damaged'):
+    runner.run(config)
+  assert os.path.exists(path + '.away')   # nothing of the user's removed
+
+
+# ---- no orphaned worker, divergence is a failure ---------------------------------------------
+
+def _worker_children(pid):
+  try:
+    children = psutil.Process(pid).children(recursive=True)
+  except psutil.NoSuchProcess:
+    return []
+  out = []
+  for child in children:
+    try:
+      if any('data/worker_binary' in part for part in child.cmdline()):
+        out.append(child)
+    except psutil.NoSuchProcess:
+      continue
+  return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('target,signum', [('binary', signal.SIGTERM),
+                                            ('binary', signal.SIGKILL),
+                                            ('group', signal.SIGTERM),
+                                            ('group', signal.SIGINT)])
+def test_killed_binary_leaves_no_worker(tmp_path, target, signum):
+  """`binary`: the signal reaches the binary alone (the watchdog cleans up after SIGKILL);
+  `group`: its whole process group, workers included, as Ctrl-C in a terminal or
+  `kill -TERM -PGID` do (a dead worker must not make the exit print gRPC tracebacks)."""
+  config = rs.config(tmp_path, rounds=500, checkpoint_every=1)
+  process = subprocess.Popen(rs.train_command(config), cwd=rs.REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+  workers = []
+  try:
+    deadline = time.monotonic() + 240
+    metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
+    # A finished round: its metrics row and its checkpoint (written after the row).
+    while not (os.path.exists(metrics) and len(rs.rows(config.output_dir)) >= 1
+               and checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))):
+      assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+      time.sleep(0.5)
+    workers = _worker_children(process.pid)
+    assert workers, 'the run should have started a TFF worker'
+    if target == 'group':
+      os.killpg(process.pid, signum)
+    else:
+      process.send_signal(signum)
+    process.wait(timeout=60)
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f'worker(s) left after {signum.name}: {[w.pid for w in alive]}'
+    if signum != signal.SIGKILL:
+      stderr = process.stderr.read()
+      assert process.returncode == 128 + signum, stderr
+      assert 'Traceback' not in stderr and f'stopped by {signum.name}' in stderr, stderr
+      assert checkpoints.latest(os.path.join(config.output_dir, 'checkpoints')) is not None
+  finally:
+    if process.poll() is None:
+      process.kill()
+    for worker in workers + _worker_children(process.pid):
+      try:
+        worker.kill()
+      except psutil.NoSuchProcess:
+        pass
+
+
+def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
+  config = rs.config(tmp_path, rounds=3, client_learning_rate=1e6)
+  with pytest.raises(round_loop.RunDivergedError,
+                     match=r'round 1: training diverged: every client\'s update was non-finite '
+                           r'\(2 of 2 clients\) at client_learning_rate=1000000.0, '
+                           r'server_learning_rate=1.0; the last checkpoint \(round 0\) is kept'):
+    runner.run(config)
+  # A new run that stopped before its first checkpoint leaves nothing that blocks the fix.
+  assert not os.path.exists(config.output_dir)
+  config.client_learning_rate = 0.1
+  config.rounds = 1
+  assert runner.run(config)['rounds'] == 1
+
+
+def test_divergence_checks():
+  fine = np.ones(3)
+  assert round_loop.divergence({'diverged_clients': 1}, 2, [fine]) is None
+  assert 'variable 1 of 2' in round_loop.divergence({'diverged_clients': 0}, 2,
+                                                [fine, np.array([np.nan])])
+  assert 'test loss is inf' in round_loop.divergence({'diverged_clients': 0, 'test_loss': math.inf},
+                                                 2, [])
+
+
+def test_diverged_binary_exits_non_zero_with_one_line(tmp_path):
+  config = rs.config(tmp_path, rounds=2, client_learning_rate=1e6)
+  result = subprocess.run(rs.train_command(config), cwd=rs.REPO, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode != 0
+  lines = [l for l in result.stderr.splitlines() if l.startswith('train: error:')]
+  assert len(lines) == 1 and 'training diverged' in lines[0], result.stderr[-2000:]
+
+
+def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
+  import gzip  # pylint: disable=g-import-not-at-top
+  real = run_config.registry.mnist5k.default_path()
+  same, other = tmp_path / 'same', tmp_path / 'other'
+  same.mkdir()
+  other.mkdir()
+  shutil.copy(real, same / 'mnist_5k.csv.gz')
+  with gzip.open(real, 'rt') as f:
+    lines = f.read().splitlines()
+  first = lines[0].split(',')
+  first[300] = '0' if first[300] != '0' else '17'   # one pixel of one image differs
+  lines[0] = ','.join(first)
+  with gzip.open(other / 'mnist_5k.csv.gz', 'wt') as f:
+    f.write('\n'.join(lines) + '\n')
+  runner.run(rs.config(tmp_path, rounds=1))
+  # The same data from another folder resumes.
+  assert runner.run(rs.config(tmp_path, rounds=2, data_dir=str(same)))['rounds'] == 2
+  with pytest.raises(run_io.RunConflictError, match=r'different flags \(data_sha256: '):
+    runner.run(rs.config(tmp_path, rounds=3, data_dir=str(other)))
+  with pytest.raises(run_io.RunConflictError, match=r'different flags \(max_test_examples: 0 -> 50'):
+    runner.run(rs.config(tmp_path, rounds=3, max_test_examples=50))
+  assert [r['round'] for r in rs.rows(str(tmp_path / 'run'))] == ['1', '2']
+
+
+# ---- damaged files read back -----------------------------------------------------------------
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
+  whole = rs.config(tmp_path, 'whole', rounds=3)
+  runner.run(whole)
+  cut = rs.config(tmp_path, 'cut', rounds=2)
+  runner.run(cut)
+  newest = checkpoints.path_for(os.path.join(cut.output_dir, 'checkpoints'), 2)
+  with open(newest, 'rb') as f:
+    content = f.read()
+  with open(newest, 'wb') as f:
+    f.write(content[:len(content) // 2])   # truncated
+  cut.rounds = 3
+  runner.run(cut)
+  err = capfd.readouterr().err
+  assert f'checkpoint {newest} is damaged' in err and 'resuming from round 1 instead' in err
+  assert [r['round'] for r in rs.rows(cut.output_dir)] == ['1', '2', '3']
+  for column in ('train_loss', 'bytes_uploaded', 'test_accuracy'):
+    assert ([r[column] for r in rs.rows(whole.output_dir)] ==
+            [r[column] for r in rs.rows(cut.output_dir)])
+
+
+def test_damaged_partition_cache_is_recomputed(tmp_path):
+  config = rs.config(tmp_path, rounds=1)
+  runner.run(config)
+  (entry,) = glob.glob(os.path.join(config.cache_dir, '*.npz'))
+  with open(entry, 'r+b') as f:
+    f.seek(40)
+    f.write(b'\xff' * 64)   # bad CRC / header
+  again = rs.config(tmp_path, 'again', rounds=1)
+  runner.run(again)
+  assert rs.rows(again.output_dir)[0]['train_loss'] == rs.rows(config.output_dir)[0]['train_loss']
+
+
+@pytest.mark.parametrize('name, content, message', [
+    (run_io.RUN_FILE, '{"dataset": "mnist', r'run.json is damaged .*--overwrite'),
+    (run_io.METRICS_FILE, 'round,clients\n1,2,3,4\n', r'metrics.csv is damaged \(its header'),
+    (run_io.METRICS_FILE, ','.join(run_io.COLUMNS) + '\n1,x\n', r'metrics.csv is damaged'),
+])
+def test_damaged_run_files_are_named(tmp_path, name, content, message):
+  config = rs.config(tmp_path, rounds=1)
+  runner.run(config)
+  with open(os.path.join(config.output_dir, name), 'w') as f:
+    f.write(content)
+  config.rounds = 2
+  with pytest.raises(run_io.DamagedFileError, match=message):
+    runner.run(config)
+
+
+def test_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(checkpoints.np, 'savez', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    checkpoints.save(str(tmp_path), 1, [np.ones(2)], [], {})
+  assert os.listdir(tmp_path) == []
+
+
+def test_metrics_keep_full_precision_on_resume(tmp_path):
+  config = rs.config(tmp_path, model='small_cnn', parameterization='original', rounds=1)
+  runner.run(config)
+  before = rs.rows(config.output_dir)[0]
+  config.rounds = 2
+  runner.run(config)
+  after = rs.rows(config.output_dir)[0]
+  assert after == before
+  assert int(after['bytes_uploaded']) > 1_000_000 and after['bytes_uploaded'].isdigit()
+  assert float(after['train_loss']) == float(repr(float(after['train_loss'])))
+
+
+def test_compare_checks_every_parameterization_before_running_any(tmp_path):
+  # local-only has no global variable for SCAFFOLD: refused before the original run starts.
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.compare', f'--output_dir={tmp_path / "cmp"}',
+       '--dataset=mnist5k', '--model=mlp', '--clients=6', '--clients_per_round=2',
+       '--algorithm=scaffold', '--parameterizations=original,local',
+       f'--cache_dir={tmp_path / "cache"}', '--progress=false'],
+      cwd=rs.REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'compare: error: parameterization=local: algorithm=scaffold acts on the global variables')
+  assert not (tmp_path / 'cmp').exists()
+
+
+def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('mine')
+  with pytest.raises(run_io.RunConflictError, match=r'output_dir .*a_file is a file, not a folder'):
+    runner.run(rs.config(tmp_path, 'a_file', rounds=1))
+  with pytest.raises(run_io.RunConflictError, match=r'output_dir .*cannot be written \(Not a '):
+    runner.run(rs.config(tmp_path, 'a_file/run', rounds=1))
+  config = run_config.RunConfig(**{**vars(rs.config(tmp_path, 'cached', rounds=1)),
+                               'cache_dir': str(a_file / 'cache')})
+  with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
+    runner.run(config)
+  assert a_file.read_text() == 'mine'
