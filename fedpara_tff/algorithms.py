@@ -42,11 +42,7 @@ class ServerOptimizer:
   Its state is a list of arrays: `[a...]`, `[m..., v..., t]` or `[v...]`.
   """
 
-  NAMES = settings_lib.SERVER_OPTIMIZER_NAMES
-
-  DEFAULT_BETA_2 = settings_lib.DEFAULT_SERVER_BETA_2
-
-  def __init__(self, name='sgd', momentum=0.0, beta_2=DEFAULT_BETA_2):
+  def __init__(self, name='sgd', momentum=0.0, beta_2=settings_lib.DEFAULT_SERVER_BETA_2):
     # Checked by `fedpara_tff.settings.RoundSettings`, through which `build` makes it.
     self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
     self.stateful = name != 'sgd' or bool(momentum)

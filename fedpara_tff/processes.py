@@ -114,14 +114,14 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
     raise ValueError("algorithm='fedprox': TFF 0.87's FedProx adds the proximal gradient with the "
                      "wrong sign (docs/DESIGN.md, \"TFF runtime facts\"); use "
                      "fedpara_tff.build_fedavg_driver(..., proximal_strength=mu) instead.")
-  # TFF's MIME-lite takes any server optimizer (the shared round's, server SGD only).
+  # The settings' rules for the shared round's MIME-lite (SGD steps only, server SGD without
+  # momentum) are not TFF's: its builder takes any base optimizer and server SGD momentum, so
+  # its settings are checked as FedAvg's, whose server step it shares.
   mime = algorithm == 'mimelite'
-  if mime:
-    validation.fraction(server_momentum, 'server_momentum')
   settings = settings_lib.RoundSettings(
       client_learning_rate=client_learning_rate, server_learning_rate=server_learning_rate,
       lr_decay=lr_decay, client_optimizer=client_optimizer, client_momentum=client_momentum,
-      algorithm=algorithm, server_momentum=0.0 if mime else server_momentum,
+      algorithm='fedavg' if mime else algorithm, server_momentum=server_momentum,
       server_beta_2=server_beta_2)
   if settings.lr_decay != 1 and mime:
     raise ValueError(f'lr_decay={lr_decay!r} is not available with {algorithm!r} in TFF 0.87; '

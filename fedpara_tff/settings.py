@@ -135,9 +135,7 @@ class RoundSettings:
     if self.proximal_strength and self.base_algorithm not in ('fedavg', 'fedprox'):
       raise ValueError(f'proximal_strength={self.proximal_strength} is FedProx\'s; '
                        f'algorithm={algorithm} takes none.')
-    if algorithm in ('scaffold', 'feddyn') and not (
-        validation.is_number(self.num_clients) and self.num_clients == int(self.num_clients)
-        and self.num_clients >= 1):
+    if algorithm in ('scaffold', 'feddyn') and not validation.is_integer(self.num_clients, 1):
       raise ValueError(f'{algorithm.upper() if algorithm == "scaffold" else "FedDyn"} needs '
                        f'num_clients (all clients, N) as an integer >= 1; got '
                        f'{self.num_clients!r}.')

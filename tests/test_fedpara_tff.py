@@ -161,6 +161,17 @@ def test_fedpara_process_lowers_the_loss(clients, algorithm):
   assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 3 * 814 * 4
 
 
+def test_tffs_mime_lite_takes_any_base_optimizer_and_server_momentum():
+  """TFF's MIME-lite builder takes an Adam base optimizer and server SGD momentum, which the
+  shared round's MIME-lite (SGD only, server step without momentum) refuses."""
+  for options in (dict(client_optimizer='adam'), dict(server_momentum=0.9)):
+    process = fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='mimelite',
+                                                keras_model_fn=ts.keras_model, **options)
+    assert process.next.type_signature.parameter is not None
+  with pytest.raises(ValueError, match=r'server_momentum must be a number in \[0, 1\); got 1.5'):
+    fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='mimelite', server_momentum=1.5)
+
+
 def test_learning_rate_decays_per_round(clients):
   process = fedpara_tff.build_fedpara_process(ts.model_fn, client_learning_rate=0.4,
                                               lr_decay=0.5, keras_model_fn=ts.keras_model)

@@ -33,6 +33,7 @@ from tests import tff_support as ts
      r'algorithm=scaffold takes server SGD without momentum'),
     (dict(algorithm='fedprox'), r'algorithm=fedprox needs proximal_strength > 0; got 0.0'),
     (dict(algorithm='feddyn', num_clients=2.5), r'FedDyn needs num_clients .* got 2.5'),
+    (dict(algorithm='scaffold', num_clients=4.0), r'SCAFFOLD needs num_clients .* got 4.0'),
     (dict(client_optimizer='adam', client_momentum=0.5),
      r"client_momentum=0.5 applies to SGD; got client_optimizer='adam'"),
     (dict(jacobian_correction=1.0, client_momentum=0.5),
