@@ -68,7 +68,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  runtime.install()
+  train.install_runtime('compare')
   runtime.sigterm_as_keyboard_interrupt()
   base = train.config_from_flags()
   configs = [train.config_from_flags(parameterization=parameterization,

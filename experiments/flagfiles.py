@@ -10,6 +10,9 @@ import os
 import sys
 
 from absl import app
+from absl import flags
+
+from fedpara_tff import runtime
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
@@ -33,5 +36,19 @@ def names():
 
 
 def run_main(main):
-  """`absl.app.run(main)` on this process's arguments, flagfiles resolved."""
+  """`absl.app.run(main)` on this process's arguments, flagfiles resolved.
+
+  Two things `python -m` gets right and a console script (`fedpara-train`) does not, fixed here
+  for both: `--help` lists the flags of the module whose `main` runs (absl lists those of the
+  module named by `sys.argv[0]`, the console script's wrapper), and a run that ends during flag
+  parsing (a bad flag, `--help`) prints no TFF `ServiceManager` traceback at exit
+  (`fedpara_tff.runtime.quiet_teardown`).
+  """
+  if main.__module__ != '__main__':
+    wrapper = sys.modules['__main__']   # absl's usage text is its docstring
+    if wrapper.__doc__ is None:
+      wrapper.__doc__ = sys.modules[main.__module__].__doc__
+    for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
+      flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  runtime.quiet_teardown()
   app.run(main, argv=resolve(sys.argv))

@@ -4,8 +4,8 @@ Prints the `--workers` value for the driver, then waits; Ctrl-C (SIGINT) or
 SIGTERM stops every worker it started. A worker that exits early is reported
 and the others are stopped.
 
-  python -m experiments.launch_workers --count=2 --base_port=8000
-  python -m experiments.train ... --workers=127.0.0.1:8000,127.0.0.1:8001
+  python -m experiments.launch_workers --count=2 --base_port=8000 --tls_dir=certs
+  python -m experiments.train ... --workers=127.0.0.1:8000,127.0.0.1:8001 --workers_tls_dir=certs
 """
 
 import signal
@@ -23,18 +23,25 @@ _BASE_PORT = flags.DEFINE_integer('base_port', 8000, 'Port of the first worker; 
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address the driver should use in --workers.')
 _CONCURRENCY = flags.DEFINE_integer('max_concurrent_computation_calls', -1,
                                     'Passed to each worker (-1: no limit).')
+_TLS_DIR = flags.DEFINE_string('tls_dir', '', 'Folder with ca.pem, worker.pem, worker.key '
+                               '(scripts/make_worker_certs.sh): the workers serve mutual TLS.')
+_INSECURE = flags.DEFINE_bool('insecure', False, 'Plain, unauthenticated gRPC on every interface.')
 flags.register_validator('count', lambda v: v >= 1, message='--count must be >= 1.')
-flags.register_validator('base_port', lambda v: 1 <= v <= 65535,
-                         message='--base_port must be in 1-65535.')
-flags.register_multi_flags_validator(
-    ['count', 'base_port'], lambda f: f['base_port'] + f['count'] - 1 <= 65535,
-    message='--base_port + --count - 1 must not exceed 65535.')
 
 
-def start(ports, concurrency=-1):
-  """Starts one worker per port (each must be free); returns the `subprocess.Popen`s."""
+def start(ports, concurrency=-1, tls_dir=None):
+  """Starts one worker per port (each must be free); returns the `subprocess.Popen`s.
+
+  With `tls_dir`, each is `experiments.worker --tls_dir` (mutual TLS in front of a worker in a
+  private network namespace); without, TFF's plain worker on every interface.
+  """
   for port in ports:
     worker_service.check_port_free(port, 'launch_workers')
+  if tls_dir:
+    return [subprocess.Popen([sys.executable, '-m', 'experiments.worker', f'--port={port}',
+                              f'--max_concurrent_computation_calls={concurrency}',
+                              f'--tls_dir={tls_dir}'], stdout=subprocess.DEVNULL)
+            for port in ports]
   return [subprocess.Popen(worker_service.command(port, concurrency), stdout=subprocess.DEVNULL)
           for port in ports]
 
@@ -56,8 +63,14 @@ def stop(processes, timeout=10.0):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  # Checked here, not by a flag validator: tests import this module beside other binaries and
+  # parse their flags in one process.
+  if bool(_TLS_DIR.value) == bool(_INSECURE.value):
+    raise SystemExit('launch_workers: error: give --tls_dir (mutual TLS; scripts/make_worker_certs.sh '
+                     'makes the files) or --insecure (plain gRPC: whoever reaches the port runs '
+                     'code), exactly one.')
   ports = [_BASE_PORT.value + i for i in range(_COUNT.value)]
-  processes = start(ports, _CONCURRENCY.value)
+  processes = start(ports, _CONCURRENCY.value, _TLS_DIR.value or None)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
   print('--workers=' + ','.join(f'{_HOST.value}:{p}' for p in ports), flush=True)
   try:

@@ -12,7 +12,9 @@ import math
 from typing import Optional, Tuple
 
 from fedpara_tff import client_store
+from fedpara_tff import distributed
 from fedpara_tff import settings as settings_lib
+from fedpara_tff import worker_tls
 import keras_layers
 from experiments.data import registry
 
@@ -24,7 +26,7 @@ BACKENDS = ('tff', 'tf')
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
                        'progress', 'cache_dir', 'download', 'data_dir',
                        'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
-                       'gpus')
+                       'gpus', 'workers_tls_dir', 'insecure_workers')
 # Fields added after 0.2.0, left out of the identity at their default so that runs written
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
@@ -88,6 +90,8 @@ class RunConfig:
   gpus: str = ''
   worker_connect_timeout: float = 20.0
   worker_failure_timeout: float = 10.0
+  workers_tls_dir: str = ''
+  insecure_workers: bool = False
 
   def round_settings(self):
     """The round's `fedpara_tff.settings.RoundSettings`, which checks them."""
@@ -120,6 +124,27 @@ class RunConfig:
       # (same equations, another state layout): such a run of 0.2 does not resume.
       fields['round'] = 'shared'
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+
+
+def _check_worker_security(config):
+  """Remote workers on another host need mutual TLS (--workers_tls_dir) or an explicit
+  --insecure_workers; neither flag without --workers."""
+  if not config.workers:
+    if config.workers_tls_dir or config.insecure_workers:
+      raise ValueError('workers_tls_dir / insecure_workers apply to remote workers; give '
+                       '--workers too.')
+    return
+  if config.workers_tls_dir and config.insecure_workers:
+    raise ValueError('give --workers_tls_dir (mutual TLS) or --insecure_workers, not both.')
+  if config.workers_tls_dir:
+    worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver')
+    return
+  remote = [a for a in distributed.parse_addresses(config.workers)
+            if not worker_tls.is_loopback(a)]
+  if remote and not config.insecure_workers:
+    raise ValueError(f'worker {remote[0]} is not on this host: pass --workers_tls_dir=DIR '
+                     f'(mutual TLS; scripts/make_worker_certs.sh makes the files) or '
+                     f'--insecure_workers (plain gRPC: whoever reaches a worker runs code on it).')
 
 
 def check(config):
@@ -161,6 +186,7 @@ def check(config):
     raise ValueError(f'backend must be one of {BACKENDS}; got {config.backend!r}.')
   if config.backend == 'tf' and config.workers:
     raise ValueError('backend=tf trains clients in this process; it does not take --workers.')
+  _check_worker_security(config)
   if config.gpus and config.backend != 'tf':
     raise ValueError(f'gpus={config.gpus!r} needs backend=tf (TFF 0.87\'s worker has no CUDA).')
   if config.partition == 'natural' and config.dataset not in registry.NATURAL:

@@ -20,6 +20,7 @@ from fedpara_tff import client_store
 from fedpara_tff import runtime
 from fedpara_tff import distributed
 from fedpara_tff import tf_backend
+from fedpara_tff import worker_tls
 import keras_layers
 from experiments import checkpoints
 from experiments import models
@@ -43,8 +44,10 @@ class _RunDriver:
   executor (`backend=tff`: TFF's local or remote workers; `backend=tf`: this process's devices,
   `--gpus`), and the round's metrics as one flat row."""
 
-  def __init__(self, config, keras_model_fn, element_spec):
+  def __init__(self, config, keras_model_fn, element_spec, workers=None):
     options = dict(settings=config.round_settings())
+    if workers is not None:
+      options['client_executor'] = workers
     if config.backend == 'tf':
       devices, note = tf_backend.resolve_devices(config.gpus)
       if note:
@@ -135,26 +138,31 @@ def prepare(config):
 def run(config):
   """Runs (or resumes) the experiment of `config`; returns its summary dict.
 
-  With `config.workers` the TFF computations run on those remote workers (TFF's
-  mergeable context splits each round's clients between them); the local
-  runtime is restored afterwards. Installs `fedpara_tff.runtime`'s housekeeping (TFF's
-  workers stopped at exit, a watchdog for SIGKILL) in the calling process.
+  With `config.workers` the round's clients are trained on those remote workers
+  (`fedpara_tff.distributed.RemoteWorkers`: TFF's mergeable context splits each round's clients
+  between them); otherwise on this process's local TFF worker or devices. Installs
+  `fedpara_tff.runtime`'s housekeeping (a local worker no other host can reach, TFF's workers
+  stopped at exit, a watchdog for SIGKILL) in the calling process.
   """
   runtime.install()
   addresses = distributed.parse_addresses(config.workers) if config.workers else None
   data, parts, keras_model_fn, keras_model = prepare(config)
-  if not addresses:
-    return _run(config, data, parts, keras_model_fn, keras_model, shares=None)
-  shares = distributed.use_remote_workers(addresses, config.worker_connect_timeout,
-                                          config.worker_failure_timeout)
-  try:
-    return _run(config, data, parts, keras_model_fn, keras_model, shares)
-  finally:
-    distributed.use_local_runtime()
+  workers = None
+  if addresses:
+    credentials = None
+    if config.workers_tls_dir:
+      credentials = worker_tls.channel_credentials(
+          worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver'))
+    elif not all(worker_tls.is_loopback(a) for a in addresses):
+      print('train: warning: --insecure_workers: the workers get computations over plain gRPC; '
+            'whoever reaches them can run code on them.', file=sys.stderr, flush=True)
+    workers = distributed.RemoteWorkers(addresses, config.worker_connect_timeout,
+                                        config.worker_failure_timeout, credentials)
+  return _run(config, data, parts, keras_model_fn, keras_model, workers)
 
 
-def _run(config, data, parts, keras_model_fn, keras_model, shares):
-  """The rounds of `run`, on whichever TFF context is installed."""
+def _run(config, data, parts, keras_model_fn, keras_model, workers):
+  """The rounds of `run`; `workers`: the `RemoteWorkers` executor, or None."""
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
   signature = checkpoints.model_signature(keras_model)
   params, plain_params = _parameter_counts(keras_model)
@@ -164,7 +172,7 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
                             config.overwrite)
   try:
     return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
-                   plain_params, resuming, shares)
+                   plain_params, resuming, workers)
   except BaseException:
     # A new run that stops before its first checkpoint holds nothing worth resuming: its files
     # go, so that the corrected command can use the same folder.
@@ -179,9 +187,9 @@ def _run(config, data, parts, keras_model_fn, keras_model, shares):
 
 
 def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
-            plain_params, resuming, shares):
+            plain_params, resuming, workers):
   """Builds the round driver, runs the rounds of a prepared run folder; returns the summary."""
-  driver = _RunDriver(config, keras_model_fn, element_spec(data))
+  driver = _RunDriver(config, keras_model_fn, element_spec(data), workers)
   state = driver.initialize(initial_weights)
   store = None
   # Clients keep state between rounds in the personalised runs (local variables) and with
@@ -199,7 +207,8 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
   summary = run_io.summarize(
       config.output_dir, dict(parameterization=config.parameterization, model=config.model,
                               dataset=config.dataset),
-      counters, params, plain_params, [dataclasses.asdict(share) for share in shares or []])
+      counters, params, plain_params,
+      [dataclasses.asdict(share) for share in (workers.shares if workers else [])])
   run_io.write_summary(config.output_dir, summary)
   plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
   return summary

@@ -34,6 +34,7 @@ import fedpara_tff
 from fedpara_tff import client_optimizer
 from fedpara_tff import client_store
 from fedpara_tff import distributed
+from fedpara_tff import local_worker
 from fedpara_tff import runtime
 import keras_layers
 
@@ -138,6 +139,15 @@ flags.DEFINE_float('worker_connect_timeout', _DEFAULTS.worker_connect_timeout,
                    'Seconds to wait for every worker at start.')
 flags.DEFINE_float('worker_failure_timeout', _DEFAULTS.worker_failure_timeout,
                    'Seconds a worker may stay unreachable mid-round before the run stops.')
+flags.DEFINE_string('workers_tls_dir', '',
+                    'Folder with ca.pem, driver.pem and driver.key (scripts/make_worker_certs.sh): '
+                    'mutual TLS to --workers (required for workers on another host).')
+flags.DEFINE_bool('insecure_workers', False,
+                  'Plain gRPC to --workers on another host (whoever reaches them runs code).')
+flags.DEFINE_bool('require_isolated_worker', False,
+                  'Refuse to run when the local TFF worker cannot be kept off the network (a '
+                  'private network namespace); default: warn and run it on an open port '
+                  '(environment: FEDPARA_REQUIRE_ISOLATED_WORKER=1).')
 
 flags.mark_flag_as_required('output_dir')
 for _name, _check, _allowed in (
@@ -185,6 +195,7 @@ def run_or_exit(config, program='train'):
   try:
     return runner.run(config)
   except (ValueError, common.DataNotFoundError, distributed.WorkerUnavailableError,
+          local_worker.WorkerIsolationError,
           round_loop.RunInterruptedError) as e:
     message = ' '.join(str(e).split())
     raise SystemExit(f'{program}: error: {message}') from None
@@ -197,11 +208,19 @@ def run_or_exit(config, program='train'):
     runtime.exit_now(128 + signum)
 
 
+def install_runtime(program):
+  """`runtime.install()` with --require_isolated_worker; a refusal is one line and exit 1."""
+  try:
+    runtime.install(require_isolation=flags.FLAGS.require_isolated_worker or None)
+  except local_worker.WorkerIsolationError as e:
+    raise SystemExit(f'{program}: error: {e}') from None
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  runtime.install()
+  install_runtime('train')
   runtime.sigterm_as_keyboard_interrupt()
   summary = run_or_exit(config_from_flags())
   print(run_io.format_summaries([summary]))

@@ -1,20 +1,16 @@
 """Where TFF's worker service is and how it is started (shared by the worker binaries)."""
 
-import importlib.util
-import os
 import socket
+
+from fedpara_tff import local_worker
 
 
 def binary_path():
   """The `worker_binary` inside the installed tensorflow_federated package (no TF import)."""
-  spec = importlib.util.find_spec('tensorflow_federated')
-  if spec is None or not spec.submodule_search_locations:
-    raise SystemExit('worker: tensorflow_federated is not installed (run `make setup`).')
-  path = os.path.join(list(spec.submodule_search_locations)[0], 'data', 'worker_binary')
-  if not os.access(path, os.X_OK):
-    raise SystemExit(f'worker: {path} is missing or not executable; reinstall '
-                     f'tensorflow-federated==0.87.0.')
-  return path
+  try:
+    return local_worker.worker_binary()
+  except local_worker.WorkerIsolationError as e:
+    raise SystemExit(f'worker: {e} (run `make setup`).') from None
 
 
 def command(port, concurrency=-1):

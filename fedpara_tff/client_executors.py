@@ -10,16 +10,27 @@ which runs the clients' work and the round's `finish_round` (aggregation, server
 `fedpara_tff.stateful_round`). Two are provided, both running the same client function and the
 same `finish_round`, so the same seed gives the same weights and bytes:
 
-* `TFFClients` (the default): the whole round as one TFF computation, on whichever TFF
-  execution context is installed: TFF's local worker, or remote workers
-  (`fedpara_tff.distributed.use_remote_workers`);
+* `TFFClients`: the whole round as one TFF computation, on a TFF execution context of its own
+  or, by default, the installed one. Two kinds, interchangeable:
+  - TFF local (the default, `TFFClients` itself): the installed context, i.e. after
+    `fedpara_tff.runtime.install()` this process's own local worker, which no other host can
+    reach (`fedpara_tff.local_worker`);
+  - TFF remote workers: `fedpara_tff.distributed.RemoteWorkers(addresses)`, TFF's mergeable
+    context over those workers, one sub-round of the clients each;
 * `fedpara_tff.tf_backend.DeviceClients`: the clients as `tf.function`s on this process's
-  devices (GPUs, or the CPU), then `finish_round` on TFF.
+  devices (GPUs, or the CPU), then `finish_round` on the installed TFF context
+  (`fedpara_tff.tf_backend.on_devices(devices)`).
 
 A driver takes an executor factory, `round -> executor` (the executor needs the round's
-computations, which the driver builds): `TFFClients` itself, or
-`fedpara_tff.tf_backend.on_devices(devices)`.
+computations, which the driver builds), and runs every TFF computation of its own (initial
+state, personalised evaluation) inside the executor's `running()`, so all of a driver's work
+happens where its executor trains.
 """
+
+import contextlib
+import functools
+
+import tensorflow_federated as tff
 
 
 def in_client_order(positions, values):
@@ -31,19 +42,38 @@ def in_client_order(positions, values):
   return ordered
 
 
+def running_on(context):
+  """A context manager running TFF computations on `context` (None: the installed one)."""
+  if context is None:
+    return contextlib.nullcontext()
+  return tff.framework.get_context_stack().install(context)
+
+
 class TFFClients:
   """Trains the sampled clients with the round's TFF computation (`StatefulRound.next`).
 
   Args:
     round_: the driver's `fedpara_tff.stateful_round.StatefulRound`.
+    context: the TFF execution context to run on (default: the installed one).
   """
 
-  def __init__(self, round_):
+  def __init__(self, round_, context=None):
     self.round = round_
+    self.context = context
+
+  def running(self):
+    """Where this executor's TFF computations run (a context manager)."""
+    return running_on(self.context)
 
   def train(self, state, client_ids, datasets, local_states):
     """One round on TFF; returns `(state, new local states in the clients' order, metrics)`."""
     del client_ids  # TFF sees the clients by position
-    state, new_local, metrics, positions = self.round.next(
-        state, list(datasets), list(local_states), list(range(len(datasets))))
+    with self.running():
+      state, new_local, metrics, positions = self.round.next(
+          state, list(datasets), list(local_states), list(range(len(datasets))))
     return state, [list(values) for values in in_client_order(positions, new_local)], metrics
+
+
+def on_context(context):
+  """A driver's `client_executor` factory: `TFFClients` on the TFF execution `context`."""
+  return functools.partial(TFFClients, context=context)

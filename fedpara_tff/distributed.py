@@ -9,13 +9,19 @@ module wraps that recipe (internal TFF 0.87 module paths, kept here only):
 * `parse_addresses('host:port,host:port')` validates the flag value;
 * `wait_until_reachable(addresses, timeout)` fails within `timeout` seconds,
   naming the workers that do not answer;
-* `use_remote_workers(addresses)` installs the context; every later TFF
-  computation runs on the workers. Each worker's share of the work (calls and
-  client values) is counted in `WorkerShare`s;
+* `RemoteWorkers(addresses)` is a driver's client executor on those workers
+  (`fedpara_tff.client_executors`): the driver's computations run on them, and
+  each worker's share of the work (calls and client values) is counted in its
+  `WorkerShare`s; `use_remote_workers(addresses)` installs the same context for
+  every later TFF computation of the process (e.g. TFF's own `tff.learning`
+  processes);
 * a worker that stops answering mid-computation makes the call raise
   `WorkerUnavailableError` naming it, after `failure_timeout` seconds, instead
   of TFF's endless retries;
-* `use_local_runtime()` goes back to the local C++ runtime.
+* `local_context(worker)` is the execution context of this process's own worker
+  (`fedpara_tff.local_worker.LocalWorker`, reachable from this process only), built as TFF's
+  local C++ context is (same executor, compiler and transforms; only the channel differs), and
+  `use_local_runtime()` installs it.
 """
 
 import asyncio
@@ -27,7 +33,9 @@ from typing import List
 import grpc
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
 from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
 from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
 from tensorflow_federated.python.core.impl.executors import executor_factory
 from tensorflow_federated.python.core.impl.executors import remote_executor
@@ -35,8 +43,14 @@ from tensorflow_federated.python.core.impl.executors import remote_executor_grpc
 from tensorflow_federated.python.core.impl.types import placements
 from tensorflow_federated.python.core.backends.native import compiler
 
+from fedpara_tff import client_executors
+from fedpara_tff import local_worker
+
 
 HEALTH_CHECK_SECONDS = 1.0
+# As TFF's local context: messages up to 2 GB.
+_LOCAL_CHANNEL_OPTIONS = [(name, 2 * 1000 * 1000 * 1000) for name in (
+    'grpc.max_message_length', 'grpc.max_receive_message_length', 'grpc.max_send_message_length')]
 
 
 class WorkerUnavailableError(RuntimeError):
@@ -78,24 +92,34 @@ def _answers(address, timeout):
     return False
 
 
-def wait_until_reachable(addresses, timeout=20.0):
+def _channel(address, credentials=None):
+  """A gRPC channel to `address`: mutual TLS with `credentials`
+  (`fedpara_tff.worker_tls.channel_credentials`), else plain."""
+  if credentials is None:
+    return grpc.insecure_channel(address)
+  return grpc.secure_channel(address, credentials)
+
+
+def wait_until_reachable(addresses, timeout=20.0, credentials=None):
   """Waits until every worker accepts gRPC calls, or raises within `timeout` s.
 
-  A gRPC channel becomes ready only after the HTTP/2 handshake, so a port
-  served by something other than a gRPC server does not pass.
+  A gRPC channel becomes ready only after the HTTP/2 handshake (and, with `credentials`, the
+  TLS handshake), so a port served by something other than a gRPC server does not pass.
 
   Raises:
     WorkerUnavailableError: naming the first worker that was not ready in time.
   """
   deadline = time.monotonic() + timeout
   for address in addresses:
-    channel = grpc.insecure_channel(address)
+    channel = _channel(address, credentials)
     try:
       grpc.channel_ready_future(channel).result(timeout=max(0.1, deadline - time.monotonic()))
     except grpc.FutureTimeoutError:
       raise WorkerUnavailableError(
-          address, f'no gRPC worker answered within {timeout:g} s; start one with '
-          f'`python -m experiments.worker --port={address.rpartition(":")[2]}`') from None
+          address, f'no gRPC worker answered within {timeout:g} s'
+          f'{" over mutual TLS (is it serving --tls_dir with this CA?)" if credentials else ""}; '
+          f'start one with `python -m experiments.worker --port={address.rpartition(":")[2]}`'
+          ) from None
     finally:
       channel.close()
 
@@ -127,10 +151,10 @@ class _CountingFactory(executor_factory.ExecutorFactory):
 class _WorkerContext(async_execution_context.AsyncExecutionContext):
   """The async context of one worker, which gives up when the worker stops answering."""
 
-  def __init__(self, address, share, failure_timeout):
+  def __init__(self, address, share, failure_timeout, credentials=None):
     self._address = address
     self._failure_timeout = failure_timeout
-    self._channel = grpc.insecure_channel(address)
+    self._channel = _channel(address, credentials)
     stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
 
     def stack_fn(cardinalities):
@@ -166,25 +190,109 @@ class _WorkerContext(async_execution_context.AsyncExecutionContext):
             self._address, f'it stopped answering for {self._failure_timeout:g} s mid-call')
 
 
-def use_remote_workers(addresses, connect_timeout=20.0, failure_timeout=10.0) -> List[WorkerShare]:
-  """Runs every later TFF computation on `addresses`; returns their live `WorkerShare`s.
-
-  One worker gets the whole computation; several get TFF's mergeable context,
-  which gives each a sub-round of the clients.
+def remote_context(addresses, connect_timeout=20.0, failure_timeout=10.0, credentials=None):
+  """TFF's mergeable execution context over the workers at `addresses`, which gives each a
+  sub-round of the clients; returns `(context, their live WorkerShares)`.
 
   Args:
     addresses: `host:port` of running TFF workers (`parse_addresses`).
     connect_timeout: seconds to wait for all workers at start.
     failure_timeout: seconds a worker may stay unreachable mid-call before
       the call raises `WorkerUnavailableError`.
+    credentials: the driver's mutual-TLS credentials
+      (`fedpara_tff.worker_tls.channel_credentials`); None: plain gRPC.
   """
-  wait_until_reachable(addresses, connect_timeout)
+  wait_until_reachable(addresses, connect_timeout, credentials)
   shares = [WorkerShare(a) for a in addresses]
-  contexts = [_WorkerContext(a, s, failure_timeout) for a, s in zip(addresses, shares)]
-  tff.backends.native.set_mergeable_comp_execution_context(contexts)
+  contexts = [_WorkerContext(a, s, failure_timeout, credentials)
+              for a, s in zip(addresses, shares)]
+  return tff.backends.native.create_mergeable_comp_execution_context(contexts), shares
+
+
+class RemoteWorkers:
+  """A driver's client executor factory (`fedpara_tff.client_executors`): the sampled clients
+  trained on the TFF workers at `addresses`; arguments as `remote_context`'s.
+
+  Attributes:
+    shares: each worker's `WorkerShare`, updated as the driver runs.
+  """
+
+  def __init__(self, addresses, connect_timeout=20.0, failure_timeout=10.0, credentials=None):
+    self.context, self.shares = remote_context(addresses, connect_timeout, failure_timeout,
+                                               credentials)
+
+  def __call__(self, round_):
+    return client_executors.TFFClients(round_, self.context)
+
+
+def use_remote_workers(addresses, connect_timeout=20.0, failure_timeout=10.0,
+                       credentials=None) -> List[WorkerShare]:
+  """Runs every later TFF computation on `addresses`; returns their live `WorkerShare`s
+  (arguments as `remote_context`'s)."""
+  context, shares = remote_context(addresses, connect_timeout, failure_timeout, credentials)
+  context_stack_impl.context_stack.set_default_context(context)
   return shares
 
 
-def use_local_runtime():
-  """Back to TFF's local C++ runtime (the default context)."""
-  tff.backends.native.set_sync_local_cpp_execution_context()
+class _LocalStubs:
+  """The gRPC stub of a `LocalWorker`, (re)starting the worker when it is not running."""
+
+  def __init__(self, worker):
+    self.worker = worker
+    self._stub = None
+
+  def get(self):
+    if self._stub is None or not self.worker.running():
+      target = self.worker.start()
+      channel = grpc.insecure_channel(target, _LOCAL_CHANNEL_OPTIONS)
+      self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+      deadline = time.monotonic() + local_worker.START_TIMEOUT_S
+      while not self._stub.is_ready:
+        if time.monotonic() > deadline or not self.worker.running():
+          self.worker.stop()
+          raise WorkerUnavailableError(target, 'the local TFF worker did not answer')
+        time.sleep(0.01)
+    return self._stub
+
+
+def local_context(worker=None):
+  """A synchronous TFF execution context on `worker` (default: a new
+  `fedpara_tff.local_worker.LocalWorker`), which starts on the first computation."""
+  stubs = _LocalStubs(worker or local_worker.LocalWorker())
+
+  def stack_fn(cardinalities):
+    if cardinalities.get(placements.CLIENTS) is None:
+      cardinalities[placements.CLIENTS] = 0
+    executor = remote_executor.RemoteExecutor(stubs.get())
+    executor.set_cardinalities(cardinalities)
+    return executor
+
+  context = sync_execution_context.SyncExecutionContext(
+      executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
+          executor_stack_fn=stack_fn),
+      compiler_fn=compiler.desugar_and_transform_to_native,
+      transform_args=tensorflow_computation.transform_args,
+      transform_result=tensorflow_computation.transform_result)
+  context.local_worker = stubs.worker
+  return context
+
+
+_DEFAULT_LOCAL = []   # this process's local context, made by the first use_local_runtime()
+
+
+def use_local_runtime(worker=None):
+  """Runs every later TFF computation on a local worker only this process can reach
+  (`local_context`); returns the context.
+
+  Args:
+    worker: a `fedpara_tff.local_worker.LocalWorker`; default: this process's own (made on the
+      first call, reused by later ones, e.g. after remote workers).
+  """
+  if worker is None and _DEFAULT_LOCAL:
+    context = _DEFAULT_LOCAL[0]
+  else:
+    context = local_context(worker)
+    if worker is None:
+      _DEFAULT_LOCAL.append(context)
+  context_stack_impl.context_stack.set_default_context(context)
+  return context

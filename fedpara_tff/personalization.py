@@ -71,8 +71,11 @@ class PersonalizedDriver:
     require_local: refuse a model without local variables (True for the
       pFedPara / FedPer entry points; `build_fedavg_driver` sets it False).
     client_executor: what trains the sampled clients, as a factory `round -> executor`
-      (`fedpara_tff.client_executors`): `TFFClients` (default; TFF's local or remote workers)
-      or `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU).
+      (`fedpara_tff.client_executors`): `TFFClients` (default; the installed TFF context, TFF's
+      local worker after `fedpara_tff.runtime.install()`),
+      `fedpara_tff.distributed.RemoteWorkers(addresses)` (remote TFF workers) or
+      `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU); the driver's
+      other TFF computations (initial state, evaluation) run where it does.
   """
 
   def __init__(self, keras_model_fn, element_spec, settings=None, *, local_layers=(),
@@ -116,7 +119,8 @@ class PersonalizedDriver:
         ones become every client's initial local variables. Default: TFF's
         own (unseeded) initialisation.
     """
-    state = self.round.initialize()
+    with self.client_executor.running():
+      state = self.round.initialize()
     if initial_weights is None:
       return state
     values = [np.asarray(v) for v in initial_weights]
@@ -180,9 +184,10 @@ class PersonalizedDriver:
     ordered = []
     for start in range(0, len(client_ids), chunk_clients):
       ids = client_ids[start:start + chunk_clients]
-      results, positions = self.round.evaluate(state['global_weights'],
-                                          list(itertools.islice(datasets, len(ids))),
-                                          self.local_states(ids), list(range(len(ids))))
+      with self.client_executor.running():
+        results, positions = self.round.evaluate(state['global_weights'],
+                                                 list(itertools.islice(datasets, len(ids))),
+                                                 self.local_states(ids), list(range(len(ids))))
       ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
                      for result in client_executors.in_client_order(positions, results))
     return ordered

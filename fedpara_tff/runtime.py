@@ -9,7 +9,11 @@ Nothing happens at import but one default: `TF_CPP_MIN_LOG_LEVEL=3` when unset
 this cannot wait for a call). The housekeeping is explicit:
 
 * `install()` (the binaries and the test session call it first; library users
-  call it, or enter `managed()`): restores an inherited ignored SIGINT,
+  call it, or enter `managed()`): runs TFF's computations on a local worker that
+  only this process can reach (`fedpara_tff.local_worker`: a private network
+  namespace and a Unix socket, instead of TFF's port on every interface; or, where
+  the host cannot, TFF's port after a warning, or a refusal when isolation is
+  required), restores an inherited ignored SIGINT,
   registers the exit hook that stops the workers this Python process started
   (and silences TFF's `ServiceManager` destructor, which would print a traceback
   during interpreter teardown), and starts the watchdog process
@@ -38,6 +42,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 def shutdown_workers(timeout=worker_watchdog.GRACE_S):
   """Stops this process's TFF workers (SIGINT, then SIGKILL after `timeout` s); returns how
   many."""
+  for context in _INSTALLED:
+    context.local_worker.stop()   # its bridge stops the worker and exits
   workers = worker_watchdog.still_running(worker_watchdog.record_workers(psutil.Process(), {}))
   worker_watchdog.stop(workers, timeout)
   return len(workers)
@@ -134,13 +140,14 @@ def _service_manager():
   return manager if hasattr(manager, '_process') else None
 
 
-def _disarm_service_manager():
+def quiet_teardown():
   """Silences the destructor of TFF's `ServiceManager` once its worker is stopped.
 
   That destructor runs during interpreter teardown, when the `subprocess` module is already
   gone (`None`), and prints an AttributeError traceback on every exit: it reads
   `subprocess.Popen` whatever the manager holds. Each TFF context defines its own
-  `ServiceManager` class; the installed one's loses its destructor.
+  `ServiceManager` class; the installed one's loses its destructor. Binaries call this before
+  parsing their flags (a flag error exits before `install()`); `install()` calls it too.
   """
   manager = _service_manager()
   if manager is not None:
@@ -149,22 +156,35 @@ def _disarm_service_manager():
 
 def _at_exit():
   shutdown_workers()
-  _disarm_service_manager()
+  quiet_teardown()
 
 
-_INSTALLED = []
+_INSTALLED = []   # the local execution context install() set, once installed
 
 
-def install():
+def install(require_isolation=None):
   """Tidies TFF's runtime for this process (idempotent; see the module docstring).
+
+  The first call makes TFF's default execution context this process's own local worker
+  (`fedpara_tff.distributed.use_local_runtime`), which starts on the first computation.
+
+  Args:
+    require_isolation: refuse (`fedpara_tff.local_worker.WorkerIsolationError`, raised here)
+      when this host cannot keep the local worker off the network; default: the environment
+      variable `FEDPARA_REQUIRE_ISOLATED_WORKER`.
 
   Returns:
     The worker watchdog's pid.
   """
+  from fedpara_tff import distributed    # pylint: disable=import-outside-toplevel  # loads TFF
+  from fedpara_tff import local_worker   # pylint: disable=import-outside-toplevel
+  if not _INSTALLED:
+    quiet_teardown()   # TFF's own local context, replaced below, never starts a worker
+  local_worker.check_isolation(require_isolation)
   if not _INSTALLED:
     restore_sigint()
+    _INSTALLED.append(distributed.use_local_runtime())
     atexit.register(_at_exit)
-    _INSTALLED.append(True)
   return guard_workers()
 
 

@@ -26,6 +26,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from fedpara_tff import client_executors
+
 
 def resolve_devices(gpus):
   """Device names for `gpus` (`''`: CPU; `'all'`; or indices like `'0,1'`); memory growth on.
@@ -105,6 +107,11 @@ class DeviceClients:
     # composition again).
     self._trace_lock = threading.Lock()
     self._traced = [False] * len(self.slots)
+
+  def running(self):
+    """Where the driver's other TFF computations run: the installed TFF context, as this
+    executor's `finish_round`."""
+    return client_executors.running_on(None)
 
   def _train_on(self, slot, jobs, received, learning_rate):
     _, train = self._clients[slot]

@@ -149,3 +149,16 @@ def test_every_flagfile_parses_and_is_consistent(path):
     flags.FLAGS.unparse_flags()
   run_config.check(config)
   assert config.output_dir.startswith('runs/')
+
+
+def test_workers_on_another_host_need_tls_or_an_explicit_opt_out(tmp_path):
+  _refused(rs.config(tmp_path, workers='10.9.8.7:8000'),
+           r'worker 10.9.8.7:8000 is not on this host: pass --workers_tls_dir=DIR')
+  _refused(rs.config(tmp_path, workers='127.0.0.1:8000,worker-2:8000'),
+           r'worker worker-2:8000 is not on this host')
+  _refused(rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path)),
+           r'TLS folder .* lacks .*ca.pem, .*driver.pem, .*driver.key; make the files with '
+           r'scripts/make_worker_certs.sh')
+  _refused(rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path),
+                     insecure_workers=True), 'not both')
+  _refused(rs.config(tmp_path, insecure_workers=True), 'give --workers too')

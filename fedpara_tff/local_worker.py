@@ -1,0 +1,188 @@
+"""TFF's local worker, reachable from this process only.
+
+TFF 0.87 runs every computation in its C++ `worker_binary`, which its local execution context
+starts with `--port=<free port>`; the worker listens on all interfaces and runs any computation
+sent to it, unauthenticated (docs/DESIGN.md, "Who can reach a TFF worker"). `LocalWorker` starts
+the same binary in a private network namespace instead (`unshare --net`, inside a user namespace
+when this process is not root, so no privilege is needed), through `worker_bridge.py`, which
+serves it on a Unix socket in a folder only this user can open. The driver talks gRPC to
+`unix:<socket>`; nothing listens on any interface another host (or namespace) can reach.
+
+Where the host cannot create the namespaces (user namespaces disabled, or `unshare` missing),
+the worker runs as TFF runs it, on a TCP port of all interfaces, after one warning line naming
+the port, the reason and the fix; `require_isolation=True` (or the environment variable
+`FEDPARA_REQUIRE_ISOLATED_WORKER=1`) refuses instead (`WorkerIsolationError`).
+
+Imports only the standard library: `fedpara_tff.distributed.local_context` builds the TFF
+execution context on top of it.
+"""
+
+import functools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+REQUIRE_ENV = 'FEDPARA_REQUIRE_ISOLATED_WORKER'
+START_TIMEOUT_S = 60.0
+_BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'worker_bridge.py')
+_FIX = ('allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000, and on '
+        'Debian/Ubuntu kernel.unprivileged_userns_clone=1) or run as root')
+
+
+class WorkerIsolationError(RuntimeError):
+  """The local TFF worker cannot be isolated and isolation is required, or did not start."""
+
+
+def worker_binary():
+  """The path of TFF's `worker_binary` (found without importing TFF)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.find_spec('tensorflow_federated')
+  if spec is None or not spec.submodule_search_locations:
+    raise WorkerIsolationError('tensorflow_federated is not installed: no worker_binary.')
+  path = os.path.join(list(spec.submodule_search_locations)[0], 'data', 'worker_binary')
+  if not os.path.isfile(path):
+    raise WorkerIsolationError(f'TFF worker binary not found at {path}.')
+  return path
+
+
+@functools.lru_cache(maxsize=None)
+def namespace_command():
+  """`(prefix, None)`: the command prefix that runs a program in a new network namespace here,
+  or `(None, reason)` when this host cannot (checked once per process, by running `true`)."""
+  unshare = shutil.which('unshare')
+  if unshare is None:
+    return None, 'the unshare command (util-linux) is missing'
+  candidates = [[unshare, '--user', '--map-root-user', '--net']]
+  if os.geteuid() == 0:
+    candidates.append([unshare, '--net'])
+  reason = None
+  for prefix in candidates:
+    try:
+      done = subprocess.run(prefix + ['true'], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+      reason = str(e)
+      continue
+    if done.returncode == 0:
+      return prefix, None
+    reason = ' '.join((done.stderr or f'exit {done.returncode}').split())
+  return None, f'unshare failed: {reason}'
+
+
+def isolation_required(require_isolation=None):
+  """`require_isolation`, or when None, whether `FEDPARA_REQUIRE_ISOLATED_WORKER` is 1/true/yes."""
+  if require_isolation is not None:
+    return bool(require_isolation)
+  return os.environ.get(REQUIRE_ENV, '').strip().lower() in ('1', 'true', 'yes')
+
+
+def check_isolation(require_isolation=None):
+  """Raises `WorkerIsolationError` (one line) if isolation is required and impossible here;
+  returns whether the local worker will be isolated."""
+  prefix, reason = namespace_command()
+  if prefix is None and isolation_required(require_isolation):
+    raise WorkerIsolationError(
+        f'the local TFF worker cannot be isolated from the network ({reason}) and isolation is '
+        f'required (--require_isolated_worker or {REQUIRE_ENV}=1); {_FIX}.')
+  return prefix is not None
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('', 0))
+    return s.getsockname()[1]
+
+
+class LocalWorker:
+  """One TFF `worker_binary` for this process, started on first use and restarted if it died.
+
+  Args:
+    max_concurrent_computation_calls: the worker's flag (-1: no limit), as TFF's local context.
+    require_isolation: refuse to run the worker on an open port (default: the environment
+      variable `FEDPARA_REQUIRE_ISOLATED_WORKER`).
+  """
+
+  def __init__(self, max_concurrent_computation_calls=-1, require_isolation=None):
+    self._flags = [f'--max_concurrent_computation_calls={max_concurrent_computation_calls}']
+    self._require = require_isolation
+    self._process = None
+    self._folder = None
+    self.target = None     # the gRPC target: unix:<path>, or localhost:<port> when not isolated
+    self.isolated = None
+
+  @property
+  def pid(self):
+    """The process this object started (the bridge, or the worker itself), or None."""
+    return self._process.pid if self._process is not None else None
+
+  def running(self):
+    return self._process is not None and self._process.poll() is None
+
+  def start(self):
+    """Starts the worker (stopping a previous one); returns its gRPC target."""
+    self.stop()
+    check_isolation(self._require)
+    prefix, reason = namespace_command()
+    command = [worker_binary()] + self._flags
+    if prefix is None:
+      port = _free_port()
+      sys.stderr.write(f'fedpara_tff: warning: TFF\'s local worker listens on all interfaces at '
+                       f'port {port}: it cannot run in a private network namespace here '
+                       f'({reason}); {_FIX}, or set {REQUIRE_ENV}=1 to refuse to run.\n')
+      sys.stderr.flush()
+      self._process = subprocess.Popen(command + [f'--port={port}'], stdin=subprocess.DEVNULL)
+      self.target, self.isolated = f'localhost:{port}', False
+      self._wait_tcp(port)
+      return self.target
+    self._folder = tempfile.mkdtemp(prefix='fedpara-worker-')   # mode 0700
+    path = os.path.join(self._folder, 'worker.sock')
+    self._process = subprocess.Popen(prefix + [sys.executable, '-I', _BRIDGE, path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self._process.stdin.write(json.dumps(command) + '\n')
+    self._process.stdin.flush()
+    line = self._process.stdout.readline()   # 'ready', or '' if the bridge failed
+    if line.strip() != 'ready':
+      code = self._process.wait()
+      self.stop()
+      raise WorkerIsolationError(f'the isolated TFF worker did not start (bridge exit code '
+                                 f'{code}; its error is above).')
+    self.target, self.isolated = f'unix:{path}', True
+    return self.target
+
+  def _wait_tcp(self, port):
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+      if self._process.poll() is not None:
+        raise WorkerIsolationError(f'TFF worker exited with code {self._process.returncode}.')
+      try:
+        socket.create_connection(('localhost', port), timeout=1.0).close()
+        return
+      except OSError:
+        time.sleep(0.05)
+    self.stop()
+    raise WorkerIsolationError(f'TFF worker did not listen on port {port} within '
+                               f'{START_TIMEOUT_S:g} s.')
+
+  def stop(self):
+    """Stops the worker (and its bridge); the next `start()` starts a new one."""
+    process, self._process = self._process, None
+    if process is not None and process.poll() is None:
+      if process.stdin is not None:
+        process.stdin.close()     # the bridge stops its worker and exits
+      else:
+        process.send_signal(2)
+      try:
+        process.wait(5)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if process is not None and process.stdout is not None:
+      process.stdout.close()
+    if self._folder is not None:
+      shutil.rmtree(self._folder, ignore_errors=True)
+      self._folder = None
+    self.target = None

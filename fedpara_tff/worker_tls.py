@@ -1,0 +1,115 @@
+"""Mutual TLS between a driver and its remote TFF workers.
+
+TFF 0.87's `worker_binary` speaks plain gRPC and runs any computation sent to it
+(docs/DESIGN.md, "Who can reach a TFF worker"). A remote worker therefore runs as a local worker
+does, in a private network namespace behind a Unix socket (`fedpara_tff.local_worker`), and
+`serve` puts a TLS endpoint in front of that socket: it accepts a connection only from a client
+whose certificate the run's CA signed, and forwards the decrypted bytes (the gRPC stream,
+unchanged) to the worker. The driver connects with `channel_credentials`: gRPC's own TLS,
+presenting its certificate and checking the worker's against the same CA and the address it
+dialled.
+
+TLS itself is OpenSSL's, through Python's `ssl` module on the worker and gRPC's on the driver;
+nothing here implements cryptography. `scripts/make_worker_certs.sh` makes a CA and the
+certificates (`ca.pem`; `driver.pem` / `driver.key`; `worker.pem` / `worker.key`, valid for the
+workers' host names and addresses).
+"""
+
+import asyncio
+import dataclasses
+import ipaddress
+import os
+import ssl
+
+CA_FILE = 'ca.pem'
+PEER_FILES = {'driver': ('driver.pem', 'driver.key'), 'worker': ('worker.pem', 'worker.key')}
+CHUNK = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+  """PEM files of one side: the CA that signs both sides, this side's certificate and key."""
+  ca: str
+  cert: str
+  key: str
+
+  @classmethod
+  def from_dir(cls, folder, side):
+    """The files `scripts/make_worker_certs.sh` writes for `side` ('driver' or 'worker')."""
+    cert, key = PEER_FILES[side]
+    files = cls(*(os.path.join(folder, name) for name in (CA_FILE, cert, key)))
+    missing = [path for path in dataclasses.astuple(files) if not os.path.isfile(path)]
+    if missing:
+      raise ValueError(f'TLS folder {folder!r} lacks {", ".join(missing)}; make the files with '
+                       f'scripts/make_worker_certs.sh.')
+    return files
+
+
+def is_loopback(address):
+  """True if `host:port` names this host's loopback (localhost, 127.0.0.0/8, ::1)."""
+  host = address.rpartition(':')[0].strip('[]')
+  if host == 'localhost':
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def channel_credentials(files):
+  """gRPC credentials of the driver: its certificate, and the CA that must sign the worker's."""
+  import grpc  # pylint: disable=import-outside-toplevel
+  with open(files.ca, 'rb') as ca, open(files.cert, 'rb') as cert, open(files.key, 'rb') as key:
+    return grpc.ssl_channel_credentials(root_certificates=ca.read(), private_key=key.read(),
+                                        certificate_chain=cert.read())
+
+
+def server_context(files):
+  """The worker's TLS context: its certificate, and a client certificate signed by the CA
+  required (TLS 1.2 or later, HTTP/2 negotiated as gRPC expects)."""
+  context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=files.ca)
+  context.load_cert_chain(files.cert, files.key)
+  context.verify_mode = ssl.CERT_REQUIRED
+  context.minimum_version = ssl.TLSVersion.TLSv1_2
+  context.set_alpn_protocols(['h2'])
+  return context
+
+
+async def _pump(reader, writer):
+  try:
+    while data := await reader.read(CHUNK):
+      writer.write(data)
+      await writer.drain()
+  except (ConnectionError, ssl.SSLError):
+    pass
+  finally:
+    try:
+      writer.close()
+    except (ConnectionError, ssl.SSLError, RuntimeError):
+      pass
+
+
+async def _serve(host, port, socket_path, context, ready):
+  async def forward(client_reader, client_writer):
+    try:
+      worker_reader, worker_writer = await asyncio.open_unix_connection(socket_path)
+    except OSError:
+      client_writer.close()
+      return
+    await asyncio.gather(_pump(client_reader, worker_writer), _pump(worker_reader, client_writer))
+
+  server = await asyncio.start_server(forward, host, port, ssl=context)
+  ready(server)
+  async with server:
+    await server.serve_forever()
+
+
+def serve(port, socket_path, files, host=None, ready=lambda server: None):
+  """Serves TLS on `host:port` (default: every interface) for the worker at the Unix socket
+  `socket_path`, until the process ends; `ready(server)` is called once listening.
+
+  Raises:
+    ssl.SSLError, OSError: unreadable certificates, a port in use.
+  """
+  context = server_context(files)
+  asyncio.run(_serve(host, port, socket_path, context, ready))

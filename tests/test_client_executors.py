@@ -1,0 +1,91 @@
+"""Client executors are interchangeable objects: the driver's work runs where its executor says."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest
+import tensorflow as tf
+
+import fedpara_tff
+from fedpara_tff import client_executors
+from fedpara_tff import distributed
+from fedpara_tff import local_worker
+from fedpara_tff import tf_backend
+from tests import tff_support as ts
+
+
+def make_datasets():
+  """Two clients' datasets with disjoint labels."""
+  arrays = ts.label_skewed_arrays(((0, 1, 2), (3, 4, 5)), 40)
+  return [ts.to_dataset(x, y) for x, y in arrays]
+
+
+@pytest.fixture(scope='module')
+def datasets():
+  return make_datasets()
+
+
+def two_rounds(client_executor, datasets):
+  """Initial state, two rounds and a personalised evaluation of a seeded pFedPara driver."""
+  tf.keras.utils.set_random_seed(7)
+  weights = [v.numpy() for v in ts.keras_model('pfedpara').trainable_variables]
+  driver = fedpara_tff.build_pfedpara_driver(
+      lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC, client_learning_rate=0.2,
+      client_executor=client_executor)
+  state = driver.initialize(weights)
+  for _ in range(2):
+    state, _ = driver.next(state, ['a', 'b'], datasets)
+  evaluation = driver.evaluate(state, ['a', 'b'], datasets)
+  return state['global_weights'], driver.local_state('b'), [e['accuracy'] for e in evaluation]
+
+
+def assert_same(expected, got):
+  for want, have in zip(expected[0] + expected[1], got[0] + got[1]):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(got[2], expected[2], atol=1e-6)
+
+
+def test_an_executor_on_its_own_context_runs_the_whole_driver_there(datasets):
+  default = two_rounds(None, datasets)   # TFFClients on the installed context
+  worker = local_worker.LocalWorker()
+  context = distributed.local_context(worker)
+  try:
+    assert not worker.running()
+    own = two_rounds(client_executors.on_context(context), datasets)
+    # initialize, next and evaluate all started (and used) the executor's own worker ...
+    assert worker.running()
+  finally:
+    worker.stop()
+  # ... and the numbers are the installed context's.
+  assert_same(default, own)
+
+
+def test_device_clients_are_interchangeable_with_tff_clients(datasets):
+  assert_same(two_rounds(None, datasets), two_rounds(tf_backend.on_devices(), datasets))
+
+
+def test_executor_factories_build_the_named_executor():
+  driver = fedpara_tff.build_fedavg_driver(lambda: ts.keras_model('fedpara'), ts.ELEMENT_SPEC,
+                                           client_executor=client_executors.on_context(None))
+  assert isinstance(driver.client_executor, client_executors.TFFClients)
+  assert driver.client_executor.context is None
+  driver = fedpara_tff.build_fedavg_driver(lambda: ts.keras_model('fedpara'), ts.ELEMENT_SPEC,
+                                           client_executor=tf_backend.on_devices())
+  assert isinstance(driver.client_executor, tf_backend.DeviceClients)
+
+
+def test_initialize_and_evaluate_run_on_the_executors_context(datasets):
+  worker = local_worker.LocalWorker()
+  driver = fedpara_tff.build_pfedpara_driver(
+      lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC,
+      client_executor=client_executors.on_context(distributed.local_context(worker)))
+  try:
+    state = driver.initialize()
+    assert worker.running()
+    worker.stop()
+    driver.evaluate(state, ['a'], datasets[:1])
+    assert worker.running()
+  finally:
+    worker.stop()
