@@ -27,10 +27,10 @@ layer-demo: setup
 # (pytest-xdist), without the long end-to-end tests marked slow (pytest.ini), which
 # `make test-slow` runs; CI (.ci/run) runs both.
 test: setup
-	$(PYTHON) -m pytest -q -n logical --dist worksteal -m "not slow" tests
+	$(PYTHON) -m pytest -q -rs -n logical --dist worksteal -m "not slow" tests
 
 test-slow: setup
-	$(PYTHON) -m pytest -q -n logical --dist worksteal -m slow tests
+	$(PYTHON) -m pytest -q -rs -n logical --dist worksteal -m slow tests
 
 # The layer tests on Keras 3 / JAX: tests/keras3 and the backend-neutral layer modules of tests/
 # (the main suite runs them all on Keras 2 too).

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import ipaddress
 import os
+import signal
 import ssl
 
 CA_FILE = 'ca.pem'
@@ -96,17 +97,25 @@ async def _serve(host, port, socket_path, context, ready):
     except OSError:
       client_writer.close()
       return
-    await asyncio.gather(_pump(client_reader, worker_writer), _pump(worker_reader, client_writer))
+    try:
+      await asyncio.gather(_pump(client_reader, worker_writer),
+                           _pump(worker_reader, client_writer))
+    except asyncio.CancelledError:
+      pass   # shutting down: the connection ends with the server
 
+  stop = asyncio.Event()
+  loop = asyncio.get_running_loop()
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    loop.add_signal_handler(signum, stop.set)
   server = await asyncio.start_server(forward, host, port, ssl=context)
   ready(server)
   async with server:
-    await server.serve_forever()
+    await stop.wait()
 
 
 def serve(port, socket_path, files, host=None, ready=lambda server: None):
   """Serves TLS on `host:port` (default: every interface) for the worker at the Unix socket
-  `socket_path`, until the process ends; `ready(server)` is called once listening.
+  `socket_path` until SIGINT or SIGTERM; `ready(server)` is called once listening.
 
   Raises:
     ssl.SSLError, OSError: unreadable certificates, a port in use.

@@ -2,7 +2,10 @@
 
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -17,8 +20,10 @@ from experiments import run_config
 from experiments import run_io
 from experiments import runner
 from fedpara_tff import distributed
+from fedpara_tff import worker_tls
 from tests import tff_support as ts
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
             batch_size=64, progress=False)
 
@@ -28,10 +33,35 @@ TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, roun
 pytestmark = pytest.mark.timeout(300)
 
 
+# The workers serve mutual TLS (experiments.worker --tls_dir), as a user's would: none listens
+# unauthenticated on any interface. Certificates for this host, made once for the module.
+CERTS = []
+
+
+def _certs():
+  if not CERTS:
+    folder = tempfile.mkdtemp(prefix='fedpara-test-certs-')
+    os.rmdir(folder)   # the script makes it, mode 0700
+    subprocess.run([os.path.join(ROOT, 'scripts', 'make_worker_certs.sh'), folder, '127.0.0.1'],
+                   check=True, capture_output=True, timeout=60)
+    CERTS.append(folder)
+  return CERTS[0]
+
+
 def _start(ports):
-  processes = launch_workers.start(ports)
-  distributed.wait_until_reachable([f'127.0.0.1:{p}' for p in ports], timeout=60)
+  processes = launch_workers.start(ports, tls_dir=_certs())
+  distributed.wait_until_reachable(
+      [f'127.0.0.1:{p}' for p in ports], timeout=60,
+      credentials=worker_tls.channel_credentials(worker_tls.TLSFiles.from_dir(_certs(), 'driver')))
   return processes
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _remove_certs():
+  yield
+  for folder in CERTS:
+    shutil.rmtree(folder, ignore_errors=True)
+  CERTS.clear()
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +94,8 @@ def test_two_workers_give_the_local_results(tmp_path, two_workers, parameterizat
                 client_store=store, **algorithm)
   local = runner.run(run_config.RunConfig(output_dir=str(tmp_path / 'local'), **common))
   remote = runner.run(run_config.RunConfig(output_dir=str(tmp_path / 'remote'),
-                                       workers=','.join(two_workers), **common))
+                                           workers=','.join(two_workers),
+                                           workers_tls_dir=_certs(), **common))
   a, b = _final_arrays(local['output_dir'], 3), _final_arrays(remote['output_dir'], 3)
   assert sorted(a) == sorted(b)
   for key in a:  # pFedPara: every client's local factors too, matched to the right client
@@ -96,6 +127,7 @@ def test_a_worker_killed_mid_run_stops_it_and_the_rest_resume_it_exactly(tmp_pat
   common = dict(TINY, rounds=6, parameterization='pfedpara', client_store='sqlite',
                 cache_dir=str(tmp_path / 'cache'))
   config = run_config.RunConfig(output_dir=str(tmp_path / 'run'), workers=','.join(addresses),
+                                workers_tls_dir=_certs(),
                                 worker_failure_timeout=3.0, **common)
   checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
 
@@ -169,7 +201,6 @@ def test_parse_addresses_keeps_order():
 
 
 def test_a_second_worker_on_a_served_port_is_refused():
-  import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   listener = socket.socket()
   listener.bind(('127.0.0.1', 0))

@@ -2,6 +2,7 @@
 a client without it is refused; the worker's own port is open to no one."""
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -40,7 +41,8 @@ def tls_worker(certs):
   process = subprocess.Popen(
       [sys.executable, '-m', 'experiments.worker', f'--port={port}', f'--tls_dir={certs}'],
       stdout=subprocess.PIPE, text=True, cwd=ROOT)
-  line = process.stdout.readline()
+  ready, _, _ = select.select([process.stdout], [], [], 120)   # a bounded wait
+  line = process.stdout.readline() if ready else ''
   assert 'mutual TLS' in line, line
   yield f'127.0.0.1:{port}', process
   process.terminate()
