@@ -19,6 +19,7 @@ XLA-compiled) for every model alike, and the Jacobian-correction column is
   KERAS_BACKEND=jax .venv-keras3/bin/python -m benchmarks.layer_speed --quick
 """
 
+import os
 import time
 
 from absl import app

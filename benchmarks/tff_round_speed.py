@@ -37,6 +37,7 @@ import fedpara_tff
 from fedpara_tff import tf_backend
 import keras_layers as kl
 import tensorflow_federated as tff
+from experiments import flagfiles
 from experiments import models
 from experiments.data import mnist5k
 
@@ -113,8 +114,7 @@ def timed(fn, rounds):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'tff_round_speed')
   fedpara_tff.runtime.install()
   images, labels = mnist5k.load()
   n, k = _CLIENTS.value, _EXAMPLES.value

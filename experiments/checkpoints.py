@@ -168,12 +168,20 @@ def load(path, template_state, signature):
     raise CheckpointMismatchError(
         f'checkpoint {path} was written for another model ({len(theirs)} trainable variables '
         f'vs {len(ours)} here; first differences: {", ".join(diff)}); use another --output_dir.')
+  named = _NAME.search(path)
+  if named and int(named.group(1)) != meta['round']:
+    raise CheckpointDamagedError(f'checkpoint {path} is damaged (it holds round {meta["round"]}, '
+                                 f'not the round its name says)')
   template = tf.nest.flatten(template_state)
   values = [arrays[f'state_{i:05d}'] for i in range(meta['state_size'])]
   if len(values) != len(template) or any(
       np.shape(a) != np.shape(b) for a, b in zip(values, template)):
     raise CheckpointMismatchError(f'checkpoint {path} holds a server state of another structure '
                                   f'(another algorithm or aggregator); use another --output_dir.')
+  bad = next((k for k in sorted(arrays) if np.issubdtype(arrays[k].dtype, np.floating)
+              and not np.all(np.isfinite(arrays[k]))), None)
+  if bad is not None:   # no run writes one: a diverged round stops before its checkpoint
+    raise CheckpointDamagedError(f'checkpoint {path} is damaged (non-finite values in {bad})')
   state = tf.nest.pack_sequence_as(template_state, values)
   local_store = {}
   for i, client in enumerate(meta['clients']):

@@ -13,7 +13,6 @@ resumes there if interrupted).
 import math
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -65,8 +64,7 @@ def _comparison_line(s, base):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'compare')
   logging.set_verbosity(logging.WARNING)
   train.install_runtime('compare')
   runtime.sigterm_as_keyboard_interrupt()

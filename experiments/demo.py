@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_layers
+from experiments import flagfiles
 from experiments import models
 from experiments.data import mnist5k
 
@@ -47,8 +48,7 @@ def train_and_evaluate(model, data, epochs, batch_size, learning_rate):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'demo')
   logging.set_verbosity(logging.ERROR)
   tf.get_logger().setLevel('ERROR')
   try:

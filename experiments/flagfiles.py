@@ -18,16 +18,28 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')
 
 
 def resolve(argv):
-  """`argv` with every `--flagfile=PATH` that does not exist replaced by the packaged file."""
+  """`argv` with every `--flagfile=NAME.cfg` or `--flagfile=experiments/configs/NAME.cfg`
+  that does not exist where it points replaced by the packaged file."""
   resolved = []
   for arg in argv:
     if arg.startswith('--flagfile='):
       path = arg[len('--flagfile='):]
       packaged = os.path.join(CONFIG_DIR, os.path.basename(path))
-      if not os.path.exists(path) and os.path.exists(packaged):
+      # Only a bare name or experiments/configs/NAME means the packaged file; a path elsewhere
+      # that does not exist stays as given, and absl names it.
+      by_name = os.path.dirname(os.path.normpath(path)) in ('', os.path.join('experiments',
+                                                                             'configs'))
+      if by_name and not os.path.exists(path) and os.path.exists(packaged):
         arg = f'--flagfile={packaged}'
     resolved.append(arg)
   return resolved
+
+
+def no_positional(argv, program):
+  """Refuses positional arguments in one line (absl's UsageError would print the whole help)."""
+  if len(argv) > 1:
+    raise SystemExit(f'{program}: error: unexpected positional arguments {argv[1:]}; every '
+                     f'setting is a flag (--name=value), see --help.')
 
 
 def names():

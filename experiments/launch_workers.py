@@ -16,6 +16,7 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import flagfiles
 from experiments import worker_service
 
 _COUNT = flags.DEFINE_integer('count', 2, 'Workers to start (>= 1).')
@@ -61,8 +62,7 @@ def stop(processes, timeout=10.0):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'launch_workers')
   # Checked here, not by a flag validator: tests import this module beside other binaries and
   # parse their flags in one process.
   if bool(_TLS_DIR.value) == bool(_INSECURE.value):

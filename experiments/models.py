@@ -164,8 +164,7 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
   if parameterization not in PARAMETERIZATIONS:
     raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}; '
                      f'got {parameterization!r}.')
-  if weight_decay < 0:
-    raise ValueError(f'weight_decay must be >= 0; got {weight_decay!r}.')
+  keras_layers.validation.finite_at_least_zero(weight_decay, 'weight_decay')
   keras_model = plain_model(model, input_shape, num_classes, weight_norm)
   if parameterization in ('lowrank', 'fedpara', 'pfedpara'):
     options = dict(factor_init=factor_init, factor_lr_scale=factor_lr_scale)

@@ -98,8 +98,7 @@ def plot_runs(run_dirs, output, title=None):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'plot')
   if not _RUNS.value:
     raise app.UsageError('--runs names no run folder.')
   try:

@@ -7,6 +7,7 @@ round k + 1 from its latest checkpoint and ends where an uninterrupted run ends.
 
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -135,6 +136,10 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
     start_round, state, counters, local_store = found
     if stateful and store.kind == 'memory':
       store.restore(local_store, start_round)
+    if start_round > config.rounds:
+      print(f'note: output_dir {config.output_dir} holds {start_round} rounds of this run, more '
+            f'than --rounds={config.rounds}: nothing was trained, and the summary is of round '
+            f'{start_round}.', file=sys.stderr, flush=True)
   train_cd = clients_lib.to_client_data(data.x_train, data.y_train, parts.train)
   ids = train_cd.client_ids
   test_cd = (clients_lib.to_client_data(data.x_train, data.y_train, parts.test)

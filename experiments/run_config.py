@@ -11,6 +11,7 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
+from fedpara_tff import algorithms
 from fedpara_tff import client_store
 from fedpara_tff import distributed
 from fedpara_tff import settings as settings_lib
@@ -147,9 +148,37 @@ def _check_worker_security(config):
                      f'--insecure_workers (plain gRPC: whoever reaches a worker runs code on it).')
 
 
+FACTORIZED = ('fedpara', 'pfedpara', 'lowrank')
+_DEFAULT_FEDPROX_MU = 0.01
+
+
+def _check_no_ignored_setting(config, settings, lr_scale):
+  """Refuses a setting the run would ignore (it would still be frozen into the run's identity)."""
+  if config.jacobian_correction and config.parameterization not in FACTORIZED:
+    raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
+                     f'{config.parameterization!r} has none.')
+  if lr_scale is not None and config.parameterization not in FACTORIZED:
+    raise ValueError(f'factor_lr_scale applies to factorised layers (parameterization '
+                     f'{", ".join(FACTORIZED)}); parameterization={config.parameterization!r} '
+                     f'has none, got factor_lr_scale={config.factor_lr_scale!r}.')
+  if config.fedprox_mu != _DEFAULT_FEDPROX_MU and config.algorithm != 'fedprox':
+    raise ValueError(f'fedprox_mu applies to algorithm=fedprox; got fedprox_mu='
+                     f'{config.fedprox_mu!r} with algorithm={config.algorithm!r}.')
+  kind = client_store.resolve_kind(config.client_store, config.clients)
+  stateful = (config.parameterization in PERSONALIZED
+              or algorithms.build(settings).client_state)
+  if config.client_store != 'auto' and not stateful:
+    raise ValueError(f'client_store={config.client_store!r} keeps clients\' state between rounds; '
+                     f'this run has none (parameterization={config.parameterization!r}, '
+                     f'algorithm={config.algorithm!r}): leave client_store=auto.')
+  return kind
+
+
 def check(config):
   """Refuses inconsistent settings with one line naming the bad value; returns the round's
   `RoundSettings`."""
+  if not isinstance(config.output_dir, str) or not config.output_dir.strip():
+    raise ValueError(f'output_dir must name a folder; got {config.output_dir!r}.')
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
@@ -167,11 +196,7 @@ def check(config):
   if config.factor_init not in keras_layers.factors.FACTOR_INITS:
     raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
                      f'{config.factor_init!r}.')
-  if config.jacobian_correction and config.parameterization not in ('fedpara', 'pfedpara',
-                                                                     'lowrank'):
-    raise ValueError(f'jacobian_correction applies to factorised layers; parameterization='
-                     f'{config.parameterization!r} has none.')
-  client_store.resolve_kind(config.client_store, config.clients)
+  _check_no_ignored_setting(config, settings, lr_scale)
   if config.client_optimizer != 'sgd' and lr_scale == 'safe':
     raise ValueError(f"factor_lr_scale='safe' rescales SGD gradients, which Adam's per-coordinate "
                      f'normalisation undoes; use it with client_optimizer=sgd, got '

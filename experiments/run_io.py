@@ -9,7 +9,9 @@ Layout of `--output_dir`:
   accuracy_vs_gb.png  accuracy against cumulative communication
 """
 
+import contextlib
 import csv
+import fcntl
 import json
 import math
 import os
@@ -75,6 +77,53 @@ def remove_run(output_dir):
       os.rmdir(path)
     else:
       os.remove(path)
+
+
+def _lock_holder(folder):
+  """The pid holding a `flock` on `folder` (from /proc/locks), or None when unknown."""
+  info = os.stat(folder)
+  device = f'{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}'
+  try:
+    with open('/proc/locks', encoding='ascii') as f:
+      for line in f:
+        fields = line.split()
+        if 'FLOCK' in fields and device in fields:
+          return int(fields[fields.index(device) - 1])
+  except (OSError, ValueError):
+    pass
+  return None
+
+
+@contextlib.contextmanager
+def locked(output_dir):
+  """Holds `output_dir` for this run (an exclusive `flock` on the folder itself, so no lock file
+  is written; released when the run ends, however the process dies), creating the folder.
+
+  Raises:
+    RunConflictError: another process holds it (a run in progress), naming its pid; or
+      `output_dir` is a file.
+  """
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise RunConflictError(f'output_dir {output_dir} is a file, not a folder; choose another '
+                           f'--output_dir.')
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    fd = os.open(output_dir, os.O_RDONLY | os.O_DIRECTORY)
+  except OSError as e:
+    raise RunConflictError(f'output_dir {output_dir} cannot be written ({e.strerror}: '
+                           f'{e.filename}); choose another --output_dir.') from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _lock_holder(output_dir)
+      raise RunConflictError(
+          f'output_dir {output_dir} is in use by another run (pid '
+          f'{holder if holder is not None else "unknown"}); nothing was changed: wait for it to '
+          f'end or choose another --output_dir.') from None
+    yield
+  finally:
+    os.close(fd)
 
 
 def prepare(output_dir, run_flags, overwrite):

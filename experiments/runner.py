@@ -167,22 +167,31 @@ def _run(config, data, parts, keras_model_fn, keras_model, workers):
   signature = checkpoints.model_signature(keras_model)
   params, plain_params = _parameter_counts(keras_model)
   existed = os.path.isdir(config.output_dir)
-  resuming = run_io.prepare(config.output_dir,
-                            dict(config.identity(), data_sha256=data.fingerprint()),
-                            config.overwrite)
   try:
-    return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
-                   plain_params, resuming, workers)
-  except BaseException:
-    # A new run that stops before its first checkpoint holds nothing worth resuming: its files
-    # go, so that the corrected command can use the same folder.
-    if not resuming and checkpoints.latest(os.path.join(config.output_dir, 'checkpoints')) is None:
+    # One run at a time in a folder: a second one (or an --overwrite of a live run) is refused.
+    with run_io.locked(config.output_dir):
+      resuming = run_io.prepare(config.output_dir,
+                                dict(config.identity(), data_sha256=data.fingerprint()),
+                                config.overwrite)
       try:
-        run_io.remove_run(config.output_dir)
-        if not existed:
-          os.rmdir(config.output_dir)
-      except (OSError, run_io.RunConflictError):
-        pass   # something else appeared in the folder meanwhile: leave it all
+        return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
+                       plain_params, resuming, workers)
+      except BaseException:
+        # A new run that stops before its first checkpoint holds nothing worth resuming: its
+        # files go, so that the corrected command can use the same folder.
+        if not resuming and checkpoints.latest(
+            os.path.join(config.output_dir, 'checkpoints')) is None:
+          try:
+            run_io.remove_run(config.output_dir)
+          except (OSError, run_io.RunConflictError):
+            pass   # something else appeared in the folder meanwhile: leave it all
+        raise
+  except BaseException:
+    if not existed:   # the folder this run made, if the run left it empty
+      try:
+        os.rmdir(config.output_dir)
+      except OSError:
+        pass
     raise
 
 

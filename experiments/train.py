@@ -12,11 +12,11 @@ experiments/configs/.
 """
 
 import dataclasses
+import math
 import os
 import signal
 import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -150,6 +150,17 @@ flags.DEFINE_bool('require_isolated_worker', False,
                   '(environment: FEDPARA_REQUIRE_ISOLATED_WORKER=1).')
 
 flags.mark_flag_as_required('output_dir')
+
+
+def _register_check(name, check, allowed):
+  """The flag's validator: a float flag must also be finite (`inf` passes `v > 0`)."""
+  if isinstance(flags.FLAGS[name].default, float):
+    check = (lambda c: lambda v: v is not None and math.isfinite(v) and c(v))(check)
+    if allowed.startswith('>'):   # an interval open above: say that inf is refused too
+      allowed = f'a finite number {allowed}'
+  flags.register_validator(name, check, message=f'--{name} must be {allowed}.')
+
+
 for _name, _check, _allowed in (
     ('alpha', lambda v: v > 0, '> 0'), ('gamma', lambda v: 0 <= v <= 1, 'in [0, 1]'),
     ('rank', lambda v: v >= 0, '>= 0'), ('client_learning_rate', lambda v: v > 0, '> 0'),
@@ -172,7 +183,7 @@ for _name, _check, _allowed in (
     ('worker_failure_timeout', lambda v: 0 < v < float('inf'), 'a finite number > 0'),
     ('seed', lambda v: 0 <= v < 2**31, 'in [0, 2**31)'),
     ('jacobian_correction', lambda v: 0 <= v < float('inf'), 'a finite number >= 0')):
-  flags.register_validator(_name, _check, message=f'--{_name} must be {_allowed}.')
+  _register_check(_name, _check, _allowed)
 flags.register_multi_flags_validator(
     ['clients', 'clients_per_round'], lambda f: f['clients_per_round'] <= f['clients'],
     message='--clients_per_round must not exceed --clients.')
@@ -186,6 +197,10 @@ def config_from_flags(**overrides):
                 factor_lr_scale=(None if values['factor_lr_scale'] == 'none'
                                  else values['factor_lr_scale']),
                 keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
+  # `~` in a flagfile reaches us unexpanded (only a shell expands it on a command line).
+  for name in ('output_dir', 'cache_dir', 'data_dir'):
+    if values[name]:
+      values[name] = os.path.expanduser(values[name])
   values.update(overrides)
   return run_config.RunConfig(**values)
 
@@ -217,8 +232,7 @@ def install_runtime(program):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'train')
   logging.set_verbosity(logging.WARNING)
   install_runtime('train')
   runtime.sigterm_as_keyboard_interrupt()

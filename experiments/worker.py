@@ -16,7 +16,6 @@ this user.
 import os
 import sys
 
-from absl import app
 from absl import flags
 
 from experiments import flagfiles
@@ -66,8 +65,7 @@ def _serve_tls(port, concurrency, files):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'worker')
   # Checked here, not by a flag validator: tests import this module beside other binaries and
   # parse their flags in one process.
   if bool(_TLS_DIR.value) == bool(_INSECURE.value):

@@ -61,24 +61,40 @@ class WorkerUnavailableError(RuntimeError):
     self.address = address
 
 
+def _endpoint(host, port):
+  """`(addresses the host resolves to, port)`: two entries naming one worker share a port and an
+  address (`localhost:8000` and `127.0.0.1:8000`; `:08000` and `:8000`). A host that does not
+  resolve here is compared by name."""
+  try:
+    addresses = {info[4][0] for info in socket.getaddrinfo(host.strip('[]'), None)}
+  except (socket.gaierror, UnicodeError):
+    addresses = {host.lower()}
+  return addresses, int(port)
+
+
 def parse_addresses(spec):
   """`['host:port', ...]` from a comma-separated flag value.
 
   Raises:
     ValueError: empty list, a malformed entry (no host, a port outside
-      1-65535) or a duplicate, naming the bad entry.
+      1-65535) or one worker listed twice (also under another name or port spelling), naming
+      the bad entry.
   """
   entries = [e.strip() for e in (spec or '').split(',') if e.strip()]
   if not entries:
     raise ValueError(f'workers must list at least one host:port; got {spec!r}.')
-  seen = set()
+  seen = []
   for entry in entries:
     host, _, port = entry.rpartition(':')
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
       raise ValueError(f'worker address {entry!r} is not host:port with a port in 1-65535.')
-    if entry in seen:
-      raise ValueError(f'worker address {entry!r} is listed twice.')
-    seen.add(entry)
+    addresses, number = _endpoint(host, port)
+    for other, (other_addresses, other_number) in seen:
+      if number == other_number and addresses & other_addresses:
+        same = 'is listed twice' if entry == other else f'names the same worker as {other!r}'
+        raise ValueError(f'worker address {entry!r} {same} (port {number} of '
+                         f'{sorted(addresses & other_addresses)[0]}).')
+    seen.append((entry, (addresses, number)))
   return entries
 
 

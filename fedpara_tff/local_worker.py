@@ -113,6 +113,7 @@ class LocalWorker:
     self._folder = None
     self.target = None     # the gRPC target: unix:<path>, or localhost:<port> when not isolated
     self.isolated = None
+    self._closed = False
 
   @property
   def pid(self):
@@ -123,8 +124,15 @@ class LocalWorker:
     return self._process is not None and self._process.poll() is None
 
   def start(self):
-    """Starts the worker (stopping a previous one); returns its gRPC target."""
+    """Starts the worker (stopping a previous one); returns its gRPC target.
+
+    Raises:
+      WorkerIsolationError: isolation is required and impossible here, the worker did not
+        start, or this worker was closed (its process is exiting).
+    """
     self.stop()
+    if self._closed:
+      raise WorkerIsolationError('the local TFF worker was closed: this process is exiting.')
     check_isolation(self._require)
     prefix, reason = namespace_command()
     command = [worker_binary()] + self._flags
@@ -166,6 +174,12 @@ class LocalWorker:
     self.stop()
     raise WorkerIsolationError(f'TFF worker did not listen on port {port} within '
                                f'{START_TIMEOUT_S:g} s.')
+
+  def close(self):
+    """Stops the worker for good: a computation still in flight (e.g. on another thread while
+    the process exits) cannot start a new one."""
+    self._closed = True
+    self.stop()
 
   def stop(self):
     """Stops the worker (and its bridge); the next `start()` starts a new one."""

@@ -39,11 +39,15 @@ from fedpara_tff import worker_watchdog
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
-def shutdown_workers(timeout=worker_watchdog.GRACE_S):
+def shutdown_workers(timeout=worker_watchdog.GRACE_S, final=False):
   """Stops this process's TFF workers (SIGINT, then SIGKILL after `timeout` s); returns how
-  many."""
+  many it had to signal. `final` (at exit): the local worker cannot be restarted afterwards by
+  a computation still in flight."""
   for context in _INSTALLED:
-    context.local_worker.stop()   # its bridge stops the worker and exits
+    if final:
+      context.local_worker.close()   # its bridge stops the worker and exits
+    else:
+      context.local_worker.stop()
   workers = worker_watchdog.still_running(worker_watchdog.record_workers(psutil.Process(), {}))
   worker_watchdog.stop(workers, timeout)
   return len(workers)
@@ -90,7 +94,7 @@ def exit_now(code):
   interpreter exit. Nothing the run owns is lost: checkpoints and metrics are written and closed
   before this is called.
   """
-  shutdown_workers()
+  shutdown_workers(final=True)
   for stream in (sys.stdout, sys.stderr):
     try:
       stream.flush()
@@ -155,7 +159,7 @@ def quiet_teardown():
 
 
 def _at_exit():
-  shutdown_workers()
+  shutdown_workers(final=True)
   quiet_teardown()
 
 

@@ -78,10 +78,10 @@ class RoundSettings:
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
-    set_('client_learning_rate', validation.positive(self.client_learning_rate,
-                                                     'client_learning_rate'))
-    set_('server_learning_rate', validation.positive(self.server_learning_rate,
-                                                     'server_learning_rate'))
+    set_('client_learning_rate', validation.finite_positive(
+        self.client_learning_rate, 'client_learning_rate'))
+    set_('server_learning_rate', validation.finite_positive(
+        self.server_learning_rate, 'server_learning_rate'))
     set_('local_epochs', validation.integer(self.local_epochs, 'local_epochs'))
     set_('lr_decay', validation.fraction(self.lr_decay, 'lr_decay', low_closed=False,
                                          high_closed=True))

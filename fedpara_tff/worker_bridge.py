@@ -171,5 +171,14 @@ def main(argv):
       pass
 
 
+def run(argv):
+  """`main`, with any failure as one line on stderr (no traceback) and exit code 1."""
+  try:
+    return main(argv)
+  except Exception as e:  # pylint: disable=broad-except
+    sys.stderr.write(f'worker_bridge: error: {type(e).__name__}: {e}\n')
+    return 1
+
+
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  sys.exit(run(sys.argv))

@@ -47,11 +47,6 @@ def number(value, name, low=None, high=None, *, low_closed=True, high_closed=Tru
   return float(value)
 
 
-def positive(value, name):
-  """`value` as a float if it is a number > 0."""
-  return number(value, name, 0.0, low_closed=False)
-
-
 def finite_at_least_zero(value, name):
   """`value` as a float if it is a finite number >= 0."""
   return number(value, name, 0.0, finite=True)

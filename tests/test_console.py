@@ -2,6 +2,7 @@
 binary's own flags, and no path through flag parsing ends in a TFF traceback at exit."""
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,28 @@ def test_flag_errors_and_helpfull_end_without_a_traceback(args):
     if args != ['--helpfull']:
       assert result.returncode == 1
       assert 'Flags parsing error' in result.stderr
+
+
+# Each binary's required flags, so that only the positional argument is wrong.
+_REQUIRED = {'train': ['--output_dir=unused'], 'compare': ['--output_dir=unused'],
+             'plot': ['--runs=unused', '--output=unused.png'], 'worker': ['--port=8123'],
+             'launch_workers': []}
+
+
+@pytest.mark.parametrize('module', sorted(_REQUIRED))
+def test_a_positional_argument_is_one_line_not_the_whole_help(module):
+  result = subprocess.run(
+      [sys.executable, '-m', f'experiments.{module}', 'stray', *_REQUIRED[module]],
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f"{module}: error: unexpected positional arguments ['stray']; every setting is a flag "
+      f"(--name=value), see --help."]
+
+
+def test_a_flagfile_path_elsewhere_is_never_swapped_for_the_packaged_one(tmp_path):
+  from experiments import flagfiles   # pylint: disable=g-import-not-at-top
+  packaged = os.path.join(flagfiles.CONFIG_DIR, 'mnist5k_quick.cfg')
+  missing = str(tmp_path / 'no_such_folder' / 'mnist5k_quick.cfg')
+  assert flagfiles.resolve(['--flagfile=mnist5k_quick.cfg', f'--flagfile={missing}']) == [
+      f'--flagfile={packaged}', f'--flagfile={missing}']

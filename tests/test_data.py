@@ -280,7 +280,7 @@ def test_natural_keeps_one_role_per_client(shakespeare):
 def test_partition_refusals(mnist, shakespeare):
   with pytest.raises(ValueError, match='clients=4001 exceeds the 4000 training examples'):
     partition.iid(4000, 4001, seed=0)
-  with pytest.raises(ValueError, match=r'alpha must be > 0; got 0.0'):
+  with pytest.raises(ValueError, match=r'alpha must be a finite number > 0; got 0.0'):
     partition.dirichlet(mnist.y_train, 10, 0.0, seed=0)
   started = time.monotonic()
   with pytest.raises(ValueError, match=r'alpha must be >= 0.001 .*; got 1e-09'):

@@ -190,6 +190,10 @@ def test_unreachable_workers_fail_within_the_timeout():
     ('localhost:99999', "'localhost:99999'"),
     (':8000', "':8000'"),
     ('a:1,b:2,a:1', "'a:1' is listed twice"),
+    # One worker under two spellings (issue 25): resolved and compared.
+    ('127.0.0.1:8123,localhost:8123',
+     r"'localhost:8123' names the same worker as '127.0.0.1:8123' \(port 8123 of 127.0.0.1\)"),
+    ('localhost:8123,localhost:08123', "'localhost:08123' names the same worker as"),
 ])
 def test_bad_worker_addresses_are_named(spec, match):
   with pytest.raises(ValueError, match=match):

@@ -2,8 +2,11 @@
 
 import glob
 import json
+import math
 import os
 import shutil
+import subprocess
+import sys
 
 from absl import flags
 import pytest
@@ -30,7 +33,26 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
            'clients_per_round=5 exceeds clients=4')
   _refused(rs.config(tmp_path, clients=4001, clients_per_round=2),
            'clients=4001 exceeds the 4000 training examples')
-  _refused(rs.config(tmp_path, partition='dirichlet', alpha=0.0), r'alpha must be > 0; got 0.0')
+  _refused(rs.config(tmp_path, partition='dirichlet', alpha=0.0),
+           r'alpha must be a finite number > 0; got 0.0')
+  # inf passes `> 0`; the library refuses it too, not only the flags.
+  _refused(rs.config(tmp_path, partition='dirichlet', alpha=math.inf),
+           r'alpha must be a finite number > 0; got inf')
+  _refused(rs.config(tmp_path, client_learning_rate=math.inf),
+           r'client_learning_rate must be a finite number > 0; got inf')
+  _refused(rs.config(tmp_path, server_learning_rate=math.inf),
+           r'server_learning_rate must be a finite number > 0; got inf')
+  _refused(rs.config(tmp_path, weight_decay=math.inf),
+           r'weight_decay must be a finite number >= 0; got inf')
+  _refused(rs.config(tmp_path, algorithm='fedprox', fedprox_mu=math.inf),
+           r'proximal_strength must be a finite number >= 0; got inf')
+  # Settings the run would ignore (yet freeze into its identity) are refused.
+  _refused(rs.config(tmp_path, fedprox_mu=0.5),
+           r"fedprox_mu applies to algorithm=fedprox; got fedprox_mu=0.5 with algorithm='fedavg'")
+  _refused(rs.config(tmp_path, parameterization='original', factor_lr_scale='matched'),
+           r"factor_lr_scale applies to factorised layers .*parameterization='original' has none")
+  _refused(rs.config(tmp_path, parameterization='fedpara', client_store='sqlite'),
+           r"client_store='sqlite' keeps clients' state between rounds; this run has none")
   _refused(rs.config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
   _refused(rs.config(tmp_path, algorithm='mimelite', server_momentum=0.9),
            'algorithm=mimelite takes server SGD without momentum; got server_momentum=0.9')
@@ -121,7 +143,13 @@ def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
 
 
 @pytest.mark.parametrize('argv, match', [
-    (['--alpha=0'], '--alpha must be > 0'),
+    (['--alpha=0'], '--alpha must be a finite number > 0'),
+    # inf passes `> 0`: every float flag is also finite (issue 25).
+    (['--alpha=inf'], '--alpha must be a finite number > 0'),
+    (['--client_learning_rate=inf'], '--client_learning_rate must be a finite number > 0'),
+    (['--server_learning_rate=inf'], '--server_learning_rate must be a finite number > 0'),
+    (['--weight_decay=inf'], '--weight_decay must be a finite number >= 0'),
+    (['--fedprox_mu=inf'], '--fedprox_mu must be a finite number >= 0'),
     (['--clients=3', '--clients_per_round=4'], 'clients_per_round must not exceed --clients'),
     (['--partition=random'], 'value should be one of'),
     (['--model=resnet'], 'value should be one of'),
@@ -162,3 +190,40 @@ def test_workers_on_another_host_need_tls_or_an_explicit_opt_out(tmp_path):
   _refused(rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path),
                      insecure_workers=True), 'not both')
   _refused(rs.config(tmp_path, insecure_workers=True), 'give --workers too')
+
+
+def test_output_dir_empty_is_refused_and_tilde_is_expanded(tmp_path):
+  with pytest.raises(ValueError, match=r"output_dir must name a folder; got ''"):
+    runner.run(run_config.RunConfig(**{**rs.TINY, 'output_dir': ''}))
+  try:
+    flags.FLAGS(['train', '--output_dir=~/fedpara-runs/x', '--cache_dir=~/cache'])
+    config = train.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  # A flagfile's `~` is not expanded by a shell; a folder literally named `~` is never made.
+  assert config.output_dir == os.path.join(os.path.expanduser('~'), 'fedpara-runs', 'x')
+  assert config.cache_dir == os.path.join(os.path.expanduser('~'), 'cache')
+
+
+def test_a_folder_in_use_by_a_run_is_refused_naming_its_pid(tmp_path):
+  """Two runs in one folder would interleave their metrics and checkpoints, and an --overwrite
+  would delete a live run's files: the folder is held for the run's lifetime."""
+  out = tmp_path / 'run'
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys\nfrom experiments import run_io\n'
+       'with run_io.locked(sys.argv[1]):\n  print("held", flush=True)\n  sys.stdin.read()\n',
+       str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=rs.REPO)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    (out / 'metrics.csv').write_text('the live run\n')
+    for overwrite in (False, True):
+      with pytest.raises(run_io.RunConflictError,
+                         match=rf'output_dir {out} is in use by another run \(pid {holder.pid}\)'):
+        runner.run(rs.config(tmp_path, overwrite=overwrite))
+    assert (out / 'metrics.csv').read_text() == 'the live run\n'
+  finally:
+    holder.stdin.close()
+    holder.wait(60)
+  # Released with its holder: the folder is usable again (here it refuses for its stray file).
+  with pytest.raises(run_io.RunConflictError, match='holds the files of a run but no run.json'):
+    runner.run(rs.config(tmp_path))

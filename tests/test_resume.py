@@ -371,3 +371,15 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
   with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
     runner.run(config)
   assert a_file.read_text() == 'mine'
+
+
+def test_rerun_with_fewer_rounds_says_that_more_were_done(tmp_path, capfd):
+  finished = rs.config(tmp_path, 'run', rounds=2)
+  runner.run(finished)
+  capfd.readouterr()
+  summary = runner.run(rs.config(tmp_path, 'run', rounds=1))
+  err = capfd.readouterr().err
+  assert (f'note: output_dir {finished.output_dir} holds 2 rounds of this run, more than '
+          f'--rounds=1: nothing was trained, and the summary is of round 2.') in err
+  assert summary['rounds'] == 2
+  assert [r['round'] for r in rs.rows(finished.output_dir)] == ['1', '2']

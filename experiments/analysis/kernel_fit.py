@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
+from experiments import flagfiles
 from experiments.analysis import kernel_approx
 from experiments import models
 from experiments import run_io
@@ -48,8 +49,7 @@ def parse_variant(variant):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'kernel_fit')
   flags_ = flags.FLAGS
   variants = [parse_variant(v) for v in flags_.variants]
   tf.get_logger().setLevel('ERROR')   # one traced fit per kernel shape: retracing is expected

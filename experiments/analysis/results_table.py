@@ -25,6 +25,7 @@ import shutil
 from absl import app
 from absl import flags
 
+from experiments import flagfiles
 from experiments import run_io
 from experiments.analysis import run_tables
 
@@ -64,8 +65,7 @@ def _print_seed_table(groups, round_num):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'results_table')
   folders = _expand(_RUNS.value)
   common = set.intersection(*[_evaluated_rounds(run_io.read_metrics(d)) for d in folders])
   round_num = _ROUND.value or (max(common) if common else 0)

@@ -33,6 +33,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from experiments import flagfiles
 from experiments import models
 from experiments import run_io
 from experiments.analysis import step_measures
@@ -112,8 +113,7 @@ def _rule_columns(measures):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'step_gain')
   flags_ = flags.FLAGS
   variants = [(v, *parse_variant(v)) for v in flags_.variants]
   data = registry.load(flags_.dataset, flags_.data_dir)

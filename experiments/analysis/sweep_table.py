@@ -20,6 +20,7 @@ import shutil
 from absl import app
 from absl import flags
 
+from experiments import flagfiles
 from experiments import run_io
 from experiments.analysis import run_tables
 
@@ -40,8 +41,7 @@ def _copy(setting_dir, destination):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected positional arguments: {argv[1:]}')
+  flagfiles.no_positional(argv, 'sweep_table')
   if not os.path.isdir(_SWEEP_DIR.value):
     raise app.UsageError(f'--sweep_dir={_SWEEP_DIR.value} is not a folder.')
   # `<setting>_r<N>` folders hold the longer, seeded runs (experiments.analysis.results_table --seeds).

@@ -5,6 +5,8 @@ pool), is a pure function of its arguments and the seed, and raises ValueError
 with the bad value when the request cannot be met.
 """
 
+import math
+
 import numpy as np
 
 KINDS = ('iid', 'dirichlet', 'shards', 'natural', 'sampled')
@@ -51,8 +53,8 @@ def dirichlet(labels, num_clients, alpha, seed):
   Small `alpha` gives clients few classes; large `alpha` approaches IID. Draws
   are repeated (deterministically) until every client has an example.
   """
-  if not alpha > 0:
-    raise ValueError(f'alpha must be > 0; got {alpha!r}.')
+  if not (alpha > 0 and math.isfinite(alpha)):
+    raise ValueError(f'alpha must be a finite number > 0; got {alpha!r}.')
   if alpha < MIN_DIRICHLET_ALPHA:
     raise ValueError(f'alpha must be >= {MIN_DIRICHLET_ALPHA} (smaller values put every class on '
                      f'one client and make the sampler very slow); got {alpha!r}.')
