@@ -63,12 +63,7 @@ def stop(processes, timeout=10.0):
 
 def main(argv):
   flagfiles.no_positional(argv, 'launch_workers')
-  # Checked here, not by a flag validator: tests import this module beside other binaries and
-  # parse their flags in one process.
-  if bool(_TLS_DIR.value) == bool(_INSECURE.value):
-    raise SystemExit('launch_workers: error: give --tls_dir (mutual TLS; scripts/make_worker_certs.sh '
-                     'makes the files) or --insecure (plain gRPC: whoever reaches the port runs '
-                     'code), exactly one.')
+  worker_service.check_security_choice(_TLS_DIR.value, _INSECURE.value, 'launch_workers')
   ports = [_BASE_PORT.value + i for i in range(_COUNT.value)]
   processes = start(ports, _CONCURRENCY.value, _TLS_DIR.value or None)
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

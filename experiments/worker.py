@@ -66,12 +66,7 @@ def _serve_tls(port, concurrency, files):
 
 def main(argv):
   flagfiles.no_positional(argv, 'worker')
-  # Checked here, not by a flag validator: tests import this module beside other binaries and
-  # parse their flags in one process.
-  if bool(_TLS_DIR.value) == bool(_INSECURE.value):
-    raise SystemExit('worker: error: give --tls_dir (mutual TLS; scripts/make_worker_certs.sh '
-                     'makes the files) or --insecure (plain gRPC: whoever reaches the port runs '
-                     'code), exactly one.')
+  worker_service.check_security_choice(_TLS_DIR.value, _INSECURE.value, 'worker')
   worker_service.check_port_free(_PORT.value)
   if _INSECURE.value:
     _serve_insecure(_PORT.value, _CONCURRENCY.value)

@@ -251,9 +251,9 @@ def test_quantization_threshold_reaches_the_process_and_a_no_op_setting_warns(cl
 def test_bad_inputs_are_named():
   with pytest.raises(ValueError, match=r"algorithm must be one of .*; got 'sgd'"):
     fedpara_tff.build_fedpara_process(ts.model_fn, algorithm='sgd')
-  with pytest.raises(ValueError, match=r'client_learning_rate must be a number > 0; got 0'):
+  with pytest.raises(ValueError, match=r'client_learning_rate must be a finite number > 0; got 0'):
     fedpara_tff.build_fedpara_process(ts.model_fn, client_learning_rate=0)
-  with pytest.raises(ValueError, match=r'server_learning_rate must be a number > 0; got -1'):
+  with pytest.raises(ValueError, match=r'server_learning_rate must be a finite number > 0; got -1'):
     fedpara_tff.build_fedpara_process(ts.model_fn, server_learning_rate=-1)
   with pytest.raises(ValueError, match=r"algorithm='scaffold' has no TFF 0.87 builder; it runs "
                                        r"on fedpara_tff.build_fedavg_driver"):

@@ -124,7 +124,7 @@ def test_local_only_sends_nothing_and_keeps_every_variable_per_client(data):
 
 
 def test_bad_inputs_are_named(pfedpara, data):
-  with pytest.raises(ValueError, match=r'client_learning_rate must be a number > 0; got 0'):
+  with pytest.raises(ValueError, match=r'client_learning_rate must be a finite number > 0; got 0'):
     fedpara_tff.build_pfedpara_driver(ts.keras_model, ts.ELEMENT_SPEC, client_learning_rate=0)
   with pytest.raises(ValueError, match=r'the model has no local variable'):
     fedpara_tff.build_pfedpara_driver(ts.keras_model, ts.ELEMENT_SPEC)

@@ -19,8 +19,15 @@ from tests import tff_support as ts
 
 
 @pytest.mark.parametrize('fields, message', [
-    (dict(client_learning_rate=True), r'client_learning_rate must be a number > 0; got True'),
-    (dict(client_learning_rate=math.nan), r'client_learning_rate must be a number > 0; got nan'),
+    (dict(client_learning_rate=True),
+     r'client_learning_rate must be a finite number > 0; got True'),
+    (dict(client_learning_rate=math.nan),
+     r'client_learning_rate must be a finite number > 0; got nan'),
+    # inf passes `> 0` (issue 25): a learning rate must be finite.
+    (dict(client_learning_rate=math.inf),
+     r'client_learning_rate must be a finite number > 0; got inf'),
+    (dict(server_learning_rate=math.inf),
+     r'server_learning_rate must be a finite number > 0; got inf'),
     (dict(local_epochs=1.0), r'local_epochs must be an integer >= 1; got 1.0'),
     (dict(lr_decay=0.0), r'lr_decay must be a number in \(0, 1\]; got 0.0'),
     (dict(client_momentum=1.0), r'client_momentum must be a number in \[0, 1\); got 1.0'),
