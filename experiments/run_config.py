@@ -149,7 +149,6 @@ def _check_worker_security(config):
 
 
 FACTORIZED = ('fedpara', 'pfedpara', 'lowrank')
-_DEFAULT_FEDPROX_MU = 0.01
 
 
 def _check_no_ignored_setting(config, settings, lr_scale):
@@ -161,17 +160,16 @@ def _check_no_ignored_setting(config, settings, lr_scale):
     raise ValueError(f'factor_lr_scale applies to factorised layers (parameterization '
                      f'{", ".join(FACTORIZED)}); parameterization={config.parameterization!r} '
                      f'has none, got factor_lr_scale={config.factor_lr_scale!r}.')
-  if config.fedprox_mu != _DEFAULT_FEDPROX_MU and config.algorithm != 'fedprox':
+  if config.fedprox_mu != RunConfig.fedprox_mu and config.algorithm != 'fedprox':
     raise ValueError(f'fedprox_mu applies to algorithm=fedprox; got fedprox_mu='
                      f'{config.fedprox_mu!r} with algorithm={config.algorithm!r}.')
-  kind = client_store.resolve_kind(config.client_store, config.clients)
+  client_store.resolve_kind(config.client_store, config.clients)
   stateful = (config.parameterization in PERSONALIZED
               or algorithms.build(settings).client_state)
   if config.client_store != 'auto' and not stateful:
     raise ValueError(f'client_store={config.client_store!r} keeps clients\' state between rounds; '
                      f'this run has none (parameterization={config.parameterization!r}, '
                      f'algorithm={config.algorithm!r}): leave client_store=auto.')
-  return kind
 
 
 def check(config):

@@ -154,7 +154,7 @@ def run(config):
       credentials = worker_tls.channel_credentials(
           worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver'))
     elif not all(worker_tls.is_loopback(a) for a in addresses):
-      print('train: warning: --insecure_workers: the workers get computations over plain gRPC; '
+      print('warning: --insecure_workers: the workers get computations over plain gRPC; '
             'whoever reaches them can run code on them.', file=sys.stderr, flush=True)
     workers = distributed.RemoteWorkers(addresses, config.worker_connect_timeout,
                                         config.worker_failure_timeout, credentials)

@@ -293,22 +293,9 @@ def local_context(worker=None):
   return context
 
 
-_DEFAULT_LOCAL = []   # this process's local context, made by the first use_local_runtime()
-
-
 def use_local_runtime(worker=None):
   """Runs every later TFF computation on a local worker only this process can reach
-  (`local_context`); returns the context.
-
-  Args:
-    worker: a `fedpara_tff.local_worker.LocalWorker`; default: this process's own (made on the
-      first call, reused by later ones, e.g. after remote workers).
-  """
-  if worker is None and _DEFAULT_LOCAL:
-    context = _DEFAULT_LOCAL[0]
-  else:
-    context = local_context(worker)
-    if worker is None:
-      _DEFAULT_LOCAL.append(context)
+  (`local_context(worker)`); returns the context (`fedpara_tff.runtime.install()` calls it)."""
+  context = local_context(worker)
   context_stack_impl.context_stack.set_default_context(context)
   return context

@@ -13,22 +13,23 @@ the worker runs as TFF runs it, on a TCP port of all interfaces, after one warni
 the port, the reason and the fix; `require_isolation=True` (or the environment variable
 `FEDPARA_REQUIRE_ISOLATED_WORKER=1`) refuses instead (`WorkerIsolationError`).
 
-Imports only the standard library: `fedpara_tff.distributed.local_context` builds the TFF
-execution context on top of it.
+Imports only the standard library (and `worker_bridge`, which does too):
+`fedpara_tff.distributed.local_context` builds the TFF execution context on top of it.
 """
 
 import functools
 import json
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import tempfile
-import time
+
+from fedpara_tff import worker_bridge
 
 REQUIRE_ENV = 'FEDPARA_REQUIRE_ISOLATED_WORKER'
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = worker_bridge.START_TIMEOUT_S
 _BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'worker_bridge.py')
 _FIX = ('allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000, and on '
         'Debian/Ubuntu kernel.unprivileged_userns_clone=1) or run as root')
@@ -91,12 +92,6 @@ def check_isolation(require_isolation=None):
   return prefix is not None
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('', 0))
-    return s.getsockname()[1]
-
-
 class LocalWorker:
   """One TFF `worker_binary` for this process, started on first use and restarted if it died.
 
@@ -137,14 +132,18 @@ class LocalWorker:
     prefix, reason = namespace_command()
     command = [worker_binary()] + self._flags
     if prefix is None:
-      port = _free_port()
+      port = worker_bridge.free_port()
       sys.stderr.write(f'fedpara_tff: warning: TFF\'s local worker listens on all interfaces at '
                        f'port {port}: it cannot run in a private network namespace here '
                        f'({reason}); {_FIX}, or set {REQUIRE_ENV}=1 to refuse to run.\n')
       sys.stderr.flush()
       self._process = subprocess.Popen(command + [f'--port={port}'], stdin=subprocess.DEVNULL)
       self.target, self.isolated = f'localhost:{port}', False
-      self._wait_tcp(port)
+      if not worker_bridge.wait_for_port(port, self._process):
+        code = self._process.poll()
+        self.stop()
+        raise WorkerIsolationError(f'TFF worker did not listen on port {port} within '
+                                   f'{START_TIMEOUT_S:g} s (exit code {code}).')
       return self.target
     self._folder = tempfile.mkdtemp(prefix='fedpara-worker-')   # mode 0700
     path = os.path.join(self._folder, 'worker.sock')
@@ -161,20 +160,6 @@ class LocalWorker:
     self.target, self.isolated = f'unix:{path}', True
     return self.target
 
-  def _wait_tcp(self, port):
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-      if self._process.poll() is not None:
-        raise WorkerIsolationError(f'TFF worker exited with code {self._process.returncode}.')
-      try:
-        socket.create_connection(('localhost', port), timeout=1.0).close()
-        return
-      except OSError:
-        time.sleep(0.05)
-    self.stop()
-    raise WorkerIsolationError(f'TFF worker did not listen on port {port} within '
-                               f'{START_TIMEOUT_S:g} s.')
-
   def close(self):
     """Stops the worker for good: a computation still in flight (e.g. on another thread while
     the process exits) cannot start a new one."""
@@ -188,7 +173,7 @@ class LocalWorker:
       if process.stdin is not None:
         process.stdin.close()     # the bridge stops its worker and exits
       else:
-        process.send_signal(2)
+        process.send_signal(signal.SIGINT)
       try:
         process.wait(5)
       except subprocess.TimeoutExpired:

@@ -51,8 +51,9 @@ def loopback_up():
 
 
 def free_port():
+  """A TCP port free on every interface (of this network namespace)."""
   with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
+    s.bind(('', 0))
     return s.getsockname()[1]
 
 

@@ -1,5 +1,5 @@
 """What the end-to-end tests of the training binary share: a tiny run's config, its metrics
-rows and its command line."""
+rows, its command line, and the certificates of TLS workers."""
 
 import csv
 import os
@@ -45,3 +45,11 @@ def binary(*args):
   """Runs `python -m experiments.train *args` from the repository; returns the result."""
   return subprocess.run([sys.executable, '-m', 'experiments.train', *args], cwd=REPO,
                         capture_output=True, text=True, timeout=300, check=False)
+
+
+def make_worker_certs(folder, *hosts):
+  """The run's CA and certificates for workers at `hosts`, written into `folder` by
+  `scripts/make_worker_certs.sh`; returns `folder`."""
+  subprocess.run([os.path.join(REPO, 'scripts', 'make_worker_certs.sh'), str(folder), *hosts],
+                 check=True, capture_output=True, timeout=60)
+  return folder

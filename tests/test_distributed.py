@@ -21,9 +21,9 @@ from experiments import run_io
 from experiments import runner
 from fedpara_tff import distributed
 from fedpara_tff import worker_tls
+from tests import run_support as rs
 from tests import tff_support as ts
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=3,
             batch_size=64, progress=False)
 
@@ -42,9 +42,7 @@ def _certs():
   if not CERTS:
     folder = tempfile.mkdtemp(prefix='fedpara-test-certs-')
     os.rmdir(folder)   # the script makes it, mode 0700
-    subprocess.run([os.path.join(ROOT, 'scripts', 'make_worker_certs.sh'), folder, '127.0.0.1'],
-                   check=True, capture_output=True, timeout=60)
-    CERTS.append(folder)
+    CERTS.append(rs.make_worker_certs(folder, '127.0.0.1'))
   return CERTS[0]
 
 
@@ -214,8 +212,8 @@ def test_a_second_worker_on_a_served_port_is_refused():
     for argv in (['-m', 'experiments.worker', f'--port={port}', '--insecure'],
                  ['-m', 'experiments.launch_workers', '--count=1', f'--base_port={port}',
                   '--insecure']):
-      result = subprocess.run([sys.executable, *argv], cwd=os.path.dirname(os.path.dirname(
-          os.path.abspath(__file__))), capture_output=True, text=True, timeout=60)
+      result = subprocess.run([sys.executable, *argv], cwd=rs.REPO, capture_output=True,
+                              text=True, timeout=60)
       assert result.returncode != 0
       assert f'port {port} is already in use' in result.stderr.strip().splitlines()[-1]
   finally:

@@ -96,7 +96,8 @@ def _without_unshare():
 def test_without_namespaces_warns_naming_the_open_port():
   code = ('import fedpara_tff\n'
           'fedpara_tff.runtime.install()\n' + _COMPUTE +
-          'print(fedpara_tff.distributed.use_local_runtime().local_worker.target)\n')
+          'import tensorflow_federated as tff\n'
+          'print(tff.framework.get_context_stack().current.local_worker.target)\n')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=300, env=_without_unshare())
   assert result.returncode == 0, result.stderr[-2000:]

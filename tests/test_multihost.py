@@ -25,8 +25,8 @@ from experiments import run_config
 from experiments import runner
 from fedpara_tff import distributed
 from fedpara_tff import local_worker
+from tests import run_support as rs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT = 8000
 TINY = dict(dataset='mnist5k', model='mlp', clients=8, clients_per_round=4, rounds=2,
             batch_size=64, progress=False)
@@ -99,7 +99,7 @@ def tls_workers(namespaces, certs):
     for ns, _ in namespaces:
       processes.append(subprocess.Popen(
           ['ip', 'netns', 'exec', ns, sys.executable, '-m', 'experiments.worker',
-           f'--port={PORT}', f'--tls_dir={certs}'], cwd=ROOT, stdout=subprocess.PIPE, text=True))
+           f'--port={PORT}', f'--tls_dir={certs}'], cwd=rs.REPO, stdout=subprocess.PIPE, text=True))
     for process in processes:
       line = first_line(process, 120)
       assert 'mutual TLS' in line, line
@@ -129,9 +129,7 @@ def _final(run_dir, round_num):
 def test_two_hosts_over_mutual_tls_give_the_local_results(tmp_path):
   with hosts(2) as namespaces:
     certs = tmp_path / 'certs'
-    subprocess.run([os.path.join(ROOT, 'scripts', 'make_worker_certs.sh'), str(certs),
-                    *(address for _, address in namespaces)], check=True, capture_output=True,
-                   timeout=60)
+    rs.make_worker_certs(certs, *(address for _, address in namespaces))
     workers = [f'{address}:{PORT}' for _, address in namespaces]
     common = dict(TINY, cache_dir=str(tmp_path / 'cache'), parameterization='fedpara')
     with tls_workers(namespaces, certs):
@@ -140,7 +138,7 @@ def test_two_hosts_over_mutual_tls_give_the_local_results(tmp_path):
       result = subprocess.run(
           [sys.executable, '-m', 'experiments.train', *flags, f'--output_dir={tmp_path / "remote"}',
            f'--workers={",".join(workers)}', f'--workers_tls_dir={certs}',
-           '--worker_connect_timeout=60'], cwd=ROOT, capture_output=True, text=True, timeout=400)
+           '--worker_connect_timeout=60'], cwd=rs.REPO, capture_output=True, text=True, timeout=400)
       assert result.returncode == 0, result.stderr[-3000:]
       for address in workers:
         assert f'worker {address}: ' in result.stdout   # both hosts got computations and clients

@@ -15,19 +15,17 @@ import pytest
 from fedpara_tff import distributed
 from fedpara_tff import local_worker
 from fedpara_tff import worker_tls
+from tests import run_support as rs
 from tests import test_client_executors as executors_test
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(
     local_worker.namespace_command()[0] is None,
     reason=f'no network namespace here: {local_worker.namespace_command()[1]}')]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _certs(folder):
-  subprocess.run([os.path.join(ROOT, 'scripts', 'make_worker_certs.sh'), str(folder),
-                  '127.0.0.1'], check=True, capture_output=True, timeout=60)
-  return folder
+  return rs.make_worker_certs(folder, '127.0.0.1')
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +38,7 @@ def tls_worker(certs):
   port = portpicker.pick_unused_port()
   process = subprocess.Popen(
       [sys.executable, '-m', 'experiments.worker', f'--port={port}', f'--tls_dir={certs}'],
-      stdout=subprocess.PIPE, text=True, cwd=ROOT)
+      stdout=subprocess.PIPE, text=True, cwd=rs.REPO)
   ready, _, _ = select.select([process.stdout], [], [], 120)   # a bounded wait
   line = process.stdout.readline() if ready else ''
   assert 'mutual TLS' in line, line
@@ -99,7 +97,7 @@ def test_workers_need_tls_or_an_explicit_insecure(binary):
   port_flag = '--port=8123' if binary == 'worker' else '--base_port=8123'
   for extra in ([], ['--tls_dir=certs', '--insecure']):
     result = subprocess.run([sys.executable, '-m', f'experiments.{binary}', port_flag, *extra],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+                            capture_output=True, text=True, timeout=120, cwd=rs.REPO)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f'{binary}: error: give --tls_dir (mutual TLS; scripts/make_worker_certs.sh makes the '
