@@ -6,6 +6,17 @@ modules loads TensorFlow, whatever that module imports first (`fedpara_tff.runti
 same for library users).
 """
 
+import importlib.util
 import os
+import sys
+
+# The [experiments] extra (it includes [tff]): without it, fail in one line naming it.
+_MISSING = [m for m in ('tensorflow_federated', 'absl', 'matplotlib', 'tqdm', 'h5py')
+            if importlib.util.find_spec(m) is None]
+if _MISSING:
+  raise ImportError(
+      f'experiments needs the [experiments] extra, which is not installed (missing: '
+      f'{", ".join(_MISSING)}): pip install "fedpara-tff[experiments]" on Python 3.9-3.11 '
+      f'(this is Python {sys.version_info[0]}.{sys.version_info[1]}).') from None
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

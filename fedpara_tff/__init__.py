@@ -7,6 +7,18 @@ Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022. Imports TFF; the Keras layers live 
 worker_binary subprocesses are stopped when this process exits (`fedpara_tff.runtime`).
 """
 
+import importlib.util as _importlib_util
+import sys as _sys
+
+# The [tff] extra: without it, fail in one line naming it (the core distribution is the layers).
+_MISSING = [m for m in ('tensorflow', 'tensorflow_federated', 'absl', 'psutil', 'grpc')
+            if _importlib_util.find_spec(m) is None]
+if _MISSING:
+  raise ImportError(
+      f'fedpara_tff needs the [tff] extra, which is not installed (missing: '
+      f'{", ".join(_MISSING)}): pip install "fedpara-tff[tff]" on Python 3.9-3.11 '
+      f'(this is Python {_sys.version_info[0]}.{_sys.version_info[1]}).') from None
+
 # `from fedpara_tff import runtime` sorts before the `fedpara_tff.<module>` imports, so it runs
 # first: it defaults TF_CPP_MIN_LOG_LEVEL before TF/TFF load (its only import effect).
 from fedpara_tff import runtime

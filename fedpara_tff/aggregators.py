@@ -44,7 +44,8 @@ def travel_mask(keras_model, local_layers=(), require_factorized=True):
     ValueError: `require_factorized` and the model has no FedPara / pFedPara / low-rank layer.
   """
   import keras_layers  # pylint: disable=g-import-not-at-top
-  if require_factorized and not any(keras_layers.is_factorized(layer) for layer in keras_model.submodules):
+  if require_factorized and not any(keras_layers.is_factorized(layer)
+                                    for layer in keras_layers.backend.sublayers(keras_model)):
     raise ValueError(f'model {keras_model.name!r} has no factorised layer (FedParaDense, '
                      f'FedParaConv2D, ...); build it with keras_layers or keras_layers.convert, '
                      f'or call factor_aggregator() without a model to aggregate everything.')

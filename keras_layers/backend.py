@@ -72,6 +72,39 @@ def register(cls):
   return keras.utils.register_keras_serializable(package='fedpara')(cls)
 
 
+def seed_generator(seed=None):
+  """The random state dropout masks are drawn from: a `keras.random.SeedGenerator` on Keras 3
+  (as Keras' own RNN cells hold), the integer op seed (or None) on Keras 2."""
+  return keras.random.SeedGenerator(seed) if IS_KERAS_3 else seed
+
+
+def dropout_mask(like, rate, generator):
+  """Ones shaped like `like`, dropped with probability `rate` and scaled by `1 / (1 - rate)`
+  (Keras' dropout), drawn from `generator` (`seed_generator`)."""
+  if IS_KERAS_3:
+    return keras.random.dropout(ops.ones_like(like), rate=rate, seed=generator)
+  return _tf.nn.dropout(_tf.ones_like(like), rate=rate, seed=generator)
+
+
+def sublayers(layer):
+  """Every layer nested in `layer` (not `layer` itself), each once, parents before children:
+  the layers of a model, of a nested model, and those a wrapper (`Bidirectional`,
+  `TimeDistributed`) or an RNN holds (its cell). Keras 2: `layer.submodules`; Keras 3 has no
+  `submodules` and walks its layer tracker."""
+  if IS_KERAS_3:
+    return list(layer._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
+  layers = [m for m in layer.submodules if isinstance(m, keras.layers.Layer)]
+  # Keras 2's Bidirectional also tracks the layer it was given, which it copies and never
+  # runs: leave that one (and what it holds) out.
+  unused = set()
+  for m in layers:
+    if isinstance(m, keras.layers.Bidirectional):
+      unused.update(id(s) for s in [m.layer, *m.layer.submodules])
+      unused -= {id(s) for s in [m.forward_layer, m.backward_layer, *m.forward_layer.submodules,
+                                 *m.backward_layer.submodules]}
+  return [m for m in layers if id(m) not in unused]
+
+
 def dims(input_shape):
   """`input_shape` (a tuple, list or `tf.TensorShape`) as a tuple of ints and None."""
   if hasattr(input_shape, 'as_list'):

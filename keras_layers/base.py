@@ -84,7 +84,7 @@ def holds_factors(obj):
 
 
 def factorized_layers(model):
-  """The factorised layers of `model`, each once, in `model.submodules` order.
+  """The factorised layers of `model`, each once, in `backend.sublayers` order.
 
   The one interface to them: each has `labelled_factorizations()` (`(label,
   factorization)` per kernel), `factorizations` and `local_weights`. Routing,
@@ -92,7 +92,7 @@ def factorized_layers(model):
   package LSTM layer (`FedParaLSTM`, ...) stands for its cell; a factorised cell
   inside another RNN (`keras.layers.RNN(FedParaLSTMCell(...))`) stands for itself.
   """
-  modules = list(model.submodules)
+  modules = backend.sublayers(model)
   owners = {id(m): m for m in modules if getattr(m, 'answers_for_cell', False)}
   owned = {id(m.cell) for m in owners.values()}
   return [m for m in modules

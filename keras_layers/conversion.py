@@ -1,15 +1,15 @@
 """Build a factorised twin of a Keras model, and export one back to plain layers.
 
 `convert` replaces the `Dense`, `Conv1D`, `Conv2D`, `LSTM` and `WeightNormLSTM` layers of a
-Sequential or Functional model by their FedPara, pFedPara or low-rank
-counterparts (same names, same arguments); `export` composes every factorised
-kernel once and returns a model of ordinary Keras layers with the same outputs,
+Sequential or Functional model, also inside `Bidirectional` and `TimeDistributed`, by their
+FedPara, pFedPara or low-rank counterparts (same names, same arguments); `export` composes every
+factorised kernel once and returns a model of ordinary Keras layers with the same outputs,
 which needs nothing from this package to run.
 """
 
 import warnings
 
-
+from keras_layers import backend
 from keras_layers import base
 from keras_layers import conv
 from keras_layers import dense
@@ -70,6 +70,37 @@ def _to_plain(layer):
   if isinstance(layer, keras.layers.RNN):
     return lstm.rnn_to_plain(layer)
   return layer.to_plain()
+
+
+def wrapped_layers(layer):
+  """The layers a `Bidirectional` (forward, backward) or `TimeDistributed` wrapper holds; []
+  for any other layer."""
+  if isinstance(layer, keras.layers.Bidirectional):
+    return [layer.forward_layer, layer.backward_layer]
+  if isinstance(layer, keras.layers.TimeDistributed):
+    return [layer.layer]
+  return []
+
+
+def _rewrap(wrapper, inner):
+  """A wrapper of `wrapper`'s kind, name and merge mode around the unbuilt layers `inner`."""
+  if isinstance(wrapper, keras.layers.Bidirectional):
+    forward, backward = inner
+    return keras.layers.Bidirectional(forward, backward_layer=backward,
+                                      merge_mode=wrapper.merge_mode, name=wrapper.name)
+  return keras.layers.TimeDistributed(inner[0], name=wrapper.name)
+
+
+def _unconverted(model, table, skipped):
+  """`(layer, holder)` for the first replaceable layer left nested inside a layer of `model`
+  that convert neither replaced nor was told to skip, or None."""
+  for holder in model.layers:
+    if holder.name in skipped:
+      continue
+    for layer in backend.sublayers(holder):
+      if type(layer) in table:
+        return layer, holder
+  return None
 
 
 def _kernel_shapes(layer):
@@ -134,21 +165,34 @@ def convert(model, parameterization='fedpara', gamma=None, rank=None,
   exclude = _check_names(model, exclude, 'exclude') or set()
   table = _REPLACEMENTS[parameterization]
   options = dict(layer_options, gamma=gamma, rank=rank, param_ratio=param_ratio)
-  replaced = []
+  replaced, skipped = [], set()
 
   def clone(layer):
-    target = table.get(type(layer))
     wanted = (include is None or layer.name in include) and layer.name not in exclude
-    if target is None or not wanted:
+    inner = wrapped_layers(layer) or [layer]
+    targets = [table.get(type(part)) for part in inner]
+    if not wanted:
+      skipped.add(layer.name)
+    if not wanted or None in targets:
       return layer.__class__.from_config(layer.get_config())
-    if _too_small(layer):
-      warnings.warn(f'layer {layer.name!r} (kernel {_kernel_shapes(layer)}) is too '
-                    f'small to factorise and stays plain.', stacklevel=3)
+    if any(_too_small(part) for part in inner):
+      warnings.warn(f'layer {layer.name!r} (kernel {[_kernel_shapes(p) for p in inner]}) is '
+                    f'too small to factorise and stays plain.', stacklevel=3)
+      skipped.add(layer.name)
       return layer.__class__.from_config(layer.get_config())
     replaced.append(layer.name)
-    return target.from_plain(layer, **options)
+    twins = [target.from_plain(part, **options) for target, part in zip(targets, inner)]
+    return _rewrap(layer, twins) if inner[0] is not layer else twins[0]
 
   twin = keras.models.clone_model(model, clone_function=clone)
+  left = _unconverted(model, table, skipped | set(replaced))
+  if left is not None:
+    layer, holder = left
+    raise ValueError(
+        f'convert: layer {layer.name!r} ({type(layer).__name__}) inside {holder.name!r} '
+        f'({type(holder).__name__}) would stay plain; convert replaces layers of the model and '
+        f'inside Bidirectional / TimeDistributed: convert {holder.name!r} on its own first, or '
+        f'pass exclude=[{holder.name!r}].')
   if not replaced:
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
                   f'Dense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
@@ -174,14 +218,25 @@ def export(model):
     raise ValueError(f'model {model.name!r} must be built before export.')
 
   def clone(layer):
+    inner = wrapped_layers(layer)
+    if inner and any(is_factorized(part) for part in inner):
+      return _rewrap(layer, [_to_plain(part) if is_factorized(part)
+                             else part.__class__.from_config(part.get_config())
+                             for part in inner])
     if is_factorized(layer):
       return _to_plain(layer)
     return layer.__class__.from_config(layer.get_config())
 
+  def plain_weights(layer):
+    part = factorized_part(layer)
+    return part.plain_weights() if part is not None else layer.get_weights()
+
   plain = keras.models.clone_model(model, clone_function=clone)
   for layer in model.layers:
-    part = factorized_part(layer)
-    weights = part.plain_weights() if part is not None else layer.get_weights()
+    inner = wrapped_layers(layer)
+    # A wrapper's weights: those of its layers in order (Bidirectional: forward, then backward).
+    weights = (sum((plain_weights(part) for part in inner), []) if inner
+               else plain_weights(layer))
     if weights:
       plain.get_layer(layer.name).set_weights(weights)
   return plain

@@ -18,15 +18,32 @@ from keras_layers.backend import ops
 _register = backend.register
 
 
-def _lstm_step(cell, inputs, states, kernel, recurrent_kernel):
+def _gate_inputs(inputs, h, kernel, recurrent_kernel, masks):
+  """`x K + h U`, with dropout `masks = (input masks, recurrent masks)`: each None, one mask
+  for every gate, or four, one per gate (Keras 3's LSTM with recurrent dropout)."""
+  input_masks, recurrent_masks = masks
+  if len(input_masks or ()) != 4 and len(recurrent_masks or ()) != 4:
+    x = inputs * input_masks[0] if input_masks else inputs
+    h = h * recurrent_masks[0] if recurrent_masks else h
+    return ops.matmul(x, kernel) + ops.matmul(h, recurrent_kernel)
+  xs = [inputs * m for m in input_masks] if input_masks else [inputs] * 4
+  hs = [h * m for m in recurrent_masks] if recurrent_masks else [h] * 4
+  return ops.concatenate(
+      [ops.matmul(x, k) + ops.matmul(h_g, u) for x, h_g, k, u in
+       zip(xs, hs, ops.split(kernel, 4, axis=-1), ops.split(recurrent_kernel, 4, axis=-1))],
+      axis=-1)
+
+
+def _lstm_step(cell, inputs, states, kernel, recurrent_kernel, masks=(None, None)):
   """One LSTM step of `cell` (its bias and activations) with the given kernels.
 
   `z = x K + h U + b` split into gates `i, f, g, o` (Keras order):
-  `c' = sigma(f) c + sigma(i) tanh(g)`, `h' = sigma(o) tanh(c')`.
+  `c' = sigma(f) c + sigma(i) tanh(g)`, `h' = sigma(o) tanh(c')`. With dropout `masks`
+  (`_DropoutMasks`), `x` and `h` are multiplied by them inside `z` only, as Keras does.
   Returns `(h', [h', c'])`.
   """
   h, c = states[0], states[1]
-  z = ops.matmul(inputs, kernel) + ops.matmul(h, recurrent_kernel)
+  z = _gate_inputs(inputs, h, kernel, recurrent_kernel, masks)
   if cell.bias is not None:
     z = backend.bias_add(z, cell.bias)
   z_i, z_f, z_g, z_o = ops.split(z, 4, axis=-1)
@@ -66,17 +83,56 @@ def _input_dim(cell, input_shape):
   return int(in_dim)
 
 
+def _check_rate(value, name):
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+    raise ValueError(f'{name} must be a number in [0, 1); got {value!r}.')
+  return float(value)
+
+
 class _ComposedKernelCell:
   """The step of a cell that composes its kernels: `composed_kernel()` and
-  `composed_recurrent_kernel()` (or `constants`, already composed) in `_lstm_step`."""
+  `composed_recurrent_kernel()` (or `constants`, already composed) in `_lstm_step`.
 
-  def call(self, inputs, states, training=None, constants=None):
-    del training
+  Dropout (`dropout`, `recurrent_dropout`, `seed`) follows the installed Keras' LSTM: one mask
+  per sequence, drawn when the sequence starts and used at every step; on Keras 3 with
+  recurrent dropout, four masks each (one per gate), on Keras 2 one. The LSTM layers of this
+  module draw them (`dropout_masks`); a cell run by `keras.layers.RNN` refuses dropout in
+  training, since that loop cannot renew the masks per sequence."""
+
+  dropout = 0.0
+  recurrent_dropout = 0.0
+
+  def _init_dropout(self, dropout, recurrent_dropout, seed):
+    self.dropout = _check_rate(dropout, 'dropout')
+    self.recurrent_dropout = _check_rate(recurrent_dropout, 'recurrent_dropout')
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+      raise ValueError(f'seed must be an integer or None; got {seed!r}.')
+    self.seed = seed
+    # Only a cell with dropout holds random state (Keras 3 tracks it as the layer's state).
+    if self.dropout or self.recurrent_dropout:
+      self.seed_generator = backend.seed_generator(seed)
+
+  def dropout_masks(self, step_input, h):
+    """`(input masks, recurrent masks)` for one sequence: each None or a list of 1 or 4."""
+    count = 4 if backend.IS_KERAS_3 and self.recurrent_dropout else 1
+
+    def draw(like, rate):
+      if not rate:
+        return None
+      return [backend.dropout_mask(like, rate, self.seed_generator) for _ in range(count)]
+
+    return draw(step_input, self.dropout), draw(h, self.recurrent_dropout)
+
+  def call(self, inputs, states, training=None, constants=None, masks=(None, None)):
+    if training and (self.dropout or self.recurrent_dropout) and masks == (None, None):
+      raise ValueError(f'{self.name}: dropout in training runs in the LSTM layers of '
+                       f'keras_layers (e.g. FedParaLSTM(dropout=...)), not in a cell run by '
+                       f'keras.layers.RNN.')
     if constants:
       kernel, recurrent_kernel = constants
     else:
       kernel, recurrent_kernel = self.composed_kernel(), self.composed_recurrent_kernel()
-    return _lstm_step(self, inputs, states, kernel, recurrent_kernel)
+    return _lstm_step(self, inputs, states, kernel, recurrent_kernel, masks)
 
   def get_initial_state(self, inputs=None, batch_size=None, dtype=None):
     return _zero_states(self, inputs, batch_size, dtype)
@@ -99,6 +155,9 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
     unit_forget_bias: add 1 to the forget-gate bias at init (as Keras).
     weight_norm: normalise each composed kernel's columns and scale them by
       the trainable `kernel_g`, `recurrent_g` `(4H,)` (`keras_layers.weight_norm`).
+    dropout, recurrent_dropout: fractions in [0, 1) of the inputs / of the recurrent state
+      dropped in training, as `keras.layers.LSTM` (see `_ComposedKernelCell`).
+    seed: integer seed of the dropout masks, or None.
     **kwargs: the FedPara options of `FactorizedLayer`. `kernel_regularizer`
       applies to both composed kernels.
 
@@ -108,9 +167,11 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
   """
 
   def __init__(self, units, activation='tanh', recurrent_activation='sigmoid',
-               use_bias=True, unit_forget_bias=True, weight_norm=False, **kwargs):
+               use_bias=True, unit_forget_bias=True, weight_norm=False, dropout=0.0,
+               recurrent_dropout=0.0, seed=None, **kwargs):
     super().__init__(activation=activation, use_bias=use_bias, **kwargs)
     self.units = base.check_positive_int(units, 'units')
+    self._init_dropout(dropout, recurrent_dropout, seed)
     self.recurrent_activation = keras.activations.get(recurrent_activation)
     self.unit_forget_bias = bool(unit_forget_bias)
     if not isinstance(weight_norm, bool):
@@ -166,7 +227,10 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
         units=self.units,
         recurrent_activation=keras.activations.serialize(self.recurrent_activation),
         unit_forget_bias=self.unit_forget_bias,
-        weight_norm=self.weight_norm)
+        weight_norm=self.weight_norm,
+        dropout=self.dropout,
+        recurrent_dropout=self.recurrent_dropout,
+        seed=self.seed)
     return config
 
 
@@ -216,7 +280,9 @@ _LAYER_KWARGS = ('name', 'dtype', 'trainable', 'input_shape', 'batch_input_shape
 _RNN_ARGS = ('return_sequences', 'return_state', 'go_backwards', 'unroll')
 _CELL_PLAIN_ARGS = ('units', 'activation', 'recurrent_activation', 'use_bias',
                     'unit_forget_bias', 'bias_initializer', 'kernel_regularizer',
-                    'bias_regularizer', 'bias_constraint')
+                    'bias_regularizer', 'bias_constraint', 'dropout', 'recurrent_dropout')
+# Keras 3's LSTM takes the dropout seed; Keras 2's has none.
+_CELL_PLAIN_ARGS += ('seed',) if backend.IS_KERAS_3 else ()
 # Arguments a factorised LSTM shares, with the same meaning, with tf.keras.layers.LSTM.
 _SHARED_PLAIN_ARGS = _CELL_PLAIN_ARGS + _RNN_ARGS + _LAYER_KWARGS
 
@@ -233,7 +299,7 @@ def rnn_to_plain(layer):
 
 # Arguments of tf.keras.layers.LSTM that have no factorised counterpart, with
 # the only value we accept.
-_UNSUPPORTED_PLAIN_ARGS = {'dropout': 0.0, 'recurrent_dropout': 0.0, 'time_major': False,
+_UNSUPPORTED_PLAIN_ARGS = {'time_major': False,
                            'stateful': False,
                            'recurrent_regularizer': None, 'kernel_constraint': None,
                            'recurrent_constraint': None}
@@ -252,7 +318,8 @@ class _KernelLSTM(keras.layers.Layer):
     **kwargs: the cell's arguments (`activation`, `recurrent_activation`,
       `use_bias`, `unit_forget_bias`, `weight_norm`, FedPara options,
       regularizers) and the base Layer arguments (`name`, `dtype`, ...).
-      Dropout and `stateful` are not supported.
+      `dropout`, `recurrent_dropout` and `seed` as `keras.layers.LSTM`; `stateful` is not
+      supported.
 
   Input shape:
     `(batch, timesteps, features)`.
@@ -273,6 +340,8 @@ class _KernelLSTM(keras.layers.Layer):
     self.return_state = bool(return_state)
     self.go_backwards = bool(go_backwards)
     self.unroll = bool(unroll)
+    # Read by Keras' `Bidirectional` (both generations); a stateful layer is not supported.
+    self.stateful = False
     self.cell = self.cell_class(units, name='cell', dtype=layer_kwargs.get('dtype'),
                                 **kwargs)
     self.input_spec = keras.layers.InputSpec(ndim=3)
@@ -296,15 +365,28 @@ class _KernelLSTM(keras.layers.Layer):
     constants = [self.cell.composed_kernel(), self.cell.composed_recurrent_kernel()]
     if initial_state is None:
       initial_state = self.cell.get_initial_state(inputs=inputs[:, 0])
+    # Dropout masks: drawn once per call (per sequence), used at every step in training. Keras
+    # 3's LSTM draws them on every call, training or not: so do we there, so that one seed
+    # gives both layers the same masks.
+    masks = (None, None)
+    if training or backend.IS_KERAS_3:
+      masks = self.cell.dropout_masks(inputs[:, 0], initial_state[0])
+    if not training:
+      masks = (None, None)
 
     def step(x_t, states):
-      return self.cell.call(x_t, states, training=training, constants=constants)
+      return self.cell.call(x_t, states, training=training, constants=constants, masks=masks)
 
     last, outputs, states = backend.rnn(
         step, inputs, list(initial_state), go_backwards=self.go_backwards, mask=mask,
         unroll=self.unroll, return_sequences=self.return_sequences)
     output = outputs if self.return_sequences else last
     return [output] + list(states) if self.return_state else output
+
+  def compute_output_shape(self, input_shape):
+    batch, steps = backend.dims(input_shape)[:2]
+    output = (batch, steps, self.units) if self.return_sequences else (batch, self.units)
+    return [output, (batch, self.units), (batch, self.units)] if self.return_state else output
 
   def compute_mask(self, inputs, mask=None):
     output_mask = mask if self.return_sequences else None

@@ -15,12 +15,20 @@ def _layer_rows(model):
       yield from _layer_rows(layer)  # nested model
       continue
     count = layer.count_params() if layer.built else 0
-    part = conversion.factorized_part(layer)
-    if part is not None:
-      yield LayerReport(layer.name, type(layer).__name__, tuple(part.ranks),
-                        part.original_param_count(), count)
-    else:
+    inner = conversion.wrapped_layers(layer)
+    parts = [conversion.factorized_part(p) for p in inner or [layer]]
+    if not any(parts):
       yield LayerReport(layer.name, type(layer).__name__, (), count, count)
+      continue
+    # A wrapper (Bidirectional, TimeDistributed): the ranks and plain counts of its layers.
+    kind = type(layer).__name__
+    if inner:
+      kind += f'({type(inner[0]).__name__})'
+    ranks = tuple(r for part in parts if part is not None for r in part.ranks)
+    original = count + sum(part.original_param_count() - part_layer.count_params()
+                           for part, part_layer in zip(parts, inner or [layer])
+                           if part is not None)
+    yield LayerReport(layer.name, kind, ranks, original, count)
 
 
 def parameter_report(model):
@@ -42,15 +50,16 @@ def format_parameter_report(model):
   """The report as a text table with totals and the compression ratio."""
   rows = parameter_report(model)
   width = max([len(r.name) for r in rows] + [5])
-  lines = [f'{"layer":<{width}}  {"type":<18} {"rank":>9} {"original":>12} '
+  kind = max([len(r.kind) for r in rows] + [18])
+  lines = [f'{"layer":<{width}}  {"type":<{kind}} {"rank":>9} {"original":>12} '
            f'{"factorised":>12} {"ratio":>7}']
   for r in rows:
     rank = ','.join(str(k) for k in r.ranks) or '-'
     ratio = f'{r.factorized / r.original:.3f}' if r.original else '-'
-    lines.append(f'{r.name:<{width}}  {r.kind:<18} {rank:>9} {r.original:>12,} '
+    lines.append(f'{r.name:<{width}}  {r.kind:<{kind}} {rank:>9} {r.original:>12,} '
                  f'{r.factorized:>12,} {ratio:>7}')
   original, factorized = total_params(model)
   ratio = f'{factorized / original:.3f}' if original else '-'
-  lines.append(f'{"total":<{width}}  {"":<18} {"":>9} {original:>12,} '
+  lines.append(f'{"total":<{width}}  {"":<{kind}} {"":>9} {original:>12,} '
                f'{factorized:>12,} {ratio:>7}')
   return '\n'.join(lines)

@@ -5,6 +5,7 @@ can mark whole layers local as well (FedPer-style personalisation). Everything
 else is global (docs/DESIGN.md, "pFedPara").
 """
 
+from keras_layers import backend
 from keras_layers import base
 
 
@@ -13,7 +14,7 @@ def _factorized_local_refs(model):
 
 
 def _check_layer_names(model, names):
-  known = {layer.name for layer in model.submodules if hasattr(layer, 'name')}
+  known = {layer.name for layer in backend.sublayers(model)}
   unknown = sorted(set(names) - known)
   if unknown:
     raise ValueError(f'local_layers names layers not in the model: {unknown}.')
@@ -29,8 +30,8 @@ def local_variable_mask(model, local_layers=()):
   local_layers = [local_layers] if isinstance(local_layers, str) else list(local_layers)
   _check_layer_names(model, local_layers)
   refs = _factorized_local_refs(model)
-  for layer in model.submodules:
-    if getattr(layer, 'name', None) in local_layers:
+  for layer in backend.sublayers(model):
+    if layer.name in local_layers:
       refs.update(id(v) for v in layer.trainable_weights)
   return [id(v) in refs for v in model.trainable_variables]
 

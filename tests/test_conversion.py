@@ -109,12 +109,13 @@ def test_convert_rejects_unknown_layer_names(option):
     kl.convert(conv_model(), **{option: ['c1', 'nope']})
 
 
-def test_convert_rejects_bad_parameterization_and_lstm_dropout():
+def test_convert_rejects_bad_parameterization_and_unsupported_lstm_options():
   with pytest.raises(ValueError, match=r"parameterization must be one of .* got 'fedprox'"):
     kl.convert(conv_model(), 'fedprox')
   plain = tf.keras.Sequential([tf.keras.Input((5, 3)),
-                               tf.keras.layers.LSTM(20, dropout=0.2, name='l')])
-  with pytest.raises(ValueError, match=r'l: dropout=0.2 is not supported'):
+                               tf.keras.layers.LSTM(20, kernel_constraint='non_neg',
+                                                    name='l')])
+  with pytest.raises(ValueError, match=r"l: kernel_constraint=.* is not supported .*allowed: None"):
     kl.convert(plain)
 
 
