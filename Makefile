@@ -4,7 +4,8 @@ PYTHON := $(VENV)/bin/python
 
 VENV_KERAS3 ?= .venv-keras3
 
-.PHONY: setup demo layer-demo test test-slow bench bazel-test setup-keras3 test-keras3
+.PHONY: setup demo layer-demo test test-slow bench bazel-test setup-keras3 test-keras3 \
+	test-install print-keras3-tests
 
 setup:
 	@scripts/setup_env.sh $(VENV)
@@ -38,6 +39,14 @@ KERAS3_TESTS := tests/keras3 tests/test_ranks.py tests/test_init.py tests/test_r
 test-keras3: setup-keras3
 	KERAS_BACKEND=jax $(VENV_KERAS3)/bin/python -m pytest -q --confcutdir=tests/keras3 \
 	    -p tests.keras3.seeding $(KERAS3_TESTS)
+
+print-keras3-tests:
+	@echo $(KERAS3_TESTS)
+
+# The wheel as a Keras user installs it (no TFF): Python 3.12 and 3.13 with Keras 3 on JAX, 3.12
+# with Keras 3 on TensorFlow 2.21; the Keras 3 layer tests against the installed package.
+test-install: setup
+	scripts/install_test.sh
 
 bench: setup
 	$(PYTHON) -m benchmarks.layer_speed

@@ -48,11 +48,13 @@ run_case() {   # run_case PYTHON_VERSION BACKEND LOCK_FILE
   venv_pip_install "$venv" -r "$lock" "$wheel"
   (
     cd "$work/tests"
-    export KERAS_BACKEND="$backend"
+    export KERAS_BACKEND="$backend" TF_CPP_MIN_LOG_LEVEL=3
     "$venv/bin/python" - <<'PY'
-import importlib, sys
+import importlib, importlib.metadata, sys
 import keras_layers
 assert '/site-packages/' in keras_layers.__file__, keras_layers.__file__
+core = [r for r in importlib.metadata.requires('fedpara-tff') if 'extra ==' not in r]
+assert core and not any('tensorflow' in r or '==' in r for r in core), core
 for package, extra in (('fedpara_tff', '[tff]'), ('experiments', '[experiments]')):
   try:
     importlib.import_module(package)
@@ -60,7 +62,8 @@ for package, extra in (('fedpara_tff', '[tff]'), ('experiments', '[experiments]'
     assert extra in str(e) and '\n' not in str(e), str(e)
   else:
     sys.exit(f'{package} imported without its extra')
-print(f'   keras_layers {keras_layers.__version__} from {keras_layers.__file__}')
+print(f'   keras_layers {keras_layers.__version__} from {keras_layers.__file__}; '
+      f'core requirements {core}')
 PY
     tests=(tests/keras3)
     for module in tests/test_*.py; do tests+=("$module"); done
