@@ -37,6 +37,7 @@ echo "   $(basename "$wheel")"
 # package under test can only be the installed one.
 mkdir -p "$work/tests/tests"
 cp tests/__init__.py tests/numpy_reference.py "$work/tests/tests/"
+cp README.md "$work/tests/"
 cp -r tests/keras3 "$work/tests/tests/"
 # shellcheck disable=SC2046
 cp $(make -s -C "$repo" print-keras3-tests | tr ' ' '\n' | grep '\.py$') "$work/tests/tests/"

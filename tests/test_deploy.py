@@ -1,4 +1,4 @@
-"""What the README's "Save, export and deploy" section states, checked: loading needs the
+"""What docs/USAGE.md's "Save, export and deploy" section states, checked: loading needs the
 import, exported models convert to TFLite with the same outputs, and the LSTM's TFLite route."""
 
 import subprocess

@@ -49,7 +49,7 @@ def test_tf_and_tff_backends_agree(tmp_path):
 
   With oneDNN off in both processes the two backends run the same kernels; with
   it on, the in-process and worker kernels round differently in the last bits,
-  which a ReLU flip can grow over rounds (README, "Decisions").
+  which a ReLU flip can grow over rounds (docs/DESIGN.md, "Decisions where the paper is silent").
   """
   env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='0')
   result = subprocess.run([sys.executable, '-c', AGREEMENT_SCRIPT, json.dumps(TINY),
