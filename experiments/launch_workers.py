@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from absl import app
 from absl import flags
 
 from experiments import flagfiles
@@ -82,4 +81,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flagfiles.run_main(main)

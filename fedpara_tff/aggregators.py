@@ -17,6 +17,7 @@ pFedPara the local factors never leave the client. `factor_aggregator` returns a
 """
 
 import collections
+from typing import Any, Callable, List, Optional, Sequence
 import warnings
 
 import numpy as np
@@ -26,7 +27,8 @@ import tensorflow_federated as tff
 from fedpara_tff import communication
 
 
-def travel_mask(keras_model, local_layers=(), require_factorized=True):
+def travel_mask(keras_model: tf.keras.Model, local_layers: Sequence[str] = (), *,
+                require_factorized: bool = True) -> List[bool]:
   """One bool per trainable variable of `keras_model`: True where it is sent.
 
   pFedPara's `*2_local` factors and every variable of `local_layers` stay on
@@ -86,13 +88,53 @@ def _factories_within(factory):
   return seen
 
 
-def encodes(factory):
+def encodes(factory: Any) -> bool:
   """True when `factory` contains a TFF `EncodedSumFactory` (quantization and other lossy
   encodings): what it sends then differs from the float32 values it is given."""
   return any(isinstance(f, tff.aggregators.EncodedSumFactory) for f in _factories_within(factory))
 
 
-def quantized_mean(quantization_bits, threshold=20000):
+# TFF factories that hand their inner factory values of the shapes they are given (means, sums,
+# zeroing and clipping): behind only these, an `EncodedSumFactory` encodes the travelling tensors
+# themselves, so its encoded structure can be measured from their specs.
+_SHAPE_PRESERVING = ('MeanFactory', 'UnweightedMeanFactory', 'SumFactory', 'EncodedSumFactory',
+                     'WeightedRobustFactory', 'UnweightedRobustFactory')
+
+
+def measurable_encoder(factory: Any) -> Optional[Any]:
+  """The one `EncodedSumFactory` inside `factory` whose encoded bytes `encoded_bytes` can
+  measure (every factory around it keeps shapes), or None."""
+  within = _factories_within(factory)
+  encoded = [f for f in within if isinstance(f, tff.aggregators.EncodedSumFactory)]
+  if len(encoded) != 1 or any(type(f).__name__ not in _SHAPE_PRESERVING for f in within):
+    return None
+  return encoded[0]
+
+
+def encoded_bytes(encoded_factory: Any, specs: Sequence[tf.TensorSpec]) -> Optional[int]:
+  """Bytes of one client's contribution through TFF's `EncodedSumFactory`, or None.
+
+  Builds the factory's encoder for each `tf.TensorSpec` and traces its `encode` in a scratch
+  graph: the client sends the encoded tensors, the encoder's state-update tensors and the
+  decode-before-sum parameters TFF routes through the clients (`EncodedSumFactory`'s `encode_fn`
+  returns those three). Their static shapes and dtypes give the bytes; None when a shape is
+  only known at run time.
+  """
+  total = 0
+  with tf.Graph().as_default():
+    for spec in specs:
+      encoder = encoded_factory._encoder_fn(spec)  # pylint: disable=protected-access
+      params = encoder.get_params(encoder.initial_state())
+      encoded, state_updates = encoder.encode(tf.zeros(spec.shape, spec.dtype), params[0])
+      for tensor in tf.nest.flatten((encoded, state_updates, params[1])):
+        if not tensor.shape.is_fully_defined():
+          return None
+        total += tensor.shape.num_elements() * tensor.dtype.size
+  return total
+
+
+def quantized_mean(quantization_bits: int,
+                   threshold: int = 20000) -> tff.aggregators.WeightedAggregationFactory:
   """Weighted mean whose sum quantizes tensors above `threshold` elements to `bits`."""
   return tff.aggregators.MeanFactory(
       tff.aggregators.EncodedSumFactory.quantize_above_threshold(
@@ -102,18 +144,23 @@ def quantized_mean(quantization_bits, threshold=20000):
 class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
   """Aggregates the travelling subset of a model update; see `factor_aggregator`."""
 
-  def __init__(self, inner=None, mask=None, quantization_bits=None, quantization_threshold=20000,
-               inner_encodes=None):
-    # Bytes are exact for the default mean and for `quantization_bits`; an inner factory of the
-    # user's that encodes (detected, or declared with `inner_encodes`) sends an unknown number
-    # of bytes, so the upload is reported as what it is: bytes before the inner encoding.
-    self._before_encoding = bool(inner is not None and (
+  def __init__(self, inner: Optional[Any] = None, mask: Optional[Sequence[bool]] = None,
+               quantization_bits: Optional[int] = None, quantization_threshold: int = 20000,
+               inner_encodes: Optional[bool] = None):
+    # Bytes are exact for the default mean and for `quantization_bits`, and measured for a TFF
+    # `EncodedSumFactory` behind shape-keeping wrappers (`measurable_encoder`); any other inner
+    # factory that encodes (detected, or declared with `inner_encodes`) sends bytes not known
+    # here, so the upload is reported as what it is: bytes before the inner encoding.
+    encodes_inner = bool(inner is not None and (
         encodes(inner) if inner_encodes is None else inner_encodes))
+    self._encoder = measurable_encoder(inner) if encodes_inner else None
+    self._before_encoding = encodes_inner and self._encoder is None
     if self._before_encoding:
-      warnings.warn('factor_aggregator: the inner factory encodes what it sends (e.g. TFF\'s '
-                    'EncodedSumFactory); its bytes are not known here, so the upload is '
-                    'reported as bytes_uploaded_before_encoding (float32); use '
-                    'quantization_bits= for measured quantized bytes.', stacklevel=3)
+      warnings.warn('factor_aggregator: the inner factory encodes what it sends in a way not '
+                    'measured here (an encoder other than TFF\'s EncodedSumFactory behind '
+                    'means, sums, zeroing or clipping); the upload is reported as '
+                    'bytes_uploaded_before_encoding (float32); use quantization_bits= for '
+                    'measured quantized bytes.', stacklevel=3)
     if quantization_bits is not None:
       if inner is not None:
         raise ValueError('give either inner or quantization_bits, not both; '
@@ -149,6 +196,14 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
     if not self._warned:   # once per factory (TFF may call create more than once)
       self._warned = _warn_if_quantization_does_nothing(sent, self._bits, self._threshold)
     bytes_per_client = communication.structure_bytes(sent, self._bits, self._threshold)
+    if self._encoder is not None:
+      bytes_per_client = encoded_bytes(self._encoder, sent)
+      if bytes_per_client is None:   # an encoded shape known only at run time
+        warnings.warn('factor_aggregator: the inner EncodedSumFactory\'s encoded shapes are '
+                      'known only at run time; the upload is reported as '
+                      'bytes_uploaded_before_encoding (float32).', stacklevel=2)
+        self._before_encoding = True
+        bytes_per_client = communication.structure_bytes(sent)
     elements_per_client = int(sum(np.prod(s.shape) for s in sent))
 
     @tff.tensorflow.computation(value_type, weight_type)
@@ -213,7 +268,7 @@ class UnweightedFactorAggregatorFactory(tff.aggregators.UnweightedAggregationFac
   plain mean over the finite clients.
   """
 
-  def __init__(self, weighted_factory):
+  def __init__(self, weighted_factory: FactorAggregatorFactory):
     self._weighted = weighted_factory
 
   def create(self, value_type):
@@ -227,9 +282,12 @@ class UnweightedFactorAggregatorFactory(tff.aggregators.UnweightedAggregationFac
     return tff.templates.AggregationProcess(process.initialize, next_fn)
 
 
-def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=None,
-                      quantization_bits=None, quantization_threshold=20000, weighted=True,
-                      inner_encodes=None):
+def factor_aggregator(inner: Optional[Any] = None, *,
+                      keras_model_fn: Optional[Callable[[], tf.keras.Model]] = None,
+                      local_layers: Sequence[str] = (), mask: Optional[Sequence[bool]] = None,
+                      quantization_bits: Optional[int] = None,
+                      quantization_threshold: int = 20000, weighted: bool = True,
+                      inner_encodes: Optional[bool] = None) -> 'FactorAggregatorFactory':
   """The aggregation factory to pass as `model_aggregator=` to a `tff.learning` builder.
 
   Args:
@@ -251,11 +309,13 @@ def factor_aggregator(inner=None, keras_model_fn=None, local_layers=(), mask=Non
     weighted: False for the unweighted builders (`build_unweighted_fed_avg`,
       `build_unweighted_fed_prox`): returns an unweighted factory.
     inner_encodes: whether `inner` encodes what it sends (None: detected, True
-      when it contains a TFF `EncodedSumFactory`). Its bytes are then unknown
-      here, and the upload is reported as `bytes_uploaded_before_encoding` /
+      when it contains a TFF `EncodedSumFactory`). A TFF `EncodedSumFactory`
+      behind means, sums, zeroing or clipping (e.g. `tff.learning.compression_aggregator()`)
+      is measured: `bytes_uploaded` counts its encoded structure per client
+      (`encoded_bytes`). For any other encoding the bytes are unknown here, and
+      the upload is reported as `bytes_uploaded_before_encoding` /
       `bytes_uploaded_per_client_before_encoding` (float32 bytes of the values
-      given to it) instead of `bytes_uploaded` / `bytes_uploaded_per_client`;
-      `quantization_bits` gives measured quantized bytes instead.
+      given to it) instead of `bytes_uploaded` / `bytes_uploaded_per_client`.
 
   Returns:
     A `FactorAggregatorFactory` (an `UnweightedFactorAggregatorFactory` with

@@ -1,6 +1,7 @@
 """A broadcast that reports the bytes it sends (the download half of docs/DESIGN.md, "Communication accounting")."""
 
 import collections
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -8,7 +9,7 @@ import tensorflow_federated as tff
 from fedpara_tff import communication
 
 
-def build_measured_broadcast(model_weights_type):
+def build_measured_broadcast(model_weights_type: Any) -> tff.learning.templates.DistributionProcess:
   """`tff.learning.templates.DistributionProcess` broadcasting `ModelWeights`.
 
   The same broadcast as TFF's default distributor, plus measurements

@@ -11,6 +11,7 @@
 """
 
 import collections
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -33,7 +34,8 @@ def check_no_non_trainable(count):
                      f'or LayerNormalization instead.')
 
 
-def classify_variables(keras_model, local_layers=()):
+def classify_variables(keras_model: tf.keras.Model,
+                       local_layers: Sequence[str] = ()) -> Dict[str, list]:
   """`OrderedDict(variable name -> kind)` over `keras_model.variables`, in that order."""
   local = {v.ref() for v, is_local in zip(
       keras_model.trainable_variables,
@@ -55,7 +57,10 @@ def classify_variables(keras_model, local_layers=()):
   return kinds
 
 
-def keras_model_fn_to_tff(keras_model_fn, input_spec, loss_fn=None, metrics_fn=None):
+def keras_model_fn_to_tff(keras_model_fn: Callable[[], tf.keras.Model], input_spec: Any, *,
+                          loss_fn: Optional[Callable[[], Any]] = None,
+                          metrics_fn: Optional[Callable[[], list]] = None
+                          ) -> Callable[[], tff.learning.models.VariableModel]:
   """A `model_fn` for `tff.learning` builders from a function building the Keras model.
 
   Args:

@@ -28,14 +28,21 @@ Only the global variables are broadcast and uploaded; the upload goes through
 
 import collections
 import itertools
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from fedpara_tff import client_executors
 from fedpara_tff import client_store
+from fedpara_tff.personalized_process import PersonalizedProcess
 from fedpara_tff import settings as settings_lib
 from fedpara_tff import stateful_round
+
+
+# The builders' shared arguments (see `PersonalizedDriver`); `**settings_fields` are forwarded
+# whole to `RoundSettings`.
+KerasModelFn = Callable[[], Any]   # returns a new tf.keras.Model
 
 
 def check_round_clients(client_ids, datasets):
@@ -78,9 +85,11 @@ class PersonalizedDriver:
       other TFF computations (initial state, evaluation) run where it does.
   """
 
-  def __init__(self, keras_model_fn, element_spec, settings=None, *, local_layers=(),
-               loss_fn=None, aggregator=None, require_local=True, client_executor=None,
-               **settings_fields):
+  def __init__(self, keras_model_fn: KerasModelFn, element_spec: Any,
+               settings: Optional[settings_lib.RoundSettings] = None, *,
+               local_layers: Sequence[str] = (), loss_fn: Optional[Callable[[], Any]] = None,
+               aggregator: Optional[Any] = None, require_local: bool = True,
+               client_executor: Optional[Callable[[Any], Any]] = None, **settings_fields: Any):
     if settings is None:
       settings = settings_lib.RoundSettings(**settings_fields)
     elif settings_fields:
@@ -193,51 +202,101 @@ class PersonalizedDriver:
     return ordered
 
 
-def build_pfedpara_driver(keras_model_fn, element_spec, **kwargs):
-  """A `PersonalizedDriver` for a pFedPara model (local `*2_local` factors)."""
-  return PersonalizedDriver(keras_model_fn, element_spec, **kwargs)
+def build_pfedpara_driver(keras_model_fn: KerasModelFn, element_spec: Any,
+                          settings: Optional[settings_lib.RoundSettings] = None, *,
+                          loss_fn: Optional[Callable[[], Any]] = None,
+                          aggregator: Optional[Any] = None,
+                          client_executor: Optional[Callable[[Any], Any]] = None,
+                          **settings_fields: Any) -> 'PersonalizedDriver':
+  """A `PersonalizedDriver` for a pFedPara model (local `*2_local` factors).
+
+  Args: as `PersonalizedDriver`; `settings_fields` are `RoundSettings` fields
+  (`client_learning_rate=0.05, algorithm='scaffold', ...`), given instead of `settings`.
+  """
+  return PersonalizedDriver(keras_model_fn, element_spec, settings, loss_fn=loss_fn,
+                            aggregator=aggregator, client_executor=client_executor,
+                            **settings_fields)
 
 
-def build_fedavg_driver(keras_model_fn, element_spec, **kwargs):
+def build_fedavg_driver(keras_model_fn: KerasModelFn, element_spec: Any,
+                        settings: Optional[settings_lib.RoundSettings] = None, *,
+                        loss_fn: Optional[Callable[[], Any]] = None,
+                        aggregator: Optional[Any] = None,
+                        client_executor: Optional[Callable[[Any], Any]] = None,
+                        **settings_fields: Any) -> 'PersonalizedDriver':
   """FedAvg (or another algorithm) on the stateful-client machinery: every variable travels.
 
   The same client update, aggregation and server step as pFedPara, so that the
   TFF and the in-process TensorFlow backends (`fedpara_tff.tf_backend`) run one
-  implementation; `algorithm`, `server_optimizer` and the momentum arguments
-  select FedProx, SCAFFOLD, FedDyn, MIME-lite, FedAdam / FedYogi / FedAdagrad
-  and momentum on it.
+  implementation; the `RoundSettings` fields `algorithm`, `server_optimizer` and the momentum
+  arguments select FedProx, SCAFFOLD, FedDyn, MIME-lite, FedAdam / FedYogi / FedAdagrad
+  and momentum on it. Args: as `build_pfedpara_driver`.
   """
-  return PersonalizedDriver(keras_model_fn, element_spec, require_local=False, **kwargs)
+  return PersonalizedDriver(keras_model_fn, element_spec, settings, loss_fn=loss_fn,
+                            aggregator=aggregator, require_local=False,
+                            client_executor=client_executor, **settings_fields)
 
 
-def build_local_only_driver(keras_model_fn, element_spec, **kwargs):
+def build_local_only_driver(keras_model_fn: KerasModelFn, element_spec: Any,
+                            settings: Optional[settings_lib.RoundSettings] = None, *,
+                            loss_fn: Optional[Callable[[], Any]] = None,
+                            client_executor: Optional[Callable[[Any], Any]] = None,
+                            **settings_fields: Any) -> 'PersonalizedDriver':
   """A `PersonalizedDriver` where every variable is local: clients never communicate.
 
   The local-only baseline of the personalisation experiments, on the same
-  client update, data and epochs as pFedPara and FedPer; 0 bytes travel.
+  client update, data and epochs as pFedPara and FedPer; 0 bytes travel. Args: as
+  `build_pfedpara_driver`.
   """
   with tf.Graph().as_default():
     names = [layer.name for layer in keras_model_fn().layers if layer.trainable_weights]
-  return PersonalizedDriver(keras_model_fn, element_spec, local_layers=names, **kwargs)
+  return PersonalizedDriver(keras_model_fn, element_spec, settings, local_layers=names,
+                            loss_fn=loss_fn, client_executor=client_executor,
+                            **settings_fields)
 
 
-def build_fedper_driver(keras_model_fn, element_spec, local_layers, **kwargs):
-  """A `PersonalizedDriver` keeping `local_layers` on the clients (FedPer baseline)."""
+def build_fedper_driver(keras_model_fn: KerasModelFn, element_spec: Any,
+                        local_layers: Sequence[str],
+                        settings: Optional[settings_lib.RoundSettings] = None, *,
+                        loss_fn: Optional[Callable[[], Any]] = None,
+                        aggregator: Optional[Any] = None,
+                        client_executor: Optional[Callable[[Any], Any]] = None,
+                        **settings_fields: Any) -> 'PersonalizedDriver':
+  """A `PersonalizedDriver` keeping `local_layers` (layer names) on the clients (FedPer
+  baseline). Args: as `build_pfedpara_driver`."""
   if not local_layers:
     raise ValueError('FedPer needs at least one local layer name in local_layers.')
-  return PersonalizedDriver(keras_model_fn, element_spec, local_layers=local_layers, **kwargs)
+  return PersonalizedDriver(keras_model_fn, element_spec, settings, local_layers=local_layers,
+                            loss_fn=loss_fn, aggregator=aggregator,
+                            client_executor=client_executor, **settings_fields)
 
 
-def build_pfedpara_process(keras_model_fn, element_spec, **kwargs):
-  """pFedPara as a TFF template (`PersonalizedProcess`); arguments as `PersonalizedDriver`'s."""
-  return build_pfedpara_driver(keras_model_fn, element_spec, **kwargs).iterative_process
+def build_pfedpara_process(keras_model_fn: KerasModelFn, element_spec: Any,
+                           settings: Optional[settings_lib.RoundSettings] = None, *,
+                           loss_fn: Optional[Callable[[], Any]] = None,
+                           aggregator: Optional[Any] = None,
+                           **settings_fields: Any) -> PersonalizedProcess:
+  """pFedPara as a TFF template (`PersonalizedProcess`); arguments as `build_pfedpara_driver`."""
+  return build_pfedpara_driver(keras_model_fn, element_spec, settings, loss_fn=loss_fn,
+                               aggregator=aggregator, **settings_fields).iterative_process
 
 
-def build_fedper_process(keras_model_fn, element_spec, local_layers, **kwargs):
-  """FedPer as a TFF template (`PersonalizedProcess`); arguments as `build_fedper_driver`'s."""
-  return build_fedper_driver(keras_model_fn, element_spec, local_layers, **kwargs).iterative_process
+def build_fedper_process(keras_model_fn: KerasModelFn, element_spec: Any,
+                         local_layers: Sequence[str],
+                         settings: Optional[settings_lib.RoundSettings] = None, *,
+                         loss_fn: Optional[Callable[[], Any]] = None,
+                         aggregator: Optional[Any] = None,
+                         **settings_fields: Any) -> PersonalizedProcess:
+  """FedPer as a TFF template (`PersonalizedProcess`); arguments as `build_fedper_driver`."""
+  return build_fedper_driver(keras_model_fn, element_spec, local_layers, settings,
+                             loss_fn=loss_fn, aggregator=aggregator,
+                             **settings_fields).iterative_process
 
 
-def build_local_only_process(keras_model_fn, element_spec, **kwargs):
+def build_local_only_process(keras_model_fn: KerasModelFn, element_spec: Any,
+                             settings: Optional[settings_lib.RoundSettings] = None, *,
+                             loss_fn: Optional[Callable[[], Any]] = None,
+                             **settings_fields: Any) -> PersonalizedProcess:
   """Local-only training as a TFF template (`PersonalizedProcess`), as `build_local_only_driver`."""
-  return build_local_only_driver(keras_model_fn, element_spec, **kwargs).iterative_process
+  return build_local_only_driver(keras_model_fn, element_spec, settings, loss_fn=loss_fn,
+                                 **settings_fields).iterative_process

@@ -42,7 +42,8 @@ class PersonalizedProcess(tff.templates.IterativeProcess):
       `initial_client_state_fn` returns.
   """
 
-  def __init__(self, initialize_fn, next_fn, get_model_weights_fn, initial_client_state_fn):
+  def __init__(self, initialize_fn: tff.Computation, next_fn: tff.Computation,
+               get_model_weights_fn: tff.Computation, initial_client_state_fn: tff.Computation):
     super().__init__(initialize_fn, next_fn)
     state_type = initialize_fn.type_signature.result.member
     if not get_model_weights_fn.type_signature.parameter.is_assignable_from(state_type):

@@ -8,6 +8,8 @@ MIME-lite builders with the factor aggregator (measured upload) and a measured
 broadcast (measured download), and a per-round client learning-rate decay.
 """
 
+from typing import Any, Callable, Optional, Sequence
+
 import tensorflow as tf
 import tensorflow_federated as tff
 
@@ -53,14 +55,16 @@ def model_weights_type(model_fn):
   return tff.learning.models.weights_type_from_model(model_fn)
 
 
-def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1,
-                          server_learning_rate=1.0, client_momentum=0.0, server_momentum=0.0,
-                          lr_decay=1.0, keras_model_fn=None,
-                          client_optimizer='sgd',
-                          server_beta_2=settings_lib.DEFAULT_SERVER_BETA_2,
-                          local_layers=(), aggregator=None, quantization_bits=None,
-                          quantization_threshold=20000,
-                          loop_implementation=tff.learning.LoopImplementation.DATASET_ITERATOR):
+def build_fedpara_process(
+    model_fn: Any, *, algorithm: str = 'fedavg', client_learning_rate: float = 0.1,
+    server_learning_rate: float = 1.0, client_momentum: float = 0.0,
+    server_momentum: float = 0.0, lr_decay: float = 1.0,
+    keras_model_fn: Optional[Callable[[], tf.keras.Model]] = None,
+    client_optimizer: str = 'sgd', server_beta_2: float = settings_lib.DEFAULT_SERVER_BETA_2,
+    local_layers: Sequence[str] = (), aggregator: Optional[Any] = None,
+    quantization_bits: Optional[int] = None, quantization_threshold: int = 20000,
+    loop_implementation: Any = tff.learning.LoopImplementation.DATASET_ITERATOR,
+) -> tff.learning.templates.LearningProcess:
   """Returns a `tff.learning.templates.LearningProcess` training a FedPara model.
 
   Args:
@@ -157,6 +161,6 @@ def build_fedpara_process(model_fn, algorithm='fedavg', client_learning_rate=0.1
       server_optimizer_fn=server_optimizer, **common)
 
 
-def build_evaluation(model_fn):
+def build_evaluation(model_fn: Any) -> tff.learning.templates.LearningProcess:
   """TFF's federated evaluation of `model_fn` (`tff.learning.algorithms.build_fed_eval`)."""
   return tff.learning.algorithms.build_fed_eval(model_fn)

@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Iterator, Optional
 
 import psutil
 
@@ -39,7 +40,7 @@ from fedpara_tff import worker_watchdog
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
-def shutdown_workers(timeout=worker_watchdog.GRACE_S, final=False):
+def shutdown_workers(timeout: float = worker_watchdog.GRACE_S, final: bool = False) -> int:
   """Stops this process's TFF workers (SIGINT, then SIGKILL after `timeout` s); returns how
   many it had to signal. `final` (at exit): the local worker cannot be restarted afterwards by
   a computation still in flight."""
@@ -166,7 +167,7 @@ def _at_exit():
 _INSTALLED = []   # the local execution context install() set, once installed
 
 
-def install(require_isolation=None):
+def install(require_isolation: Optional[bool] = None) -> None:
   """Tidies TFF's runtime for this process (idempotent; see the module docstring).
 
   The first call makes TFF's default execution context this process's own local worker
@@ -192,13 +193,13 @@ def install(require_isolation=None):
   return guard_workers()
 
 
-def installed():
+def installed() -> bool:
   """True once `install()` has run in this process."""
   return bool(_INSTALLED)
 
 
 @contextlib.contextmanager
-def managed():
+def managed() -> Iterator[None]:
   """`with fedpara_tff.runtime.managed():` runs `install()`, and on leaving stops the TFF
   workers this process started (TFF starts new ones on its next computation)."""
   install()

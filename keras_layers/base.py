@@ -8,6 +8,8 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
+from typing import Any, Optional, Union
+
 from keras_layers import backend
 from keras_layers import factors
 from keras_layers import ranks
@@ -83,7 +85,7 @@ def holds_factors(obj):
   return isinstance(obj, FactorizedLayer)
 
 
-def factorized_layers(model):
+def factorized_layers(model: Any) -> list:
   """The factorised layers of `model`, each once, in `backend.sublayers` order.
 
   The one interface to them: each has `labelled_factorizations()` (`(label,
@@ -135,12 +137,14 @@ class FactorizedLayer(keras.layers.Layer):
 
   scheme = None  # 'fedpara' | 'pfedpara' | 'lowrank', set by subclasses.
 
-  def __init__(self, gamma=None, rank=None, param_ratio=None,
-               nonlinearity=None, factor_init='matched_glorot',
-               factor_lr_scale=None, activation=None, use_bias=True, bias_initializer='zeros',
-               kernel_regularizer=None, bias_regularizer=None,
-               factor_regularizer=None, activity_regularizer=None,
-               factor_constraint=None, bias_constraint=None, **kwargs):
+  def __init__(self, gamma: Optional[float] = None, rank: Optional[int] = None,
+               param_ratio: Optional[float] = None,
+               nonlinearity: Optional[str] = None, factor_init: str = 'matched_glorot',
+               factor_lr_scale: Optional[Union[str, float]] = None, activation: Any = None,
+               use_bias: bool = True, bias_initializer: Any = 'zeros',
+               kernel_regularizer: Any = None, bias_regularizer: Any = None,
+               factor_regularizer: Any = None, activity_regularizer: Any = None,
+               factor_constraint: Any = None, bias_constraint: Any = None, **kwargs: Any):
     super().__init__(activity_regularizer=activity_regularizer, **kwargs)
     check_rank_options(gamma, rank, param_ratio)
     self.gamma = None if gamma is None else float(gamma)

@@ -5,6 +5,8 @@ data_format, groups); the kernel comes from `factors.KernelFactorization` in
 the Tucker-2 form of Proposition 3.
 """
 
+from typing import Any, Optional, Sequence, Union
+
 import numbers
 
 from keras_layers import backend
@@ -66,8 +68,10 @@ class _FactorizedConv(base.FactorizedLayer):
   spatial_rank = None  # set by subclasses
   plain_class = None
 
-  def __init__(self, filters, kernel_size, strides=1, padding='valid',
-               data_format=None, dilation_rate=1, groups=1, **kwargs):
+  def __init__(self, filters: int, kernel_size: Union[int, Sequence[int]],
+               strides: Union[int, Sequence[int]] = 1, padding: str = 'valid',
+               data_format: Optional[str] = None, dilation_rate: Union[int, Sequence[int]] = 1,
+               groups: int = 1, **kwargs: Any):
     super().__init__(**kwargs)
     n = self.spatial_rank
     self.filters = base.check_positive_int(filters, 'filters')

@@ -7,6 +7,8 @@ factorised kernel once and returns a model of ordinary Keras layers with the sam
 which needs nothing from this package to run.
 """
 
+from typing import Any, Optional, Sequence, Union
+
 import warnings
 
 from keras_layers import backend
@@ -59,7 +61,7 @@ def factorized_part(layer):
   return None
 
 
-def is_factorized(layer):
+def is_factorized(layer: Any) -> bool:
   """True for a layer with factors (see `factorized_part`): the one definition the package,
   its TFF wiring and the binaries use; `export` turns each such layer back into a plain one."""
   return factorized_part(layer) is not None
@@ -129,9 +131,11 @@ def _too_small(layer):
   return any(ranks.r_max(shape) < 1 for shape in _kernel_shapes(layer))
 
 
-def convert(model, parameterization='fedpara', gamma=None, rank=None,
-            param_ratio=None, include=None, exclude=None, copy_weights=True,
-            **layer_options):
+def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[float] = None,
+            rank: Optional[int] = None, param_ratio: Optional[float] = None,
+            include: Optional[Union[str, Sequence[str]]] = None,
+            exclude: Optional[Union[str, Sequence[str]]] = None, copy_weights: bool = True,
+            **layer_options: Any) -> Any:
   """Returns a twin of `model` with factorised Dense/Conv/LSTM layers.
 
   Args:
@@ -204,7 +208,7 @@ def convert(model, parameterization='fedpara', gamma=None, rank=None,
   return twin
 
 
-def export(model):
+def export(model: Any) -> Any:
   """Returns a plain-Keras copy of `model` with every kernel composed once.
 
   Factorised layers become `Dense`, `Conv1D`, `Conv2D` or `LSTM` with the

@@ -1,5 +1,7 @@
 """Dense layers with a factorised kernel: FedPara, pFedPara and low-rank."""
 
+from typing import Any
+
 from keras_layers import backend
 from keras_layers import base
 from keras_layers.backend import keras
@@ -28,7 +30,7 @@ class _FactorizedDense(base.FactorizedLayer):
 
   plain_class = keras.layers.Dense
 
-  def __init__(self, units, **kwargs):
+  def __init__(self, units: int, **kwargs: Any):
     super().__init__(**kwargs)
     self.units = base.check_positive_int(units, 'units')
     self.input_spec = keras.layers.InputSpec(min_ndim=2)

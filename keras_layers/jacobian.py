@@ -21,6 +21,8 @@ two kernels of the package's factorised LSTM layers (the paper uses it for CNNs
 and lambda 0 for its LSTM runs; docs/DESIGN.md, "Jacobian correction").
 """
 
+from typing import Any
+
 import contextlib
 
 from keras_layers import backend
@@ -145,7 +147,7 @@ class JacobianCorrectedModel(keras.Model):
     strength: `lambda` (> 0).
   """
 
-  def __init__(self, model, strength, **kwargs):
+  def __init__(self, model: Any, strength: float, **kwargs: Any):
     if backend.IS_KERAS_3:
       raise ValueError('JacobianCorrectedModel needs Keras 2 (tf.keras of TensorFlow 2.14, as '
                        'TFF uses); the installed Keras is 3.')

@@ -9,6 +9,8 @@ is the plain LSTM with the same normalisation, the original model of the
 paper's LSTM runs.
 """
 
+from typing import Any, Optional
+
 from keras_layers import backend
 from keras_layers import base
 from keras_layers import weight_norm as weight_norm_lib
@@ -166,9 +168,10 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
     constants: optional `[kernel, recurrent_kernel]` already composed.
   """
 
-  def __init__(self, units, activation='tanh', recurrent_activation='sigmoid',
-               use_bias=True, unit_forget_bias=True, weight_norm=False, dropout=0.0,
-               recurrent_dropout=0.0, seed=None, **kwargs):
+  def __init__(self, units: int, activation: Any = 'tanh', recurrent_activation: Any = 'sigmoid',
+               use_bias: bool = True, unit_forget_bias: bool = True, weight_norm: bool = False,
+               dropout: float = 0.0, recurrent_dropout: float = 0.0, seed: Optional[int] = None,
+               **kwargs: Any):
     super().__init__(activation=activation, use_bias=use_bias, **kwargs)
     self.units = base.check_positive_int(units, 'units')
     self._init_dropout(dropout, recurrent_dropout, seed)
@@ -331,8 +334,8 @@ class _KernelLSTM(keras.layers.Layer):
 
   cell_class = None
 
-  def __init__(self, units, return_sequences=False, return_state=False,
-               go_backwards=False, unroll=False, **kwargs):
+  def __init__(self, units: int, return_sequences: bool = False, return_state: bool = False,
+               go_backwards: bool = False, unroll: bool = False, **kwargs: Any):
     layer_kwargs = {k: kwargs.pop(k) for k in _LAYER_KWARGS if k in kwargs}
     super().__init__(**layer_kwargs)
     self.units = base.check_positive_int(units, 'units')
@@ -479,9 +482,11 @@ class WeightNormLSTMCell(_ComposedKernelCell, keras.layers.Layer):
     constants: optional `[kernel, recurrent_kernel]` already normalised.
   """
 
-  def __init__(self, units, activation='tanh', recurrent_activation='sigmoid', use_bias=True,
-               unit_forget_bias=True, kernel_initializer='glorot_uniform',
-               recurrent_initializer='orthogonal', bias_initializer='zeros', **kwargs):
+  def __init__(self, units: int, activation: Any = 'tanh', recurrent_activation: Any = 'sigmoid',
+               use_bias: bool = True, unit_forget_bias: bool = True,
+               kernel_initializer: Any = 'glorot_uniform',
+               recurrent_initializer: Any = 'orthogonal', bias_initializer: Any = 'zeros',
+               **kwargs: Any):
     super().__init__(**kwargs)
     self.units = base.check_positive_int(units, 'units')
     self.activation = keras.activations.get(activation)

@@ -9,6 +9,8 @@ Worked figures (pinned by the tests): a 256->256 3x3 convolution has
 gamma 0.4 gives `R = 72`; `param_ratio=0.1` gives `R = 36` (60,192 parameters).
 """
 
+from typing import Sequence
+
 import math
 import warnings
 
@@ -50,7 +52,7 @@ def _spatial_size(spatial):
   return math.prod(spatial) if spatial else 1
 
 
-def fedpara_param_count(kernel_shape, rank):
+def fedpara_param_count(kernel_shape: Sequence[int], rank: int) -> int:
   """Parameters of a FedPara (or pFedPara, both terms) factorised kernel.
 
   Dense: `2R(in + out)`. Convolution: `2R(O + I + R k1 k2)`. Bias excluded.
@@ -61,7 +63,7 @@ def fedpara_param_count(kernel_shape, rank):
   return 2 * rank * (fan_out + fan_in + rank * _spatial_size(spatial))
 
 
-def lowrank_param_count(kernel_shape, rank):
+def lowrank_param_count(kernel_shape: Sequence[int], rank: int) -> int:
   """Parameters of a conventional low-rank kernel with inner rank `rank`.
 
   Dense `W = X Y^T`: `rank (in + out)`. Convolution (Tucker-2,
@@ -73,7 +75,7 @@ def lowrank_param_count(kernel_shape, rank):
   return rank * (fan_out + fan_in + rank * _spatial_size(spatial))
 
 
-def original_param_count(kernel_shape):
+def original_param_count(kernel_shape: Sequence[int]) -> int:
   """Elements of the plain kernel (`in * out` or `k1 k2 I O`)."""
   return math.prod(_check_kernel_shape(kernel_shape))
 
@@ -127,7 +129,7 @@ def warn_if_rank_unreachable(scheme, kernel_shape, rank, layer_name=''):
       stacklevel=4)
 
 
-def r_min(kernel_shape):
+def r_min(kernel_shape: Sequence[int]) -> int:
   """Smallest rank whose composed kernel can still be full rank.
 
   `ceil(sqrt(min(in, out)))`: the Hadamard product of two rank-R matrices has
@@ -151,7 +153,7 @@ def _largest_rank_within(count_fn, kernel_shape, budget):
   return lo
 
 
-def r_max(kernel_shape):
+def r_max(kernel_shape: Sequence[int]) -> int:
   """Largest FedPara rank whose parameter count does not exceed the original.
 
   Dense: `floor(in*out / (2(in+out)))`. Convolution: the largest `R` with
@@ -183,7 +185,7 @@ def _warn_incompressible_once(kernel_shape, lower, upper):
       stacklevel=3)
 
 
-def rank_for_gamma(kernel_shape, gamma):
+def rank_for_gamma(kernel_shape: Sequence[int], gamma: float) -> int:
   """FedPara rank for the knob `gamma` in [0, 1] (docs/DESIGN.md, "Rank rule").
 
   `R = ceil((1 - gamma) r_min + gamma r_max)`, clamped to `[1, r_max]`. When
@@ -209,7 +211,7 @@ def rank_for_gamma(kernel_shape, gamma):
   return min(max(rank, 1), upper)
 
 
-def rank_for_param_ratio(kernel_shape, param_ratio):
+def rank_for_param_ratio(kernel_shape: Sequence[int], param_ratio: float) -> int:
   """FedPara rank whose parameter count is about `param_ratio` of the original.
 
   Solves `2R(O + I + R k1 k2) = ratio * O I k1 k2` (dense: `2R(in + out) =

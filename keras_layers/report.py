@@ -1,5 +1,7 @@
 """Model-level parameter report: per layer, original vs factorised parameters."""
 
+from typing import Any, List, Tuple
+
 import collections
 
 from keras_layers import conversion
@@ -31,7 +33,7 @@ def _layer_rows(model):
     yield LayerReport(layer.name, kind, ranks, original, count)
 
 
-def parameter_report(model):
+def parameter_report(model: Any) -> List[LayerReport]:
   """Rows `LayerReport(name, kind, ranks, original, factorized)`, one per layer.
 
   `original` is the parameter count of the plain layer a factorised layer
@@ -40,13 +42,13 @@ def parameter_report(model):
   return list(_layer_rows(model))
 
 
-def total_params(model):
+def total_params(model: Any) -> Tuple[int, int]:
   """`(original, factorized)` parameter totals of `model`."""
   rows = parameter_report(model)
   return sum(r.original for r in rows), sum(r.factorized for r in rows)
 
 
-def format_parameter_report(model):
+def format_parameter_report(model: Any) -> str:
   """The report as a text table with totals and the compression ratio."""
   rows = parameter_report(model)
   width = max([len(r.name) for r in rows] + [5])

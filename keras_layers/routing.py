@@ -5,6 +5,8 @@ can mark whole layers local as well (FedPer-style personalisation). Everything
 else is global (docs/DESIGN.md, "pFedPara").
 """
 
+from typing import Any, List, Sequence, Tuple, Union
+
 from keras_layers import backend
 from keras_layers import base
 
@@ -20,7 +22,7 @@ def _check_layer_names(model, names):
     raise ValueError(f'local_layers names layers not in the model: {unknown}.')
 
 
-def local_variable_mask(model, local_layers=()):
+def local_variable_mask(model: Any, local_layers: Union[str, Sequence[str]] = ()) -> List[bool]:
   """One bool per `model.trainable_variables` entry: True where it is local.
 
   Args:
@@ -36,7 +38,8 @@ def local_variable_mask(model, local_layers=()):
   return [id(v) in refs for v in model.trainable_variables]
 
 
-def split_global_local(model, local_layers=()):
+def split_global_local(model: Any, local_layers: Union[str, Sequence[str]] = ()
+                       ) -> Tuple[list, list]:
   """`(global_variables, local_variables)`, each in `trainable_variables` order."""
   mask = local_variable_mask(model, local_layers)
   variables = model.trainable_variables

@@ -7,10 +7,12 @@ Ours stores `x = O^T (out, R)`, `y = I^T (in, R)` and the same `t`, and keeps
 the kernel in Keras layout `(kh, kw, in, out)`. Dense terms have no core.
 """
 
+from typing import Any, Sequence
+
 import numpy as np
 
 
-def torch_kernel_to_keras(kernel):
+def torch_kernel_to_keras(kernel: Any) -> np.ndarray:
   """`(out, in)` -> `(in, out)`; `(out, in, k1, ..., kd)` -> `(k1, ..., kd, in, out)`."""
   kernel = np.asarray(kernel)
   if kernel.ndim == 2:
@@ -18,7 +20,7 @@ def torch_kernel_to_keras(kernel):
   return np.transpose(kernel, tuple(range(2, kernel.ndim)) + (1, 0))
 
 
-def load_torch_factors(layer, terms, bias=None):
+def load_torch_factors(layer: Any, terms: Sequence[Any], bias: Any = None) -> None:
   """Assigns factors given in the PyTorch layout to a built factorised layer.
 
   Args:

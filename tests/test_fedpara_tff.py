@@ -344,10 +344,12 @@ def test_fedpara_process_refuses_a_model_that_is_neither_kind_and_a_functional_d
     fedpara_tff.build_fedpara_process(_functional(), lr_decay=0.992)
 
 
-def test_an_encoding_inner_factory_is_reported_as_bytes_before_encoding(clients):
-  """A user's quantizing inner factory sends fewer bytes than we can know: the upload is named
-  for what it is (float32 bytes before the encoding), also through TFF's robust wrappers; our
-  own quantization reports the measured, smaller bytes; a non-encoding chain keeps the name."""
+def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes(clients):
+  """TFF's EncodedSumFactory (8-bit uniform quantization), alone or behind TFF's zeroing
+  wrapper: `bytes_uploaded` is its encoded structure, hand-counted per tensor as 28 bits packed
+  in each 4-byte int32 plus the float32 min and max; `compression_aggregator()` at its default
+  threshold quantizes none of this model's tensors (float32 bytes). An encoding we cannot
+  measure (declared with inner_encodes=True) is named for what it is: bytes before encoding."""
   def quantizing():
     return tff.aggregators.MeanFactory(
         tff.aggregators.EncodedSumFactory.quantize_above_threshold(8, threshold=0))
@@ -358,14 +360,21 @@ def test_an_encoding_inner_factory_is_reported_as_bytes_before_encoding(clients)
         model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model, **kwargs))
     return process.next(process.initialize(), clients).metrics['aggregator']['communication']
 
+  sizes = [int(np.prod(v.shape)) for v in ts.keras_model().trainable_variables]
+  assert sum(sizes) == 814
+  packed = sum(4 * -(-n * 8 // 28) + 8 for n in sizes)
   for inner in (quantizing(), tff.aggregators.zeroing_factory(1e6, quantizing())):
-    with pytest.warns(UserWarning, match='reported as bytes_uploaded_before_encoding'):
-      comm = communication_of(inner=inner)
-    assert 'bytes_uploaded' not in comm
-    assert comm['bytes_uploaded_before_encoding'] == 3 * 814 * 4
-    assert comm['bytes_uploaded_per_client_before_encoding'] == 814 * 4
-  measured = communication_of(quantization_bits=8, quantization_threshold=0)
-  assert measured['bytes_uploaded'] < 3 * 814 * 4
+    comm = communication_of(inner=inner)
+    assert comm['bytes_uploaded_per_client'] == packed and comm['bytes_uploaded'] == 3 * packed
+  ours = communication_of(quantization_bits=8, quantization_threshold=0)
+  assert ours['bytes_uploaded'] == 3 * packed
+  assert communication_of(inner=tff.learning.compression_aggregator())['bytes_uploaded'] == (
+      3 * 814 * 4)
+  with pytest.warns(UserWarning, match='reported as bytes_uploaded_before_encoding'):
+    comm = communication_of(inner=tff.aggregators.MeanFactory(), inner_encodes=True)
+  assert 'bytes_uploaded' not in comm
+  assert comm['bytes_uploaded_before_encoding'] == 3 * 814 * 4
+  assert comm['bytes_uploaded_per_client_before_encoding'] == 814 * 4
   plain = communication_of(inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
   assert plain['bytes_uploaded'] == 3 * 814 * 4
   assert not fedpara_tff.aggregators.encodes(tff.aggregators.MeanFactory())
