@@ -28,7 +28,6 @@ import os
 import statistics
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -173,4 +172,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flagfiles.run_main(main)

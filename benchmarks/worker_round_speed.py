@@ -26,7 +26,6 @@ import subprocess
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -39,6 +38,7 @@ from fedpara_tff import runtime
 from fedpara_tff import tf_backend
 from fedpara_tff import worker_tls
 import keras_layers as kl
+from experiments import flagfiles
 from experiments import launch_workers
 from experiments import models
 from experiments.data import mnist5k
@@ -141,4 +141,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flagfiles.run_main(main)

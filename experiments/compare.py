@@ -18,6 +18,7 @@ from absl import logging
 
 from experiments import flagfiles
 from experiments import models
+from experiments import ownership
 from experiments import plot
 from experiments import run_config
 from experiments import run_io
@@ -63,6 +64,28 @@ def _comparison_line(s, base):
           f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
 
 
+def _holds_runs(configs):
+  """True when a run folder of this comparison already holds a run: the comparison's folder is
+  then ours, and a plain matplotlib plot there one that a version before the plot mark wrote."""
+  return any(os.path.isdir(c.output_dir) and ownership.run_file_state(c.output_dir) == 'run'
+             for c in configs)
+
+
+def _check_outputs(output_dir, configs):
+  """Before any run trains: the comparison's plot and, with --overwrite, each run's folder must
+  hold nothing this program did not write (one line naming the file otherwise)."""
+  try:
+    plot.check_output(os.path.join(output_dir, run_io.PLOT_FILE), _holds_runs(configs))
+  except ValueError as e:
+    raise SystemExit(f'compare: error: {e}') from None
+  for config in configs:
+    if config.overwrite and os.path.isdir(config.output_dir):
+      foreign = ownership.foreign_entry(config.output_dir)
+      if foreign is not None:
+        raise SystemExit(f'compare: error: --overwrite refused: {config.output_dir} holds '
+                         f'{foreign}, which a run did not write; nothing was deleted.')
+
+
 def main(argv):
   flagfiles.no_positional(argv, 'compare')
   logging.set_verbosity(logging.WARNING)
@@ -78,6 +101,7 @@ def main(argv):
     except ValueError as e:
       raise SystemExit(f'compare: error: parameterization={config.parameterization}: '
                        f'{" ".join(str(e).split())}') from None
+  _check_outputs(base.output_dir, configs)
   summaries = []
   for config in configs:
     parameterization = config.parameterization
@@ -85,7 +109,7 @@ def main(argv):
           f'{config.clients_per_round} of {config.clients} clients per round', flush=True)
     summaries.append(train.run_or_exit(config, program='compare'))
   figure = os.path.join(base.output_dir, 'accuracy_vs_gb.png')
-  plot.plot_runs([s['output_dir'] for s in summaries], figure)
+  plot.plot_runs([s['output_dir'] for s in summaries], figure, in_run_folder=True)
   print(run_io.format_summaries(summaries))
   for line in comparison_lines(summaries):
     print(line)

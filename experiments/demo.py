@@ -7,7 +7,6 @@ checks that the exported plain model gives the same outputs.
   python -m experiments.demo --epochs=3 --gamma=0.1
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
@@ -85,4 +84,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flagfiles.run_main(main)

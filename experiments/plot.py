@@ -19,6 +19,7 @@ from matplotlib import ticker
 from matplotlib.backends import backend_agg
 
 from experiments import flagfiles
+from experiments import ownership
 from experiments import run_io
 
 _RUNS = flags.DEFINE_list('runs', None, 'Run output folders (comma-separated).')
@@ -70,9 +71,26 @@ def new_figure(**kwargs):
   return figure
 
 
-def plot_runs(run_dirs, output, title=None):
+def save_figure(figure, path):
+  """Writes `figure` as the PNG `path`, marked as ours in its metadata, so that `--overwrite`
+  and `compare` can tell it from a file of the same name they did not write
+  (`experiments.ownership.is_plot`)."""
+  figure.savefig(path, metadata={'Software': ownership.MARK})
+
+
+def check_output(output, in_run_folder=False):
+  """Refuses (ValueError, one line) to replace a file at `output_path(output)` that this
+  program did not write (`experiments.ownership.is_plot`)."""
+  path = output_path(output)
+  if os.path.lexists(path) and not ownership.is_plot(path, in_run_folder):
+    raise ValueError(f'{path} exists and is not a plot this program wrote; nothing was '
+                     f'changed: move it or choose another output.')
+
+
+def plot_runs(run_dirs, output, title=None, in_run_folder=False):
   """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
-  drawn."""
+  drawn. Refuses to replace a file it did not write (`check_output`)."""
+  check_output(output, in_run_folder)
   figure = new_figure(figsize=(6, 4), dpi=120)
   axes = figure.subplots()
   drawn, metrics, run = {}, set(), {}
@@ -93,7 +111,7 @@ def plot_runs(run_dirs, output, title=None):
   figure.tight_layout()
   output = output_path(output)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  figure.savefig(output)
+  save_figure(figure, output)
   return drawn
 
 

@@ -19,6 +19,8 @@ import re
 
 import tensorflow as tf
 
+from experiments import ownership
+
 COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
            'test_accuracy', 'personalized_accuracy', 'personalized_clients', 'bytes_uploaded',
            'bytes_downloaded', 'cumulative_gb', 'wall_time_s')
@@ -35,43 +37,31 @@ class RunConflictError(ValueError):
   """The output folder holds a run with other flags."""
 
 
-# What a run writes into its folder, and nothing else: `--overwrite` removes only these.
-OWNED_FILES = (tuple(name + suffix for name in (RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)
-                     for suffix in ('', '.tmp'))
-               + tuple('client_state.sqlite' + suffix for suffix in ('', '-wal', '-shm',
-                                                                     '-journal')))
-OWNED_DIRS = {'checkpoints': re.compile(r'ckpt-\d+\.npz(\.tmp\.npz)?$'),
-              'tensorboard': re.compile(r'events\.out\.tfevents\..*$')}
-
-
 def foreign_entry(output_dir):
-  """The first entry of `output_dir` (sorted) that a run did not write, or None."""
-  for name in sorted(os.listdir(output_dir)):
-    path = os.path.join(output_dir, name)
-    if name in OWNED_FILES and os.path.isfile(path) and not os.path.islink(path):
-      continue
-    pattern = OWNED_DIRS.get(name)
-    if pattern is not None and os.path.isdir(path) and not os.path.islink(path):
-      inside = sorted(os.listdir(path))
-      stray = [e for e in inside if not (pattern.match(e) and
-                                         os.path.isfile(os.path.join(path, e)))]
-      if not stray:
-        continue
-      return os.path.join(path, stray[0])
-    return path
-  return None
+  """The first entry of `output_dir` (sorted) that a run did not write, judged by content
+  (`experiments.ownership`), or None."""
+  return ownership.foreign_entry(output_dir)
+
+
+def _no_run(output_dir, first):
+  return RunConflictError(
+      f'output_dir {output_dir} holds no run (no run.json written by a run; it holds {first}); '
+      f'nothing was deleted: choose another --output_dir, or empty it yourself.')
 
 
 def remove_run(output_dir):
-  """Removes what a run wrote in `output_dir`; refuses (naming it) a folder with anything else."""
-  foreign = foreign_entry(output_dir)
+  """Removes what a run wrote in `output_dir`; refuses (naming it) a folder with anything else
+  or with no run's `run.json`, and then deletes nothing."""
+  foreign = ownership.foreign_entry(output_dir)
+  if foreign is not None and ownership.run_file_state(output_dir) in (None, 'other'):
+    raise _no_run(output_dir, foreign)
   if foreign is not None:
     raise RunConflictError(f'--overwrite refused: output_dir {output_dir} holds {foreign}, which '
                            f'a run did not write; nothing was deleted. Choose another '
                            f'--output_dir or move that file.')
   for name in sorted(os.listdir(output_dir)):
     path = os.path.join(output_dir, name)
-    if name in OWNED_DIRS:
+    if os.path.isdir(path):
       for entry in os.listdir(path):
         os.remove(os.path.join(path, entry))
       os.rmdir(path)
@@ -131,28 +121,22 @@ def prepare(output_dir, run_flags, overwrite):
 
   Returns True when a previous run of the same flags is there (resume).
 
-  With `overwrite`, only what a run writes (`OWNED_FILES`, `OWNED_DIRS`) is
+  With `overwrite`, only what a run wrote (judged by content, `experiments.ownership`) is
   removed, and only when the folder holds nothing else.
 
   Raises:
     RunConflictError: the folder holds a run with other flags (and not
-      `overwrite`), files a run did not write, or a run's files but no run.json.
+      `overwrite`), files a run did not write, or no run's run.json.
   """
   path = os.path.join(output_dir, RUN_FILE)
   if os.path.exists(output_dir) and not os.path.isdir(output_dir):
     raise RunConflictError(f'output_dir {output_dir} is a file, not a folder; choose another '
                            f'--output_dir.')
   if os.path.isdir(output_dir) and os.listdir(output_dir):
+    if ownership.run_file_state(output_dir) in (None, 'other'):
+      raise _no_run(output_dir, ownership.foreign_entry(output_dir))
     if overwrite:
       remove_run(output_dir)
-    elif not os.path.exists(path):
-      foreign = foreign_entry(output_dir)
-      if foreign is not None:
-        raise RunConflictError(f'output_dir {output_dir} is not empty and holds no run (it holds '
-                               f'{foreign}); choose another --output_dir.')
-      raise RunConflictError(f'output_dir {output_dir} holds the files of a run but no '
-                             f'{RUN_FILE}; pass --overwrite to replace them or choose another '
-                             f'--output_dir.')
     else:
       previous = _read_run_file(path)
       changed = sorted(k for k in set(previous) | set(run_flags)
@@ -256,7 +240,9 @@ class MetricsWriter:
       for row in kept:
         writer.writerow({k: _cell(row.get(k), k) for k in COLUMNS})
     os.replace(temporary, self._path)
-    self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'))
+    # The suffix marks the event files as this run's (`experiments.ownership`).
+    self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'),
+                                                  filename_suffix=ownership.EVENTS_SUFFIX)
 
   def write(self, row):
     with open(self._path, 'a', newline='') as f:

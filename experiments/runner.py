@@ -219,5 +219,6 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
       counters, params, plain_params,
       [dataclasses.asdict(share) for share in (workers.shares if workers else [])])
   run_io.write_summary(config.output_dir, summary)
-  plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE))
+  plot.plot_runs([config.output_dir], os.path.join(config.output_dir, run_io.PLOT_FILE),
+                 in_run_folder=True)
   return summary

@@ -225,5 +225,5 @@ def test_a_folder_in_use_by_a_run_is_refused_naming_its_pid(tmp_path):
     holder.stdin.close()
     holder.wait(60)
   # Released with its holder: the folder is usable again (here it refuses for its stray file).
-  with pytest.raises(run_io.RunConflictError, match='holds the files of a run but no run.json'):
+  with pytest.raises(run_io.RunConflictError, match=r'holds no run \(no run\.json'):
     runner.run(rs.config(tmp_path))

@@ -110,4 +110,4 @@ def _copy(folders):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('runs')
-  app.run(main)
+  flagfiles.run_main(main)

@@ -28,7 +28,6 @@ the steps, of the projection on every direction the factors can move the kernel 
 """
 
 
-from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
@@ -157,4 +156,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  flagfiles.run_main(main)
