@@ -324,6 +324,53 @@ def test_cache_key_changes_with_every_partition_parameter(mnist, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def _entry(spec, data, cache):
+  clients.load_or_compute(spec, data, str(cache))
+  (path,) = [p for p in cache.iterdir() if p.name.startswith(f'{spec.dataset}-{spec.kind}-'
+                                                              f'{spec.key(data.y_train)}')]
+  return path
+
+
+def _stored(path):
+  with np.load(path) as f:
+    return {name: f[name] for name in f.files}
+
+
+@pytest.mark.parametrize('fault', ['fewer clients', 'another split', 'out of range', 'old format'])
+def test_a_cache_entry_is_used_only_when_it_is_what_its_key_promises(mnist, tmp_path, fault,
+                                                                      capsys):
+  """The issue's cases: an entry of 5 clients for --clients=10 trained on half the data; another
+  valid split under the same key was used silently; an out-of-range index ended in a TensorFlow
+  traceback. Each is now recomputed (one line on stderr saying why), equal to a fresh split."""
+  spec = clients.PartitionSpec('mnist5k', 'iid', 10, 0)
+  path = _entry(spec, mnist, tmp_path / 'cache')
+  want = clients.compute(spec, mnist)[0]
+  if fault == 'fewer clients':   # the entry of --clients=5, under this spec's name
+    other = _entry(clients.PartitionSpec('mnist5k', 'iid', 5, 0), mnist, tmp_path / 'other')
+    path.write_bytes(other.read_bytes())
+  elif fault == 'another split':   # a valid split of seed 1 with its arrays, relabelled
+    stored = _stored(_entry(clients.PartitionSpec('mnist5k', 'iid', 10, 1), mnist,
+                            tmp_path / 'other'))
+    stored['key'] = np.array(spec.key(mnist.y_train))
+    np.savez(str(path)[:-len('.npz')], **stored)
+  elif fault == 'out of range':
+    stored = _stored(path)
+    stored['train'][3] = 10 ** 6
+    np.savez(str(path)[:-len('.npz')], **stored)
+  else:   # written by a version without key and checksum
+    stored = _stored(path)
+    del stored['key'], stored['checksum']
+    np.savez(str(path)[:-len('.npz')], **stored)
+  capsys.readouterr()
+  got = clients.load_or_compute(spec, mnist, str(tmp_path / 'cache'))
+  assert not got.from_cache and len(got.train) == 10
+  for a, b in zip(got.train, want):
+    np.testing.assert_array_equal(a, b)
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith(f'partition cache: {path} is not used (') and 'recomputing' in line
+  assert clients.load_or_compute(spec, mnist, str(tmp_path / 'cache')).from_cache   # rewritten
+
+
 def test_client_data_serves_each_clients_examples(mnist):
   parts = partition.iid(len(mnist.y_train), 4, seed=0)
   cd = clients.to_client_data(mnist.x_train, mnist.y_train, parts)

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from typing import List, Optional
 
 import numpy as np
@@ -84,17 +85,60 @@ def _unpack(values, offsets):
   return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
+def _checksum(key, arrays):
+  """SHA-256 of the entry's key and its index arrays, in a fixed order: an entry renamed or
+  relabelled for another key no longer matches."""
+  digest = hashlib.sha256(str(key).encode())
+  for name in ('train', 'train_offsets', 'test', 'test_offsets'):
+    if name in arrays:
+      digest.update(name.encode())
+      digest.update(np.ascontiguousarray(arrays[name], dtype=np.int64).tobytes())
+  return digest.hexdigest()
+
+
+def _read_entry(path, spec, key, pool_size):
+  """The partition stored at `path` if it is what `key` promises, else `(None, why not)`.
+
+  An entry holds its key and a checksum of its arrays (written by `load_or_compute`); it must
+  have `spec.clients` clients with indices into the pool of `pool_size` examples. Damaged, older or foreign entries are not used.
+  """
+  try:
+    with np.load(path) as stored:
+      arrays = {name: stored[name] for name in stored.files}
+  except common.NPZ_READ_ERRORS:
+    return None, 'damaged'
+  if 'key' not in arrays or 'checksum' not in arrays:
+    return None, 'written without a key and checksum (an older version)'
+  if str(arrays['key']) != key:
+    return None, f'made for another spec (key {str(arrays["key"])})'
+  if str(arrays['checksum']) != _checksum(key, arrays):
+    return None, 'its arrays do not match their checksum'
+  train = _unpack(arrays['train'], arrays['train_offsets'])
+  test = _unpack(arrays['test'], arrays['test_offsets']) if 'test' in arrays else None
+  if len(train) != spec.clients:
+    return None, f'it holds {len(train)} clients for {spec.clients}'
+  indices = [arrays['train']] + ([arrays['test']] if test is not None else [])
+  if any(len(a) and (a.min() < 0 or a.max() >= pool_size) for a in indices):
+    return None, f'an index is outside the {pool_size} training examples'
+  if (test is None) != (spec.client_test_fraction is None):
+    return None, 'its held-out split does not match client_test_fraction'
+  return Partition(train, test, key, True), None
+
+
 def load_or_compute(spec, data, cache_dir=None):
-  """The cached partition of `spec`, computed and stored atomically on a miss."""
+  """The cached partition of `spec`, computed and stored atomically on a miss.
+
+  A cache entry is used only when it is what its key promises (`_read_entry`); otherwise the
+  partition is recomputed and the entry rewritten, with one line on stderr saying why.
+  """
   key = spec.key(data.y_train)
   path = os.path.join(cache_dir or DEFAULT_CACHE_DIR, f'{spec.dataset}-{spec.kind}-{key}.npz')
   if os.path.exists(path):
-    try:
-      with np.load(path) as stored:
-        test = _unpack(stored['test'], stored['test_offsets']) if 'test' in stored else None
-        return Partition(_unpack(stored['train'], stored['train_offsets']), test, key, True)
-    except common.NPZ_READ_ERRORS:
-      pass  # a damaged cache entry is recomputed and rewritten below
+    partition_, why = _read_entry(path, spec, key, len(data.y_train))
+    if partition_ is not None:
+      return partition_
+    print(f'partition cache: {path} is not used ({why}); recomputing it.', file=sys.stderr,
+          flush=True)
   train, test = compute(spec, data)
   arrays = dict(zip(('train', 'train_offsets'), _pack(train)))
   if test is not None:
@@ -102,7 +146,8 @@ def load_or_compute(spec, data, cache_dir=None):
   temporary = f'{path}.{os.getpid()}.tmp.npz'
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(temporary, spec=json.dumps(dataclasses.asdict(spec)), **arrays)
+    np.savez(temporary, spec=json.dumps(dataclasses.asdict(spec)), key=key,
+             checksum=_checksum(key, arrays), **arrays)
     os.replace(temporary, path)
   except OSError as e:
     if os.path.exists(temporary):
