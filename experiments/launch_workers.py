@@ -1,8 +1,8 @@
 r"""Starts N TFF workers on this host and keeps them running until interrupted.
 
-Prints the `--workers` value for the driver, then waits; Ctrl-C (SIGINT) or
-SIGTERM stops every worker it started. A worker that exits early is reported
-and the others are stopped.
+Prints the `--workers` value for the driver, then waits; Ctrl-C (SIGINT, also when started in
+the background) or SIGTERM stops every worker it started, and so does its watchdog when it is
+killed outright (SIGKILL). A worker that exits early is reported and the others are stopped.
 
   python -m experiments.launch_workers --count=2 --base_port=8000 --tls_dir=certs
   python -m experiments.train ... --workers=127.0.0.1:8000,127.0.0.1:8001 --workers_tls_dir=certs
@@ -17,6 +17,7 @@ from absl import flags
 
 from experiments import flagfiles
 from experiments import worker_service
+from fedpara_tff import runtime
 
 _COUNT = flags.DEFINE_integer('count', 2, 'Workers to start (>= 1).')
 _BASE_PORT = flags.DEFINE_integer('base_port', 8000, 'Port of the first worker; then +1 each.')
@@ -64,8 +65,13 @@ def main(argv):
   flagfiles.no_positional(argv, 'launch_workers')
   worker_service.check_security_choice(_TLS_DIR.value, _INSECURE.value, 'launch_workers')
   ports = [_BASE_PORT.value + i for i in range(_COUNT.value)]
+  # As experiments.train: SIGINT works also when started in the background (where the shell
+  # ignores it for its children), SIGTERM like SIGINT, and a watchdog stops the workers if this
+  # process is killed outright (SIGKILL).
+  runtime.sigterm_as_keyboard_interrupt()
+  runtime.guard_workers()
   processes = start(ports, _CONCURRENCY.value, _TLS_DIR.value or None)
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+  runtime.guard_processes([p.pid for p in processes])
   print('--workers=' + ','.join(f'{_HOST.value}:{p}' for p in ports), flush=True)
   try:
     while True:

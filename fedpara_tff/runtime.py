@@ -74,6 +74,15 @@ def guard_workers():
   return watchdog.pid
 
 
+def guard_processes(pids):
+  """Has the watchdog (`guard_workers`) also stop the processes `pids` when this process exits,
+  however it dies (SIGKILL included)."""
+  guard_workers()
+  pipe = _WATCHDOG[0].stdin
+  pipe.write(''.join(f'{int(pid)}\n' for pid in pids).encode('ascii'))
+  pipe.flush()
+
+
 class Terminated(KeyboardInterrupt):
   """SIGTERM, delivered like Ctrl-C; `signum` is the signal's number."""
 

@@ -12,6 +12,10 @@ the recorded workers that are still the same processes (same pid and start
 time): SIGINT as TFF does, then SIGKILL after `GRACE_S`. A parent that exited
 cleanly has stopped its workers already, so then nothing is left to stop.
 
+The parent may also name other processes it wants stopped with it (`launch_workers` names the
+worker processes it started): it writes each pid as a line on the pipe, and the watchdog records
+that process (pid and start time) and stops it at end-of-file too, if it is still that process.
+
 It ignores SIGINT, SIGTERM and SIGHUP, which reach a whole process group on
 Ctrl-C, `kill -TERM -PGID` or a closed terminal: the parent handles them (or dies
 of them) and the watchdog must outlive it to clean up after it; it ends at the
@@ -83,19 +87,51 @@ def stop(processes, grace_s=GRACE_S):
       pass
 
 
+def record_named(lines, named):
+  """Adds the processes whose pids `lines` (complete lines of decimal pids) name to `named`
+  ({pid: create_time}); a pid that is gone is skipped."""
+  for line in lines:
+    if line.strip().isdigit():
+      try:
+        named[int(line)] = psutil.Process(int(line)).create_time()
+      except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        continue
+  return named
+
+
+def same_processes(named):
+  """The processes of `named` ({pid: create_time}) that are still those very processes."""
+  alive = []
+  for pid, created in named.items():
+    try:
+      process = psutil.Process(pid)
+      if process.create_time() == created:
+        alive.append(process)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+      continue
+  return alive
+
+
 def watch(parent_pid, pipe_fd, poll_s=POLL_S):
-  """Records `parent_pid`'s workers until `pipe_fd` reads end-of-file; returns those stopped."""
+  """Records `parent_pid`'s workers (and the processes named on the pipe) until `pipe_fd`
+  reads end-of-file; returns how many it stopped."""
   try:
     parent = psutil.Process(parent_pid)
   except psutil.NoSuchProcess:
     return 0
-  known = {}
+  known, named, pending = {}, {}, b''
   while True:
     record_workers(parent, known)
     ready, _, _ = select.select([pipe_fd], [], [], poll_s)
-    if ready and not os.read(pipe_fd, 4096):
+    if not ready:
+      continue
+    data = os.read(pipe_fd, 4096)
+    if not data:
       break
+    *lines, pending = (pending + data).split(b'\n')
+    record_named([line.decode('ascii', 'replace') for line in lines], named)
   alive = still_running(known)
+  alive += [p for p in same_processes(named) if p.pid not in {a.pid for a in alive}]
   stop(alive)
   return len(alive)
 
