@@ -3,15 +3,18 @@
 One `.npz` file per checkpoint, `ckpt-<round>.npz`, written to a temporary
 name and renamed, so a run killed at any moment leaves either the previous
 checkpoint or the new one, never half a file. Each file records the model's
-signature (trainable variable names and shapes) and is refused by a run whose
-model differs.
+signature (trainable variable names and shapes) and a digest of its run's identity (the flags and
+data of run.json), and is refused by a run whose model or identity differs.
 """
 
+import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
 import sys
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +32,26 @@ class CheckpointDamagedError(ValueError):
   """The checkpoint file cannot be read (truncated, bad CRC, not a checkpoint)."""
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """What a checkpoint must match: the model (`model_signature`) and the run (`run_digest` of
+  its identity, the flags and data of its run.json; None: not checked)."""
+  model: list
+  run: Optional[str] = None
+
+
+def _parts(signature):
+  """`(model, run)` of a `Signature`, or of a bare `model_signature` list (no run)."""
+  if isinstance(signature, Signature):
+    return signature.model, signature.run
+  return signature, None
+
+
+def run_digest(identity):
+  """A short digest of a run's identity (`run.json`'s content)."""
+  return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_signature(keras_model):
@@ -59,7 +82,7 @@ def save(directory, round_num, state, signature, counters, local_store=None, kee
     directory: the run's checkpoint folder (created if needed).
     round_num: rounds completed.
     state: the server state (any `tf.nest` structure of arrays).
-    signature: `model_signature` of the run's model.
+    signature: `Signature` of the run (or a bare `model_signature`).
     counters: JSON-serialisable run counters (bytes so far, wall time, ...).
     local_store: optional `{client_id: [arrays]}` of stateful clients.
     keep: how many checkpoints to keep.
@@ -70,8 +93,9 @@ def save(directory, round_num, state, signature, counters, local_store=None, kee
   for i, client in enumerate(clients):
     for j, value in enumerate(local_store[client]):
       arrays[f'local_{i:06d}_{j:03d}'] = np.asarray(value)
-  meta = dict(round=round_num, signature=signature, counters=counters, clients=clients,
-              state_size=len(tf.nest.flatten(state)))
+  model, run = _parts(signature)
+  meta = dict(round=round_num, signature=model, counters=counters, clients=clients,
+              state_size=len(tf.nest.flatten(state)), run=run)
   path = path_for(directory, round_num)
   temporary = f'{path}.tmp.npz'
   try:
@@ -148,7 +172,7 @@ def load(path, template_state, signature):
   Args:
     path: a checkpoint file.
     template_state: a freshly initialised state of this run (gives the structure).
-    signature: `model_signature` of this run's model.
+    signature: `Signature` of this run (or a bare `model_signature`).
 
   Raises:
     CheckpointMismatchError: another model, or a state of another structure.
@@ -161,13 +185,19 @@ def load(path, template_state, signature):
       meta[key]   # pylint: disable=pointless-statement
   except common.NPZ_READ_ERRORS as e:
     raise CheckpointDamagedError(f'checkpoint {path} is damaged ({type(e).__name__}: {e})') from e
-  if meta['signature'] != signature:
+  model, run = _parts(signature)
+  if meta['signature'] != model:
     theirs = {n: s for n, s in meta['signature']}
-    ours = {n: s for n, s in signature}
+    ours = {n: s for n, s in model}
     diff = sorted(set(map(str, theirs.items())) ^ set(map(str, ours.items())))[:3]
     raise CheckpointMismatchError(
         f'checkpoint {path} was written for another model ({len(theirs)} trainable variables '
         f'vs {len(ours)} here; first differences: {", ".join(diff)}); use another --output_dir.')
+  if run is not None and meta.get('run') not in (None, run):
+    raise CheckpointMismatchError(
+        f'checkpoint {path} was written by another run (run identity {meta["run"]}, this run '
+        f'{run}: another seed, data or setting); move it out of the folder or use another '
+        f'--output_dir.')
   named = _NAME.search(path)
   if named and int(named.group(1)) != meta['round']:
     raise CheckpointDamagedError(f'checkpoint {path} is damaged (it holds round {meta["round"]}, '

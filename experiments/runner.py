@@ -164,15 +164,16 @@ def run(config):
 def _run(config, data, parts, keras_model_fn, keras_model, workers):
   """The rounds of `run`; `workers`: the `RemoteWorkers` executor, or None."""
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
-  signature = checkpoints.model_signature(keras_model)
+  identity = dict(config.identity(), data_sha256=data.fingerprint())
+  # Checkpoints (and the client store) carry the run's identity: another run's are refused.
+  signature = checkpoints.Signature(checkpoints.model_signature(keras_model),
+                                    checkpoints.run_digest(identity))
   params, plain_params = _parameter_counts(keras_model)
   existed = os.path.isdir(config.output_dir)
   try:
     # One run at a time in a folder: a second one (or an --overwrite of a live run) is refused.
     with run_io.locked(config.output_dir):
-      resuming = run_io.prepare(config.output_dir,
-                                dict(config.identity(), data_sha256=data.fingerprint()),
-                                config.overwrite)
+      resuming = run_io.prepare(config.output_dir, identity, config.overwrite)
       try:
         return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
                        plain_params, resuming, workers)
@@ -205,7 +206,7 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
   # SCAFFOLD / FedDyn (their control variates / gradient state): the driver's layout says.
   if driver.local_layout:
     store = client_store.open_store(config.client_store, config.clients, config.output_dir,
-                                    driver.local_layout, resuming)
+                                    driver.local_layout, resuming, run=signature.run)
     driver.use_store(store)
   try:
     counters = round_loop.run_rounds(config, data, parts, keras_model_fn, signature, resuming,

@@ -103,7 +103,7 @@ class SQLiteClientStore:
 
   kind = 'sqlite'
 
-  def __init__(self, path, layout, cache_clients=256):
+  def __init__(self, path, layout, cache_clients=256, run=None, must_exist=False):
     self.path = path
     self.layout = None if layout is None else [
         (tuple(int(d) for d in shape), np.dtype(dtype).str) for shape, dtype in layout]
@@ -119,6 +119,10 @@ class SQLiteClientStore:
     except sqlite3.DatabaseError as e:
       raise ClientStoreError(f'client store {path} is damaged ({e}); start the run again with '
                              f'--overwrite (the clients\' state cannot be recovered).') from None
+    if must_exist and 'layout' not in stored:
+      raise ClientStoreError(f'client store {path} holds no clients\' state (it is empty or '
+                             f'not a store) although the run resumes from a checkpoint: the '
+                             f'clients\' state is lost; start the run again with --overwrite.')
     if layout is None:
       if 'layout' not in stored:
         raise ClientStoreError(f'client store {path} holds no layout; it is not a store.')
@@ -129,6 +133,12 @@ class SQLiteClientStore:
     elif stored['layout'] != wanted:
       raise ClientStoreError(f'client store {path} holds the state of another model (layout '
                              f'{stored["layout"][:80]}...); use another --output_dir.')
+    if run is not None and 'run' not in stored:
+      self._db.execute('INSERT INTO meta VALUES (?, ?)', ('run', run))
+    elif run is not None and stored['run'] != run:
+      raise ClientStoreError(f'client store {path} belongs to another run (run identity '
+                             f'{stored["run"]}, this run {run}: another seed, data or setting); '
+                             f'move it out of the folder or use another --output_dir.')
     self._round = int(stored.get('round', 0))
     self._in_transaction = False
 
@@ -227,11 +237,13 @@ def resolve_kind(kind, clients):
   return kind
 
 
-def open_store(kind, clients, directory, layout, resuming):
-  """The store of a run: `kind` resolved for `clients`; SQLite in `directory/FILE_NAME`.
+def open_store(kind, clients, directory, layout, resuming, run=None):
+  """The store of a run: `kind` resolved for `clients`; SQLite in `directory/FILE_NAME`,
+  stamped with the run's identity digest `run` (a store of another run is refused).
 
   Raises:
-    ClientStoreError: a resumed SQLite run whose store file is missing.
+    ClientStoreError: a resumed SQLite run whose store file is missing or empty, or a store of
+      another run.
   """
   kind = resolve_kind(kind, clients)
   if kind == 'memory':
@@ -240,4 +252,4 @@ def open_store(kind, clients, directory, layout, resuming):
   if resuming and not os.path.exists(path):
     raise ClientStoreError(f'client store {path} is missing, so the clients\' state is lost; '
                            f'start the run again with --overwrite.')
-  return SQLiteClientStore(path, layout)
+  return SQLiteClientStore(path, layout, run=run, must_exist=resuming)

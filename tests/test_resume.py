@@ -157,6 +157,39 @@ def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
   assert os.path.exists(path + '.away')   # nothing of the user's removed
 
 
+def test_state_of_another_run_is_refused(tmp_path):
+  """The issue's case: a seed-1 run's checkpoint, or its SQLite client store, copied into a
+  seed-0 run folder was resumed without a word. Both carry the run's identity now."""
+  runs = {seed: rs.config(tmp_path, f'seed{seed}', parameterization='pfedpara', rounds=1,
+                          client_store='sqlite', seed=seed) for seed in (0, 1)}
+  for config in runs.values():
+    runner.run(config)
+  mine, theirs = runs[0].output_dir, runs[1].output_dir
+  name = os.path.join('checkpoints', 'ckpt-000001.npz')
+  os.replace(os.path.join(mine, name), os.path.join(tmp_path, 'mine.npz'))
+  shutil.copy(os.path.join(theirs, name), os.path.join(mine, name))
+  runs[0].rounds = 2
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'ckpt-000001.npz was written by another run \(run identity'):
+    runner.run(runs[0])
+  os.replace(os.path.join(tmp_path, 'mine.npz'), os.path.join(mine, name))
+  store = os.path.join(mine, client_store.FILE_NAME)
+  shutil.copy(os.path.join(theirs, client_store.FILE_NAME), store)
+  with pytest.raises(client_store.ClientStoreError, match=r'belongs to another run'):
+    runner.run(runs[0])
+
+
+def test_an_emptied_store_is_not_silently_a_new_one(tmp_path):
+  """The issue's case: a store truncated to 0 bytes became a new, empty store."""
+  config = rs.config(tmp_path, parameterization='pfedpara', rounds=1, client_store='sqlite')
+  runner.run(config)
+  with open(os.path.join(config.output_dir, client_store.FILE_NAME), 'wb'):
+    pass
+  config.rounds = 2
+  with pytest.raises(client_store.ClientStoreError, match=r'holds no clients\' state .* resumes'):
+    runner.run(config)
+
+
 # ---- no orphaned worker, divergence is a failure ---------------------------------------------
 
 def _worker_children(pid):
