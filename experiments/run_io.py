@@ -12,6 +12,7 @@ Layout of `--output_dir`:
 import contextlib
 import csv
 import fcntl
+import io
 import json
 import math
 import os
@@ -208,6 +209,12 @@ def read_metrics(output_dir):
     return []
   try:
     with open(path, newline='') as f:
+      text = f.read()
+    # Every row ends with a newline: a last line without one was cut short (a short write on a
+    # full disk, a kill mid-write) and is not a row.
+    if not text.endswith('\n') and '\n' in text:
+      text = text[:text.rindex('\n') + 1]
+    with io.StringIO(text, newline='') as f:
       reader = csv.DictReader(f)
       if reader.fieldnames is not None and list(reader.fieldnames) not in (list(COLUMNS),
                                                                            list(LEGACY_COLUMNS)):
@@ -228,11 +235,22 @@ class MetricsWriter:
 
   On resume from round k, rows after k (written before the kill) are dropped
   first, so the CSV holds each round once.
+
+  Raises:
+    DamagedFileError: on resume, the rows of rounds up to k are not all there (the file was
+      deleted, or cut short before round k's checkpoint).
   """
 
   def __init__(self, output_dir, resume_round=0):
     self._path = os.path.join(output_dir, METRICS_FILE)
     kept = [r for r in read_metrics(output_dir) if r['round'] <= resume_round]
+    if [int(r['round']) for r in kept] != list(range(1, resume_round + 1)):
+      missing = sorted(set(range(1, resume_round + 1)) - {int(r['round']) for r in kept})
+      raise DamagedFileError(
+          f'{self._path} lacks the rows of rounds {_ranges(missing)} that the checkpoint of '
+          f'round {resume_round} follows (the file was deleted or cut short), so the history '
+          f'cannot be continued; nothing was changed: restore the file, or pass --overwrite to '
+          f'start the run again.')
     temporary = self._path + '.tmp'
     with open(temporary, 'w', newline='') as f:
       writer = csv.DictWriter(f, COLUMNS)
@@ -256,6 +274,17 @@ class MetricsWriter:
 
   def close(self):
     self._summary.close()
+
+
+def _ranges(numbers):
+  """`[1, 2, 3, 7]` -> `'1-3, 7'`."""
+  spans = []
+  for n in numbers:
+    if spans and n == spans[-1][1] + 1:
+      spans[-1][1] = n
+    else:
+      spans.append([n, n])
+  return ', '.join(str(a) if a == b else f'{a}-{b}' for a, b in spans)
 
 
 def _cell(value, column=None):

@@ -157,6 +157,40 @@ def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
   assert os.path.exists(path + '.away')   # nothing of the user's removed
 
 
+def test_a_torn_last_metrics_row_is_not_a_row(tmp_path):
+  """The issue's case: a short write left `...,7638` of 763872 and empty cells; the row was
+  kept and rewritten with those values on resume. A last line without its newline is dropped,
+  and the run rewrites that round from its checkpoint."""
+  config = rs.config(tmp_path, rounds=2)
+  runner.run(config)
+  whole = rs.rows(config.output_dir)
+  path = os.path.join(config.output_dir, run_io.METRICS_FILE)
+  with open(path) as f:
+    text = f.read()
+  with open(path, 'w') as f:
+    f.write(text[:-len(text.splitlines()[-1]) - 1] + text.splitlines()[-1][:25])  # cut round 2
+  assert [r['round'] for r in run_io.read_metrics(config.output_dir)] == [1.0]
+  os.remove(checkpoints.path_for(os.path.join(config.output_dir, 'checkpoints'), 2))
+  runner.run(config)   # resumes from round 1's checkpoint and writes round 2 again
+
+  def timeless(rows):
+    return [{k: v for k, v in row.items() if k != 'wall_time_s'} for row in rows]
+
+  assert timeless(rs.rows(config.output_dir)) == timeless(whole)
+
+
+def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tmp_path):
+  config = rs.config(tmp_path, rounds=2)
+  runner.run(config)
+  os.remove(os.path.join(config.output_dir, run_io.METRICS_FILE))
+  config.rounds = 3
+  with pytest.raises(run_io.DamagedFileError,
+                     match=r'metrics.csv lacks the rows of rounds 1-2 that the checkpoint of '
+                           r'round 2 follows'):
+    runner.run(config)
+  assert not os.path.exists(os.path.join(config.output_dir, run_io.METRICS_FILE))
+
+
 def test_state_of_another_run_is_refused(tmp_path):
   """The issue's case: a seed-1 run's checkpoint, or its SQLite client store, copied into a
   seed-0 run folder was resumed without a word. Both carry the run's identity now."""
