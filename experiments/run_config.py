@@ -60,7 +60,7 @@ class RunConfig:
   local_layers: Tuple[str, ...] = ('logits',)
   algorithm: str = 'fedavg'
   client_learning_rate: float = 0.1
-  server_learning_rate: float = 1.0
+  server_learning_rate: Optional[float] = None   # None: the algorithm's default
   lr_decay: float = 1.0
   client_momentum: float = 0.0
   server_momentum: float = 0.0
@@ -106,6 +106,12 @@ class RunConfig:
         server_momentum=self.server_momentum, server_beta_2=self.server_beta_2,
         jacobian_correction=self.jacobian_correction,
         quantization_bits=self.quantization_bits or None)
+
+  def __post_init__(self):
+    # The algorithm's default server learning rate, resolved here so that run.json records it.
+    if self.server_learning_rate is None:
+      server_optimizer = settings_lib.SERVER_OPTIMIZERS.get(self.algorithm, 'sgd')
+      self.server_learning_rate = settings_lib.default_server_learning_rate(server_optimizer)
 
   def identity(self):
     """The flags a restart must repeat to resume this run (JSON-ready)."""

@@ -98,8 +98,9 @@ flags.DEFINE_enum('client_optimizer', _DEFAULTS.client_optimizer,
                   'Client optimizer, reset every round (adam: beta 0.9 / 0.999, eps 1e-7).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
     'Client SGD learning rate.')
-flags.DEFINE_float('server_learning_rate', _DEFAULTS.server_learning_rate,
-    'Server optimizer learning rate.')
+flags.DEFINE_float('server_learning_rate', None,
+    'Server optimizer learning rate; default 1.0 with server SGD (FedAvg), 0.01 with '
+    'fedadam / fedyogi / fedadagrad (the paper\'s FedAdam; 1.0 diverges there).')
 flags.DEFINE_float('lr_decay', _DEFAULTS.lr_decay, 'Client learning rate x this per round (0, 1].')
 flags.DEFINE_float('client_momentum', _DEFAULTS.client_momentum, 'Client SGD momentum.')
 flags.DEFINE_float('server_momentum', _DEFAULTS.server_momentum,
@@ -154,8 +155,12 @@ flags.mark_flag_as_required('output_dir')
 
 def _register_check(name, check, allowed):
   """The flag's validator: a float flag must also be finite (`inf` passes `v > 0`)."""
-  if isinstance(flags.FLAGS[name].default, float):
-    check = (lambda c: lambda v: v is not None and math.isfinite(v) and c(v))(check)
+  flag = flags.FLAGS[name]
+  if flag.flag_type() == 'float':
+    # A float flag whose default is None ("the algorithm's default") may stay None.
+    optional = flag.default is None
+    check = (lambda c: lambda v: (v is None and optional) or (
+        v is not None and math.isfinite(v) and c(v)))(check)
     if allowed.startswith('>'):   # an interval open above: say that inf is refused too
       allowed = f'a finite number {allowed}'
   flags.register_validator(name, check, message=f'--{name} must be {allowed}.')

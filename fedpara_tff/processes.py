@@ -57,7 +57,7 @@ def model_weights_type(model_fn):
 
 def build_fedpara_process(
     model_fn: Any, *, algorithm: str = 'fedavg', client_learning_rate: float = 0.1,
-    server_learning_rate: float = 1.0, client_momentum: float = 0.0,
+    server_learning_rate: Optional[float] = None, client_momentum: float = 0.0,
     server_momentum: float = 0.0, lr_decay: float = 1.0,
     keras_model_fn: Optional[Callable[[], tf.keras.Model]] = None,
     client_optimizer: str = 'sgd', server_beta_2: float = settings_lib.DEFAULT_SERVER_BETA_2,
@@ -80,8 +80,9 @@ def build_fedpara_process(
       refused: TFF 0.87's builder pushes clients away from the server model; FedProx
       runs on `fedpara_tff.build_fedavg_driver(proximal_strength=mu)`.
     client_learning_rate: client learning rate at round 0 (> 0).
-    server_learning_rate: server optimizer learning rate (> 0; 1.0 for plain
-      FedAvg).
+    server_learning_rate: server optimizer learning rate (> 0); default 1.0 for server SGD
+      (plain FedAvg), 0.01 for FedAdam / FedYogi / FedAdagrad
+      (`fedpara_tff.settings.default_server_learning_rate`).
     client_momentum, server_momentum: SGD momentum (0 = none); for MIME-lite
       the client momentum is the base optimizer's.
     server_beta_2: second-moment decay of FedAdam / FedYogi's server optimizer

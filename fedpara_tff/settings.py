@@ -31,13 +31,26 @@ DEFAULT_SERVER_BETA_2 = 0.999
 SGD_CORRECTING = ('scaffold', 'feddyn', 'mimelite')
 
 
+# The server learning rate an algorithm gets when none is given: 1.0 is FedAvg's averaging step;
+# an adaptive server optimizer normalises its step, so 1.0 moves every weight by about 1 per
+# round and diverges: the paper's FedAdam uses 0.01.
+ADAPTIVE_SERVER_LEARNING_RATE = 0.01
+
+
+def default_server_learning_rate(server_optimizer: str) -> float:
+  """The server learning rate for `server_optimizer` ('sgd', 'adam', 'yogi', 'adagrad')."""
+  return 1.0 if server_optimizer == 'sgd' else ADAPTIVE_SERVER_LEARNING_RATE
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundSettings:
   """How clients train and the server steps, for every algorithm of the shared round.
 
   Attributes:
     client_learning_rate: the client learning rate at round 0 (> 0).
-    server_learning_rate: the server optimizer's learning rate (> 0; 1.0 is plain FedAvg).
+    server_learning_rate: the server optimizer's learning rate (> 0). Default
+      (`default_server_learning_rate`): 1.0 with server SGD (plain FedAvg), 0.01 with server
+      Adam, Yogi or Adagrad (the paper's FedAdam; 1.0 diverges there).
     local_epochs: passes over each client's data per round (an integer >= 1).
     lr_decay: the client learning rate at round r (from 0) is
       `client_learning_rate * lr_decay**r`; in (0, 1].
@@ -61,7 +74,7 @@ class RoundSettings:
       `fedpara_tff.aggregators.FactorAggregatorFactory` checks it).
   """
   client_learning_rate: float = 0.1
-  server_learning_rate: float = 1.0
+  server_learning_rate: Optional[float] = None
   local_epochs: int = 1
   lr_decay: float = 1.0
   client_optimizer: str = 'sgd'
@@ -80,8 +93,6 @@ class RoundSettings:
     set_ = lambda name, value: object.__setattr__(self, name, value)
     set_('client_learning_rate', validation.finite_positive(
         self.client_learning_rate, 'client_learning_rate'))
-    set_('server_learning_rate', validation.finite_positive(
-        self.server_learning_rate, 'server_learning_rate'))
     set_('local_epochs', validation.integer(self.local_epochs, 'local_epochs'))
     set_('lr_decay', validation.fraction(self.lr_decay, 'lr_decay', low_closed=False,
                                          high_closed=True))
@@ -92,6 +103,10 @@ class RoundSettings:
                                                               'proximal_strength'))
     set_('feddyn_alpha', validation.finite_positive(self.feddyn_alpha, 'feddyn_alpha'))
     set_('server_optimizer', self._server_optimizer())
+    if self.server_learning_rate is None:
+      set_('server_learning_rate', default_server_learning_rate(self.server_optimizer))
+    set_('server_learning_rate', validation.finite_positive(
+        self.server_learning_rate, 'server_learning_rate'))
     set_('server_momentum', validation.fraction(self.server_momentum, 'server_momentum'))
     set_('server_beta_2', validation.number(self.server_beta_2, 'server_beta_2', 0.0, 1.0,
                                             low_closed=False, high_closed=False))

@@ -11,6 +11,7 @@ import sys
 from absl import flags
 import pytest
 
+import fedpara_tff
 from experiments import checkpoints
 from experiments import run_config
 from experiments import run_io
@@ -227,3 +228,18 @@ def test_a_folder_in_use_by_a_run_is_refused_naming_its_pid(tmp_path):
   # Released with its holder: the folder is usable again (here it refuses for its stray file).
   with pytest.raises(run_io.RunConflictError, match=r'holds no run \(no run\.json'):
     runner.run(rs.config(tmp_path))
+
+
+def test_fedadam_gets_a_server_learning_rate_that_works(tmp_path):
+  """The issue's case: --algorithm=fedadam with the default --server_learning_rate (1.0, FedAvg's)
+  diverged at round 2. The default is now the algorithm's: 0.01 for the adaptive server
+  optimizers (the paper's FedAdam), 1.0 for server SGD; run.json records the number."""
+  assert fedpara_tff.RoundSettings(algorithm='fedadam').server_learning_rate == 0.01
+  assert fedpara_tff.RoundSettings(algorithm='fedyogi').server_learning_rate == 0.01
+  assert fedpara_tff.RoundSettings().server_learning_rate == 1.0
+  assert run_config.RunConfig(output_dir='x', algorithm='fedadagrad').server_learning_rate == 0.01
+  config = rs.config(tmp_path, algorithm='fedadam', rounds=3)
+  summary = runner.run(config)
+  assert summary['rounds'] == 3 and math.isfinite(summary['train_loss'])
+  with open(os.path.join(config.output_dir, run_io.RUN_FILE)) as f:
+    assert json.load(f)['server_learning_rate'] == 0.01
