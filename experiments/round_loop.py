@@ -48,6 +48,37 @@ def divergence(row, clients, weights):
   return None
 
 
+def divergence_hint(config, diverged):
+  """What to change after `divergence` said `diverged`: the flag whose step blew up, named.
+
+  The clients' updates: with client SGD, a weight decay or proximal term whose own step
+  `lr x strength` reaches 1 flips and grows the weights every step, whatever the loss does: that
+  flag; else the client
+  learning rate (and the factor step rule, when one is on). The server model with finite client
+  updates: the server step (its momentum, when on). A non-finite test loss on finite weights:
+  logits grown too large, the client learning rate.
+  """
+  lr = config.client_learning_rate
+  if diverged.startswith('the server model'):
+    if config.server_momentum:
+      return (f'server_momentum={config.server_momentum} with server_learning_rate='
+              f'{config.server_learning_rate} overshoots: try --server_momentum=0 or '
+              f'--server_learning_rate={config.server_learning_rate / 10:g}.')
+    return (f'the server step overshoots at server_learning_rate={config.server_learning_rate}: '
+            f'try --server_learning_rate={config.server_learning_rate / 10:g}.')
+  sgd = config.client_optimizer == 'sgd'   # Adam normalises its step: no such factor
+  if sgd and config.weight_decay and lr * config.weight_decay >= 1:
+    return (f'weight_decay={config.weight_decay} at client_learning_rate={lr} makes each step '
+            f'scale the weights by {1 - lr * config.weight_decay:g}: try '
+            f'--weight_decay={0.5 / lr:g} or less.')
+  if sgd and config.algorithm == 'fedprox' and lr * config.fedprox_mu >= 1:
+    return (f'fedprox_mu={config.fedprox_mu} at client_learning_rate={lr} overshoots the '
+            f'proximal pull every step: try --fedprox_mu={0.5 / lr:g} or less.')
+  scale = f' (with --factor_lr_scale={config.factor_lr_scale})' if config.factor_lr_scale else ''
+  return (f'the client step overshoots at client_learning_rate={lr}{scale}: try '
+          f'--client_learning_rate={lr / 10:g}.')
+
+
 def shuffle_seed(seed, round_num, client):
   return int((seed * 1_000_003 + round_num * 10_007 + client) % (2**31 - 1))
 
@@ -176,10 +207,8 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
       if diverged:
         kept = checkpoints.latest(checkpoint_dir)
         raise RunDivergedError(
-            f'round {round_num}: training diverged: {diverged} at client_learning_rate='
-            f'{config.client_learning_rate}, server_learning_rate={config.server_learning_rate}; '
-            f'the last checkpoint (round {kept[0] if kept else 0}) is kept. Try a smaller '
-            f'learning rate, e.g. --client_learning_rate={config.client_learning_rate / 10:g}.')
+            f'round {round_num}: training diverged: {diverged}; the last checkpoint (round '
+            f'{kept[0] if kept else 0}) is kept. {divergence_hint(config, diverged)}')
       counters['bytes_uploaded'] += row['bytes_uploaded']
       counters['bytes_downloaded'] += row['bytes_downloaded']
       counters['wall_time_s'] += time.perf_counter() - began

@@ -243,3 +243,27 @@ def test_fedadam_gets_a_server_learning_rate_that_works(tmp_path):
   assert summary['rounds'] == 3 and math.isfinite(summary['train_loss'])
   with open(os.path.join(config.output_dir, run_io.RUN_FILE)) as f:
     assert json.load(f)['server_learning_rate'] == 0.01
+
+
+@pytest.mark.parametrize('diverged, settings, hint', [
+    ("every client's update was non-finite (2 of 2 clients)", {},
+     'the client step overshoots at client_learning_rate=0.1: try --client_learning_rate=0.01.'),
+    ("every client's update was non-finite (2 of 2 clients)", dict(weight_decay=20.0),
+     'weight_decay=20.0 at client_learning_rate=0.1 makes each step scale the weights by -1: '
+     'try --weight_decay=5 or less.'),
+    ("every client's update was non-finite (2 of 2 clients)",
+     dict(algorithm='fedprox', fedprox_mu=10.0),
+     'fedprox_mu=10.0 at client_learning_rate=0.1 overshoots the proximal pull every step: try '
+     '--fedprox_mu=5 or less.'),
+    ('the server model has non-finite values (variable 0 of 4)', dict(server_learning_rate=5.0),
+     'the server step overshoots at server_learning_rate=5.0: try --server_learning_rate=0.5.'),
+    ('the server model has non-finite values (variable 0 of 4)', dict(server_momentum=0.9),
+     'server_momentum=0.9 with server_learning_rate=1.0 overshoots: try --server_momentum=0 or '
+     '--server_learning_rate=0.1.'),
+])
+def test_the_divergence_hint_names_the_flag_that_caused_it(diverged, settings, hint):
+  """The issue's case: the hint always suggested a smaller client learning rate, also when the
+  server learning rate or the weight decay caused it."""
+  from experiments import round_loop  # pylint: disable=g-import-not-at-top
+  config = run_config.RunConfig(output_dir='x', **settings)
+  assert round_loop.divergence_hint(config, diverged) == hint

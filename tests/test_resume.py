@@ -290,8 +290,9 @@ def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
   config = rs.config(tmp_path, rounds=3, client_learning_rate=1e6)
   with pytest.raises(round_loop.RunDivergedError,
                      match=r'round 1: training diverged: every client\'s update was non-finite '
-                           r'\(2 of 2 clients\) at client_learning_rate=1000000.0, '
-                           r'server_learning_rate=1.0; the last checkpoint \(round 0\) is kept'):
+                           r'\(2 of 2 clients\); the last checkpoint \(round 0\) is kept\. the '
+                           r'client step overshoots at client_learning_rate=1000000.0: try '
+                           r'--client_learning_rate=100000\.$'):
     runner.run(config)
   # A new run that stopped before its first checkpoint leaves nothing that blocks the fix.
   assert not os.path.exists(config.output_dir)
