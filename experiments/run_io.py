@@ -258,9 +258,12 @@ class MetricsWriter:
       for row in kept:
         writer.writerow({k: _cell(row.get(k), k) for k in COLUMNS})
     os.replace(temporary, self._path)
+    board = os.path.join(output_dir, 'tensorboard')
+    if os.path.lexists(board) and not os.path.isdir(board):
+      raise DamagedFileError(f'{board} is a file, not the run\'s TensorBoard folder; move it '
+                             f'away and rerun the same command.')
     # The suffix marks the event files as this run's (`experiments.ownership`).
-    self._summary = tf.summary.create_file_writer(os.path.join(output_dir, 'tensorboard'),
-                                                  filename_suffix=ownership.EVENTS_SUFFIX)
+    self._summary = tf.summary.create_file_writer(board, filename_suffix=ownership.EVENTS_SUFFIX)
 
   def write(self, row):
     with open(self._path, 'a', newline='') as f:

@@ -19,6 +19,7 @@ import sys
 
 from absl import flags
 from absl import logging
+import tensorflow as tf
 
 from experiments import checkpoints
 from experiments import flagfiles
@@ -219,6 +220,14 @@ def run_or_exit(config, program='train'):
           round_loop.RunInterruptedError) as e:
     message = ' '.join(str(e).split())
     raise SystemExit(f'{program}: error: {message}') from None
+  except (OSError, tf.errors.OpError) as e:
+    # A full disk, a folder made read-only or removed under the run: one line naming the path.
+    kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))
+    what = (f'{e.strerror}: {e.filename}' if isinstance(e, OSError) and e.filename
+            else ' '.join(str(getattr(e, 'message', e)).split()))
+    raise SystemExit(f'{program}: error: cannot write the run ({what}); the last checkpoint '
+                     f'(round {kept[0] if kept else 0}) is kept: fix that and rerun the same '
+                     f'command to resume.') from None
   except KeyboardInterrupt as e:
     signum = getattr(e, 'signum', signal.SIGINT)
     kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))

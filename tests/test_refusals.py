@@ -267,3 +267,34 @@ def test_the_divergence_hint_names_the_flag_that_caused_it(diverged, settings, h
   from experiments import round_loop  # pylint: disable=g-import-not-at-top
   config = run_config.RunConfig(output_dir='x', **settings)
   assert round_loop.divergence_hint(config, diverged) == hint
+
+
+def test_tensorboard_replaced_by_a_file_is_one_line(tmp_path):
+  config = rs.config(tmp_path, rounds=1)
+  runner.run(config)
+  board = os.path.join(config.output_dir, 'tensorboard')
+  shutil.rmtree(board)
+  with open(board, 'w') as f:
+    f.write('x')
+  config.rounds = 2
+  with pytest.raises(SystemExit, match=rf'^train: error: {board} is a file, not the run\'s '
+                                       r'TensorBoard folder; move it away') as e:
+    train.run_or_exit(config)
+  assert '\n' not in str(e.value)
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_path, monkeypatch):
+  config = rs.config(tmp_path, rounds=1)
+  runner.run(config)
+  metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
+
+  def full_disk(self, row):
+    raise OSError(28, 'No space left on device', metrics)
+
+  monkeypatch.setattr(run_io.MetricsWriter, 'write', full_disk)
+  config.rounds = 2
+  with pytest.raises(SystemExit) as e:
+    train.run_or_exit(config)
+  assert str(e.value) == (f'train: error: cannot write the run (No space left on device: '
+                          f'{metrics}); the last checkpoint (round 1) is kept: fix that and '
+                          f'rerun the same command to resume.')
