@@ -21,6 +21,7 @@ import collections
 import json
 import os
 import sqlite3
+import sys
 
 import numpy as np
 
@@ -110,15 +111,12 @@ class SQLiteClientStore:
     self._cache = collections.OrderedDict()
     self._cache_clients = int(cache_clients)
     try:
-      self._db = sqlite3.connect(path, isolation_level=None)
-      self._db.execute('PRAGMA journal_mode=WAL')
-      self._db.execute('PRAGMA synchronous=FULL')
+      self._db = _connect(path)
       self._db.execute('CREATE TABLE IF NOT EXISTS clients (id TEXT PRIMARY KEY, state BLOB)')
       self._db.execute('CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)')
       stored = dict(self._db.execute('SELECT key, value FROM meta'))
     except sqlite3.DatabaseError as e:
-      raise ClientStoreError(f'client store {path} is damaged ({e}); start the run again with '
-                             f'--overwrite (the clients\' state cannot be recovered).') from None
+      raise _store_error(path, e) from None
     if must_exist and 'layout' not in stored:
       raise ClientStoreError(f'client store {path} holds no clients\' state (it is empty or '
                              f'not a store) although the run resumes from a checkpoint: the '
@@ -141,6 +139,7 @@ class SQLiteClientStore:
                              f'move it out of the folder or use another --output_dir.')
     self._round = int(stored.get('round', 0))
     self._in_transaction = False
+    self._inode = os.stat(path).st_ino
 
   def _encode(self, value):
     arrays = [np.ascontiguousarray(v, dtype=np.dtype(d)) for v, (_, d) in zip(value, self.layout)]
@@ -150,15 +149,19 @@ class SQLiteClientStore:
                        f'the store layout {[s for s, _ in self.layout]}.')
     return b''.join(a.tobytes() for a in arrays)
 
-  def _decode(self, blob):
+  def _decode(self, blob, client=None):
+    sizes = [int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+             for shape, dtype in self.layout]
+    if not isinstance(blob, bytes) or len(blob) != sum(sizes):
+      kind = f'{len(blob)} bytes' if isinstance(blob, bytes) else f'a {type(blob).__name__}'
+      raise ClientStoreError(f'client store {self.path}: the row of client {client!r} holds '
+                             f'{kind}, not the {sum(sizes)} bytes of its state; the store is '
+                             f'damaged: start the run again with --overwrite.')
     values, offset = [], 0
-    for shape, dtype in self.layout:
-      count = int(np.prod(shape, dtype=np.int64))
-      values.append(np.frombuffer(blob, np.dtype(dtype), count, offset).reshape(shape).copy())
-      offset += count * np.dtype(dtype).itemsize
-    if offset != len(blob):
-      raise ClientStoreError(f'client store {self.path} holds a row of {len(blob)} bytes, not '
-                             f'{offset}; start the run again with --overwrite.')
+    for (shape, dtype), size in zip(self.layout, sizes):
+      values.append(np.frombuffer(blob, np.dtype(dtype), size // np.dtype(dtype).itemsize,
+                                  offset).reshape(shape).copy())
+      offset += size
     return values
 
   def _remember(self, client, value):
@@ -176,7 +179,7 @@ class SQLiteClientStore:
       marks = ','.join('?' * len(chunk))
       try:
         rows = self._db.execute(f'SELECT id, state FROM clients WHERE id IN ({marks})', chunk)
-        found.update((client, self._decode(blob)) for client, blob in rows)
+        found.update((client, self._decode(blob, client)) for client, blob in rows)
       except sqlite3.DatabaseError as e:
         raise ClientStoreError(f'client store {self.path} is damaged ({e}); start the run '
                                f'again with --overwrite.') from None
@@ -191,27 +194,56 @@ class SQLiteClientStore:
   def put(self, ids, values):
     ids = _check_ids(ids, values)
     rows = [(client, self._encode(value)) for client, value in zip(ids, values)]
-    if not self._in_transaction:
-      self._db.execute('BEGIN IMMEDIATE')
-      self._in_transaction = True
-    self._db.executemany('INSERT OR REPLACE INTO clients VALUES (?, ?)', rows)
+    try:
+      if not self._in_transaction:
+        self._db.execute('BEGIN IMMEDIATE')
+        self._in_transaction = True
+      self._db.executemany('INSERT OR REPLACE INTO clients VALUES (?, ?)', rows)
+    except sqlite3.DatabaseError as e:
+      raise _store_error(self.path, e) from None
     for client, value in zip(ids, values):
       self._remember(client, [np.asarray(v) for v in value])
 
   def commit(self, round_num):
     """Makes every `put` since the last commit durable, with `round_num`, in one transaction."""
-    if not self._in_transaction:
-      self._db.execute('BEGIN IMMEDIATE')
-    self._db.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)', ('round', str(int(round_num))))
-    self._db.execute('COMMIT')
+    try:
+      if not self._in_transaction:
+        self._db.execute('BEGIN IMMEDIATE')
+      self._db.execute('INSERT OR REPLACE INTO meta VALUES (?, ?)',
+                       ('round', str(int(round_num))))
+      self._db.execute('COMMIT')
+    except sqlite3.DatabaseError as e:
+      raise _store_error(self.path, e) from None
     self._in_transaction = False
     self._round = int(round_num)
+    self._restore_if_deleted()
+
+  def _restore_if_deleted(self):
+    """After a commit: if the file was deleted under the run (the connection still holds it
+    whole), writes it back from the open connection and continues on the new file."""
+    try:
+      if os.stat(self.path).st_ino == self._inode:
+        return
+      raise ClientStoreError(f'client store {self.path} was replaced by another file during '
+                             f'the run; move that file away and rerun the same command.')
+    except FileNotFoundError:
+      pass
+    copy = sqlite3.connect(self.path)
+    try:
+      self._db.backup(copy)
+    finally:
+      copy.close()
+    self._db.close()
+    self._db = _connect(self.path)
+    self._inode = os.stat(self.path).st_ino
+    print(f'client store {self.path} was deleted during the run; written back from the open '
+          f'copy (round {self._round}).', file=sys.stderr, flush=True)
 
   def committed_round(self):
     return self._round
 
   def snapshot(self):
-    return {client: self._decode(blob)
+    return {client: self._decode(blob, client)
             for client, blob in self._db.execute('SELECT id, state FROM clients ORDER BY id')}
 
   def __len__(self):
@@ -226,6 +258,25 @@ class SQLiteClientStore:
       self._db.execute('ROLLBACK')
       self._in_transaction = False
     self._db.close()
+
+
+def _connect(path):
+  db = sqlite3.connect(path, isolation_level=None)
+  db.execute('PRAGMA journal_mode=WAL')
+  db.execute('PRAGMA synchronous=FULL')
+  return db
+
+
+def _store_error(path, error):
+  """The one-line error for an SQLite `error` on the store at `path`: a store that cannot be
+  written (read-only file or folder, no permission) is not a damaged one."""
+  text = str(error)
+  if any(s in text for s in ('readonly', 'read-only', 'unable to open', 'access permission')):
+    return ClientStoreError(f'client store {path} cannot be written ({text}); nothing was lost: '
+                            f'make the file and its folder writable and rerun the same command '
+                            f'to resume.')
+  return ClientStoreError(f'client store {path} is damaged ({text}); start the run again with '
+                          f'--overwrite (the clients\' state cannot be recovered).')
 
 
 def resolve_kind(kind, clients):

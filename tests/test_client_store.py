@@ -133,3 +133,73 @@ def test_sigkill_at_any_moment_leaves_the_last_commit_whole(tmp_path, delay):
     else:
       assert not values
     store.close()
+
+
+def _state(seed):
+  rng = np.random.default_rng(seed)
+  return [rng.normal(size=s).astype(d) for s, d in LAYOUT]
+
+
+def test_a_corrupt_row_is_named_with_its_store_and_client(tmp_path):
+  """The issue's case: a corrupt row gave an error naming neither the store nor the client."""
+  import sqlite3  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 's.sqlite')
+  store = client_store.SQLiteClientStore(path, LAYOUT)
+  store.put(['c1'], [_state(1)])
+  store.commit(1)
+  store.close()
+  db = sqlite3.connect(path)
+  db.execute("UPDATE clients SET state = ? WHERE id = 'c1'", (b'short',))
+  db.commit()
+  db.close()
+  store = client_store.SQLiteClientStore(path, LAYOUT)
+  with pytest.raises(client_store.ClientStoreError,
+                     match=rf"^client store {path}: the row of client 'c1' holds 5 bytes, not "
+                           r'the 40 bytes of its state'):
+    store.get(['c1'])
+  store.close()
+
+
+def test_a_read_only_store_is_not_called_damaged(tmp_path, monkeypatch):
+  """The issue's cases: a read-only store gave a 30-line traceback, a read-only run folder "the
+  store is damaged, start again with --overwrite", which would destroy recoverable state."""
+  import sqlite3  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 's.sqlite')
+  store = client_store.SQLiteClientStore(path, LAYOUT)
+  store.put(['c1'], [_state(1)])
+  store.commit(1)
+  store.close()
+  real = sqlite3.connect
+  # Root ignores file modes: open the file read-only through SQLite itself instead.
+  monkeypatch.setattr(client_store.sqlite3, 'connect',
+                      lambda p, **kw: real(f'file:{p}?mode=ro', uri=True, **kw))
+  with pytest.raises(client_store.ClientStoreError) as e:
+    store = client_store.SQLiteClientStore(path, LAYOUT)
+    store.put(['c2'], [_state(2)])
+    store.commit(2)
+  assert str(e.value).startswith(f'client store {path} cannot be written (')
+  assert 'nothing was lost' in str(e.value) and '--overwrite' not in str(e.value)
+
+
+def test_a_store_deleted_during_the_run_is_written_back(tmp_path, capsys):
+  """The issue's case: the run wrote into the unlinked file to the end and lost every client's
+  state. The next commit writes the file back from the open connection."""
+  path = str(tmp_path / 's.sqlite')
+  store = client_store.SQLiteClientStore(path, LAYOUT)
+  store.put(['c1'], [_state(1)])
+  store.commit(1)
+  for suffix in ('', '-wal', '-shm'):
+    if os.path.exists(path + suffix):
+      os.remove(path + suffix)
+  store.put(['c2'], [_state(2)])
+  store.commit(2)
+  assert 'was deleted during the run; written back' in capsys.readouterr().err
+  store.put(['c3'], [_state(3)])
+  store.commit(3)
+  store.close()
+  reopened = client_store.SQLiteClientStore(path, LAYOUT)
+  assert reopened.committed_round() == 3
+  for client, seed in (('c1', 1), ('c2', 2), ('c3', 3)):
+    for got, want in zip(reopened.get([client])[0], _state(seed)):
+      np.testing.assert_array_equal(got, want)
+  reopened.close()
