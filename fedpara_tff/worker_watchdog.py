@@ -60,16 +60,8 @@ def record_workers(parent, known):
 
 
 def still_running(known):
-  """The processes of `known` ({pid: create_time}) that are still those very processes."""
-  alive = []
-  for pid, created in known.items():
-    try:
-      process = psutil.Process(pid)
-      if process.create_time() == created and _is_worker(process):
-        alive.append(process)
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-      continue
-  return alive
+  """The processes of `known` ({pid: create_time}) that are still those very workers."""
+  return [process for process in same_processes(known) if _is_worker(process)]
 
 
 def stop(processes, grace_s=GRACE_S):
