@@ -46,8 +46,10 @@ KerasModelFn = Callable[[], Any]   # returns a new tf.keras.Model
 
 
 def check_round_clients(client_ids, datasets):
-  """`client_ids` as a list, if they are distinct and one per dataset; else a ValueError."""
+  """`client_ids` as a list, if there are some, distinct, one per dataset; else a ValueError."""
   client_ids = list(client_ids)
+  if not client_ids:
+    raise ValueError('a round needs at least one client; got no client_ids.')
   if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
     raise ValueError(f'client_ids must be distinct and match the datasets; got '
                      f'{client_ids!r} for {len(datasets)} datasets.')
@@ -90,6 +92,10 @@ class PersonalizedDriver:
                local_layers: Sequence[str] = (), loss_fn: Optional[Callable[[], Any]] = None,
                aggregator: Optional[Any] = None, require_local: bool = True,
                client_executor: Optional[Callable[[Any], Any]] = None, **settings_fields: Any):
+    if isinstance(keras_model_fn, tf.keras.Model) or not callable(keras_model_fn):
+      raise TypeError(f'keras_model_fn must be a function returning a new Keras model (TFF '
+                      f'builds the model inside its computations); got '
+                      f'{type(keras_model_fn).__name__}: pass e.g. `lambda: make_model()`.')
     if settings is None:
       settings = settings_lib.RoundSettings(**settings_fields)
     elif settings_fields:
@@ -176,9 +182,10 @@ class PersonalizedDriver:
       over the clients whose training stayed finite, diverged_clients,
       bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
     """
+    datasets = list(datasets)   # any iterable, as `evaluate` takes
     client_ids = check_round_clients(client_ids, datasets)
     state, new_local, metrics = self.client_executor.train(
-        state, client_ids, list(datasets), self.local_states(client_ids))
+        state, client_ids, datasets, self.local_states(client_ids))
     self.store_locals(client_ids, new_local)
     return state, metrics
 

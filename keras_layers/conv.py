@@ -132,6 +132,8 @@ class _FactorizedConv(base.FactorizedLayer):
     return self.factorization.compose()
 
   def call(self, inputs):
+    # As Keras' Dense / Conv: integer (or other) inputs are cast to the compute dtype.
+    inputs = ops.cast(inputs, self.compute_dtype)
     kernel = self._recorded(self.composed_kernel(), self.factorization)
     padding = self.padding
     if padding == 'causal':

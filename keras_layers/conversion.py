@@ -131,6 +131,36 @@ def _too_small(layer):
   return any(ranks.r_max(shape) < 1 for shape in _kernel_shapes(layer))
 
 
+def _check_model(model, function):
+  """`convert` and `export` take a Sequential or Functional model: anything else, one line."""
+  if not isinstance(model, keras.Model):
+    raise TypeError(f'{function} takes a Sequential or Functional keras.Model; got '
+                    f'{type(model).__name__} (a model holding that layer: '
+                    f'keras.Sequential([keras.Input(shape), layer])).' if isinstance(
+                        model, keras.layers.Layer) else
+                    f'{function} takes a Sequential or Functional keras.Model; got '
+                    f'{type(model).__name__}.')
+
+
+def _check_rank_is_reachable(model, table, include, exclude, rank):
+  """An explicit `rank` above the largest rank of every kernel convert would factorise adds
+  nothing to any layer (and a huge one exhausts memory while the factors are made): refused in
+  one line before any layer is built. Within that bound a rank that adds nothing to some layer
+  only warns (`ranks.warn_if_rank_unreachable`)."""
+  if rank is None:
+    return
+  shapes = []
+  for layer in model.layers:
+    if (include is None or layer.name in include) and layer.name not in exclude:
+      shapes += [shape for part in wrapped_layers(layer) or [layer] if type(part) in table
+                 for shape in _kernel_shapes(part)]
+  if shapes and rank > max(ranks.max_rank(shape) for shape in shapes):
+    largest = max(shapes, key=ranks.max_rank)
+    raise ValueError(f'convert: rank {rank} is above {ranks.max_rank(largest)}, the largest rank '
+                     f'of any kernel it would factorise (shape {largest}); give a rank in '
+                     f'[1, {ranks.max_rank(largest)}].')
+
+
 def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[float] = None,
             rank: Optional[int] = None, param_ratio: Optional[float] = None,
             include: Optional[Union[str, Sequence[str]]] = None,
@@ -158,6 +188,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     ValueError: unknown parameterisation or a layer name in include/exclude
       that the model does not have; an LSTM with unsupported options.
   """
+  _check_model(model, 'convert')
   if parameterization not in PARAMETERIZATIONS:
     raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}; '
                      f'got {parameterization!r}.')
@@ -169,6 +200,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
   exclude = _check_names(model, exclude, 'exclude') or set()
   table = _REPLACEMENTS[parameterization]
   options = dict(layer_options, gamma=gamma, rank=rank, param_ratio=param_ratio)
+  _check_rank_is_reachable(model, table, include, exclude, rank)
   replaced, skipped = [], set()
 
   def clone(layer):
@@ -218,6 +250,7 @@ def export(model: Any) -> Any:
   Args:
     model: a built Sequential or Functional model.
   """
+  _check_model(model, 'export')
   if not model.built:
     raise ValueError(f'model {model.name!r} must be built before export.')
 

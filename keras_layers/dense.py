@@ -5,6 +5,7 @@ from typing import Any
 from keras_layers import backend
 from keras_layers import base
 from keras_layers.backend import keras
+from keras_layers.backend import ops
 
 _register = backend.register
 
@@ -53,6 +54,8 @@ class _FactorizedDense(base.FactorizedLayer):
     return self.factorization.compose()
 
   def call(self, inputs):
+    # As Keras' Dense / Conv: integer (or other) inputs are cast to the compute dtype.
+    inputs = ops.cast(inputs, self.compute_dtype)
     kernel = self._recorded(self.composed_kernel(), self.factorization)
     outputs = backend.dense(inputs, kernel)
     if self.bias is not None:

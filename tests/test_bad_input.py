@@ -1,5 +1,6 @@
 """Every bad argument gives one clear error naming the value and what is allowed."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -53,3 +54,24 @@ def test_explicit_rank_up_to_min_dimension_is_accepted():
   layer = kl.FedParaDense(16, rank=16)
   layer(tf.zeros((1, 32)))
   assert layer.ranks == [16]
+
+
+def test_library_misuse_gets_one_line_errors():
+  """The issue's cases: `kl.convert(None)` and `kl.export(Dense(3))` gave misleading errors;
+  int32 input failed in FedParaDense where Dense accepts it; a rank of 100000 reached an OOM."""
+  with pytest.raises(TypeError, match=r'^convert takes a Sequential or Functional keras.Model; '
+                                      r'got NoneType\.$'):
+    kl.convert(None)
+  with pytest.raises(TypeError, match=r'^export takes .* got Dense \(a model holding that layer'):
+    kl.export(tf.keras.layers.Dense(3))
+  layer = kl.FedParaDense(4, rank=2)
+  x = np.arange(6).reshape(2, 3)
+  np.testing.assert_allclose(layer(tf.constant(x, tf.int32)).numpy(),
+                             layer(tf.constant(x, tf.float32)).numpy())
+  model = tf.keras.Sequential([tf.keras.Input((5, 5, 2)), tf.keras.layers.Conv2D(8, 3),
+                               tf.keras.layers.Flatten(), tf.keras.layers.Dense(6)])
+  # Kernels (3, 3, 2, 8) and (72, 6): no kernel has rank above 8.
+  with pytest.raises(ValueError, match=r'^convert: rank 100000 is above 8, the largest rank of '
+                                       r'any kernel it would factorise \(shape \(3, 3, 2, 8\)\)'):
+    kl.convert(model, rank=100000)
+  assert kl.convert(model, rank=8).layers[0].ranks == [8]   # the bound itself is accepted

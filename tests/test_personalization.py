@@ -137,6 +137,19 @@ def test_bad_inputs_are_named(pfedpara, data):
     fedpara_tff.build_pfedpara_driver(batch_norm, ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r"client_ids must be distinct .* got \['a', 'a'\]"):
     pfedpara.next(pfedpara.initialize(), ['a', 'a'], data[0][:2])
+  # The issue's library misuse: a model where a function is expected, a round with no client.
+  with pytest.raises(TypeError, match=r'^keras_model_fn must be a function returning a new '
+                                      r'Keras model .* got Sequential'):
+    fedpara_tff.build_pfedpara_driver(ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
+  with pytest.raises(ValueError, match=r'^a round needs at least one client; got no client_ids'):
+    pfedpara.next(pfedpara.initialize(), [], [])
+
+
+def test_next_takes_any_iterable_of_datasets_as_evaluate_does(pfedpara, data):
+  """The issue's case: `next()` refused a generator that `evaluate()` accepts."""
+  state = pfedpara.initialize()
+  _, metrics = pfedpara.next(state, ['g1', 'g2'], (d for d in data[0][:2]))
+  assert metrics['train']['num_examples'] > 0
 
 
 def test_variables_are_classified_factor_local_global_other():
