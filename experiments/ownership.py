@@ -13,6 +13,14 @@ import re
 import sqlite3
 import zipfile
 
+from fedpara_tff import client_store
+
+# The files a run writes into its folder (`experiments.run_io` names them from here).
+RUN_FILE = 'run.json'
+METRICS_FILE = 'metrics.csv'
+SUMMARY_FILE = 'summary.json'
+PLOT_FILE = 'accuracy_vs_gb.png'
+STORE_FILE = client_store.FILE_NAME
 # Written into every plot's PNG metadata (`plot.plot_runs`) and into the TensorBoard event file
 # names (`run_io.MetricsWriter`), so that both can be told apart from another tool's files.
 MARK = 'fedpara-tff'
@@ -32,17 +40,11 @@ def _json_object(path):
   return value if isinstance(value, dict) else None
 
 
-def is_run_file(path):
-  """True for a `run.json` a run wrote."""
-  value = _json_object(path)
-  return value is not None and RUN_KEYS <= set(value)
-
-
 def run_file_state(folder):
   """What `folder/run.json` is: 'run' (a run's), 'damaged' (not JSON: a run's, cut short by a
   full disk or a crash, its other files then judged by content), 'other' (JSON that is not a
   run's: another tool's file) or None (there is none)."""
-  path = os.path.join(folder, 'run.json')
+  path = os.path.join(folder, RUN_FILE)
   if not os.path.isfile(path) or os.path.islink(path):
     return None
   try:
@@ -104,14 +106,15 @@ def _is_store(path):
 
 
 # File name -> the check that it holds what a run writes there.
-_FILES = {'run.json': is_run_file, 'metrics.csv': _is_metrics, 'summary.json': _is_summary,
-          'accuracy_vs_gb.png': lambda path: is_plot(path, in_run_folder=True),
-          'client_state.sqlite': _is_store}
+# (run.json itself is judged by `run_file_state`.)
+_FILES = {METRICS_FILE: _is_metrics, SUMMARY_FILE: _is_summary,
+          PLOT_FILE: lambda path: is_plot(path, in_run_folder=True), STORE_FILE: _is_store}
 _DIRS = {'checkpoints': (re.compile(r'ckpt-\d+\.npz$'), _is_checkpoint),
          'tensorboard': (re.compile(r'events\.out\.tfevents\..*' + re.escape(EVENTS_SUFFIX) + '$'),
                          lambda path: True)}
 # A run's temporary files (an interrupted atomic write): its own only beside its run.json.
-_TEMPORARY = re.compile(r'(run\.json|metrics\.csv|summary\.json|accuracy_vs_gb\.png)\.tmp$')
+_TEMPORARY = re.compile('(' + '|'.join(re.escape(name) for name in (
+    RUN_FILE, METRICS_FILE, SUMMARY_FILE, PLOT_FILE)) + r')\.tmp$')
 _TEMPORARY_CHECKPOINT = re.compile(r'ckpt-\d+\.npz\.tmp\.npz$')
 
 
@@ -123,9 +126,8 @@ def _owned_file(folder, name):
     return _FILES[name](path)
   if _TEMPORARY.match(name):
     return True
-  store = os.path.join(folder, 'client_state.sqlite')
-  return (any(name == 'client_state.sqlite' + suffix for suffix in _STORE_COMPANIONS)
-          and _is_store(store))
+  return (any(name == STORE_FILE + suffix for suffix in _STORE_COMPANIONS)
+          and _is_store(os.path.join(folder, STORE_FILE)))
 
 
 def _foreign_inside(folder, name):
@@ -151,11 +153,11 @@ def foreign_entry(folder):
   entries = sorted(os.listdir(folder))
   state = run_file_state(folder)
   if state == 'other':
-    return os.path.join(folder, 'run.json')
+    return os.path.join(folder, RUN_FILE)
   if state is None:
     return os.path.join(folder, entries[0]) if entries else None
   for name in entries:
-    if name == 'run.json':
+    if name == RUN_FILE:
       continue
     path = os.path.join(folder, name)
     if name in _DIRS and os.path.isdir(path) and not os.path.islink(path):

@@ -53,8 +53,7 @@ def divergence_hint(config, diverged):
 
   The clients' updates: with client SGD, a weight decay or proximal term whose own step
   `lr x strength` reaches 1 flips and grows the weights every step, whatever the loss does: that
-  flag; else the client
-  learning rate (and the factor step rule, when one is on). The server model with finite client
+  flag; else the client learning rate (and the factor step rule, when one is on). The server model with finite client
   updates: the server step (its momentum, when on). A non-finite test loss on finite weights:
   logits grown too large, the client learning rate.
   """

@@ -110,8 +110,7 @@ class RunConfig:
   def __post_init__(self):
     # The algorithm's default server learning rate, resolved here so that run.json records it.
     if self.server_learning_rate is None:
-      server_optimizer = settings_lib.SERVER_OPTIMIZERS.get(self.algorithm, 'sgd')
-      self.server_learning_rate = settings_lib.default_server_learning_rate(server_optimizer)
+      self.server_learning_rate = settings_lib.default_server_learning_rate(self.algorithm)
 
   def identity(self):
     """The flags a restart must repeat to resume this run (JSON-ready)."""

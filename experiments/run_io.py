@@ -28,20 +28,14 @@ COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy
 # The header of metrics files written before `personalized_clients` existed (read, then
 # rewritten with `COLUMNS` on resume).
 LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != 'personalized_clients')
-RUN_FILE = 'run.json'
-METRICS_FILE = 'metrics.csv'
-SUMMARY_FILE = 'summary.json'
-PLOT_FILE = 'accuracy_vs_gb.png'
+RUN_FILE = ownership.RUN_FILE
+METRICS_FILE = ownership.METRICS_FILE
+SUMMARY_FILE = ownership.SUMMARY_FILE
+PLOT_FILE = ownership.PLOT_FILE
 
 
 class RunConflictError(ValueError):
   """The output folder holds a run with other flags."""
-
-
-def foreign_entry(output_dir):
-  """The first entry of `output_dir` (sorted) that a run did not write, judged by content
-  (`experiments.ownership`), or None."""
-  return ownership.foreign_entry(output_dir)
 
 
 def _no_run(output_dir, first):

@@ -181,8 +181,7 @@ class SQLiteClientStore:
         rows = self._db.execute(f'SELECT id, state FROM clients WHERE id IN ({marks})', chunk)
         found.update((client, self._decode(blob, client)) for client, blob in rows)
       except sqlite3.DatabaseError as e:
-        raise ClientStoreError(f'client store {self.path} is damaged ({e}); start the run '
-                               f'again with --overwrite.') from None
+        raise _store_error(self.path, e) from None
     out = []
     for client in ids:
       value = self._cache.get(client, found.get(client))

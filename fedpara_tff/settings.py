@@ -37,9 +37,11 @@ SGD_CORRECTING = ('scaffold', 'feddyn', 'mimelite')
 ADAPTIVE_SERVER_LEARNING_RATE = 0.01
 
 
-def default_server_learning_rate(server_optimizer: str) -> float:
-  """The server learning rate for `server_optimizer` ('sgd', 'adam', 'yogi', 'adagrad')."""
-  return 1.0 if server_optimizer == 'sgd' else ADAPTIVE_SERVER_LEARNING_RATE
+def default_server_learning_rate(algorithm: str, server_optimizer: Optional[str] = None) -> float:
+  """The server learning rate of `algorithm` with `server_optimizer` ('sgd', 'adam', 'yogi',
+  'adagrad'; None: the algorithm's own, `SERVER_OPTIMIZERS`, else 'sgd')."""
+  optimizer = server_optimizer or SERVER_OPTIMIZERS.get(algorithm, 'sgd')
+  return 1.0 if optimizer == 'sgd' else ADAPTIVE_SERVER_LEARNING_RATE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +106,8 @@ class RoundSettings:
     set_('feddyn_alpha', validation.finite_positive(self.feddyn_alpha, 'feddyn_alpha'))
     set_('server_optimizer', self._server_optimizer())
     if self.server_learning_rate is None:
-      set_('server_learning_rate', default_server_learning_rate(self.server_optimizer))
+      set_('server_learning_rate', default_server_learning_rate(self.algorithm,
+                                                                self.server_optimizer))
     set_('server_learning_rate', validation.finite_positive(
         self.server_learning_rate, 'server_learning_rate'))
     set_('server_momentum', validation.fraction(self.server_momentum, 'server_momentum'))

@@ -133,13 +133,18 @@ def _too_small(layer):
 
 def _check_model(model, function):
   """`convert` and `export` take a Sequential or Functional model: anything else, one line."""
-  if not isinstance(model, keras.Model):
-    raise TypeError(f'{function} takes a Sequential or Functional keras.Model; got '
-                    f'{type(model).__name__} (a model holding that layer: '
-                    f'keras.Sequential([keras.Input(shape), layer])).' if isinstance(
-                        model, keras.layers.Layer) else
-                    f'{function} takes a Sequential or Functional keras.Model; got '
-                    f'{type(model).__name__}.')
+  if isinstance(model, keras.Model):
+    return
+  hint = (' (a model holding that layer: keras.Sequential([keras.Input(shape), layer]))'
+          if isinstance(model, keras.layers.Layer) else '')
+  raise TypeError(f'{function} takes a Sequential or Functional keras.Model; got '
+                  f'{type(model).__name__}{hint}.')
+
+
+def _wanted(layer, include, exclude):
+  """Whether `include` / `exclude` (sets of names, include None: all) let convert replace
+  `layer`."""
+  return (include is None or layer.name in include) and layer.name not in exclude
 
 
 def _check_rank_is_reachable(model, table, include, exclude, rank):
@@ -151,7 +156,7 @@ def _check_rank_is_reachable(model, table, include, exclude, rank):
     return
   shapes = []
   for layer in model.layers:
-    if (include is None or layer.name in include) and layer.name not in exclude:
+    if _wanted(layer, include, exclude):
       shapes += [shape for part in wrapped_layers(layer) or [layer] if type(part) in table
                  for shape in _kernel_shapes(part)]
   if shapes and rank > max(ranks.max_rank(shape) for shape in shapes):
@@ -204,7 +209,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
   replaced, skipped = [], set()
 
   def clone(layer):
-    wanted = (include is None or layer.name in include) and layer.name not in exclude
+    wanted = _wanted(layer, include, exclude)
     inner = wrapped_layers(layer) or [layer]
     targets = [table.get(type(part)) for part in inner]
     if not wanted:

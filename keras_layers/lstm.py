@@ -41,7 +41,8 @@ def _lstm_step(cell, inputs, states, kernel, recurrent_kernel, masks=(None, None
 
   `z = x K + h U + b` split into gates `i, f, g, o` (Keras order):
   `c' = sigma(f) c + sigma(i) tanh(g)`, `h' = sigma(o) tanh(c')`. With dropout `masks`
-  (`_DropoutMasks`), `x` and `h` are multiplied by them inside `z` only, as Keras does.
+  (`_ComposedKernelCell.dropout_masks`), `x` and `h` are multiplied by them inside `z` only,
+  as Keras does.
   Returns `(h', [h', c'])`.
   """
   h, c = states[0], states[1]
@@ -371,11 +372,9 @@ class _KernelLSTM(keras.layers.Layer):
     # Dropout masks: drawn once per call (per sequence), used at every step in training. Keras
     # 3's LSTM draws them on every call, training or not: so do we there, so that one seed
     # gives both layers the same masks.
-    masks = (None, None)
-    if training or backend.IS_KERAS_3:
-      masks = self.cell.dropout_masks(inputs[:, 0], initial_state[0])
-    if not training:
-      masks = (None, None)
+    drawn = ((None, None) if not (training or backend.IS_KERAS_3)
+             else self.cell.dropout_masks(inputs[:, 0], initial_state[0]))
+    masks = drawn if training else (None, None)
 
     def step(x_t, states):
       return self.cell.call(x_t, states, training=training, constants=constants, masks=masks)

@@ -100,7 +100,8 @@ def _read_entry(path, spec, key, pool_size):
   """The partition stored at `path` if it is what `key` promises, else `(None, why not)`.
 
   An entry holds its key and a checksum of its arrays (written by `load_or_compute`); it must
-  have `spec.clients` clients with indices into the pool of `pool_size` examples. Damaged, older or foreign entries are not used.
+  have `spec.clients` clients with indices into the pool of `pool_size` examples. Damaged,
+  older or foreign entries are not used.
   """
   try:
     with np.load(path) as stored:
