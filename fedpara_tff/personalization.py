@@ -36,6 +36,8 @@ import tensorflow as tf
 from fedpara_tff import client_executors
 from fedpara_tff import client_store
 from fedpara_tff.personalized_process import PersonalizedProcess
+from fedpara_tff import round_inputs
+from fedpara_tff import runtime
 from fedpara_tff import settings as settings_lib
 from fedpara_tff import stateful_round
 
@@ -63,7 +65,7 @@ class PersonalizedDriver:
     keras_model_fn: no-argument function building the Keras model (with
       pFedPara layers, or any layers, FedPara or plain, plus `local_layers`).
     element_spec: the client datasets' batched element spec, an OrderedDict
-      with `x` and `y`.
+      with `x` and `y` (integer class indices with the default loss).
     settings: the round's `fedpara_tff.settings.RoundSettings` (client and server rates,
       their schedule, local epochs, client optimizer and momentum, the algorithm and its
       constants, the Jacobian correction, quantization); or give its fields as keyword
@@ -84,7 +86,13 @@ class PersonalizedDriver:
       local worker after `fedpara_tff.runtime.install()`),
       `fedpara_tff.distributed.RemoteWorkers(addresses)` (remote TFF workers) or
       `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU); the driver's
-      other TFF computations (initial state, evaluation) run where it does.
+      other TFF computations (initial state, evaluation) run where it does. While TFF's own
+      local context is the current one, the driver first installs `fedpara_tff.runtime`
+      (`runtime.install_unless_chosen`), so that no TFF worker listens beyond this process.
+
+  Each round's inputs are checked first (`fedpara_tff.round_inputs`): datasets of the element
+  spec, the server state of this model, labels inside the model's classes, at least one client
+  with data; each mismatch is one `ValueError` / `TypeError` line.
   """
 
   def __init__(self, keras_model_fn: KerasModelFn, element_spec: Any,
@@ -96,6 +104,9 @@ class PersonalizedDriver:
       raise TypeError(f'keras_model_fn must be a function returning a new Keras model (TFF '
                       f'builds the model inside its computations); got '
                       f'{type(keras_model_fn).__name__}: pass e.g. `lambda: make_model()`.')
+    self.element_spec = round_inputs.check_element_spec(element_spec,
+                                                        integer_labels=loss_fn is None)
+    runtime.install_unless_chosen()   # before the first TFF computation below
     if settings is None:
       settings = settings_lib.RoundSettings(**settings_fields)
     elif settings_fields:
@@ -180,12 +191,27 @@ class PersonalizedDriver:
     Returns:
       `(state, metrics)`; metrics hold `train` (loss, accuracy and num_examples
       over the clients whose training stayed finite, diverged_clients,
-      bytes_downloaded) and `aggregator` (the factor aggregator's measurements).
+      bytes_downloaded) and `aggregator` (the factor aggregator's measurements). When every
+      client diverged, loss and accuracy are NaN and the server model is unchanged.
+
+    Raises:
+      ValueError / TypeError: bad round inputs (`fedpara_tff.round_inputs`): no client, ids
+        not matching the datasets, a dataset not of the element spec, another model's state,
+        a label outside the model's classes, every client dataset empty. Nothing is stored.
     """
     datasets = list(datasets)   # any iterable, as `evaluate` takes
     client_ids = check_round_clients(client_ids, datasets)
-    state, new_local, metrics = self.client_executor.train(
-        state, client_ids, datasets, self.local_states(client_ids))
+    round_inputs.check_state(state, self.round.layout.global_specs)
+    round_inputs.check_datasets(client_ids, datasets, self.element_spec)
+    try:
+      state, new_local, metrics = self.client_executor.train(
+          state, client_ids, datasets, self.local_states(client_ids))
+    except Exception as error:  # pylint: disable=broad-except  # re-raised unless a bad label
+      refusal = round_inputs.label_error(error, client_ids, datasets)
+      if refusal is None:
+        raise
+      raise refusal from None
+    round_inputs.check_trained(client_ids, metrics)
     self.store_locals(client_ids, new_local)
     return state, metrics
 
@@ -197,12 +223,14 @@ class PersonalizedDriver:
     chunk by chunk.
     """
     client_ids, datasets = list(client_ids), iter(datasets)
+    round_inputs.check_state(state, self.round.layout.global_specs)
     ordered = []
     for start in range(0, len(client_ids), chunk_clients):
       ids = client_ids[start:start + chunk_clients]
+      chunk = list(itertools.islice(datasets, len(ids)))
+      round_inputs.check_datasets(ids, chunk, self.element_spec)
       with self.client_executor.running():
-        results, positions = self.round.evaluate(state['global_weights'],
-                                                 list(itertools.islice(datasets, len(ids))),
+        results, positions = self.round.evaluate(state['global_weights'], chunk,
                                                  self.local_states(ids), list(range(len(ids))))
       ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
                      for result in client_executors.in_client_order(positions, results))

@@ -134,9 +134,9 @@ def sigterm_as_keyboard_interrupt():
   signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _service_manager():
-  """The `ServiceManager` of the installed TFF execution context, or None (TFF not loaded, or
-  the context is not TFF's local C++ one, e.g. remote workers).
+def _service_manager(context=None):
+  """The `ServiceManager` of `context` (default: the installed TFF execution context), or None
+  (TFF not loaded, or the context is not TFF's local C++ one, e.g. remote workers).
 
   TFF 0.87 does not expose it: `ServiceManager` is a class local to
   `executor_factory.local_cpp_executor_factory`, and its one instance is held only by the
@@ -146,7 +146,8 @@ def _service_manager():
   tff_module = sys.modules.get('tensorflow_federated')
   if tff_module is None:
     return None
-  context = tff_module.framework.get_context_stack().current
+  if context is None:
+    context = tff_module.framework.get_context_stack().current
   stack_fn = getattr(getattr(context, '_executor_factory', None), '_executor_stack_fn', None)
   if stack_fn is None:
     return None
@@ -200,6 +201,35 @@ def install(require_isolation: Optional[bool] = None) -> None:
     _INSTALLED.append(distributed.use_local_runtime())
     atexit.register(_at_exit)
   return guard_workers()
+
+
+def _is_tff_native_local(context) -> bool:
+  """Whether `context` is TFF's native local C++ context (the one TFF sets at import, or
+  `tff.backends.native.set_sync_local_cpp_execution_context()`'s): a `ServiceManager` and the
+  native compiler (TFF 0.87 attributes; docs/DESIGN.md, "TFF runtime facts")."""
+  # pylint: disable-next=import-outside-toplevel
+  from tensorflow_federated.python.core.backends.native import compiler
+  pipeline = getattr(getattr(context, '_async_context', None), '_compiler_pipeline', None)
+  return (_service_manager(context) is not None
+          and getattr(pipeline, '_compiler_fn', None) is compiler.desugar_and_transform_to_native)
+
+
+def install_unless_chosen() -> bool:
+  """`install()`, unless it ran or the current TFF context is not TFF's native local one.
+
+  The drivers call it before their first computation: TFF's native local context starts a
+  worker that listens on every interface and can outlive this process; `install()` runs the
+  same native runtime on a worker only this process reaches. Any other context the user set (a
+  remote or test context, or one from `fedpara_tff.distributed`) is kept. Returns whether
+  `install()` ran now.
+  """
+  if _INSTALLED or 'tensorflow_federated' not in sys.modules:
+    return False
+  context = sys.modules['tensorflow_federated'].framework.get_context_stack().current
+  if not _is_tff_native_local(context):
+    return False
+  install()
+  return True
 
 
 def installed() -> bool:

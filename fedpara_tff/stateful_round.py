@@ -268,7 +268,8 @@ def build_finalizer(parts):
 
 def build_round_metrics(parts, element_spec):
   """`round_metrics(loss sum, examples, correct, diverged, clients)`: the round's `train`
-  metrics, with the bytes broadcast (`communication.broadcast_bytes`)."""
+  metrics, with the bytes broadcast (`communication.broadcast_bytes`). Loss and accuracy are
+  NaN when no client's training counted (every client diverged or had no data), not 0."""
   local_epochs = parts.settings.local_epochs
   # Labels per example: 1 for classification, the sequence length for
   # next-character targets `(batch, length)`.
@@ -278,9 +279,11 @@ def build_round_metrics(parts, element_spec):
   @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32, tf.int32)
   def round_metrics(loss_sum, examples, correct, diverged, clients):
     passes = examples * float(local_epochs)
+    mean = lambda total, count: tf.where(count > 0, tf.math.divide_no_nan(total, count),
+                                         float('nan'))
     return collections.OrderedDict(
-        loss=tf.math.divide_no_nan(loss_sum, passes),
-        accuracy=tf.math.divide_no_nan(correct, passes * outputs_per_example),
+        loss=mean(loss_sum, passes),
+        accuracy=mean(correct, passes * outputs_per_example),
         num_examples=examples,
         diverged_clients=diverged,
         bytes_downloaded=communication.broadcast_bytes(clients, received_specs))

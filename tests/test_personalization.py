@@ -1,5 +1,6 @@
 """pFedPara and FedPer with stateful clients on the TFF runtime."""
 
+import collections
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -143,6 +144,75 @@ def test_bad_inputs_are_named(pfedpara, data):
     fedpara_tff.build_pfedpara_driver(ts.keras_model('pfedpara'), ts.ELEMENT_SPEC)
   with pytest.raises(ValueError, match=r'^a round needs at least one client; got no client_ids'):
     pfedpara.next(pfedpara.initialize(), [], [])
+
+
+def _dataset(x, y):
+  return tf.data.Dataset.from_tensor_slices(collections.OrderedDict(x=x, y=y)).batch(ts.BATCH)
+
+
+def test_element_specs_that_are_not_one_are_refused_in_one_line():
+  """The issue's case: a missing or mismatched element_spec reached TFF's type conversion."""
+  model_fn = lambda: ts.keras_model('pfedpara')
+  with pytest.raises(TypeError, match=r"^element_spec must be .* keys 'x' and 'y' .* got "
+                                      r"NoneType None\.$"):
+    fedpara_tff.build_pfedpara_driver(model_fn, None)
+  with pytest.raises(TypeError, match=r"^element_spec must be .* got tuple"):
+    fedpara_tff.build_pfedpara_driver(model_fn, tuple(ts.ELEMENT_SPEC.values()))
+  # A float label spec with the default (sparse) loss: 3.7 would be truncated to class 3.
+  float_labels = collections.OrderedDict(x=ts.ELEMENT_SPEC['x'], y=tf.TensorSpec([None]))
+  with pytest.raises(ValueError, match=r"^element_spec\['y'\] is float32: .* truncate a label "
+                                       r"such as 3.7 to 3"):
+    fedpara_tff.build_pfedpara_driver(model_fn, float_labels)
+
+
+def test_round_inputs_that_do_not_fit_the_driver_are_refused_in_one_line(pfedpara, data):
+  """The issue's cases: a dataset of another spec, float labels, another model's state, a label
+  outside the classes reached TFF internals (a 277-line serialisation error, an RPC error)."""
+  state = pfedpara.initialize()
+  x, y = next(iter(data[0][1].unbatch().batch(70)))['x'].numpy(), np.arange(70) % 10
+  with pytest.raises(ValueError, match=r"^client 'q2': its dataset has elements "
+                                       r"x=float32\[\?,50\], y=int32\[\?\]; this driver was "
+                                       r"built for element_spec x=float32\[\?,98\], "
+                                       r"y=int32\[\?\]\.$"):
+    pfedpara.next(state, ['q1', 'q2'], [data[0][0], _dataset(x[:, :50], y.astype(np.int32))])
+  with pytest.raises(ValueError, match=r"^client 'q1': its dataset has elements .*y=float32"):
+    pfedpara.next(state, ['q1'], [_dataset(x, y.astype(np.float32) + 0.7)])
+  labels = np.where(np.arange(70) == 33, 12, y).astype(np.int32)
+  with pytest.raises(ValueError, match=r"^client 'q2': its dataset holds label 12, outside the "
+                                       r"model's 10 classes: labels must be class indices in "
+                                       r"\[0, 10\)\.$"):
+    pfedpara.next(state, ['q1', 'q2'], [data[0][0], _dataset(x, labels)])
+  other = fedpara_tff.build_fedavg_driver(ts.keras_model, ts.ELEMENT_SPEC).initialize()
+  for call in (lambda: pfedpara.next(other, ['a'], data[0][:1]),
+               lambda: pfedpara.evaluate(other, ['a'], data[1][:1])):
+    with pytest.raises(ValueError, match=r"^state holds 10 global weights; this driver's model "
+                                         r"has 6: it is another model's state"):
+      call()
+  with pytest.raises(TypeError, match=r"^state must be the server state this driver's "
+                                      r"initialize\(\) or next\(\) returned .* got NoneType"):
+    pfedpara.next(None, ['a'], data[0][:1])
+  assert pfedpara.local_store.get(['q1', 'q2']) == [None, None]   # nothing was stored
+
+
+def test_a_round_where_no_client_counted_says_so(pfedpara, data):
+  """The issue's case: every client empty, or every client diverged, returned loss 0.0 and
+  accuracy 0.0. Now: all empty is refused; all diverged reports NaN (and moves nothing)."""
+  state = pfedpara.initialize()
+  x = next(iter(data[0][0]))['x'].numpy()
+  empty = _dataset(x[:0], np.zeros(0, np.int32))
+  with pytest.raises(ValueError, match=r"^every client dataset of this round is empty \(clients "
+                                       r"'e1', 'e2'\): nothing was trained"):
+    pfedpara.next(state, ['e1', 'e2'], [empty, empty])
+  nan = _dataset(np.full_like(x, np.nan), np.arange(len(x), dtype=np.int32) % 10)
+  new_state, metrics = pfedpara.next(state, ['n1'], [nan])
+  train = metrics['train']
+  assert train['diverged_clients'] == 1 and train['num_examples'] == 0
+  assert np.isnan(train['loss']) and np.isnan(train['accuracy'])
+  for old, new in zip(state['global_weights'], new_state['global_weights']):
+    np.testing.assert_array_equal(old, new)
+  # One client with data among empty ones is a normal round.
+  _, metrics = pfedpara.next(state, ['e1', 'a'], [empty, data[0][0]])
+  assert metrics['train']['num_examples'] == 70 and np.isfinite(metrics['train']['loss'])
 
 
 def test_next_takes_any_iterable_of_datasets_as_evaluate_does(pfedpara, data):

@@ -65,3 +65,24 @@ def test_managed_stops_the_workers_on_leaving():
   result, left = _run(code)
   assert result.stdout.strip() == '0'
   assert not left
+
+
+def test_a_driver_installs_the_runtime_unless_a_context_was_chosen():
+  """Found after issue 25: a script that built a driver without `install()` ran on TFF's own
+  context, whose worker listens on every interface and outlived the script."""
+  driver = ('from tests import tff_support as ts\n'
+            'd = fedpara_tff.build_fedavg_driver(ts.keras_model, ts.ELEMENT_SPEC)\n'
+            'data = [ts.to_dataset(*ts.client_arrays([20])[0])]\n'
+            'state, _ = d.next(d.initialize(), ["a"], data)\n'
+            'print(fedpara_tff.runtime.installed())\n')
+  result, left = _run('import fedpara_tff\n' + driver)
+  assert result.stdout.split()[-1] == 'True'
+  assert not left, f'worker(s) left: {left}'
+  # A context the user set is kept: only TFF's native local context is replaced (checked on
+  # contexts that are created, not run: TFF's test context would leave its own worker behind).
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  from fedpara_tff import runtime  # pylint: disable=g-import-not-at-top
+  native, test = (tff.backends.native.create_sync_local_cpp_execution_context(),
+                  tff.backends.test.create_sync_test_cpp_execution_context())
+  assert runtime._is_tff_native_local(native) and not runtime._is_tff_native_local(test)
+  assert not runtime._is_tff_native_local(tff.framework.get_context_stack().current)  # installed
