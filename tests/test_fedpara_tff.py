@@ -344,23 +344,27 @@ def test_fedpara_process_refuses_a_model_that_is_neither_kind_and_a_functional_d
     fedpara_tff.build_fedpara_process(_functional(), lr_decay=0.992)
 
 
-def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes(clients):
+def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes():
   """TFF's EncodedSumFactory (8-bit uniform quantization), alone or behind TFF's zeroing
   wrapper: `bytes_uploaded` is its encoded structure, hand-counted per tensor as 28 bits packed
   in each 4-byte int32 plus the float32 min and max; `compression_aggregator()` at its default
   threshold quantizes none of this model's tensors (float32 bytes). An encoding we cannot
-  measure (declared with inner_encodes=True) is named for what it is: bytes before encoding."""
+  measure (declared with inner_encodes=True) is named for what it is: bytes before encoding.
+  The aggregator's own process on the model's trainable variables, three clients (how
+  FedAvg's builders call it; `test_stock_fedavg_with_factor_aggregator_is_the_weighted_average`
+  measures bytes inside a builder)."""
   def quantizing():
     return tff.aggregators.MeanFactory(
         tff.aggregators.EncodedSumFactory.quantize_above_threshold(8, threshold=0))
 
-  def communication_of(**kwargs):
-    process = tff.learning.algorithms.build_weighted_fed_avg(
-        ts.model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
-        model_aggregator=fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model, **kwargs))
-    return process.next(process.initialize(), clients).metrics['aggregator']['communication']
+  updates = [np.full(v.shape, 0.01 * (i + 1), np.float32)
+             for i, v in enumerate(ts.keras_model().trainable_variables)]
 
-  sizes = [int(np.prod(v.shape)) for v in ts.keras_model().trainable_variables]
+  def communication_of(**kwargs):
+    factory = fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model, **kwargs)
+    return aggregate(factory, [updates] * 3, [1.0, 2.0, 3.0]).measurements['communication']
+
+  sizes = [int(np.prod(u.shape)) for u in updates]
   assert sum(sizes) == 814
   packed = sum(4 * -(-n * 8 // 28) + 8 for n in sizes)
   for inner in (quantizing(), tff.aggregators.zeroing_factory(1e6, quantizing())):
@@ -375,6 +379,7 @@ def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes(clients):
   assert 'bytes_uploaded' not in comm
   assert comm['bytes_uploaded_before_encoding'] == 3 * 814 * 4
   assert comm['bytes_uploaded_per_client_before_encoding'] == 814 * 4
-  plain = communication_of(inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
+  plain = communication_of(
+      inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
   assert plain['bytes_uploaded'] == 3 * 814 * 4
   assert not fedpara_tff.aggregators.encodes(tff.aggregators.MeanFactory())

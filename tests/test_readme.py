@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = ROOT / 'README.md'
@@ -41,6 +42,7 @@ def test_readme_python_examples_run():
   assert namespace['served'].count_params() == namespace['plain'].count_params()
 
 
+@pytest.mark.slow
 def test_usage_python_examples_run():
   blocks = _blocks(USAGE)
   assert len(blocks) >= 5, 'docs/USAGE.md lost its python examples'

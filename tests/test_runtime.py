@@ -8,6 +8,7 @@ import time
 import uuid
 
 import psutil
+import pytest
 
 # A tiny TFF computation: it starts the local C++ runtime's worker_binary.
 _COMPUTE = ('import tensorflow as tf, tensorflow_federated as tff\n'
@@ -67,6 +68,7 @@ def test_managed_stops_the_workers_on_leaving():
   assert not left
 
 
+@pytest.mark.slow
 def test_a_driver_installs_the_runtime_unless_a_context_was_chosen():
   """Found after issue 25: a script that built a driver without `install()` ran on TFF's own
   context, whose worker listens on every interface and outlived the script."""

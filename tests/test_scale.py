@@ -53,7 +53,8 @@ def test_more_clients_than_examples_with_the_sqlite_store(tmp_path):
 # Adam divides by sqrt(v): a rounding difference between the backends in a near-zero gradient can
 # move that weight by up to about lr (0.003) per step, so Adam is compared at 1e-3.
 @pytest.mark.parametrize('optimizer, learning_rate, atol', [('sgd', 0.1, 1e-5),
-                                                            ('adam', 0.003, 1e-3)])
+                                                            pytest.param('adam', 0.003, 1e-3,
+                                                                         marks=pytest.mark.slow)])
 def test_sqlite_store_and_client_optimizers_agree_on_both_backends(tmp_path, optimizer,
                                                                    learning_rate, atol):
   """The in-process TensorFlow backend reads and writes the same store, and steps with the same

@@ -44,6 +44,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow   # the slow suite also has every algorithm on both backends (below)
 def test_tf_and_tff_backends_agree(tmp_path):
   """FedAvg (FedPara model) and pFedPara, 3 rounds each way, in a fresh process.
 
@@ -172,6 +173,7 @@ print(json.dumps(dict(report, gap=gap)))
 """
 
 
+@pytest.mark.slow
 def test_clients_are_spread_over_logical_devices_round_robin():
   result = subprocess.run([sys.executable, '-c', PLACEMENT_SCRIPT], cwd=REPO, capture_output=True,
                           text=True, timeout=300, check=False)

@@ -161,7 +161,7 @@ def small_lstm(monkeypatch):
                       functools.partial(models.shakespeare_lstm, units=16))
 
 
-@pytest.mark.parametrize('weight_norm', [False, True])
+@pytest.mark.parametrize('weight_norm', [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_lstm_on_the_plays_runs(tmp_path, weight_norm, small_lstm):
   config = rs.config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
                    sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,
