@@ -17,6 +17,7 @@ from fedpara_tff import aggregators
 from fedpara_tff import client_optimizer as client_optimizer_lib
 from fedpara_tff import distributors
 from fedpara_tff import models
+from fedpara_tff import runtime
 from fedpara_tff import settings as settings_lib
 from keras_layers import validation
 
@@ -106,6 +107,10 @@ def build_fedpara_process(
       (`benchmarks/tff_round_speed.py`) it ran rounds about 1.7x faster than
       TFF's own default `DATASET_REDUCE`.
 
+  While TFF's native local context is current, `fedpara_tff.runtime` is installed first
+  (`runtime.install_unless_chosen`, as the drivers do): the process then runs on a local worker
+  only this Python process reaches, stopped when it exits.
+
   Raises:
     ValueError: unknown algorithm, learning rates <= 0, lr_decay outside (0, 1],
       a decay with MIME-lite or a FunctionalModel, algorithm 'fedprox'.
@@ -136,6 +141,7 @@ def build_fedpara_process(
                      f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
                      f'lr_decay=1.0 or a VariableModel.')
   client_lr, server_lr = settings.client_learning_rate, settings.server_learning_rate
+  runtime.install_unless_chosen()   # before model_weights_type runs a computation
 
   factory = aggregators.factor_aggregator(
       inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,

@@ -70,14 +70,22 @@ def test_managed_stops_the_workers_on_leaving():
 
 @pytest.mark.slow
 def test_a_driver_installs_the_runtime_unless_a_context_was_chosen():
-  """Found after issue 25: a script that built a driver without `install()` ran on TFF's own
-  context, whose worker listens on every interface and outlived the script."""
+  """Found after issue 25: a script that built a driver (or `build_fedpara_process`) without
+  `install()` ran on TFF's own context, whose worker listens on every interface and outlived the
+  script."""
   driver = ('from tests import tff_support as ts\n'
             'd = fedpara_tff.build_fedavg_driver(ts.keras_model, ts.ELEMENT_SPEC)\n'
             'data = [ts.to_dataset(*ts.client_arrays([20])[0])]\n'
             'state, _ = d.next(d.initialize(), ["a"], data)\n'
             'print(fedpara_tff.runtime.installed())\n')
   result, left = _run('import fedpara_tff\n' + driver)
+  assert result.stdout.split()[-1] == 'True'
+  assert not left, f'worker(s) left: {left}'
+  # The same for build_fedpara_process, TFF's own FedAvg builder.
+  result, left = _run('import fedpara_tff\nfrom tests import tff_support as ts\n'
+                      'p = fedpara_tff.build_fedpara_process(ts.model_fn)\n'
+                      'p.next(p.initialize(), [ts.to_dataset(*ts.client_arrays([20])[0])])\n'
+                      'print(fedpara_tff.runtime.installed())\n')
   assert result.stdout.split()[-1] == 'True'
   assert not left, f'worker(s) left: {left}'
   # A context the user set is kept: only TFF's native local context is replaced (checked on
