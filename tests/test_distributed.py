@@ -202,6 +202,7 @@ def test_parse_addresses_keeps_order():
   assert distributed.parse_addresses('h1:8000, 10.0.0.2:8001') == ['h1:8000', '10.0.0.2:8001']
 
 
+@pytest.mark.slow
 def test_a_second_worker_on_a_served_port_is_refused():
   import sys  # pylint: disable=g-import-not-at-top
   listener = socket.socket()

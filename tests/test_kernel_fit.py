@@ -66,6 +66,7 @@ def test_lstm_pairs_input_and_recurrent_kernels_with_the_trained_ones(weight_nor
     assert factorization.kernel_shape == target.shape and factorization.rank == 4
 
 
+@pytest.mark.slow
 def test_binary_fits_each_factorised_kernel_of_a_trained_run(tmp_path):
   config = run_config.RunConfig(dataset='mnist5k', model='mlp', parameterization='original', clients=4,
                             clients_per_round=2, rounds=1, batch_size=64, progress=False,

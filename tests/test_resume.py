@@ -345,6 +345,7 @@ def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
 
 # ---- damaged files read back -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd):
   whole = rs.config(tmp_path, 'whole', rounds=3)
   runner.run(whole)

@@ -64,6 +64,7 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
   assert (summary['personalized_accuracy'] is None) == (not personalized)
 
 
+@pytest.mark.slow
 def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_backends(tmp_path):
   """The correction and the lr scale reach the client update (TFF and tf backends agree)."""
   # The MLP (Dense layers): the correction's math on every layer kind is test_jacobian.py's.
@@ -104,6 +105,7 @@ def test_the_safe_step_rule_reaches_the_client_update_on_both_backends(tmp_path)
   assert abs(losses['safe_jc', 'tf'] - losses['safe', 'tf']) > 1e-6
 
 
+@pytest.mark.slow   # with test_every_algorithm_agrees_across_backends_with_fedpara_and_pfedpara
 def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
   """--algorithm=fedprox reaches the client update (its loss differs from FedAvg's) and the
   two backends agree; the numbers themselves are checked in test_round_equations.py."""
@@ -161,7 +163,8 @@ def small_lstm(monkeypatch):
                       functools.partial(models.shakespeare_lstm, units=16))
 
 
-@pytest.mark.parametrize('weight_norm', [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('weight_norm', [False, True])
 def test_lstm_on_the_plays_runs(tmp_path, weight_norm, small_lstm):
   config = rs.config(tmp_path, dataset='shakespeare', model='lstm', partition='natural',
                    sequence_length=12, clients=3, rounds=1, batch_size=16, max_test_examples=64,

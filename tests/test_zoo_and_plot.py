@@ -20,7 +20,8 @@ from tests import run_support as rs
 
 # ---- zoo and plot --------------------------------------------------------------------------
 
-@pytest.mark.parametrize('model, shape, classes', [('vgg16', (32, 32, 3), 10),
+@pytest.mark.parametrize('model, shape, classes', [pytest.param('vgg16', (32, 32, 3), 10,
+                                                                 marks=pytest.mark.slow),
                                                     ('small_cnn', (28, 28, 1), 10),
                                                     ('mlp', (28, 28, 1), 62),
                                                     ('lstm', (20,), 98)])
