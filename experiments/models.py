@@ -154,7 +154,8 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     factor_lr_scale: `None`, `'safe'`, `'matched'` or a positive number (see
       `keras_layers.FactorizedLayer`): SGD on the factors at that multiple of
       the learning rate; `'matched'` equalises each layer's step with the plain layer's at init;
-      `'safe'` takes the plain layer's step projected on directions the factors can reach.
+      `'safe'` takes the plain layer's step projected on directions the factors can reach
+      (under client Adam: the update scaled by `keras_layers.sign_rule`).
     weight_norm: weight-normalised LSTMs (model `lstm` only), kept by the
       factorised twins (`keras_layers.weight_norm`).
     weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable

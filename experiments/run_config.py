@@ -200,10 +200,6 @@ def check(config):
     raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
                      f'{config.factor_init!r}.')
   _check_no_ignored_setting(config, settings, lr_scale)
-  if config.client_optimizer != 'sgd' and lr_scale == 'safe':
-    raise ValueError(f"factor_lr_scale='safe' rescales SGD gradients, which Adam's per-coordinate "
-                     f'normalisation undoes; use it with client_optimizer=sgd, got '
-                     f'client_optimizer={config.client_optimizer!r}.')
   if not isinstance(config.eval_clients, int) or config.eval_clients < 0:
     raise ValueError(f'eval_clients must be an integer >= 0 (0: every client); got '
                      f'{config.eval_clients!r}.')

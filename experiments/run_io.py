@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import re
 
 import tensorflow as tf
 

@@ -77,7 +77,8 @@ flags.DEFINE_string('factor_lr_scale', 'none',
                     "none | safe | matched | a positive number: SGD on the factors at that "
                     "multiple of the learning rate (matched: each layer's step equals the plain "
                     "layer's at init; safe: at every step, the plain layer's step projected on "
-                    "directions the factors can move the kernel, client SGD only; docs/DESIGN.md).")
+                    "directions the factors can move the kernel; with client Adam: each kernel's update "
+                    "divided by its Jacobian's infinity norm; docs/DESIGN.md).")
 flags.DEFINE_float('jacobian_correction', _DEFAULTS.jacobian_correction,
                    'Jacobian correction strength lambda (paper eqs. 6-9); 0: off.')
 flags.DEFINE_bool('weight_norm', _DEFAULTS.weight_norm,

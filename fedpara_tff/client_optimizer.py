@@ -11,7 +11,9 @@ with `LocalOptimizer`; the runs on TFF's builders get the same optimizer from
   `w <- w - eta sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`, with
   `b1 = 0.9`, `b2 = 0.999`, `eps = 1e-7` and `t` the client's step in the
   round (`m`, `v` and `t` start from zero each round, as TFF's client work
-  does).
+  does). With the step-size rule under Adam (`keras_layers.sign_rule`) each
+  factor's update is multiplied by its kernel's scale `1 / ||A||_inf`, read from
+  the current factors before the step.
 """
 
 import tensorflow as tf
@@ -38,10 +40,16 @@ class LocalOptimizer:
     name: one of `CLIENT_OPTIMIZERS`.
     variables: the model variables it updates (their order is the gradients' order).
     momentum: SGD momentum in [0, 1) (0: none).
+    update_scales: Adam only: None, or a function returning one scalar per
+      variable that its update is multiplied by (`keras_layers.sign_rule.prepare`).
   """
 
-  def __init__(self, name, variables, momentum=0.0):
+  def __init__(self, name, variables, momentum=0.0, update_scales=None):
     self.name = check(name, momentum)
+    if update_scales is not None and self.name != 'adam':
+      raise ValueError(f'update_scales (the step-size rule under Adam) needs '
+                       f"client_optimizer='adam'; got {name!r}.")
+    self._update_scales = update_scales
     self._variables = list(variables)
     self._slots = []
     self.momentum = float(momentum)
@@ -78,10 +86,12 @@ class LocalOptimizer:
     step = self._step.assign_add(1.0)
     normalized = (learning_rate * tf.sqrt(1.0 - tf.pow(BETA_2, step))
                   / (1.0 - tf.pow(BETA_1, step)))
-    for variable, grad, (m, v) in zip(self._variables, grads, self._slots):
+    # Every scale is read from the variables before any of them moves.
+    scales = self._update_scales() if self._update_scales else [1.0] * len(self._variables)
+    for variable, grad, (m, v), scale in zip(self._variables, grads, self._slots, scales):
       m.assign(m + (grad - m) * (1.0 - BETA_1))
       v.assign(v + (tf.square(grad) - v) * (1.0 - BETA_2))
-      variable.assign_sub(normalized * m / (tf.sqrt(v) + EPSILON))
+      variable.assign_sub(scale * normalized * m / (tf.sqrt(v) + EPSILON))
 
 
 def tff_optimizer(name, learning_rate, momentum=0.0):

@@ -50,7 +50,9 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       (`keras_layers.jacobian`, with the round's client learning rate as
       `eta`); 0 trains on the plain gradients.
     client_optimizer: `'sgd'` or `'adam'` (`fedpara_tff.client_optimizer`; its
-      state starts from zero every round).
+      state starts from zero every round). With `'adam'`, the model's kernels built
+      with `factor_lr_scale='safe'` get the step-size rule under Adam
+      (`keras_layers.sign_rule`; it changes `model`).
     client_momentum: SGD momentum of the client steps (0: none).
     algorithm: a `fedpara_tff.algorithms` client piece (FedAvg / FedProx,
       SCAFFOLD, FedDyn, MIME-lite): the correction of the global variables' gradients and
@@ -73,8 +75,13 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   """
   global_vars, local_vars = split(model)
   algorithm = algorithm or algorithms.FedAvg()
+  # Under Adam, kernels built with factor_lr_scale='safe' take the sign-step rule: their
+  # update is scaled instead of their gradient projected (keras_layers.sign_rule).
+  update_scales = None
+  if client_optimizer == 'adam':
+    update_scales = keras_layers.sign_rule.prepare(model, model.trainable_variables)
   optimizer = client_optimizer_lib.LocalOptimizer(client_optimizer, model.trainable_variables,
-                                                  client_momentum)
+                                                  client_momentum, update_scales)
   n_global, n_local = len(global_vars), len(local_vars)
 
   # Variable assignments inside a TFF computation are only ordered inside a

@@ -47,17 +47,6 @@ from fedpara_tff import stateful_round
 KerasModelFn = Callable[[], Any]   # returns a new tf.keras.Model
 
 
-def check_round_clients(client_ids, datasets):
-  """`client_ids` as a list, if there are some, distinct, one per dataset; else a ValueError."""
-  client_ids = list(client_ids)
-  if not client_ids:
-    raise ValueError('a round needs at least one client; got no client_ids.')
-  if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
-    raise ValueError(f'client_ids must be distinct and match the datasets; got '
-                     f'{client_ids!r} for {len(datasets)} datasets.')
-  return client_ids
-
-
 class PersonalizedDriver:
   """Driver of the stateful-client process; keeps every client's local variables.
 
@@ -200,7 +189,7 @@ class PersonalizedDriver:
         a label outside the model's classes, every client dataset empty. Nothing is stored.
     """
     datasets = list(datasets)   # any iterable, as `evaluate` takes
-    client_ids = check_round_clients(client_ids, datasets)
+    client_ids = round_inputs.check_round_clients(client_ids, datasets)
     round_inputs.check_state(state, self.round.layout.global_specs)
     round_inputs.check_datasets(client_ids, datasets, self.element_spec)
     try:

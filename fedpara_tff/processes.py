@@ -19,6 +19,7 @@ from fedpara_tff import distributors
 from fedpara_tff import models
 from fedpara_tff import runtime
 from fedpara_tff import settings as settings_lib
+import keras_layers
 from keras_layers import validation
 
 
@@ -113,7 +114,8 @@ def build_fedpara_process(
 
   Raises:
     ValueError: unknown algorithm, learning rates <= 0, lr_decay outside (0, 1],
-      a decay with MIME-lite or a FunctionalModel, algorithm 'fedprox'.
+      a decay with MIME-lite or a FunctionalModel, algorithm 'fedprox', client Adam on
+      layers built with `factor_lr_scale='safe'` (its rule needs the shared round).
     TypeError: `model_fn` is neither a function nor a FunctionalModel.
   """
   validation.one_of(algorithm, 'algorithm', settings_lib.ALGORITHMS)
@@ -140,6 +142,8 @@ def build_fedpara_process(
     raise ValueError(f'lr_decay={lr_decay!r} is not available with a FunctionalModel: TFF 0.87\'s '
                      f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
                      f'lr_decay=1.0 or a VariableModel.')
+  if client_optimizer == 'adam' and keras_model_fn is not None:
+    _check_no_sign_rule(keras_model_fn())
   client_lr, server_lr = settings.client_learning_rate, settings.server_learning_rate
   runtime.install_unless_chosen()   # before model_weights_type runs a computation
 
@@ -166,6 +170,14 @@ def build_fedpara_process(
       client_optimizer_fn=lambda lr: client_optimizer_lib.tff_optimizer(
           client_optimizer, lr, client_momentum),
       server_optimizer_fn=server_optimizer, **common)
+
+
+def _check_no_sign_rule(keras_model):
+  """TFF's client Adam cannot scale its update per kernel (`keras_layers.sign_rule`)."""
+  if keras_layers.sign_rule.rule_factorizations(keras_model):
+    raise ValueError("the model's layers use factor_lr_scale='safe', whose rule under client "
+                     "Adam scales the optimizer's update, which TFF 0.87's Adam cannot; run it "
+                     "on fedpara_tff.build_fedavg_driver, or use client_optimizer='sgd'.")
 
 
 def build_evaluation(model_fn: Any) -> tff.learning.templates.LearningProcess:

@@ -26,6 +26,17 @@ def describe_spec(spec: Any) -> str:
   return type(spec).__name__
 
 
+def check_round_clients(client_ids, datasets):
+  """`client_ids` as a list, if there are some, distinct, one per dataset; else a ValueError."""
+  client_ids = list(client_ids)
+  if not client_ids:
+    raise ValueError('a round needs at least one client; got no client_ids.')
+  if len(set(client_ids)) != len(client_ids) or len(client_ids) != len(datasets):
+    raise ValueError(f'client_ids must be distinct and match the datasets; got '
+                     f'{client_ids!r} for {len(datasets)} datasets.')
+  return client_ids
+
+
 def check_element_spec(element_spec: Any, *, integer_labels: bool) -> Any:
   """`element_spec` if it is a batched client-dataset spec the round can train on.
 
@@ -139,5 +150,5 @@ def _first_bad_label(client_ids, datasets, classes):
       labels = np.asarray(batch['y'])
       bad = labels[(labels < 0) | (labels >= classes)]
       if bad.size:
-        return [client_id, int(bad.flat[0])]
-  return [None, None]
+        return client_id, int(bad.flat[0])
+  return None, None

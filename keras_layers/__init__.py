@@ -9,6 +9,7 @@ __version__ = '0.2.0'
 
 from keras_layers import factors
 from keras_layers import jacobian
+from keras_layers import sign_rule
 from keras_layers import weight_norm
 from keras_layers.base import FactorizedLayer
 from keras_layers.base import factorized_layers

@@ -42,15 +42,18 @@ def _tensorflow_ops(tf):
     return tf.unstack(x, num=num, axis=axis)
 
   return types.SimpleNamespace(
-      cast=tf.cast, concatenate=lambda xs, axis=0: tf.concat(xs, axis), conv=conv,
+      abs=tf.abs, cast=tf.cast, concatenate=lambda xs, axis=0: tf.concat(xs, axis), conv=conv,
       convert_to_numpy=lambda x: tf.convert_to_tensor(x).numpy(),
-      expand_dims=tf.expand_dims, matmul=tf.matmul, ones=tf.ones,
+      einsum=tf.einsum, expand_dims=tf.expand_dims, matmul=tf.matmul,
+      max=lambda x, axis=None, keepdims=False: tf.reduce_max(x, axis=axis, keepdims=keepdims),
+      ones=tf.ones,
       ones_like=tf.ones_like, pad=tf.pad, reshape=tf.reshape, rsqrt=tf.math.rsqrt,
       shape=tf.shape, split=lambda x, n, axis=0: tf.split(x, n, axis=axis), square=tf.square,
       stack=lambda xs, axis=0: tf.stack(xs, axis=axis),
       sum=lambda x, axis=None, keepdims=False: tf.reduce_sum(x, axis=axis, keepdims=keepdims),
       tanh=tf.tanh, tensordot=tf.tensordot,
-      transpose=lambda x, axes=None: tf.transpose(x, axes), unstack=unstack, zeros=tf.zeros)
+      transpose=lambda x, axes=None: tf.transpose(x, axes), unstack=unstack, where=tf.where,
+      zeros=tf.zeros)
 
 
 if IS_KERAS_3:

@@ -125,7 +125,10 @@ class FactorizedLayer(keras.layers.Layer):
       size"). `'safe'` replaces the factors' gradient at every step so that the
       kernel's SGD step is the plain layer's step projected on directions the
       factors can move it: never longer, and never lowering the loss more to
-      first order (docs/DESIGN.md, "Step-size rule"; SGD only).
+      first order (docs/DESIGN.md, "Step-size rule"). Under client Adam on
+      `fedpara_tff`'s shared round the same option scales the kernel's update by
+      `1 / ||A||_inf` instead (`keras_layers.sign_rule`; docs/DESIGN.md,
+      "Step-size rule under Adam").
     activation: activation function, as in Keras.
     use_bias: whether to add a bias.
     bias_initializer, bias_regularizer, bias_constraint: for the bias.

@@ -159,6 +159,66 @@ def combine_terms(scheme, terms, nonlinearity=None):
 
 
 # ---------------------------------------------------------------------------
+# The sign-step bound: how far a kernel entry can move when every factor coordinate moves by at
+# most 1 (the step-size rule under Adam, docs/DESIGN.md "Step-size rule under Adam").
+
+
+def term_jacobian_row_sums(x, y, t=None):
+  """`sum_k |dW[e] / df_k|` over every factor entry `f_k` of one term, for each kernel entry `e`.
+
+  The absolute row sums of the term's Jacobian, Keras layout:
+
+  * matrix term `W^T = Y X^T`: `||y_i||_1 + ||x_o||_1`, shape `(in, out)`;
+  * Tucker-2 term `W[k, i, o] = sum_{p,q} t[p, q, k] x[o, p] y[i, q]`:
+    `||x_o||_1 ||y_i||_1` (through `t`) `+ sum_p |sum_q t[p, q, k] y[i, q]|` (through `x`)
+    `+ sum_q |sum_p t[p, q, k] x[o, p]|` (through `y`), shape `(k1, ..., kd, I, O)`.
+
+  Args:
+    x: output-channel factor, shape `(O, R)`.
+    y: input-channel factor, shape `(I, R)`.
+    t: the core, shape `(R, R, k1, ..., kd)`, or None for a matrix term.
+  """
+  by_x_rows = ops.sum(ops.abs(x), axis=1)                                # (O,)
+  by_y_rows = ops.sum(ops.abs(y), axis=1)                                # (I,)
+  if t is None:
+    return ops.expand_dims(by_y_rows, 1) + ops.expand_dims(by_x_rows, 0)
+  spatial = list(t.shape[2:])
+  core = ops.reshape(t, [t.shape[0], t.shape[1], -1])                    # (R_p, R_q, K)
+  through_t = ops.expand_dims(by_y_rows, 1) * ops.expand_dims(by_x_rows, 0)   # (I, O)
+  through_x = ops.sum(ops.abs(ops.einsum('iq,pqk->kip', y, core)), axis=2)    # (K, I)
+  through_y = ops.sum(ops.abs(ops.einsum('op,pqk->koq', x, core)), axis=2)    # (K, O)
+  total = (ops.expand_dims(through_t, 0) + ops.expand_dims(through_x, 2)
+           + ops.expand_dims(through_y, 1))
+  return ops.reshape(total, spatial + [y.shape[0], x.shape[0]])
+
+
+def jacobian_row_sums(scheme, term_factors, nonlinearity=None):
+  """`sum_k |dW[e] / dF_k|` over every factor entry of a kernel, for each kernel entry `e`.
+
+  Through the scheme each term's row sums are weighted by the nonlinearity's slope at that
+  term and by the other term's magnitude: FedPara `|f(W2)| f'(W1) S1 + |f(W1)| f'(W2) S2`,
+  pFedPara `|f(W2) + 1| f'(W1) S1 + |f(W1)| f'(W2) S2`, low-rank `f'(W1) S1`.
+
+  Args:
+    scheme: one of `SCHEMES`.
+    term_factors: per term, `[x, y]` or `[x, y, t]` as they enter the product.
+    nonlinearity: `None` or `'tanh'`.
+
+  Returns:
+    A tensor shaped like the kernel; its maximum is the Jacobian's infinity norm.
+  """
+  sums = [term_jacobian_row_sums(*factors) for factors in term_factors]
+  terms = compose_terms(term_factors)
+  values = [_apply(nonlinearity, w) for w in terms]
+  if nonlinearity == 'tanh':
+    sums = [s * (ops.ones_like(v) - v * v) for s, v in zip(sums, values)]
+  if scheme == 'lowrank':
+    return sums[0]
+  first_weight = values[1] + ops.ones_like(values[1]) if scheme == 'pfedpara' else values[1]
+  return sums[0] * ops.abs(first_weight) + sums[1] * ops.abs(values[0])
+
+
+# ---------------------------------------------------------------------------
 # Factor shapes, names, roles and initial standard deviations.
 
 
@@ -385,8 +445,10 @@ class KernelFactorization:
     self.initial_step_gain = step_gain(scheme, self.specs, rank, len(self.kernel_shape) > 2,
                                        self.nonlinearity)
     factor_lr_scale = check_factor_lr_scale(factor_lr_scale)
-    # 'safe' stores the factors as they are and replaces their gradient at every step instead.
-    self.projected = factor_lr_scale == SAFE
+    # 'safe' stores the factors as they are and replaces their gradient at every step instead
+    # (under Adam, `sign_rule.prepare` turns the projection off and scales the update).
+    self.safe = factor_lr_scale == SAFE
+    self.projected = self.safe
     if factor_lr_scale == MATCHED:
       factor_lr_scale = 1.0 / self.initial_step_gain
     self.lr_scale = 1.0 if factor_lr_scale in (None, SAFE) else factor_lr_scale
@@ -458,6 +520,17 @@ class KernelFactorization:
     return backend.projected_step(
         lambda values: self.compose_unscaled(dict(zip(names, values))),
         [stored[n] for n in names], SAFE_STEPS)
+
+  def sign_step_bound(self):
+    """`||A||_inf` at the current factors: `A = dW / dF` over the stored factor variables.
+
+    The most any kernel entry moves, to first order, when every stored factor coordinate
+    moves by at most 1: the step-size rule under Adam (`keras_layers.sign_rule`) divides the
+    factors' update by it. A scalar tensor.
+    """
+    terms = [self._term_factors(i, self.factors) for i in range(_term_count(self.scheme))]
+    bound = ops.max(jacobian_row_sums(self.scheme, terms, self.nonlinearity))
+    return bound * ops.cast(self.multiplier, bound.dtype)
 
   def compose_unscaled(self, stored=None):
     """The kernel, with the chain rule's gradient whatever `factor_lr_scale` says (analysis)."""

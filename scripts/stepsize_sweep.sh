@@ -3,7 +3,8 @@
 # Fashion-MNIST, 20 rounds, seed 0, one experiments.train run per cell
 #   <parameterization>[_<rule>]_<optimizer><lr>   e.g. fedpara_sgd0.1, lowrank_safe_adam0.003
 # parameterization: original | lowrank | fedpara; rule: none (the paper's parameterisation) or
-# safe (SGD only) / matched (--factor_lr_scale); optimizer: sgd (lr 0.01 0.03 0.1 0.3) or adam
+# safe (the step-size rule: under SGD the projected step, under Adam the scaled update) /
+# matched (--factor_lr_scale); optimizer: sgd (lr 0.01 0.03 0.1 0.3) or adam
 # (lr 0.001 0.003 0.01). Partition iid (experiments/configs/fashion_mnist_cnn_iid.cfg) or dirichlet
 # (fashion_mnist_cnn_dirichlet.cfg, Dirichlet(0.3)); --rounds=20 and --backend=tf for both.
 # Rerunning the same command resumes each run from its checkpoint and skips finished ones;
@@ -22,8 +23,6 @@ declare -A lrs=([sgd]="0.01 0.03 0.1 0.3" [adam]="0.001 0.003 0.01")
 for opt in sgd adam; do
   for lr in ${lrs[$opt]}; do
     for cell in original lowrank fedpara lowrank_safe fedpara_safe lowrank_matched fedpara_matched; do
-      # 'safe' is an SGD rule (the binaries refuse it with Adam).
-      [[ "$opt" == adam && "$cell" == *_safe ]] && continue
       p="${cell%%_*}"
       flags="--parameterization=$p --client_optimizer=$opt --client_learning_rate=$lr"
       [ "$cell" != "$p" ] && flags+=" --factor_lr_scale=${cell#*_}"

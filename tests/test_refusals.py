@@ -64,8 +64,6 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(rs.config(tmp_path, factor_lr_scale='fast'),
            r"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; got 'fast'")
   _refused(rs.config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
-  _refused(rs.config(tmp_path, factor_lr_scale='safe', client_optimizer='adam'),
-           r"factor_lr_scale='safe' rescales SGD gradients.*got client_optimizer='adam'")
   _refused(rs.config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
            r"jacobian_correction=1.0 needs plain client SGD steps .*algorithm='mimelite'")
   _refused(rs.config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),

@@ -16,48 +16,14 @@ import keras_layers as kl
 from keras_layers import factors
 from keras_layers import jacobian
 from tests import numpy_reference as ref
-
-LAYERS = {
-    'dense': (lambda s, **kw: getattr(kl, f'{s}Dense')(5, **kw), (4, 6)),
-    'conv1d': (lambda s, **kw: getattr(kl, f'{s}Conv1D')(4, 3, **kw), (2, 7, 3)),
-    'conv2d': (lambda s, **kw: getattr(kl, f'{s}Conv2D')(4, 3, **kw), (2, 5, 5, 3)),
-    'lstm': (lambda s, **kw: getattr(kl, f'{s}LSTM')(4, **kw), (3, 5, 3)),
-}
-SCHEMES = {'fedpara': 'FedPara', 'pfedpara': 'PFedPara', 'lowrank': 'LowRank'}
-CASES = [(k, s, n) for k in LAYERS for s in SCHEMES for n in (None, 'tanh')]
-
-
-def _factorizations(layer):
-  return layer.cell.factorizations if hasattr(layer, 'cell') else layer.factorizations
-
-
-def _loss(outputs):
-  # A loss whose gradient is not isotropic or aligned with anything in particular.
-  return tf.reduce_sum(tf.sin(3.0 * outputs) + 0.5 * tf.square(outputs))
-
-
-def _pair(kind, scheme, nonlinearity, seed, dtype='float32'):
-  """The same layer built twice from the same weights: paper parameterisation, then 'safe'."""
-  make, shape = LAYERS[kind]
-  inputs = tf.random.stateless_normal(shape, [seed, 0], dtype=dtype)
-  layers = []
-  for option in (None, 'safe'):
-    layer = make(SCHEMES[scheme], rank=2, nonlinearity=nonlinearity, factor_lr_scale=option,
-                 dtype=dtype)
-    layer(inputs)
-    layers.append(layer)
-  layers[1].set_weights(layers[0].get_weights())
-  return layers, inputs
-
-
-def _jacobian(factorization):
-  """`A`, the full Jacobian of the raw composition, float64 `(kernel entries, factor entries)`."""
-  variables = list(factorization.factors.values())
-  with tf.GradientTape(persistent=True) as tape:
-    w = factorization.compose_unscaled()
-  return np.concatenate([tape.jacobian(w, v).numpy().reshape(w.shape.num_elements(), -1)
-                         for v in variables], axis=1).astype(np.float64)
-
+from tests.factor_cases import CASES
+from tests.factor_cases import LAYERS
+from tests.factor_cases import SCHEMES
+from tests.factor_cases import factorizations as _factorizations
+from tests.factor_cases import grads_and_kernel_grads as _grads_and_kernel_grads
+from tests.factor_cases import jacobian_matrix as _jacobian
+from tests.factor_cases import loss as _loss
+from tests.factor_cases import pair as _pair
 
 def _krylov_projection(a, j, steps):
   """The projection of `j` on `A` times the Krylov space of `A^T A` and `A^T j` (float64, an
@@ -75,17 +41,6 @@ def _krylov_projection(a, j, steps):
     vector = a.T @ (a @ basis[-1])
   image = a @ np.stack(basis, axis=1)
   return image @ np.linalg.lstsq(image, j, rcond=None)[0]
-
-
-def _grads_and_kernel_grads(layer, inputs):
-  factorizations = _factorizations(layer)
-  with jacobian.recording_kernels(factorizations) as recorded:
-    with tf.GradientTape() as tape:
-      loss = _loss(layer(inputs))
-  kernels = [k for uses in recorded for k in uses]
-  variables = [v for f in factorizations for v in f.factors.values()]
-  grads = tape.gradient(loss, variables + kernels)
-  return grads[:len(variables)], [j.numpy() for j in grads[len(variables):]]
 
 
 def _flat(tensors):

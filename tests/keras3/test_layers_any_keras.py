@@ -212,3 +212,44 @@ def test_the_safe_step_rule_takes_the_hand_derived_sgd_step():
   # The bound on this Keras: no longer than the plain step, no larger first-order decrease.
   assert np.linalg.norm(step) <= np.linalg.norm(j) * (1 + 1e-3)
   assert np.sum(j * step) <= np.sum(j * j) * (1 + 1e-3)
+
+
+def _numeric_jacobian_inf_norm(factorization, scheme, nonlinearity):
+  """`max_e sum_k |dW[e] / dF_k|` by central differences of the numpy composition (float64)."""
+  values = {n: _factor(factorization, n) for n in factorization.factors}
+
+  class Probe:   # what `_kernel` reads: factors and the kernel's shape
+    kernel_shape = factorization.kernel_shape
+    multiplier = 1.0
+    factors = values
+
+  rows = 0.0
+  h = 1e-6
+  for name, value in values.items():
+    for index in np.ndindex(value.shape):
+      original = value[index]
+      value[index] = original + h
+      up = _kernel(Probe, scheme, nonlinearity)
+      value[index] = original - h
+      down = _kernel(Probe, scheme, nonlinearity)
+      value[index] = original
+      rows = rows + np.abs(up - down) / (2 * h)
+  return float(np.max(rows))
+
+
+@pytest.mark.parametrize('scheme', sorted(SCHEMES))
+@pytest.mark.parametrize('kind', [0, 1])
+def test_the_sign_step_bound_is_the_numeric_jacobians_infinity_norm(scheme, kind):
+  """The step-size rule under Adam on this Keras: `sign_step_bound` is `||A||_inf` of the kernel's
+  Jacobian (docs/DESIGN.md, "Step-size rule under Adam"), and `sign_rule.prepare` scales the
+  kernel's factors by its inverse and every other variable by 1."""
+  layer = (SCHEMES[scheme][0](5, rank=2, factor_lr_scale='safe', nonlinearity='tanh')
+           if kind == 0 else SCHEMES[scheme][1](4, 3, rank=2, factor_lr_scale='safe'))
+  shape = (6,) if kind == 0 else (5, 5, 3)
+  model = keras.Sequential([keras.Input(shape), layer])
+  nonlinearity = 'tanh' if kind == 0 else None
+  bound = float(_np(layer.factorization.sign_step_bound()))
+  want = _numeric_jacobian_inf_norm(layer.factorization, scheme, nonlinearity)
+  assert bound == pytest.approx(want, rel=1e-4)
+  scales = [float(_np(s)) for s in kl.sign_rule.prepare(model, model.trainable_variables)()]
+  assert scales == pytest.approx([1.0 / bound] * (len(scales) - 1) + [1.0], rel=1e-6)
