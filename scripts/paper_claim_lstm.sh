@@ -10,21 +10,23 @@
 #   adam<LR>:    the paper's recipe with client Adam at lr LR instead of SGD at 1.0 (e.g.
 #                adam0.003; its moments restart every round);
 #   fast<LR>:    client Adam at lr LR, batch 16 and 8 clients a round: about 11 local steps per
-#                client and twice the rounds per hour (the levers used to converge here).
+#                client and twice the rounds per hour (the levers used to converge here);
+#   sgd<LR>:     the paper's recipe at client SGD lr LR instead of 1.0 (sgd1.0 is the paper's).
 # Variants (parameters as a share of the original's 817,872): original; lowrank_r22 (15.9%, the
 # paper's low-rank budget); fedpara_r14 (19.5%, the paper's FedPara budget); lowrank_r28 (19.5%,
 # the same budget as fedpara_r14); fedpara_r14_tanh (tanh on each Hadamard term, the paper's
 # FedPara recipe), fedpara_r14_he_fan_in / _he_fan_out (the inits of the authors' notebook and of
 # the Flower baseline; the default is the variance-matched one); fedpara_r14_jc (the Jacobian
 # correction, lambda 1: it assumes client SGD steps, so the recipes paper, fedadam<LR> and batch8
-# only; the paper uses lambda 0 for its LSTM). Rerunning the same command resumes each run from its checkpoint
+# only; the paper uses lambda 0 for its LSTM); fedpara_r14_safe / lowrank_r28_safe (the step-size
+# rule, --factor_lr_scale=safe). Rerunning the same command resumes each run from its checkpoint
 # and skips finished ones; arguments starting with -- are passed to every run (e.g. --rounds=200).
 # Partitions: natural (one client per speaking role, the 100 roles with the most text: 177.3
 # sequences each on average); iid (every role's text shuffled over 100 clients: 382 each, 2.2x the
 # local work); sampled (IID at the natural clients' size: 177 sequences per client drawn with
 # replacement from every role's text, --partition=sampled).
 # VARIANT_seed<N> (e.g. fedpara_r14_seed1) is VARIANT with --seed=N, in its own folder.
-# Usage: scripts/paper_claim_lstm.sh natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [VARIANT...] [--flag=value...]
+# Usage: scripts/paper_claim_lstm.sh natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR>|sgd<LR> [VARIANT...] [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 partition="${1:?usage: $0 natural|iid|sampled paper|fedadam<LR>|batch8|adam<LR>|fast<LR> [variant ...]}"; shift
@@ -39,8 +41,9 @@ case "$recipe" in
   fedadam[0-9]*) recipe_flags="--algorithm=fedadam --server_learning_rate=${recipe#fedadam} --client_learning_rate=1.0 --batch_size=64 --clients_per_round=16" ;;
   batch8) recipe_flags="--algorithm=fedavg --client_learning_rate=1.0 --lr_decay=0.992 --batch_size=8 --clients_per_round=16" ;;
   adam[0-9]*) recipe_flags="--algorithm=fedavg --client_optimizer=adam --client_learning_rate=${recipe#adam} --lr_decay=0.992 --batch_size=64 --clients_per_round=16" ;;
+  sgd[0-9]*) recipe_flags="--algorithm=fedavg --client_learning_rate=${recipe#sgd} --lr_decay=0.992 --batch_size=64 --clients_per_round=16" ;;
   fast[0-9]*) recipe_flags="--algorithm=fedavg --client_optimizer=adam --client_learning_rate=${recipe#fast} --lr_decay=0.992 --batch_size=16 --clients_per_round=8" ;;
-  *) echo "$0: recipe must be paper, fedadam<LR>, batch8, adam<LR> or fast<LR>; got $recipe" >&2; exit 2 ;;
+  *) echo "$0: recipe must be paper, fedadam<LR>, batch8, adam<LR>, fast<LR> or sgd<LR>; got $recipe" >&2; exit 2 ;;
 esac
 declare -A variants=(
   [original]="--parameterization=original"
@@ -51,6 +54,8 @@ declare -A variants=(
   [fedpara_r14_he_fan_in]="--parameterization=fedpara --rank=14 --factor_init=he_fan_in"
   [fedpara_r14_he_fan_out]="--parameterization=fedpara --rank=14 --factor_init=he_fan_out"
   [fedpara_r14_jc]="--parameterization=fedpara --rank=14 --jacobian_correction=1"
+  [fedpara_r14_safe]="--parameterization=fedpara --rank=14 --factor_lr_scale=safe"
+  [lowrank_r28_safe]="--parameterization=lowrank --rank=28 --factor_lr_scale=safe"
 )
 order=(fedpara_r14 lowrank_r22 original lowrank_r28)
 # shellcheck source=scripts/variants.sh

@@ -16,7 +16,6 @@ import fedpara_tff
 from fedpara_tff import client_optimizer
 import keras_layers as kl
 from keras_layers import sign_rule
-from tests.factor_cases import CASES
 from tests.factor_cases import LAYERS
 from tests.factor_cases import SCHEMES
 from tests.factor_cases import factorizations as _factorizations
@@ -30,7 +29,12 @@ def _model(layer, inputs):
   return tf.keras.Sequential([tf.keras.Input(inputs.shape[1:], dtype=inputs.dtype), layer])
 
 
-@pytest.mark.parametrize('kind, scheme, nonlinearity', CASES)
+# Every layer kind and scheme; each scheme with and without tanh (on different kinds).
+BOUND_CASES = [(k, s, 'tanh' if (i + j) % 2 else None)
+               for i, k in enumerate(LAYERS) for j, s in enumerate(SCHEMES)]
+
+
+@pytest.mark.parametrize('kind, scheme, nonlinearity', BOUND_CASES)
 def test_the_bound_is_the_jacobians_largest_absolute_row_sum(kind, scheme, nonlinearity):
   (_, safe), _ = _pair(kind, scheme, nonlinearity, seed=11, dtype='float64')
   for factorization in _factorizations(safe):
