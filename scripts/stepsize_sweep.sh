@@ -5,7 +5,8 @@
 # parameterization: original | lowrank | fedpara; rule: none (the paper's parameterisation) or
 # safe (the step-size rule: under SGD the projected step, under Adam the scaled update) /
 # matched (--factor_lr_scale); optimizer: sgd (lr 0.01 0.03 0.1 0.3) or adam
-# (lr 0.001 0.003 0.01). Partition iid (experiments/configs/fashion_mnist_cnn_iid.cfg) or dirichlet
+# (lr 0.001 0.003 0.01 0.03; the 0.03 column was added for the safe rule, whose best Adam lr was
+# the top of the first grid). Partition iid (experiments/configs/fashion_mnist_cnn_iid.cfg) or dirichlet
 # (fashion_mnist_cnn_dirichlet.cfg, Dirichlet(0.3)); --rounds=20 and --backend=tf for both.
 # Rerunning the same command resumes each run from its checkpoint and skips finished ones;
 # arguments starting with -- go to every run. With no NAME, every cell of the sweep in order.
@@ -19,7 +20,7 @@ cfg="experiments/configs/fashion_mnist_cnn_${partition}.cfg"
 [ -f "$cfg" ] || { echo "$0: no flagfile $cfg (the partition must be iid or dirichlet)" >&2; exit 2; }
 declare -A variants=()
 order=()
-declare -A lrs=([sgd]="0.01 0.03 0.1 0.3" [adam]="0.001 0.003 0.01")
+declare -A lrs=([sgd]="0.01 0.03 0.1 0.3" [adam]="0.001 0.003 0.01 0.03")
 for opt in sgd adam; do
   for lr in ${lrs[$opt]}; do
     for cell in original lowrank fedpara lowrank_safe fedpara_safe lowrank_matched fedpara_matched; do

@@ -20,7 +20,10 @@ longer than the plain layer's step); `safe_gain`, the first-order loss decrease 
 `factor_lr_scale='safe'` over the plain step's (`||P J||^2 / ||J||^2`, `P` its projection); and
 `reachable_fraction`, the same after `--cgls_iterations` CGLS steps: a lower bound, rising with
 the steps, of the projection on every direction the factors can move the kernel (the range of
-`A`), which no rule that keeps the kernel's step a projection of the plain step exceeds.
+`A`), which no rule that keeps the kernel's step a projection of the plain step exceeds. Two
+more for client Adam: `inf_norm`, the kernel's `||A||_inf`, and `safe_sign_gain`, `G_sign /
+||A||_inf`, the first-step decrease under the step-size rule for Adam over the plain layer's
+(docs/DESIGN.md, "Step-size rule under Adam").
 
   python -m experiments.analysis.step_gain --dataset=fashion_mnist --model=vgg_narrow \
       --output=docs/results/step_gain_vgg_narrow.csv
@@ -79,7 +82,7 @@ def parse_variant(variant):
 def layer_gains(model, x, y, cgls_iterations=0):
   """Per factorised kernel (`jacobian.corrected_factorizations`): (label, expected G, measured G,
   ||J_W||, sum ||g_f||^2, measured G_sign, (step_length, safe_gain, reachable_fraction) or None
-  without `cgls_iterations`)."""
+  without `cgls_iterations`, ||A||_inf of the composition)."""
   loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
   pairs = jacobian.corrected_factorizations(model)
   factorizations = [f for _, f in pairs]
@@ -99,7 +102,8 @@ def layer_gains(model, x, y, cgls_iterations=0):
     g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
     rows.append((label, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
                  keras_layers.factors.sign_step_gain(j, g),
-                 step_measures.step_rule_measures(f, j, cgls_iterations) if cgls_iterations else None))
+                 step_measures.step_rule_measures(f, j, cgls_iterations) if cgls_iterations else None,
+                 float(f.sign_step_bound())))
   return rows
 
 
@@ -109,6 +113,14 @@ def _rule_columns(measures):
     return {}
   names = ('step_length', 'safe_gain', 'reachable_fraction')
   return {n: round(float(np.mean([m[i] for m in measures])), 4) for i, n in enumerate(names)}
+
+
+def _sign_rule_columns(sign_gains, bounds):
+  """`inf_norm` (`||A||_inf`) and `safe_sign_gain` (`G_sign / ||A||_inf`: the first-order loss
+  decrease of Adam's first step under the rule over the plain layer's; docs/DESIGN.md, "Step-size
+  rule under Adam"), averaged over seeds."""
+  return dict(inf_norm=round(float(np.mean(bounds)), 4),
+              safe_sign_gain=round(float(np.mean([g / b for g, b in zip(sign_gains, bounds)])), 4))
 
 
 def main(argv):
@@ -121,12 +133,13 @@ def main(argv):
   table = []
   for run_dir in flags_.runs:
     label, model = trained_model.load(run_dir, data)
-    for name, expected, measured, j_norm, _, sign_gain, rule in layer_gains(
+    for name, expected, measured, j_norm, _, sign_gain, rule, bound in layer_gains(
         model, x, y, flags_.cgls_iterations):
       table.append(dict(variant=label, layer=name, expected_gain=round(expected, 4),
                         measured_gain=round(float(measured), 4),
                         grad_norm_kernel=round(float(j_norm), 5),
-                        measured_sign_gain=round(sign_gain, 4), **_rule_columns([rule])))
+                        measured_sign_gain=round(sign_gain, 4), **_rule_columns([rule]),
+                        **_sign_rule_columns([sign_gain], [bound])))
   for variant, parameterization, kwargs in ([] if flags_.runs else variants):
     per_seed = []
     for seed in range(flags_.seeds):
@@ -141,15 +154,18 @@ def main(argv):
                         grad_norm_kernel=round(float(np.mean([r[i][3] for r in per_seed])), 5),
                         measured_sign_gain=round(float(np.mean([r[i][5] for r in per_seed])),
                                                  4),
-                        **_rule_columns([r[i][6] for r in per_seed])))
+                        **_rule_columns([r[i][6] for r in per_seed]),
+                        **_sign_rule_columns([r[i][5] for r in per_seed],
+                                             [r[i][7] for r in per_seed])))
   width = max(len(r['variant']) for r in table)
   print(f'{"variant":<{width}}  layer    G expected  G measured  ||dL/dW||  G_sign measured'
-        f'  step length  safe gain  reachable')
+        f'  step length  safe gain  reachable  ||A||_inf  safe G_sign')
   for r in table:
     print(f'{r["variant"]:<{width}}  {r["layer"]:<7}  {r["expected_gain"]:>10.4f}  '
           f'{r["measured_gain"]:>10.4f}  {r["grad_norm_kernel"]:>9.5f}  '
           f'{r["measured_sign_gain"]:>15.4f}  {r.get("step_length", np.nan):>11.4f}  '
-          f'{r.get("safe_gain", np.nan):>9.4f}  {r.get("reachable_fraction", np.nan):>9.4f}')
+          f'{r.get("safe_gain", np.nan):>9.4f}  {r.get("reachable_fraction", np.nan):>9.4f}  '
+          f'{r["inf_norm"]:>9.4f}  {r["safe_sign_gain"]:>11.4f}')
   if flags_.output:
     run_io.write_table(flags_.output, table)
     print(f'wrote {flags_.output}')
