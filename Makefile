@@ -28,7 +28,7 @@ layer-demo: setup
 # (pytest-xdist), without the long end-to-end tests marked slow (pytest.ini), which
 # `make test-slow` runs; CI (.ci/run) runs both.
 test: setup
-	$(PYTHON) -m pytest -q -rs -n logical --dist worksteal -m "not slow" tests
+	$(PYTHON) -m pytest -q -rs -n logical --dist worksteal --durations=15 -m "not slow" tests
 
 test-slow: setup
 	$(PYTHON) -m pytest -q -rs -n logical --dist worksteal -m slow tests

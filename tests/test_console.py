@@ -22,10 +22,12 @@ def _console(module, name, *args):
       capture_output=True, text=True, timeout=300)
 
 
+# One binary in `make test`; the others (the same absl entry point, about 15 s each) in the slow
+# suite, which CI runs.
 @pytest.mark.parametrize('module, name, own_flag', [
     ('train', 'fedpara-train', '--client_learning_rate'),
-    ('compare', 'fedpara-compare', '--parameterizations'),
-    ('plot', 'fedpara-plot', '--runs')])
+    pytest.param('compare', 'fedpara-compare', '--parameterizations', marks=pytest.mark.slow),
+    pytest.param('plot', 'fedpara-plot', '--runs', marks=pytest.mark.slow)])
 def test_help_lists_the_binarys_own_flags_and_its_docstring(module, name, own_flag):
   result = _console(module, name, '--help')
   as_module = subprocess.run([sys.executable, '-m', f'experiments.{module}', '--help'],
@@ -40,7 +42,8 @@ def test_help_lists_the_binarys_own_flags_and_its_docstring(module, name, own_fl
 
 
 @pytest.mark.parametrize('args', [
-    ['--bogus=1'], ['--client_learning_rate=-1', '--output_dir=x'], ['--helpfull']])
+    ['--bogus=1'], ['--client_learning_rate=-1', '--output_dir=x'],
+    pytest.param(['--helpfull'], marks=pytest.mark.slow)])
 def test_flag_errors_and_helpfull_end_without_a_traceback(args):
   for result in (_console('train', 'fedpara-train', *args),
                  subprocess.run([sys.executable, '-m', 'experiments.train', *args],
@@ -58,7 +61,8 @@ _REQUIRED = {'train': ['--output_dir=unused'], 'compare': ['--output_dir=unused'
              'launch_workers': []}
 
 
-@pytest.mark.parametrize('module', sorted(_REQUIRED))
+@pytest.mark.parametrize('module', [m if m == 'train' else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in sorted(_REQUIRED)])
 def test_a_positional_argument_is_one_line_not_the_whole_help(module):
   result = subprocess.run(
       [sys.executable, '-m', f'experiments.{module}', 'stray', *_REQUIRED[module]],

@@ -134,8 +134,10 @@ def test_client_with_no_examples_completes_the_round_with_weight_zero(stock_feda
   assert output.metrics['aggregator']['communication']['bytes_uploaded'] == 4 * 814 * 4
 
 
-@pytest.mark.parametrize('algorithm', [a for a in fedpara_tff.ALGORITHMS
-                                       if a not in ('fedprox', 'scaffold', 'feddyn')])
+# FedYogi and FedAdagrad (server optimizers of the same builder as FedAdam) in the slow suite.
+@pytest.mark.parametrize('algorithm', [
+    pytest.param(a, marks=pytest.mark.slow) if a in ('fedyogi', 'fedadagrad') else a
+    for a in fedpara_tff.ALGORITHMS if a not in ('fedprox', 'scaffold', 'feddyn')])
 def test_fedpara_process_lowers_the_loss(clients, algorithm):
   server_lr = {'fedadam': 0.05, 'fedyogi': 0.05, 'fedadagrad': 0.2}.get(algorithm, 1.0)
   process = fedpara_tff.build_fedpara_process(

@@ -381,7 +381,8 @@ def test_damaged_partition_cache_is_recomputed(tmp_path):
 @pytest.mark.parametrize('name, content, message', [
     (run_io.RUN_FILE, '{"dataset": "mnist', r'run.json is damaged .*--overwrite'),
     (run_io.METRICS_FILE, 'round,clients\n1,2,3,4\n', r'metrics.csv is damaged \(its header'),
-    (run_io.METRICS_FILE, ','.join(run_io.COLUMNS) + '\n1,x\n', r'metrics.csv is damaged'),
+    pytest.param(run_io.METRICS_FILE, ','.join(run_io.COLUMNS) + '\n1,x\n',
+                 r'metrics.csv is damaged', marks=pytest.mark.slow),
 ])
 def test_damaged_run_files_are_named(tmp_path, name, content, message):
   config = rs.config(tmp_path, rounds=1)

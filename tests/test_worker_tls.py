@@ -92,7 +92,8 @@ def test_only_the_tls_port_listens_where_others_can_reach(tls_worker):
   assert any('data/worker_binary' in ' '.join(p.cmdline()) for p in tree.children(recursive=True))
 
 
-@pytest.mark.parametrize('binary', ['worker', 'launch_workers'])
+@pytest.mark.parametrize('binary', ['worker', pytest.param('launch_workers',
+                                                            marks=pytest.mark.slow)])
 def test_workers_need_tls_or_an_explicit_insecure(binary):
   port_flag = '--port=8123' if binary == 'worker' else '--base_port=8123'
   for extra in ([], ['--tls_dir=certs', '--insecure']):
