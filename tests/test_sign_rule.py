@@ -194,3 +194,9 @@ def test_the_rule_needs_adam_and_the_shared_round():
                                        r'cannot; run it on fedpara_tff.build_fedavg_driver'):
     fedpara_tff.build_fedpara_process(model_fn, keras_model_fn=_lowrank_model,
                                       client_optimizer='adam')
+
+
+def test_the_binaries_take_the_rule_with_adam():
+  """`--factor_lr_scale=safe --client_optimizer=adam` was refused before the Adam rule."""
+  from experiments import run_config  # pylint: disable=g-import-not-at-top
+  run_config.check(run_config.RunConfig('unused', client_optimizer='adam', factor_lr_scale='safe'))
