@@ -10,6 +10,7 @@ its parameterisation.
 
 import math
 import os
+import tempfile
 
 from absl import app
 import numpy
@@ -71,11 +72,31 @@ def new_figure(**kwargs):
   return figure
 
 
-def save_figure(figure, path):
+def save_figure(figure, path, in_run_folder=False):
   """Writes `figure` as the PNG `path`, marked as ours in its metadata, so that `--overwrite`
   and `compare` can tell it from a file of the same name they did not write
-  (`experiments.ownership.is_plot`)."""
-  figure.savefig(path, metadata={'Software': ownership.MARK})
+  (`experiments.ownership.is_plot`).
+
+  Atomically: the PNG is written to a temporary file beside `path`, then renamed over it, so a
+  process killed while writing leaves the previous plot (or none), never a torn one that a
+  resumed run would refuse as not its own. In a run folder the temporary file is `path.tmp`
+  (a run's own, `experiments.ownership`); elsewhere a new uniquely named file, so that no
+  existing file is replaced.
+  """
+  if in_run_folder:
+    temporary = path + '.tmp'
+  else:
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                         prefix='.' + os.path.basename(path) + '.',
+                                         suffix='.tmp')
+    os.close(handle)
+  try:
+    figure.savefig(temporary, format='png', metadata={'Software': ownership.MARK})
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
 
 
 def check_output(output, in_run_folder=False):
@@ -111,7 +132,7 @@ def plot_runs(run_dirs, output, title=None, in_run_folder=False):
   figure.tight_layout()
   output = output_path(output)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  save_figure(figure, output)
+  save_figure(figure, output, in_run_folder)
   return drawn
 
 

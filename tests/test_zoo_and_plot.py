@@ -129,3 +129,26 @@ def test_compare_lines_state_the_ratio():
       '(4.00x less), parameters 63,656 vs 225,034',
       'fedpara vs lowrank: accuracy 0.9300 vs 0.9200, communication 0.1800 GB vs 0.1801 GB '
       '(1.00x less), parameters 63,656 vs 63,554']
+
+
+@pytest.mark.parametrize('in_run_folder', [True, False])
+def test_a_plot_killed_while_written_leaves_the_previous_one(tmp_path, monkeypatch, in_run_folder):
+  """A run killed while its plot was written (found by the slow SIGKILL test) resumed into a
+  torn PNG that it refused as not its own; the write is now atomic."""
+  path = str(tmp_path / run_io.PLOT_FILE)
+  figure = plot.new_figure()
+  figure.subplots().plot([0, 1], [0, 1])
+  plot.save_figure(figure, path, in_run_folder)
+  previous = open(path, 'rb').read()
+
+  def torn(self, target, **kwargs):
+    with open(target, 'wb') as f:
+      f.write(previous[:16])   # the PNG signature, then the process dies
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(type(figure), 'savefig', torn)
+  with pytest.raises(KeyboardInterrupt):
+    plot.save_figure(figure, path, in_run_folder)
+  assert open(path, 'rb').read() == previous
+  plot.check_output(path, in_run_folder)   # the resumed run takes it as its own
+  assert sorted(os.listdir(tmp_path)) == [run_io.PLOT_FILE]
