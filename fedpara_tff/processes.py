@@ -142,13 +142,16 @@ def build_fedpara_process(
     raise ValueError(f'lr_decay={lr_decay!r} is not available with a FunctionalModel: TFF 0.87\'s '
                      f'scheduled FedAvg fails on it (docs/DESIGN.md, "TFF runtime facts"); use '
                      f'lr_decay=1.0 or a VariableModel.')
-  if client_optimizer == 'adam' and keras_model_fn is not None:
-    _check_no_sign_rule(keras_model_fn())
+  mask = None
+  if keras_model_fn is not None:
+    with tf.Graph().as_default():
+      mask = _checked_travel_mask(keras_model_fn(), local_layers, client_optimizer)
+    local_layers = ()   # in the mask
   client_lr, server_lr = settings.client_learning_rate, settings.server_learning_rate
   runtime.install_unless_chosen()   # before model_weights_type runs a computation
 
   factory = aggregators.factor_aggregator(
-      inner=aggregator, keras_model_fn=keras_model_fn, local_layers=local_layers,
+      inner=aggregator, mask=mask, local_layers=local_layers,
       quantization_bits=quantization_bits, quantization_threshold=quantization_threshold)
   weights_type = model_weights_type(model_fn)
   models.check_no_non_trainable(len(weights_type.non_trainable))
@@ -170,6 +173,14 @@ def build_fedpara_process(
       client_optimizer_fn=lambda lr: client_optimizer_lib.tff_optimizer(
           client_optimizer, lr, client_momentum),
       server_optimizer_fn=server_optimizer, **common)
+
+
+def _checked_travel_mask(keras_model, local_layers, client_optimizer):
+  """`aggregators.travel_mask` of `keras_model`, after the client-Adam check: the one model
+  `build_fedpara_process` builds for both."""
+  if client_optimizer == 'adam':
+    _check_no_sign_rule(keras_model)
+  return aggregators.travel_mask(keras_model, local_layers)
 
 
 def _check_no_sign_rule(keras_model):

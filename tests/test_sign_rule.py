@@ -196,6 +196,19 @@ def test_the_rule_needs_adam_and_the_shared_round():
                                       client_optimizer='adam')
 
 
+def test_the_process_builds_the_keras_model_once_for_the_adam_check_and_the_mask():
+  """It built one for the client-Adam check and another for the aggregator's travel mask."""
+  def paper_model():
+    return tf.keras.Sequential([tf.keras.Input((FEATURES,)), kl.LowRankDense(CLASSES, rank=2)])
+  built = []
+  def counted():
+    built.append(None)
+    return paper_model()
+  fedpara_tff.build_fedpara_process(fedpara_tff.keras_model_fn_to_tff(paper_model, SPEC),
+                                    keras_model_fn=counted, client_optimizer='adam')
+  assert len(built) == 1
+
+
 def test_the_binaries_take_the_rule_with_adam():
   """`--factor_lr_scale=safe --client_optimizer=adam` was refused before the Adam rule."""
   from experiments import run_config  # pylint: disable=g-import-not-at-top
