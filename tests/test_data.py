@@ -252,6 +252,28 @@ def test_iid_clients_have_the_global_label_histogram(mnist):
   assert _total_variation(mnist.y_train, parts).max() < 0.12
 
 
+def test_dirichlet_split_is_the_redrawn_cumulative_share_split():
+  """The definition, drawn with the same generator: per class (in label order, its members
+  permuted), cut at `floor(cumsum(shares) * n)` with shares ~ Dirichlet(alpha); the whole draw
+  repeated until no client is empty (alpha 0.05 over 30 clients needs several draws). Seeds keep
+  their partitions, and the partition caches stay valid."""
+  labels = np.random.default_rng(5).integers(0, 10, 600)
+  for clients_, alpha, seed in [(30, 0.05, 3), (8, 0.5, 1)]:
+    rng = np.random.default_rng(seed)
+    by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(10)]
+    while True:
+      parts = [[] for _ in range(clients_)]
+      for members in by_class:
+        shares = rng.dirichlet([alpha] * clients_)
+        edges = [0] + [int(v) for v in np.cumsum(shares)[:-1] * len(members)] + [len(members)]
+        for client in range(clients_):
+          parts[client].extend(members[edges[client]:edges[client + 1]])
+      if all(parts):
+        break
+    got = partition.dirichlet(labels, clients_, alpha, seed)
+    assert [sorted(p) for p in parts] == [list(g) for g in got]
+
+
 def test_dirichlet_skew_grows_as_alpha_shrinks(mnist):
   skew = [_total_variation(mnist.y_train, partition.dirichlet(mnist.y_train, 20, a, seed=0)).mean()
           for a in (100.0, 1.0, 0.1)]

@@ -62,15 +62,15 @@ def dirichlet(labels, num_clients, alpha, seed):
   rng = np.random.default_rng(seed)
   by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
   for _ in range(MAX_DIRICHLET_DRAWS):
-    parts = [[] for _ in range(num_clients)]
-    for members in by_class:
-      shares = rng.dirichlet(np.full(num_clients, float(alpha)))
-      cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-      for client, piece in enumerate(np.split(members, cuts)):
-        parts[client].append(piece)
-    result = [np.sort(np.concatenate(p)) for p in parts]
-    if min(len(p) for p in result) > 0:
-      return result
+    cuts = [(np.cumsum(rng.dirichlet(np.full(num_clients, float(alpha))))[:-1]
+             * len(members)).astype(int) for members in by_class]
+    # Each client's size from the cuts alone: a draw that leaves one empty is dropped before
+    # any client's indices are gathered.
+    sizes = sum(np.diff(c, prepend=0, append=len(m)) for c, m in zip(cuts, by_class))
+    if sizes.min() > 0:
+      pieces = [np.split(members, c) for members, c in zip(by_class, cuts)]
+      return [np.sort(np.concatenate([p[client] for p in pieces]))
+              for client in range(num_clients)]
   raise ValueError(f'Dirichlet(alpha={alpha}) left a client empty in {MAX_DIRICHLET_DRAWS} draws '
                    f'for {num_clients} clients and {len(labels)} examples; use fewer clients or a '
                    f'larger alpha.')
