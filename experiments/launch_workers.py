@@ -8,16 +8,17 @@ killed outright (SIGKILL). A worker that exits early is reported and the others 
   python -m experiments.train ... --workers=127.0.0.1:8000,127.0.0.1:8001 --workers_tls_dir=certs
 """
 
-import signal
 import subprocess
 import sys
 import time
 
 from absl import flags
+import psutil
 
 from experiments import flagfiles
 from experiments import worker_service
 from fedpara_tff import runtime
+from fedpara_tff import worker_watchdog
 
 _COUNT = flags.DEFINE_integer('count', 2, 'Workers to start (>= 1).')
 _BASE_PORT = flags.DEFINE_integer('base_port', 8000, 'Port of the first worker; then +1 each.')
@@ -48,17 +49,13 @@ def start(ports, concurrency=-1, tls_dir=None):
 
 
 def stop(processes, timeout=10.0):
-  """SIGINT, then SIGKILL after `timeout` seconds, to every process still running."""
+  """SIGINT, then SIGKILL after `timeout` seconds, to every process still running
+  (`fedpara_tff.worker_watchdog.stop`); then each is reaped. A child not yet reaped keeps its
+  pid, so the pid names it."""
+  running = [psutil.Process(process.pid) for process in processes if process.poll() is None]
+  worker_watchdog.stop(running, grace_s=timeout)
   for process in processes:
-    if process.poll() is None:
-      process.send_signal(signal.SIGINT)
-  deadline = time.monotonic() + timeout
-  for process in processes:
-    try:
-      process.wait(timeout=max(0.1, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait()
+    process.wait()
 
 
 def main(argv):
