@@ -12,7 +12,8 @@ small files that back a table in docs/RESULTS.md.
 With `--seeds`, runs named `NAME` (seed 0 of the paper-claim scripts) and
 `NAME_seed<N>` are one row: the number of seeds and the mean +- sample standard
 deviation of the train loss and the test accuracy (its last and best value), with the
-mean gigabytes and seconds. The runs of a row must differ in nothing but the seed.
+mean gigabytes and seconds (a row of one seed: its values, without a spread). The runs of a row
+must differ in nothing but the seed.
 
   python -m experiments.analysis.results_table --runs=runs/paper_claim/fashion_vgg_narrow_iid/*
 """
@@ -34,7 +35,7 @@ _ROUND = flags.DEFINE_integer('round', 0, 'Round to report (0: the last one ever
 _COPY_TO = flags.DEFINE_string('copy_to', None, 'Folder to copy each run\'s metrics and flags to.')
 _TARGET = flags.DEFINE_float('target', None, 'Test accuracy to report the first round reaching.')
 _SEEDS = flags.DEFINE_bool('seeds', False,
-                           'One row per NAME over the runs NAME and NAME_seed<N>: mean +- std.')
+                           'One row per NAME over the runs NAME and NAME_seed<N>: mean +- std (one seed: its value).')
 flags.register_validator('target', lambda v: v is None or 0 < v <= 1,
                          message='--target must be an accuracy in (0, 1].')
 
@@ -56,7 +57,8 @@ def _evaluated_rounds(rows):
 def _print_seed_table(groups, round_num):
   print('| run | seeds | round | train loss | test accuracy | best so far | GB up+down | wall s |')
   print('|---|---:|---:|---:|---:|---:|---:|---:|')
-  pm = lambda pair: f'{pair[0]:.4f} +- {pair[1]:.4f}'
+  # One seed has no spread: its value alone.
+  pm = lambda pair: f'{pair[0]:.4f}' if math.isnan(pair[1]) else f'{pair[0]:.4f} +- {pair[1]:.4f}'
   for name, folders in groups.items():
     r = run_tables.seed_row(folders, round_num)
     print(f'| {name} | {r["seeds"]} | {r["round"]} | {pm(r["train_loss"])} | '

@@ -60,8 +60,9 @@ def seed_groups(folders):
 
 
 def _mean_std(values):
+  """(mean, sample std); the std of one value is NaN (undefined, not 0)."""
   mean = statistics.fmean(values)
-  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  std = statistics.stdev(values) if len(values) > 1 else math.nan
   return mean, std
 
 
