@@ -34,8 +34,9 @@ _RUNS = flags.DEFINE_list('runs', None, 'Run folders (comma-separated; shell glo
 _ROUND = flags.DEFINE_integer('round', 0, 'Round to report (0: the last one every run evaluated).')
 _COPY_TO = flags.DEFINE_string('copy_to', None, 'Folder to copy each run\'s metrics and flags to.')
 _TARGET = flags.DEFINE_float('target', None, 'Test accuracy to report the first round reaching.')
-_SEEDS = flags.DEFINE_bool('seeds', False,
-                           'One row per NAME over the runs NAME and NAME_seed<N>: mean +- std (one seed: its value).')
+_SEEDS = flags.DEFINE_bool(
+    'seeds', False,
+    'One row per NAME over the runs NAME and NAME_seed<N>: mean +- std (one seed: its value).')
 flags.register_validator('target', lambda v: v is None or 0 < v <= 1,
                          message='--target must be an accuracy in (0, 1].')
 
