@@ -117,12 +117,16 @@ class PersonalizedDriver:
     self.global_index, self.local_index = layout.global_index, layout.local_index
     self.global_type, self.local_type = layout.global_type, layout.local_type
     self.aggregator_value_type = self.round.aggregator_value_type
-    self.iterative_process = self.round.template
     self._initial_local = [np.asarray(a) for a in self.round.init_local()]
     self.local_store = client_store.MemoryClientStore()
     self.local_layout = [(tuple(spec.shape), spec.dtype.as_numpy_dtype)
                          for spec in layout.local_specs]
     self.client_executor = (client_executor or client_executors.TFFClients)(self.round)
+
+  @property
+  def iterative_process(self):
+    """The round as a TFF template (`fedpara_tff.PersonalizedProcess`), built on first use."""
+    return self.round.template
 
   def initialize(self, initial_weights=None):
     """The server state: `OrderedDict(global_weights=[...], aggregator=..., round_num=0)`.

@@ -8,7 +8,7 @@ built by one function below:
 1. distributor (`build_distributor`): the server broadcasts the global variables
    (and the algorithm's server control when clients use it, SCAFFOLD's `c`) and
    the round's client learning rate (`build_schedule`);
-2. client work (`build_client_work`, over `fedpara_tff.client_work.build_client_train`):
+2. client work (`ClientWork`, over `fedpara_tff.client_work.build_client_train`):
    each client trains from them and its own local state, and returns its upload,
    its new local state and its weight;
 3. aggregator (`build_aggregator`, `fedpara_tff.aggregators.FactorAggregatorFactory`):
@@ -24,6 +24,7 @@ executor after training the clients itself.
 
 import collections
 import dataclasses
+import functools
 from typing import Any, List
 
 import numpy as np
@@ -139,7 +140,6 @@ class ModelParts:
 
 InitialValues = collections.namedtuple('InitialValues', 'init_global init_local init_control')
 Schedule = collections.namedtuple('Schedule', 'learning_rate_at increment zero_rounds')
-ClientWork = collections.namedtuple('ClientWork', 'client_update client_eval')
 
 
 def build_initial_values(parts):
@@ -211,25 +211,46 @@ def build_distributor(parts, initial):
   return distribute
 
 
-def build_client_work(parts):
-  """`ClientWork`: a client's training round and its personalised evaluation, as TFF
-  computations (`fedpara_tff.client_work`)."""
-  layout = parts.layout
+class ClientWork:
+  """A client's training round and its personalised evaluation, as TFF computations
+  (`fedpara_tff.client_work`), each traced when first used: a client executor that trains the
+  clients itself (`fedpara_tff.tf_backend`) never needs `client_update`, the costliest trace of
+  the round.
 
-  @tff.tensorflow.computation(layout.received_type, layout.local_type, layout.data_type,
-                              tf.float32)
-  def client_update(received_values, local_values, dataset, learning_rate):
-    return parts.client_train(parts.keras_model_fn())(received_values, local_values, dataset,
-                                                      learning_rate)
+  Args:
+    parts: the round's `ModelParts`.
+  """
 
-  n_model_local = len(layout.local_index)
+  def __init__(self, parts):
+    self._parts = parts
 
-  @tff.tensorflow.computation(layout.global_type, layout.local_type, layout.data_type)
-  def client_eval(global_values, local_values, dataset):
-    evaluate = client_work.build_client_eval(parts.keras_model_fn(), parts.split, n_model_local)
-    return evaluate(global_values, local_values, dataset)
+  @functools.cached_property
+  def client_update(self):
+    """`(received, local values, dataset, learning rate) -> (upload, new local values, weight,
+    examples, loss sum, correct, diverged)`."""
+    parts, layout = self._parts, self._parts.layout
 
-  return ClientWork(client_update, client_eval)
+    @tff.tensorflow.computation(layout.received_type, layout.local_type, layout.data_type,
+                                tf.float32)
+    def client_update(received_values, local_values, dataset, learning_rate):
+      return parts.client_train(parts.keras_model_fn())(received_values, local_values, dataset,
+                                                        learning_rate)
+
+    return client_update
+
+  @functools.cached_property
+  def client_eval(self):
+    """`(global values, local values, dataset) -> OrderedDict(accuracy, num_examples)`."""
+    parts, layout = self._parts, self._parts.layout
+    n_model_local = len(layout.local_index)
+
+    @tff.tensorflow.computation(layout.global_type, layout.local_type, layout.data_type)
+    def client_eval(global_values, local_values, dataset):
+      evaluate = client_work.build_client_eval(parts.keras_model_fn(), parts.split,
+                                               n_model_local)
+      return evaluate(global_values, local_values, dataset)
+
+    return client_eval
 
 
 def upload_type(parts):
@@ -435,7 +456,8 @@ class StatefulRound:
       `round_num`, and `control` when the algorithm keeps server state.
     next: `(state, data, local_values, positions) -> (state, new local values,
       metrics, positions)`; the CLIENTS-placed positions come back in the
-      order of the results (a multi-worker context reorders clients).
+      order of the results (a multi-worker context reorders clients). Built on first use,
+      with `template`: an executor that trains the clients itself calls `finish_round` instead.
     finish_round: `(state, uploads, weights, examples, loss_sums, correct,
       diverged) -> (state, metrics)`, the clients' results CLIENTS-placed.
     evaluate: `(global values, data, local values, positions) -> (per-client
@@ -453,22 +475,31 @@ class StatefulRound:
     initial = build_initial_values(parts)
     schedule = build_schedule(settings)
     distribute = build_distributor(parts, initial)
-    client = build_client_work(parts)
+    client = ClientWork(parts)
     aggregation = build_aggregator(parts, aggregator)
     initialize = build_initialize(parts, initial, schedule, aggregation)
     state_type = initialize.type_signature.result
     finish_round = build_finish_round(parts, initial, schedule, aggregation,
                                       build_finalizer(parts),
                                       build_round_metrics(parts, element_spec), state_type)
-    next_fn = build_next(parts, distribute, schedule, client, finish_round, state_type)
     self.settings, self.algorithm, self.layout, self.parts = settings, algorithm, layout, parts
     self.keras_model_fn = keras_model_fn
-    self.initialize, self.finish_round, self.next = initialize, finish_round, next_fn
+    self.initialize, self.finish_round = initialize, finish_round
     self.evaluate = build_evaluate(parts, client)
-    self.template = build_template(parts, initialize, next_fn, initial, state_type)
     self.init_local, self.init_control = initial.init_local, initial.init_control
     self.learning_rate_at = schedule.learning_rate_at
     self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
+    self._next_parts = (distribute, schedule, client, state_type, initial)
+
+  @functools.cached_property
+  def next(self):
+    distribute, schedule, client, state_type, _ = self._next_parts
+    return build_next(self.parts, distribute, schedule, client, self.finish_round, state_type)
+
+  @functools.cached_property
+  def template(self):
+    _, _, _, state_type, initial = self._next_parts
+    return build_template(self.parts, self.initialize, self.next, initial, state_type)
 
   def client_train(self, model):
     """The client work on `model` (`ModelParts.client_train`)."""

@@ -12,6 +12,7 @@ import fedpara_tff
 from fedpara_tff import client_executors
 from fedpara_tff import distributed
 from fedpara_tff import local_worker
+from fedpara_tff import stateful_round
 from fedpara_tff import tf_backend
 from tests import tff_support as ts
 
@@ -64,6 +65,24 @@ def test_an_executor_on_its_own_context_runs_the_whole_driver_there(datasets):
 
 def test_device_clients_are_interchangeable_with_tff_clients(datasets):
   assert_same(two_rounds(None, datasets), two_rounds(tf_backend.on_devices(), datasets))
+
+
+def test_device_clients_never_trace_the_tff_client_update(datasets, monkeypatch):
+  """The TF backend trains the clients itself: its driver builds TFF's round (`next`, the
+  client update's trace) only when the template is asked for."""
+  builds = []
+  build_next = stateful_round.build_next
+  monkeypatch.setattr(stateful_round, 'build_next',
+                      lambda *args: builds.append(1) or build_next(*args))
+  driver = fedpara_tff.build_fedavg_driver(lambda: ts.keras_model('fedpara'), ts.ELEMENT_SPEC,
+                                           client_executor=tf_backend.on_devices())
+  state = driver.initialize()
+  state, _ = driver.next(state, ['a', 'b'], datasets)
+  driver.evaluate(state, ['a', 'b'], datasets)
+  assert not builds
+  process = driver.iterative_process
+  assert builds == [1] and process is driver.iterative_process
+  assert process.next.type_signature.parameter[0] == process.initialize.type_signature.result
 
 
 def test_executor_factories_build_the_named_executor():
