@@ -3,11 +3,13 @@ rows, its command line, and the certificates of TLS workers."""
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
 from experiments import run_config
 from experiments import run_io
+from experiments import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset='mnist5k', model='mlp', clients=6, clients_per_round=2, rounds=2,
@@ -18,6 +20,29 @@ def config(tmp_path, name='run', **overrides):
   """A tiny run (`TINY` with `overrides`) in `tmp_path / name`, caching its partition beside."""
   return run_config.RunConfig(output_dir=str(tmp_path / name), cache_dir=str(tmp_path / 'cache'),
                               **{**TINY, **overrides})
+
+
+_FINISHED = {}   # sorted overrides -> the config of a finished run with them (read only)
+
+
+def finished(tmp_path_factory, **overrides):
+  """The finished tiny run of `overrides` (`config`), run once per test process and shared by
+  the tests that only read it."""
+  key = tuple(sorted(overrides.items()))
+  if key not in _FINISHED:
+    run = config(tmp_path_factory.mktemp('finished'), 'run', **overrides)
+    runner.run(run)
+    _FINISHED[key] = run
+  return _FINISHED[key]
+
+
+def finished_copy(tmp_path_factory, tmp_path, name='run', **overrides):
+  """`config(tmp_path, name, **overrides)` holding a copy of the shared finished run
+  (`finished`), for a test that changes or damages it; its partition cache is its own. The run
+  folder's path is not part of a run's identity, so the copy resumes as the run would."""
+  run = config(tmp_path, name, **overrides)
+  shutil.copytree(finished(tmp_path_factory, **overrides).output_dir, run.output_dir)
+  return run
 
 
 def rows(run_dir):

@@ -103,8 +103,8 @@ def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
   _refused(rs.config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
 
 
-def test_output_dir_of_another_run_needs_overwrite(tmp_path):
-  runner.run(rs.config(tmp_path, rounds=1))
+def test_output_dir_of_another_run_needs_overwrite(tmp_path_factory, tmp_path):
+  rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   other = rs.config(tmp_path, rounds=1, client_learning_rate=0.05)
   with pytest.raises(run_io.RunConflictError,
                      match=r'different flags \(client_learning_rate: 0.1 -> 0.05\).*--overwrite'):
@@ -116,9 +116,8 @@ def test_output_dir_of_another_run_needs_overwrite(tmp_path):
     assert json.load(f)['client_learning_rate'] == 0.05
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-  mlp_run = rs.config(tmp_path, 'mlp', rounds=1)
-  runner.run(mlp_run)
+def test_checkpoint_of_another_model_is_refused(tmp_path_factory, tmp_path):
+  mlp_run = rs.finished(tmp_path_factory, rounds=1)   # only read
   cnn_run = rs.config(tmp_path, 'cnn', model='small_cnn', rounds=1)
   runner.run(cnn_run)
   source = checkpoints.path_for(os.path.join(mlp_run.output_dir, 'checkpoints'), 1)

@@ -57,24 +57,10 @@ def _in_group(proc, group):
     return False
 
 
-_WHOLE_RUNS = {}   # flags -> the config of an uninterrupted run with them (read only)
-
-
-def _whole_run(tmp_path_factory, common_flags):
-  """The uninterrupted run of `common_flags`, run once per test process and shared by the kill
-  tests that compare with it (they only read it)."""
-  key = tuple(sorted(common_flags.items()))
-  if key not in _WHOLE_RUNS:
-    whole = rs.config(tmp_path_factory.mktemp('whole'), 'whole', **common_flags)
-    runner.run(whole)
-    _WHOLE_RUNS[key] = whole
-  return _WHOLE_RUNS[key]
-
-
 def _whole_and_resumed(tmp_path_factory, tmp_path, common_flags, after_rows, delay):
   """An uninterrupted 3-round run (`_whole_run`), and the same run killed (`_run_killed_at`)
   then resumed by rerunning its command; returns both configs."""
-  whole = _whole_run(tmp_path_factory, common_flags)
+  whole = rs.finished(tmp_path_factory, **common_flags)
   cut = rs.config(tmp_path, 'cut', **common_flags)
   _run_killed_at(cut, after_rows, delay)
   resumed = subprocess.run(rs.train_command(cut), cwd=rs.REPO, capture_output=True, text=True,
@@ -141,12 +127,12 @@ def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path_factory, tmp_path, 
         np.testing.assert_allclose(x[key], y[key], rtol=0, atol=1e-6, err_msg=key)
 
 
-def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
-  config = rs.config(tmp_path, parameterization='pfedpara', rounds=2, client_store='sqlite')
-  runner.run(config)
+def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path_factory, tmp_path):
+  config = rs.finished_copy(tmp_path_factory, tmp_path, parameterization='pfedpara', rounds=1,
+                            client_store='sqlite')
   path = os.path.join(config.output_dir, client_store.FILE_NAME)
   os.rename(path, path + '.away')
-  config.rounds = 3
+  config.rounds = 2
   with pytest.raises(client_store.ClientStoreError, match=r'is missing, so the clients\' state is '
                                                           r'lost; start the run again'):
     runner.run(config)
@@ -157,12 +143,11 @@ def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path):
   assert os.path.exists(path + '.away')   # nothing of the user's removed
 
 
-def test_a_torn_last_metrics_row_is_not_a_row(tmp_path):
+def test_a_torn_last_metrics_row_is_not_a_row(tmp_path_factory, tmp_path):
   """The issue's case: a short write left `...,7638` of 763872 and empty cells; the row was
   kept and rewritten with those values on resume. A last line without its newline is dropped,
   and the run rewrites that round from its checkpoint."""
-  config = rs.config(tmp_path, rounds=2)
-  runner.run(config)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
   whole = rs.rows(config.output_dir)
   path = os.path.join(config.output_dir, run_io.METRICS_FILE)
   with open(path) as f:
@@ -179,9 +164,9 @@ def test_a_torn_last_metrics_row_is_not_a_row(tmp_path):
   assert timeless(rs.rows(config.output_dir)) == timeless(whole)
 
 
-def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tmp_path):
-  config = rs.config(tmp_path, rounds=2)
-  runner.run(config)
+def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tmp_path_factory,
+                                                                             tmp_path):
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
   os.remove(os.path.join(config.output_dir, run_io.METRICS_FILE))
   config.rounds = 3
   with pytest.raises(run_io.DamagedFileError,
@@ -191,13 +176,13 @@ def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tm
   assert not os.path.exists(os.path.join(config.output_dir, run_io.METRICS_FILE))
 
 
-def test_state_of_another_run_is_refused(tmp_path):
+def test_state_of_another_run_is_refused(tmp_path_factory, tmp_path):
   """The issue's case: a seed-1 run's checkpoint, or its SQLite client store, copied into a
   seed-0 run folder was resumed without a word. Both carry the run's identity now."""
-  runs = {seed: rs.config(tmp_path, f'seed{seed}', parameterization='pfedpara', rounds=1,
-                          client_store='sqlite', seed=seed) for seed in (0, 1)}
-  for config in runs.values():
-    runner.run(config)
+  flags = dict(parameterization='pfedpara', rounds=1, client_store='sqlite')
+  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0', **flags),
+          1: rs.finished(tmp_path_factory, seed=1, **flags)}   # only read
+  assert runs[0].seed == 0
   mine, theirs = runs[0].output_dir, runs[1].output_dir
   name = os.path.join('checkpoints', 'ckpt-000001.npz')
   os.replace(os.path.join(mine, name), os.path.join(tmp_path, 'mine.npz'))
@@ -213,10 +198,10 @@ def test_state_of_another_run_is_refused(tmp_path):
     runner.run(runs[0])
 
 
-def test_an_emptied_store_is_not_silently_a_new_one(tmp_path):
+def test_an_emptied_store_is_not_silently_a_new_one(tmp_path_factory, tmp_path):
   """The issue's case: a store truncated to 0 bytes became a new, empty store."""
-  config = rs.config(tmp_path, parameterization='pfedpara', rounds=1, client_store='sqlite')
-  runner.run(config)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, parameterization='pfedpara', rounds=1,
+                            client_store='sqlite')
   with open(os.path.join(config.output_dir, client_store.FILE_NAME), 'wb'):
     pass
   config.rounds = 2
@@ -319,7 +304,7 @@ def test_diverged_binary_exits_non_zero_with_one_line(tmp_path):
   assert len(lines) == 1 and 'training diverged' in lines[0], result.stderr[-2000:]
 
 
-def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
+def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path_factory, tmp_path):
   import gzip  # pylint: disable=g-import-not-at-top
   real = run_config.registry.mnist5k.default_path()
   same, other = tmp_path / 'same', tmp_path / 'other'
@@ -333,7 +318,7 @@ def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path):
   lines[0] = ','.join(first)
   with gzip.open(other / 'mnist_5k.csv.gz', 'wt') as f:
     f.write('\n'.join(lines) + '\n')
-  runner.run(rs.config(tmp_path, rounds=1))
+  rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   # The same data from another folder resumes.
   assert runner.run(rs.config(tmp_path, rounds=2, data_dir=str(same)))['rounds'] == 2
   with pytest.raises(run_io.RunConflictError, match=r'different flags \(data_sha256: '):
@@ -366,10 +351,10 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capf
             [r[column] for r in rs.rows(cut.output_dir)])
 
 
-def test_damaged_partition_cache_is_recomputed(tmp_path):
-  config = rs.config(tmp_path, rounds=1)
-  runner.run(config)
-  (entry,) = glob.glob(os.path.join(config.cache_dir, '*.npz'))
+def test_damaged_partition_cache_is_recomputed(tmp_path_factory, tmp_path):
+  config = rs.finished(tmp_path_factory, rounds=1)   # only read; its cache is copied
+  shutil.copytree(config.cache_dir, tmp_path / 'cache')
+  (entry,) = glob.glob(os.path.join(tmp_path, 'cache', '*.npz'))
   with open(entry, 'r+b') as f:
     f.seek(40)
     f.write(b'\xff' * 64)   # bad CRC / header
@@ -384,9 +369,8 @@ def test_damaged_partition_cache_is_recomputed(tmp_path):
     pytest.param(run_io.METRICS_FILE, ','.join(run_io.COLUMNS) + '\n1,x\n',
                  r'metrics.csv is damaged', marks=pytest.mark.slow),
 ])
-def test_damaged_run_files_are_named(tmp_path, name, content, message):
-  config = rs.config(tmp_path, rounds=1)
-  runner.run(config)
+def test_damaged_run_files_are_named(tmp_path_factory, tmp_path, name, content, message):
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   with open(os.path.join(config.output_dir, name), 'w') as f:
     f.write(content)
   config.rounds = 2
@@ -443,9 +427,8 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
   assert a_file.read_text() == 'mine'
 
 
-def test_rerun_with_fewer_rounds_says_that_more_were_done(tmp_path, capfd):
-  finished = rs.config(tmp_path, 'run', rounds=2)
-  runner.run(finished)
+def test_rerun_with_fewer_rounds_says_that_more_were_done(tmp_path_factory, tmp_path, capfd):
+  finished = rs.finished_copy(tmp_path_factory, tmp_path, 'run', rounds=2)
   capfd.readouterr()
   summary = runner.run(rs.config(tmp_path, 'run', rounds=1))
   err = capfd.readouterr().err

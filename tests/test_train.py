@@ -106,7 +106,7 @@ def test_the_safe_step_rule_reaches_the_client_update_on_both_backends(tmp_path)
 
 
 @pytest.mark.slow   # with test_every_algorithm_agrees_across_backends_with_fedpara_and_pfedpara
-def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
+def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path_factory, tmp_path):
   """--algorithm=fedprox reaches the client update (its loss differs from FedAvg's) and the
   two backends agree; the numbers themselves are checked in test_round_equations.py."""
   base = dict(rounds=2, algorithm='fedprox', fedprox_mu=5.0)
@@ -114,9 +114,9 @@ def test_fedprox_runs_on_the_shared_round_on_both_backends(tmp_path):
   for backend in ('tff', 'tf'):
     summary = runner.run(rs.config(tmp_path, 'prox_' + backend, backend=backend, **base))
     losses[backend] = [float(r['train_loss']) for r in rs.rows(summary['output_dir'])]
-  fedavg = runner.run(rs.config(tmp_path, 'fedavg', rounds=2))
+  fedavg = rs.finished(tmp_path_factory, rounds=2)
   np.testing.assert_allclose(losses['tff'], losses['tf'], rtol=1e-4)
-  assert losses['tff'][1] != pytest.approx(float(rs.rows(fedavg['output_dir'])[1]['train_loss']),
+  assert losses['tff'][1] != pytest.approx(float(rs.rows(fedavg.output_dir)[1]['train_loss']),
                                            rel=1e-4)
 
 
