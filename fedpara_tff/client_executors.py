@@ -60,6 +60,10 @@ class TFFClients:
   def __init__(self, round_, context=None):
     self.round = round_
     self.context = context
+    # TFF's round (`StatefulRound.next`, which traces the client update) is built now, with the
+    # rest of the driver: traced later, between the rounds of a run, it left the evaluation
+    # model of the process's next run unusable ("Your Layer or Model is in an invalid state").
+    self._next = round_.next
 
   def running(self):
     """Where this executor's TFF computations run (a context manager)."""
@@ -69,7 +73,7 @@ class TFFClients:
     """One round on TFF; returns `(state, new local states in the clients' order, metrics)`."""
     del client_ids  # TFF sees the clients by position
     with self.running():
-      state, new_local, metrics, positions = self.round.next(
+      state, new_local, metrics, positions = self._next(
           state, list(datasets), list(local_states), list(range(len(datasets))))
     return state, [list(values) for values in in_client_order(positions, new_local)], metrics
 

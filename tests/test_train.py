@@ -64,6 +64,17 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
   assert (summary['personalized_accuracy'] is None) == (not personalized)
 
 
+def test_a_second_run_in_the_same_process_evaluates(tmp_path_factory, tmp_path):
+  """Runs one after another in one process (the tests, `experiments.compare`): the second one's
+  evaluation model stays usable. It did not when the first run traced TFF's client update
+  after its own evaluation model was built ("Your Layer or Model is in an invalid state")."""
+  first = rs.finished(tmp_path_factory, rounds=1)   # run by this process, or by this test
+  second = rs.config(tmp_path, rounds=1, seed=1)
+  runner.run(second)
+  for run in (first, second):
+    assert 0 <= float(rs.rows(run.output_dir)[-1]['test_accuracy']) <= 1
+
+
 @pytest.mark.slow
 def test_jacobian_correction_and_matched_scale_change_the_round_alike_on_both_backends(tmp_path):
   """The correction and the lr scale reach the client update (TFF and tf backends agree)."""
