@@ -61,8 +61,9 @@ class TFFClients:
     self.round = round_
     self.context = context
     # TFF's round (`StatefulRound.next`, which traces the client update) is built now, with the
-    # rest of the driver: traced later, between the rounds of a run, it left the evaluation
-    # model of the process's next run unusable ("Your Layer or Model is in an invalid state").
+    # rest of the driver: traced later, after the run made its evaluation model, the trace's
+    # Keras 2 layers (made in a TF1 graph) swap the layer classes to v1 and leave that eager model
+    # unusable ("Your Layer or Model is in an invalid state"; docs/DESIGN.md, "TFF runtime facts").
     self._next = round_.next
 
   def running(self):

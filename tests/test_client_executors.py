@@ -108,3 +108,25 @@ def test_initialize_and_evaluate_run_on_the_executors_context(datasets):
     assert worker.running()
   finally:
     worker.stop()
+
+
+def test_a_tff_trace_after_an_eager_keras_2_model_leaves_that_model_unusable():
+  """Keras 2 swaps a layer class to its v1 bases when a layer is made in a TF1 graph (a TFF
+  computation's body), so an eager model made before a trace fails when called after it, until a
+  layer of the class is made eagerly again; why `TFFClients` builds TFF's round with its driver
+  (docs/DESIGN.md, "TFF runtime facts")."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  import keras_layers as kl  # pylint: disable=g-import-not-at-top
+  x = np.ones((2, 4), np.float32)
+  for layer in (lambda: tf.keras.layers.Dense(3), lambda: kl.FedParaDense(3, rank=2)):
+    def model():
+      return tf.keras.Sequential([tf.keras.Input((4,)), layer()])  # pylint: disable=cell-var-from-loop
+    eager = model()
+    eager(x)
+    try:
+      tff.tensorflow.computation(lambda: tf.size(model().trainable_variables[0]))
+      with pytest.raises(ValueError, match='invalid state'):
+        eager(x)
+    finally:
+      model()   # made eagerly: the class's bases are v2 again, for the tests after this one
+    assert eager(x).shape == (2, 3)

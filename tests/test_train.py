@@ -66,8 +66,9 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
 
 def test_a_second_run_in_the_same_process_evaluates(tmp_path_factory, tmp_path):
   """Runs one after another in one process (the tests, `experiments.compare`): the second one's
-  evaluation model stays usable. It did not when the first run traced TFF's client update
-  after its own evaluation model was built ("Your Layer or Model is in an invalid state")."""
+  evaluation model stays usable. It did not when TFF's client update was traced lazily, between
+  rounds ("Your Layer or Model is in an invalid state": a Keras 2 model made before a TFF trace;
+  docs/DESIGN.md, "TFF runtime facts")."""
   first = rs.finished(tmp_path_factory, rounds=1)   # run by this process, or by this test
   second = rs.config(tmp_path, rounds=1, seed=1)
   runner.run(second)
