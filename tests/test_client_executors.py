@@ -7,6 +7,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 import fedpara_tff
 from fedpara_tff import client_executors
@@ -14,6 +15,7 @@ from fedpara_tff import distributed
 from fedpara_tff import local_worker
 from fedpara_tff import stateful_round
 from fedpara_tff import tf_backend
+import keras_layers as kl
 from tests import tff_support as ts
 
 
@@ -115,8 +117,6 @@ def test_a_tff_trace_after_an_eager_keras_2_model_leaves_that_model_unusable():
   computation's body), so an eager model made before a trace fails when called after it, until a
   layer of the class is made eagerly again; why `TFFClients` builds TFF's round with its driver
   (docs/DESIGN.md, "TFF runtime facts")."""
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-  import keras_layers as kl  # pylint: disable=g-import-not-at-top
   x = np.ones((2, 4), np.float32)
   for layer in (lambda: tf.keras.layers.Dense(3), lambda: kl.FedParaDense(3, rank=2)):
     def model():
