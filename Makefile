@@ -49,6 +49,7 @@ test-install: setup
 	scripts/install_test.sh
 
 bench: setup
+	$(PYTHON) -m benchmarks.startup
 	$(PYTHON) -m benchmarks.layer_speed
 	$(PYTHON) -m benchmarks.tff_round_speed
 	$(PYTHON) -m benchmarks.worker_round_speed

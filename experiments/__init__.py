@@ -13,10 +13,15 @@ import sys
 # The [experiments] extra (it includes [tff]): without it, fail in one line naming it.
 _MISSING = [m for m in ('tensorflow_federated', 'absl', 'matplotlib', 'tqdm', 'h5py')
             if importlib.util.find_spec(m) is None]
+# The console scripts of setup.py: run as one of them, the refusal is one line and exit 1, no
+# traceback (an ImportError there would print the wrapper's traceback above the line).
+_CONSOLE_SCRIPTS = ('fedpara-train', 'fedpara-compare', 'fedpara-plot', 'fedpara-worker')
 if _MISSING:
-  raise ImportError(
-      f'experiments needs the [experiments] extra, which is not installed (missing: '
-      f'{", ".join(_MISSING)}): pip install "fedpara-tff[experiments]" on Python 3.9-3.11 '
-      f'(this is Python {sys.version_info[0]}.{sys.version_info[1]}).') from None
+  _MESSAGE = (f'experiments needs the [experiments] extra, which is not installed (missing: '
+              f'{", ".join(_MISSING)}): pip install "fedpara-tff[experiments]" on Python '
+              f'3.9-3.11 (this is Python {sys.version_info[0]}.{sys.version_info[1]}).')
+  if os.path.basename(sys.argv[0] if sys.argv else '') in _CONSOLE_SCRIPTS:
+    raise SystemExit(f'{os.path.basename(sys.argv[0])}: error: {_MESSAGE}')
+  raise ImportError(_MESSAGE) from None
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')

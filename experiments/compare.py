@@ -17,7 +17,6 @@ from absl import flags
 from absl import logging
 
 from experiments import flagfiles
-from experiments import models
 from experiments import ownership
 from experiments import plot
 from experiments import run_config
@@ -27,17 +26,17 @@ from fedpara_tff import runtime
 
 _PARAMETERIZATIONS = flags.DEFINE_list(
     'parameterizations', ['original', 'lowrank', 'fedpara'],
-    f'Runs to compare, each one of {models.PARAMETERIZATIONS}.')
+    f'Runs to compare, each one of {run_config.PARAMETERIZATIONS}.')
 
 
 def _check_parameterizations(values):
   return bool(values) and len(set(values)) == len(values) and set(values) <= set(
-      models.PARAMETERIZATIONS)
+      run_config.PARAMETERIZATIONS)
 
 
 flags.register_validator('parameterizations', _check_parameterizations,
                          message=f'--parameterizations must list distinct values of '
-                                 f'{models.PARAMETERIZATIONS}.')
+                                 f'{run_config.PARAMETERIZATIONS}.')
 
 
 def _accuracy(summary):
@@ -64,18 +63,13 @@ def _comparison_line(s, base):
           f'parameters {s["parameters"]:,} vs {base["parameters"]:,}')
 
 
-def _holds_runs(configs):
-  """True when a run folder of this comparison already holds a run: the comparison's folder is
-  then ours, and a plain matplotlib plot there one that a version before the plot mark wrote."""
-  return any(os.path.isdir(c.output_dir) and ownership.run_file_state(c.output_dir) == 'run'
-             for c in configs)
-
-
 def _check_outputs(output_dir, configs):
   """Before any run trains: the comparison's plot and, with --overwrite, each run's folder must
-  hold nothing this program did not write (one line naming the file otherwise)."""
+  hold nothing this program did not write (one line naming the file otherwise). The comparison's
+  folder is not a run folder: only a PNG marked as ours (`experiments.ownership.is_plot`) is
+  replaced there, whatever run folders it holds."""
   try:
-    plot.check_output(os.path.join(output_dir, run_io.PLOT_FILE), _holds_runs(configs))
+    plot.check_output(os.path.join(output_dir, run_io.PLOT_FILE))
   except ValueError as e:
     raise SystemExit(f'compare: error: {e}') from None
   for config in configs:
@@ -109,7 +103,7 @@ def main(argv):
           f'{config.clients_per_round} of {config.clients} clients per round', flush=True)
     summaries.append(train.run_or_exit(config, program='compare'))
   figure = os.path.join(base.output_dir, 'accuracy_vs_gb.png')
-  plot.plot_runs([s['output_dir'] for s in summaries], figure, in_run_folder=True)
+  plot.plot_runs([s['output_dir'] for s in summaries], figure)
   print(run_io.format_summaries(summaries))
   for line in comparison_lines(summaries):
     print(line)

@@ -7,14 +7,14 @@ checks that the exported plain model gives the same outputs.
   python -m experiments.demo --epochs=3 --gamma=0.1
 """
 
+# TensorFlow and the model zoo load in `main`, once the flags are parsed (docs/DESIGN.md,
+# "Fast start").
 from absl import flags
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 import keras_layers
 from experiments import flagfiles
-from experiments import models
 from experiments.data import mnist5k
 
 _PARAMETERIZATIONS = ('fedpara', 'pfedpara', 'lowrank')
@@ -37,6 +37,7 @@ flags.register_validator('learning_rate', lambda v: v > 0, 'learning_rate must b
 
 def train_and_evaluate(model, data, epochs, batch_size, learning_rate):
   """Compiles, fits and returns the test accuracy of `model`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   x_train, y_train, x_test, y_test = data
   model.compile(
       optimizer=tf.keras.optimizers.Adam(learning_rate),
@@ -48,6 +49,10 @@ def train_and_evaluate(model, data, epochs, batch_size, learning_rate):
 
 def main(argv):
   flagfiles.no_positional(argv, 'demo')
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from experiments import models
+  # pylint: enable=g-import-not-at-top
   logging.set_verbosity(logging.ERROR)
   tf.get_logger().setLevel('ERROR')
   try:

@@ -54,7 +54,7 @@ def run_main(main):
   for both: `--help` lists the flags of the module whose `main` runs (absl lists those of the
   module named by `sys.argv[0]`, the console script's wrapper), and a run that ends during flag
   parsing (a bad flag, `--help`) prints no TFF `ServiceManager` traceback at exit
-  (`fedpara_tff.runtime.quiet_teardown`).
+  (`fedpara_tff.runtime.quiet_teardown`). The help flags exit 0 (absl's exit 1).
   """
   if main.__module__ != '__main__':
     wrapper = sys.modules['__main__']   # absl's usage text is its docstring
@@ -63,4 +63,21 @@ def run_main(main):
     for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   runtime.quiet_teardown()
-  app.run(main, argv=resolve(sys.argv))
+  try:
+    app.run(main, argv=resolve(sys.argv))
+  except SystemExit as e:
+    # absl's help flags exit 1 after printing the usage asked for: that is a success.
+    if e.code == 1 and _raised_by_help_flag(e):
+      raise SystemExit(0) from None
+    raise
+
+
+def _raised_by_help_flag(error):
+  """True when `error` was raised while absl parsed --help, --helpshort, --helpfull or --helpxml."""
+  help_flags = (app.HelpFlag, app.HelpfullFlag, app.HelpXMLFlag)
+  trace = error.__traceback__
+  while trace is not None:
+    if isinstance(trace.tb_frame.f_locals.get('self'), help_flags):
+      return True
+    trace = trace.tb_next
+  return False

@@ -8,9 +8,10 @@ and pFedPara (FedPer and local-only use the original model).
 import tensorflow as tf
 
 import keras_layers
+from experiments import run_config
 
-MODELS = ('vgg16', 'vgg_narrow', 'small_cnn', 'mlp', 'lstm')
-PARAMETERIZATIONS = ('original', 'lowrank', 'fedpara', 'pfedpara', 'fedper', 'local')
+MODELS = run_config.MODELS
+PARAMETERIZATIONS = run_config.PARAMETERIZATIONS
 
 # VGG16 convolution plan: channels, 'M' = 2x2 max pooling.
 VGG16_PLAN = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M',

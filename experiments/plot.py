@@ -13,11 +13,8 @@ import os
 import tempfile
 
 from absl import app
-import numpy
 from absl import flags
-from matplotlib import figure as figure_lib
-from matplotlib import ticker
-from matplotlib.backends import backend_agg
+import numpy
 
 from experiments import flagfiles
 from experiments import ownership
@@ -58,6 +55,7 @@ def format_gb_axis(axes):
   A single run's GB span a narrow range (one point: none), where matplotlib's default
   labels the ticks relative to an offset ('1e-3 + 1.2345e-4').
   """
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top  # loads with the figure
   axes.set_xlim(left=0, right=max(axes.get_xlim()[1], 1e-9))
   axes.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, min_n_ticks=2))
   axes.xaxis.set_major_formatter(ticker.FuncFormatter(
@@ -66,7 +64,15 @@ def format_gb_axis(axes):
 
 def new_figure(**kwargs):
   """A matplotlib figure drawn by Agg, to files only: no pyplot, so the caller's matplotlib
-  backend and open figures are left alone."""
+  backend and open figures are left alone.
+
+  Matplotlib loads here, on the first figure: the binaries answer `--help` without it
+  (docs/DESIGN.md, "Fast start").
+  """
+  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure as figure_lib
+  from matplotlib.backends import backend_agg
+  # pylint: enable=g-import-not-at-top
   figure = figure_lib.Figure(**kwargs)
   backend_agg.FigureCanvasAgg(figure)
   return figure

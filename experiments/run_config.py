@@ -11,14 +11,15 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-from fedpara_tff import algorithms
 from fedpara_tff import client_store
-from fedpara_tff import distributed
 from fedpara_tff import settings as settings_lib
 from fedpara_tff import worker_tls
-import keras_layers
+from keras_layers import factor_options
 from experiments.data import registry
 
+# The model zoo (`experiments.models`) and its parameterisations, by name.
+MODELS = ('vgg16', 'vgg_narrow', 'small_cnn', 'mlp', 'lstm')
+PARAMETERIZATIONS = ('original', 'lowrank', 'fedpara', 'pfedpara', 'fedper', 'local')
 PERSONALIZED = ('pfedpara', 'fedper', 'local')
 BACKENDS = ('tff', 'tf')
 # Fields of RunConfig that do not change the trajectory of a run; a restart may change them.
@@ -145,6 +146,7 @@ def _check_worker_security(config):
   if config.workers_tls_dir:
     worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver')
     return
+  from fedpara_tff import distributed  # pylint: disable=g-import-not-at-top  # loads TFF
   remote = [a for a in distributed.parse_addresses(config.workers)
             if not worker_tls.is_loopback(a)]
   if remote and not config.insecure_workers:
@@ -169,6 +171,7 @@ def _check_no_ignored_setting(config, settings, lr_scale):
     raise ValueError(f'fedprox_mu applies to algorithm=fedprox; got fedprox_mu='
                      f'{config.fedprox_mu!r} with algorithm={config.algorithm!r}.')
   client_store.resolve_kind(config.client_store, config.clients)
+  from fedpara_tff import algorithms  # pylint: disable=g-import-not-at-top  # loads TensorFlow
   stateful = (config.parameterization in PERSONALIZED
               or algorithms.build(settings).client_state)
   if config.client_store != 'auto' and not stateful:
@@ -196,9 +199,7 @@ def check(config):
     value = getattr(config, name)
     if not (isinstance(value, (int, float)) and 0 < value < math.inf):
       raise ValueError(f'{name} must be a finite number > 0; got {value!r}.')
-  if config.factor_init not in keras_layers.factors.FACTOR_INITS:
-    raise ValueError(f'factor_init must be one of {keras_layers.factors.FACTOR_INITS}; got '
-                     f'{config.factor_init!r}.')
+  factor_options.check_factor_init(config.factor_init)
   _check_no_ignored_setting(config, settings, lr_scale)
   if not isinstance(config.eval_clients, int) or config.eval_clients < 0:
     raise ValueError(f'eval_clients must be an integer >= 0 (0: every client); got '

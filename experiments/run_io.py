@@ -17,8 +17,6 @@ import json
 import math
 import os
 
-import tensorflow as tf
-
 from experiments import ownership
 
 COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
@@ -256,6 +254,8 @@ class MetricsWriter:
       raise DamagedFileError(f'{board} is a file, not the run\'s TensorBoard folder; move it '
                              f'away and rerun the same command.')
     # The suffix marks the event files as this run's (`experiments.ownership`).
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # run_io loads without TF
+    self._tf = tf
     self._summary = tf.summary.create_file_writer(board, filename_suffix=ownership.EVENTS_SUFFIX)
 
   def write(self, row):
@@ -265,7 +265,7 @@ class MetricsWriter:
       for key in COLUMNS[1:]:
         value = row.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
-          tf.summary.scalar(key, float(value), step=int(row['round']))
+          self._tf.summary.scalar(key, float(value), step=int(row['round']))
     self._summary.flush()
 
   def close(self):

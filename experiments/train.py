@@ -11,6 +11,8 @@ experiments/configs/.
       --parameterization=fedpara --output_dir=runs/fedpara
 """
 
+# Only what the flags need loads before they are parsed: TensorFlow and TFF load in `main`
+# (docs/DESIGN.md, "Fast start").
 import dataclasses
 import math
 import os
@@ -19,25 +21,16 @@ import sys
 
 from absl import flags
 from absl import logging
-import tensorflow as tf
 
-from experiments import checkpoints
 from experiments import flagfiles
-from experiments import models
-from experiments import round_loop
 from experiments import run_config
-from experiments import run_io
-from experiments import runner
-from experiments.data import common
 from experiments.data import partition
 from experiments.data import registry
-import fedpara_tff
-from fedpara_tff import client_optimizer
+from fedpara_tff import choices
 from fedpara_tff import client_store
-from fedpara_tff import distributed
 from fedpara_tff import local_worker
 from fedpara_tff import runtime
-import keras_layers
+from keras_layers import factor_options
 
 _DEFAULTS = run_config.RunConfig(output_dir='')  # the flags' defaults are the config's
 
@@ -62,15 +55,15 @@ flags.DEFINE_float(
 flags.DEFINE_string('cache_dir', None,
                                  'Partition cache (default ~/.cache/fedpara_tff/partitions).')
 # Model.
-flags.DEFINE_enum('model', _DEFAULTS.model, models.MODELS, 'Model of the zoo.')
-flags.DEFINE_enum('parameterization', _DEFAULTS.parameterization, models.PARAMETERIZATIONS,
+flags.DEFINE_enum('model', _DEFAULTS.model, run_config.MODELS, 'Model of the zoo.')
+flags.DEFINE_enum('parameterization', _DEFAULTS.parameterization, run_config.PARAMETERIZATIONS,
                                       'original | lowrank | fedpara | pfedpara | fedper | local.')
 flags.DEFINE_float('gamma', _DEFAULTS.gamma,
     'Rank knob in [0, 1] (docs/DESIGN.md, "Rank rule"); ignored with --rank.')
 flags.DEFINE_integer('rank', 0, 'Explicit inner rank of every factorised layer (0: use --gamma).')
 flags.DEFINE_enum('nonlinearity', 'none', ['none', 'tanh'],
                                   'Applied to each Hadamard term (FedPara / pFedPara).')
-flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(keras_layers.factors.FACTOR_INITS),
+flags.DEFINE_enum('factor_init', _DEFAULTS.factor_init, list(factor_options.FACTOR_INITS),
                   'Initialisation of the factors (matched_*: the composed kernel has the plain '
                   'layer\'s variance; he_*: He-normal per factor).')
 flags.DEFINE_string('factor_lr_scale', 'none',
@@ -94,9 +87,9 @@ flags.DEFINE_integer('eval_clients', _DEFAULTS.eval_clients,
 flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
 flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
 # Algorithm.
-flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, fedpara_tff.ALGORITHMS, 'Federated algorithm.')
+flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, choices.ALGORITHMS, 'Federated algorithm.')
 flags.DEFINE_enum('client_optimizer', _DEFAULTS.client_optimizer,
-                  list(client_optimizer.CLIENT_OPTIMIZERS),
+                  list(choices.CLIENT_OPTIMIZERS),
                   'Client optimizer, reset every round (adam: beta 0.9 / 0.999, eps 1e-7).')
 flags.DEFINE_float('client_learning_rate', _DEFAULTS.client_learning_rate,
     'Client SGD learning rate.')
@@ -214,6 +207,14 @@ def config_from_flags(**overrides):
 
 def run_or_exit(config, program='train'):
   """`runner.run(config)`, turning every refusal into one line on stderr and exit 1."""
+  # pylint: disable=g-import-not-at-top  # TensorFlow and TFF load once the flags are parsed
+  import tensorflow as tf
+  from experiments import checkpoints
+  from experiments import round_loop
+  from experiments import runner
+  from experiments.data import common
+  from fedpara_tff import distributed
+  # pylint: enable=g-import-not-at-top
   try:
     return runner.run(config)
   except (ValueError, common.DataNotFoundError, distributed.WorkerUnavailableError,
@@ -252,6 +253,7 @@ def main(argv):
   install_runtime('train')
   runtime.sigterm_as_keyboard_interrupt()
   summary = run_or_exit(config_from_flags())
+  from experiments import run_io  # pylint: disable=g-import-not-at-top  # loads TensorFlow
   print(run_io.format_summaries([summary]))
   for share in summary['worker_shares']:
     print(f'worker {share["address"]}: {share["calls"]} computation calls, '

@@ -19,18 +19,11 @@ with `LocalOptimizer`; the runs on TFF's builders get the same optimizer from
 import tensorflow as tf
 import tensorflow_federated as tff
 
-CLIENT_OPTIMIZERS = ('sgd', 'adam')
+from fedpara_tff import choices
+
+CLIENT_OPTIMIZERS = choices.CLIENT_OPTIMIZERS
 BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
-
-
-def check(name, momentum=0.0):
-  """`name` if it is a client optimizer and `momentum` (SGD's) goes with it; else a ValueError."""
-  if name not in CLIENT_OPTIMIZERS:
-    raise ValueError(f'client_optimizer must be one of {CLIENT_OPTIMIZERS}; got {name!r}.')
-  if momentum and name != 'sgd':
-    raise ValueError(f'client_momentum={momentum} applies to SGD; got client_optimizer={name!r} '
-                     f'(Adam keeps its own moments).')
-  return name
+check = choices.check_client_optimizer
 
 
 class LocalOptimizer:

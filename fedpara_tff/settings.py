@@ -11,24 +11,16 @@ one learning-rate schedule).
 import dataclasses
 from typing import Optional
 
-import tensorflow as tf
-
-from fedpara_tff import client_optimizer as client_optimizer_lib
+from fedpara_tff import choices
 from keras_layers import validation
 
-# The algorithms by the names the binaries and `build_fedpara_process` take.
-ALGORITHMS = ('fedavg', 'fedprox', 'fedadam', 'fedyogi', 'fedadagrad', 'mimelite', 'scaffold',
-              'feddyn')
-# Run on fedpara_tff's own round (`fedpara_tff.algorithms`): every one of them.
-SHARED_ROUND_ALGORITHMS = ALGORITHMS
-# The server optimizer (`fedpara_tff.algorithms.ServerOptimizer`) of each adaptive algorithm:
-# FedAdam, FedYogi and FedAdagrad are FedAvg with that server optimizer.
-SERVER_OPTIMIZERS = {'fedadam': 'adam', 'fedyogi': 'yogi', 'fedadagrad': 'adagrad'}
-SERVER_OPTIMIZER_NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
-# TFF's default second-moment decay of server Adam / Yogi (`--server_beta_2`).
-DEFAULT_SERVER_BETA_2 = 0.999
-# Algorithms that correct the client's SGD steps (and so refuse client Adam).
-SGD_CORRECTING = ('scaffold', 'feddyn', 'mimelite')
+# The names (`fedpara_tff.choices`), by their names here too.
+ALGORITHMS = choices.ALGORITHMS
+SHARED_ROUND_ALGORITHMS = choices.SHARED_ROUND_ALGORITHMS
+SERVER_OPTIMIZERS = choices.SERVER_OPTIMIZERS
+SERVER_OPTIMIZER_NAMES = choices.SERVER_OPTIMIZER_NAMES
+DEFAULT_SERVER_BETA_2 = choices.DEFAULT_SERVER_BETA_2
+SGD_CORRECTING = choices.SGD_CORRECTING
 
 
 # The server learning rate an algorithm gets when none is given: 1.0 is FedAvg's averaging step;
@@ -99,7 +91,7 @@ class RoundSettings:
     set_('lr_decay', validation.fraction(self.lr_decay, 'lr_decay', low_closed=False,
                                          high_closed=True))
     set_('client_momentum', validation.fraction(self.client_momentum, 'client_momentum'))
-    client_optimizer_lib.check(self.client_optimizer, self.client_momentum)
+    choices.check_client_optimizer(self.client_optimizer, self.client_momentum)
     validation.one_of(self.algorithm, 'algorithm', ALGORITHMS)
     set_('proximal_strength', validation.finite_at_least_zero(self.proximal_strength,
                                                               'proximal_strength'))
@@ -186,6 +178,7 @@ class RoundSettings:
   def learning_rate_at(self, round_num):
     """The client learning rate of round `round_num` (from 0, a TF integer), as a float32 tensor:
     `client_learning_rate * lr_decay**round_num`."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  # settings load without TF
     return self.client_learning_rate * tf.pow(tf.constant(self.lr_decay, tf.float32),
                                               tf.cast(round_num, tf.float32))
 

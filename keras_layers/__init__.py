@@ -3,48 +3,58 @@
 FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient
 Federated Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022 (arXiv 2108.06098).
 See `factors` for the math every layer shares and `ranks` for the rank rule.
+
+`import keras_layers` loads no Keras (docs/DESIGN.md, "Fast start"): the first public name used
+(`keras_layers.FedParaDense`, `from keras_layers import convert`, ...) loads every layer module
+at once, so that every layer is registered for Keras deserialisation from then on.
 """
+
+import importlib
 
 __version__ = '0.2.0'
 
-from keras_layers import factors
-from keras_layers import jacobian
-from keras_layers import sign_rule
-from keras_layers import weight_norm
-from keras_layers.base import FactorizedLayer
-from keras_layers.base import factorized_layers
-from keras_layers.conv import FedParaConv1D
-from keras_layers.conv import FedParaConv2D
-from keras_layers.conv import LowRankConv1D
-from keras_layers.conv import LowRankConv2D
-from keras_layers.conv import PFedParaConv1D
-from keras_layers.conv import PFedParaConv2D
-from keras_layers.conversion import convert
-from keras_layers.conversion import export
-from keras_layers.conversion import is_factorized
-from keras_layers.dense import FedParaDense
-from keras_layers.dense import LowRankDense
-from keras_layers.dense import PFedParaDense
-from keras_layers.jacobian import JacobianCorrectedModel
-from keras_layers.lstm import FedParaLSTM
-from keras_layers.lstm import FedParaLSTMCell
-from keras_layers.lstm import LowRankLSTM
-from keras_layers.lstm import LowRankLSTMCell
-from keras_layers.lstm import PFedParaLSTM
-from keras_layers.lstm import PFedParaLSTMCell
-from keras_layers.lstm import WeightNormLSTM
-from keras_layers.lstm import WeightNormLSTMCell
-from keras_layers.ranks import fedpara_param_count
-from keras_layers.ranks import lowrank_param_count
-from keras_layers.ranks import original_param_count
-from keras_layers.ranks import r_max
-from keras_layers.ranks import r_min
-from keras_layers.ranks import rank_for_gamma
-from keras_layers.ranks import rank_for_param_ratio
-from keras_layers.report import format_parameter_report
-from keras_layers.report import parameter_report
-from keras_layers.report import total_params
-from keras_layers.routing import local_variable_mask
-from keras_layers.routing import split_global_local
-from keras_layers.torch_layout import load_torch_factors
-from keras_layers.torch_layout import torch_kernel_to_keras
+# Public name -> the module that defines it.
+_EXPORTS = {
+    'FactorizedLayer': 'base', 'factorized_layers': 'base',
+    'FedParaConv1D': 'conv', 'FedParaConv2D': 'conv', 'LowRankConv1D': 'conv',
+    'LowRankConv2D': 'conv', 'PFedParaConv1D': 'conv', 'PFedParaConv2D': 'conv',
+    'convert': 'conversion', 'export': 'conversion', 'is_factorized': 'conversion',
+    'FedParaDense': 'dense', 'LowRankDense': 'dense', 'PFedParaDense': 'dense',
+    'JacobianCorrectedModel': 'jacobian',
+    'FedParaLSTM': 'lstm', 'FedParaLSTMCell': 'lstm', 'LowRankLSTM': 'lstm',
+    'LowRankLSTMCell': 'lstm', 'PFedParaLSTM': 'lstm', 'PFedParaLSTMCell': 'lstm',
+    'WeightNormLSTM': 'lstm', 'WeightNormLSTMCell': 'lstm',
+    'fedpara_param_count': 'ranks', 'lowrank_param_count': 'ranks',
+    'original_param_count': 'ranks', 'r_max': 'ranks', 'r_min': 'ranks',
+    'rank_for_gamma': 'ranks', 'rank_for_param_ratio': 'ranks',
+    'format_parameter_report': 'report', 'parameter_report': 'report', 'total_params': 'report',
+    'local_variable_mask': 'routing', 'split_global_local': 'routing',
+    'load_torch_factors': 'torch_layout', 'torch_kernel_to_keras': 'torch_layout',
+}
+# Submodules reachable as attributes (`keras_layers.factors`), as before the lazy init.
+_SUBMODULES = ('factors', 'jacobian', 'sign_rule', 'weight_norm')
+# Loaded together on first use: every module that defines a layer Keras may deserialise.
+_LAYER_MODULES = ('dense', 'conv', 'lstm', 'jacobian', 'conversion')
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def _load_layers():
+  for module in _LAYER_MODULES:
+    importlib.import_module(f'{__name__}.{module}')
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    _load_layers()
+    return importlib.import_module(f'{__name__}.{name}')
+  if name in _EXPORTS:
+    _load_layers()
+    value = getattr(importlib.import_module(f'{__name__}.{_EXPORTS[name]}'), name)
+    globals()[name] = value   # later look-ups skip this function
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(__all__))

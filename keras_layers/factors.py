@@ -39,16 +39,21 @@ import math
 import numpy as np
 
 from keras_layers import backend
+from keras_layers import factor_options
 from keras_layers import ranks
-from keras_layers import validation
 from keras_layers.backend import keras
 from keras_layers.backend import ops
 
-SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
-NONLINEARITIES = (None, 'tanh')
-FACTOR_INITS = ('matched_glorot', 'matched_he', 'he_fan_in', 'he_fan_out')
-MATCHED = 'matched'
-SAFE = 'safe'
+# The options (`factor_options`), by their names here too.
+SCHEMES = factor_options.SCHEMES
+NONLINEARITIES = factor_options.NONLINEARITIES
+FACTOR_INITS = factor_options.FACTOR_INITS
+MATCHED = factor_options.MATCHED
+SAFE = factor_options.SAFE
+check_scheme = factor_options.check_scheme
+check_nonlinearity = factor_options.check_nonlinearity
+check_factor_init = factor_options.check_factor_init
+check_factor_lr_scale = factor_options.check_factor_lr_scale
 # CGLS iterations of the 'safe' rule (docs/DESIGN.md, "Step-size rule"): each adds directions to
 # the subspace the plain step is projected on, at one more forward- and reverse-mode derivative
 # of the composition per backward pass.
@@ -58,37 +63,6 @@ GLOBAL = 'global'
 LOCAL = 'local'
 
 FactorSpec = collections.namedtuple('FactorSpec', ['name', 'shape', 'role', 'stddev'])
-
-
-def check_scheme(scheme):
-  if scheme not in SCHEMES:
-    raise ValueError(f'scheme must be one of {SCHEMES}; got {scheme!r}.')
-  return scheme
-
-
-def check_nonlinearity(nonlinearity):
-  if nonlinearity not in NONLINEARITIES:
-    raise ValueError(
-        f'nonlinearity must be one of {NONLINEARITIES}; got {nonlinearity!r}.')
-  return nonlinearity
-
-
-def check_factor_init(factor_init):
-  if factor_init not in FACTOR_INITS:
-    raise ValueError(
-        f'factor_init must be one of {FACTOR_INITS}; got {factor_init!r}.')
-  return factor_init
-
-
-def check_factor_lr_scale(factor_lr_scale):
-  """`None`, `'matched'`, `'safe'` or a positive finite number; anything else raises."""
-  if factor_lr_scale is None or factor_lr_scale in (MATCHED, SAFE):
-    return factor_lr_scale
-  if (validation.is_number(factor_lr_scale) and math.isfinite(factor_lr_scale)
-      and factor_lr_scale > 0):
-    return float(factor_lr_scale)
-  raise ValueError(f"factor_lr_scale must be None, 'matched', 'safe' or a positive number; "
-                   f'got {factor_lr_scale!r}.')
 
 
 # ---------------------------------------------------------------------------

@@ -155,3 +155,22 @@ def test_compare_checks_its_plot_and_overwritten_folders_before_any_run_trains(t
   with pytest.raises(SystemExit, match=r'--overwrite refused: .*holds .*notes.txt'):
     compare._check_outputs(str(tmp_path), [config])  # pylint: disable=protected-access
   assert (run / 'notes.txt').read_text() == 'mine'
+
+
+def test_compare_never_takes_a_users_matplotlib_png_for_its_plot(tmp_path):
+  """Issue 38: beside a run subfolder, an unmarked matplotlib PNG was taken for an older
+  version's comparison plot and replaced (exit 0)."""
+  import types  # pylint: disable=g-import-not-at-top
+  from matplotlib import figure as figure_lib  # pylint: disable=g-import-not-at-top
+  from experiments import compare  # pylint: disable=g-import-not-at-top
+  _fake_run(tmp_path / 'fedpara')
+  users = figure_lib.Figure()
+  users.subplots().plot([0, 1], [1, 0])
+  users.savefig(tmp_path / run_io.PLOT_FILE, format='png')   # matplotlib's own metadata
+  before = (tmp_path / run_io.PLOT_FILE).read_bytes()
+  assert b'Matplotlib' in before
+  config = types.SimpleNamespace(overwrite=False, output_dir=str(tmp_path / 'fedpara'))
+  with pytest.raises(SystemExit, match=r'compare: error: .*accuracy_vs_gb.png exists and is not '
+                                       r'a plot this program wrote'):
+    compare._check_outputs(str(tmp_path), [config])  # pylint: disable=protected-access
+  assert (tmp_path / run_io.PLOT_FILE).read_bytes() == before

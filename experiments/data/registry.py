@@ -1,14 +1,16 @@
-"""Every data set the binaries know, by name, with one `load` entry point."""
+"""Every data set the binaries know, by name, with one `load` entry point.
+
+The loaders that need TensorFlow (CINIC-10's PNGs, TFF's SQLite caches) load when first used, so
+that the names are known before TensorFlow loads (docs/DESIGN.md, "Fast start").
+"""
 
 import os
 
 from experiments.data import cifar
-from experiments.data import cinic
 from experiments.data import common
 from experiments.data import idx
 from experiments.data import mnist5k
 from experiments.data import plays
-from experiments.data import tff_sqlite
 
 DATASETS = ('mnist5k', 'fashion_mnist', 'cifar10', 'cifar100', 'cinic10', 'shakespeare',
             'femnist', 'shakespeare_tff', 'cifar100_tff')
@@ -49,9 +51,11 @@ def _load(name, data_dir, max_clients, download, sequence_length):
   if name in ('cifar10', 'cifar100'):
     return cifar.load_cifar(name, data_dir)
   if name == 'cinic10':
+    from experiments.data import cinic  # pylint: disable=g-import-not-at-top  # TensorFlow
     return cinic.load_cinic10(data_dir)
   if name == 'shakespeare':
     return plays.load_plays(data_dir, sequence_length, max_clients)
+  from experiments.data import tff_sqlite  # pylint: disable=g-import-not-at-top  # TensorFlow
   return tff_sqlite.load_tff_sqlite(name, data_dir, max_clients, download, sequence_length)
 
 
