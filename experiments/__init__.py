@@ -25,3 +25,6 @@ if _MISSING:
   raise ImportError(_MESSAGE) from None
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# The binaries list the factor options in their flags before Keras loads: `keras_layers` loads its
+# layers on first use in this program (docs/DESIGN.md, "Fast start").
+DEFER_KERAS_LAYERS = True

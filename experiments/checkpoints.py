@@ -59,6 +59,31 @@ def model_signature(keras_model):
   return [[v.name, list(v.shape)] for v in keras_model.trainable_variables]
 
 
+# A run folder's checkpoints: `<output_dir>/checkpoints/ckpt-<round>.npz`.
+DIR = 'checkpoints'
+
+
+def directory_of(output_dir):
+  return os.path.join(output_dir, DIR)
+
+
+def kept_state(directory):
+  """What a stopped run keeps, in words: `'the last checkpoint (round k) is kept'`, or, before
+  the first checkpoint, that nothing is (a new run's folder is removed then)."""
+  found = latest(directory)
+  if found is None:
+    return 'no checkpoint was written yet, so nothing is kept'
+  return f'the last checkpoint (round {found[0]}) is kept'
+
+
+def kept_note(directory, fix=''):
+  """`kept_state` and how to go on, for a stopped run's one-line message (`fix`: what to do
+  first, e.g. `'fix that and '`)."""
+  found = latest(directory)
+  action = 'resume' if found is not None else 'start again'
+  return f'{kept_state(directory)}: {fix}rerun the same command to {action}'
+
+
 def path_for(directory, round_num):
   return os.path.join(directory, f'ckpt-{round_num:06d}.npz')
 
@@ -100,18 +125,29 @@ def save(directory, round_num, state, signature, counters, local_store=None, kee
   temporary = f'{path}.tmp.npz'
   try:
     with open(temporary, 'wb') as f:
-      np.savez(f, meta=json.dumps(meta), **arrays)
+      common.write_npz(f, dict(meta=np.asarray(json.dumps(meta)), **arrays))
       f.flush()
       os.fsync(f.fileno())
     os.replace(temporary, path)
+  except OSError as e:
+    _remove_quietly(temporary)   # a failed write (full disk) leaves no temporary file
+    if e.filename is None:   # a write inside the archive names no file: name the checkpoint
+      raise OSError(e.errno, e.strerror, path) from None
+    raise
   except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)   # a failed write (full disk, interrupt) leaves no temporary file
+    _remove_quietly(temporary)
     raise
   _fsync_directory(directory)
   for _, old in _all(directory)[:-keep]:
     os.remove(old)
   return path
+
+
+def _remove_quietly(path):
+  try:
+    os.remove(path)
+  except OSError:
+    pass
 
 
 def _fsync_directory(directory):

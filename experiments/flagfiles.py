@@ -35,6 +35,23 @@ def resolve(argv):
   return resolved
 
 
+def check_text(argv, program):
+  """Refuses, in one line, a `--flagfile` that is not UTF-8 text (absl's error is a 30-line
+  UnicodeDecodeError)."""
+  for arg in argv:
+    if not arg.startswith('--flagfile='):
+      continue
+    path = arg[len('--flagfile='):]
+    try:
+      with open(path, encoding='utf-8') as f:
+        f.read()
+    except UnicodeDecodeError as e:
+      raise SystemExit(f'{program}: error: --flagfile={path} is not a text file ({e.reason} at '
+                       f'byte {e.start}); a flagfile holds --name=value lines.') from None
+    except OSError:
+      pass   # absl names a missing or unreadable file itself
+
+
 def no_positional(argv, program):
   """Refuses positional arguments in one line (absl's UsageError would print the whole help)."""
   if len(argv) > 1:
@@ -63,8 +80,17 @@ def run_main(main):
     for flag in flags.FLAGS.get_key_flags_for_module(main.__module__):
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   runtime.quiet_teardown()
+  argv = resolve(sys.argv)
+  module = main.__module__
+  if module == '__main__':   # python -m experiments.NAME
+    module = getattr(sys.modules['__main__'].__spec__, 'name', module)
+  program = module.rsplit('.', 1)[-1]
+  check_text(argv, program)
   try:
-    app.run(main, argv=resolve(sys.argv))
+    app.run(main, argv=argv)
+  except UnicodeDecodeError as e:   # a flagfile named inside another flagfile
+    raise SystemExit(f'{program}: error: a flagfile is not text ({e.reason} at byte {e.start}); '
+                     f'a flagfile holds --name=value lines.') from None
   except SystemExit as e:
     # absl's help flags exit 1 after printing the usage asked for: that is a success.
     if e.code == 1 and _raised_by_help_flag(e):

@@ -6,7 +6,6 @@ round k + 1 from its latest checkpoint and ends where an uninterrupted run ends.
 """
 
 import math
-import os
 import sys
 import time
 
@@ -73,9 +72,41 @@ def divergence_hint(config, diverged):
   if sgd and config.algorithm == 'fedprox' and lr * config.fedprox_mu >= 1:
     return (f'fedprox_mu={config.fedprox_mu} at client_learning_rate={lr} overshoots the '
             f'proximal pull every step: try --fedprox_mu={0.5 / lr:g} or less.')
+  furthest = _furthest_step_size(config)
+  if furthest == 'server_learning_rate':
+    return (f'the server step overshoots at server_learning_rate={config.server_learning_rate} '
+            f'(its default: {_default_step_sizes(config)[furthest]:g}): try '
+            f'--server_learning_rate={config.server_learning_rate / 10:g}.')
+  if furthest == 'factor_lr_scale':
+    scale = float(config.factor_lr_scale)
+    return (f'factor_lr_scale={config.factor_lr_scale} multiplies the client step on the '
+            f'factors {scale:g} times: try --factor_lr_scale={scale / 10:g} or '
+            f'--factor_lr_scale=none.')
   scale = f' (with --factor_lr_scale={config.factor_lr_scale})' if config.factor_lr_scale else ''
   return (f'the client step overshoots at client_learning_rate={lr}{scale}: try '
           f'--client_learning_rate={lr / 10:g}.')
+
+
+def _default_step_sizes(config):
+  """The defaults of the step sizes a run sets (a numeric factor_lr_scale's: 1, none)."""
+  from fedpara_tff import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  return dict(client_learning_rate=run_config.RunConfig.client_learning_rate,
+              server_learning_rate=settings_lib.default_server_learning_rate(config.algorithm),
+              factor_lr_scale=1.0)
+
+
+def _furthest_step_size(config):
+  """The step-size setting furthest above its default (by ratio; the client learning rate on a
+  tie), the likeliest cause of a divergence that the clients' updates show."""
+  values = dict(client_learning_rate=config.client_learning_rate,
+                server_learning_rate=config.server_learning_rate, factor_lr_scale=1.0)
+  try:
+    values['factor_lr_scale'] = float(config.factor_lr_scale)
+  except (TypeError, ValueError):
+    pass   # none, 'matched', 'safe': no multiplier the user chose
+  defaults = _default_step_sizes(config)
+  ratios = {name: values[name] / defaults[name] for name in values}
+  return max(ratios, key=lambda name: (ratios[name], name == 'client_learning_rate'))
 
 
 def shuffle_seed(seed, round_num, client):
@@ -160,7 +191,7 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
   stateful = store is not None
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
-  checkpoint_dir = os.path.join(config.output_dir, 'checkpoints')
+  checkpoint_dir = checkpoints.directory_of(config.output_dir)
   found = resume_point(checkpoint_dir, state, signature, store) if resuming else None
   if found:
     start_round, state, counters, local_store = found
@@ -193,10 +224,9 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
       try:
         state, row = driver.next(state, [ids[c] for c in chosen], datasets)
       except distributed.WorkerUnavailableError as e:
-        kept = checkpoints.latest(checkpoint_dir)
         raise RunInterruptedError(
-            f'round {round_num}: {e}; the last checkpoint (round {kept[0] if kept else 0}) is '
-            f'kept: start the worker again and rerun the same command to resume.') from None
+            f'round {round_num}: {e}; '
+            f'{checkpoints.kept_note(checkpoint_dir, "start the worker again and ")}.') from None
       diverged = divergence(row, len(chosen), [np.asarray(w) for w in
                                                driver.global_weights(state)])
       if diverged is None and evaluator and (round_num % config.eval_every == 0
@@ -204,10 +234,9 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
         row['test_loss'], row['test_accuracy'] = evaluator(driver.global_weights(state))
         diverged = divergence(row, len(chosen), [])
       if diverged:
-        kept = checkpoints.latest(checkpoint_dir)
         raise RunDivergedError(
-            f'round {round_num}: training diverged: {diverged}; the last checkpoint (round '
-            f'{kept[0] if kept else 0}) is kept. {divergence_hint(config, diverged)}')
+            f'round {round_num}: training diverged: {diverged}; '
+            f'{checkpoints.kept_state(checkpoint_dir)}. {divergence_hint(config, diverged)}')
       counters['bytes_uploaded'] += row['bytes_uploaded']
       counters['bytes_downloaded'] += row['bytes_downloaded']
       counters['wall_time_s'] += time.perf_counter() - began

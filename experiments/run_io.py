@@ -238,7 +238,7 @@ class MetricsWriter:
     if [int(r['round']) for r in kept] != list(range(1, resume_round + 1)):
       missing = sorted(set(range(1, resume_round + 1)) - {int(r['round']) for r in kept})
       raise DamagedFileError(
-          f'{self._path} lacks the rows of rounds {_ranges(missing)} that the checkpoint of '
+          f'{self._path} lacks the rows of rounds {format_ranges(missing)} that the checkpoint of '
           f'round {resume_round} follows (the file was deleted or cut short), so the history '
           f'cannot be continued; nothing was changed: restore the file, or pass --overwrite to '
           f'start the run again.')
@@ -272,7 +272,7 @@ class MetricsWriter:
     self._summary.close()
 
 
-def _ranges(numbers):
+def format_ranges(numbers):
   """`[1, 2, 3, 7]` -> `'1-3, 7'`."""
   spans = []
   for n in numbers:

@@ -174,6 +174,11 @@ def _run(config, data, parts, keras_model_fn, keras_model, workers):
     # One run at a time in a folder: a second one (or an --overwrite of a live run) is refused.
     with run_io.locked(config.output_dir):
       resuming = run_io.prepare(config.output_dir, identity, config.overwrite)
+      if resuming:
+        check_resumable(config.output_dir)
+      else:
+        # Made with the run: from now on a missing folder means deleted checkpoints.
+        os.makedirs(checkpoints.directory_of(config.output_dir), exist_ok=True)
       try:
         return _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,
                        plain_params, resuming, workers)
@@ -181,7 +186,7 @@ def _run(config, data, parts, keras_model_fn, keras_model, workers):
         # A new run that stops before its first checkpoint holds nothing worth resuming: its
         # files go, so that the corrected command can use the same folder.
         if not resuming and checkpoints.latest(
-            os.path.join(config.output_dir, 'checkpoints')) is None:
+            checkpoints.directory_of(config.output_dir)) is None:
           try:
             run_io.remove_run(config.output_dir)
           except (OSError, run_io.RunConflictError):
@@ -194,6 +199,32 @@ def _run(config, data, parts, keras_model_fn, keras_model, workers):
       except OSError:
         pass
     raise
+
+
+def check_resumable(output_dir):
+  """Before a run folder's run resumes, and before it trains: its `checkpoints` folder is a folder
+  and is there, or the folder records no round, so that a resume never rewrites the recorded
+  history (`metrics.csv`) from a round no checkpoint backs.
+
+  Raises:
+    run_io.DamagedFileError: one line naming the path and what to do; nothing was changed.
+  """
+  directory = checkpoints.directory_of(output_dir)
+  if os.path.lexists(directory) and not os.path.isdir(directory):
+    raise run_io.DamagedFileError(
+        f'{directory} is a file, not the run\'s checkpoints folder, so the run cannot resume; '
+        f'nothing was changed: put the checkpoints folder back, or pass --overwrite to start the '
+        f'run again.')
+  if os.path.isdir(directory):
+    return
+  recorded = [int(r['round']) for r in run_io.read_metrics(output_dir)]
+  if recorded:
+    raise run_io.DamagedFileError(
+        f'{directory} is missing while {os.path.join(output_dir, run_io.METRICS_FILE)} records '
+        f'rounds {run_io.format_ranges(recorded)}, so the run cannot continue its history; '
+        f'nothing was changed: restore the checkpoints folder, or pass --overwrite to start the '
+        f'run again.')
+  os.makedirs(directory)
 
 
 def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, params,

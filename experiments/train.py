@@ -194,7 +194,8 @@ def config_from_flags(**overrides):
   values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(run_config.RunConfig)}
   values.update(rank=values['rank'] or None,
                 nonlinearity=None if values['nonlinearity'] == 'none' else values['nonlinearity'],
-                factor_lr_scale=(None if values['factor_lr_scale'] == 'none'
+                # `--factor_lr_scale=` (empty) is none: recorded as None, as `=none` is.
+                factor_lr_scale=(None if values['factor_lr_scale'].strip() in ('none', '')
                                  else values['factor_lr_scale']),
                 keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
   # `~` in a flagfile reaches us unexpanded (only a shell expands it on a command line).
@@ -224,18 +225,15 @@ def run_or_exit(config, program='train'):
     raise SystemExit(f'{program}: error: {message}') from None
   except (OSError, tf.errors.OpError) as e:
     # A full disk, a folder made read-only or removed under the run: one line naming the path.
-    kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))
     what = (f'{e.strerror}: {e.filename}' if isinstance(e, OSError) and e.filename
             else ' '.join(str(getattr(e, 'message', e)).split()))
-    raise SystemExit(f'{program}: error: cannot write the run ({what}); the last checkpoint '
-                     f'(round {kept[0] if kept else 0}) is kept: fix that and rerun the same '
-                     f'command to resume.') from None
+    note = checkpoints.kept_note(checkpoints.directory_of(config.output_dir), 'fix that and ')
+    raise SystemExit(f'{program}: error: cannot write the run ({what}); {note}.') from None
   except KeyboardInterrupt as e:
     signum = getattr(e, 'signum', signal.SIGINT)
-    kept = checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))
-    print(f'{program}: stopped by {signal.Signals(signum).name}; the last checkpoint (round '
-          f'{kept[0] if kept else 0}) is kept: rerun the same command to resume.',
-          file=sys.stderr, flush=True)
+    note = checkpoints.kept_note(checkpoints.directory_of(config.output_dir))
+    print(f'{program}: stopped by {signal.Signals(signum).name}; {note}.', file=sys.stderr,
+          flush=True)
     runtime.exit_now(128 + signum)
 
 

@@ -4,12 +4,15 @@ FedPara: "FedPara: Low-Rank Hadamard Product for Communication-Efficient
 Federated Learning", Hyeon-Woo, Ye-Bin, Oh, ICLR 2022 (arXiv 2108.06098).
 See `factors` for the math every layer shares and `ranks` for the rank rule.
 
-`import keras_layers` loads no Keras (docs/DESIGN.md, "Fast start"): the first public name used
-(`keras_layers.FedParaDense`, `from keras_layers import convert`, ...) loads every layer module
-at once, so that every layer is registered for Keras deserialisation from then on.
+`import keras_layers` loads the layers, which registers them for Keras deserialisation
+(`keras.models.load_model` of a model with FedPara layers needs only this import). The
+binaries of `experiments` list the factor options (`keras_layers.factor_options`) before they
+parse their flags, without Keras: for them the layers load on the first public name used
+(docs/DESIGN.md, "Fast start").
 """
 
 import importlib
+import sys
 
 __version__ = '0.2.0'
 
@@ -44,6 +47,12 @@ def _load_layers():
     importlib.import_module(f'{__name__}.{module}')
 
 
+def _deferred():
+  """True in a program that asked for the layers on first use: the package `experiments` (its
+  binaries answer `--help` before Keras loads) sets `DEFER_KERAS_LAYERS` before it imports us."""
+  return bool(getattr(sys.modules.get('experiments'), 'DEFER_KERAS_LAYERS', False))
+
+
 def __getattr__(name):
   if name in _SUBMODULES:
     _load_layers()
@@ -58,3 +67,9 @@ def __getattr__(name):
 
 def __dir__():
   return sorted(set(globals()) | set(__all__))
+
+
+if not _deferred():
+  for _name in _EXPORTS:
+    __getattr__(_name)
+  del _name

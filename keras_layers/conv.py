@@ -121,6 +121,7 @@ class _FactorizedConv(base.FactorizedLayer):
                        f'be known; got input shape {input_shape}.')
     self._check_valid_padding(input_shape)
     kernel_shape = self.kernel_size + (int(channels), self.filters)
+    self._check_rank(kernel_shape)
     self.factorization = self._add_factorization(kernel_shape)
     self._add_bias(self.filters)
     self.input_spec = keras.layers.InputSpec(

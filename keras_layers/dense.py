@@ -44,6 +44,7 @@ class _FactorizedDense(base.FactorizedLayer):
       raise ValueError(
           f'{self.name}: the last dimension of the input must be known; got '
           f'input shape {backend.dims(input_shape)}.')
+    self._check_rank((int(last_dim), self.units))
     self.factorization = self._add_factorization((int(last_dim), self.units))
     self._add_bias(self.units)
     self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: int(last_dim)})

@@ -191,6 +191,7 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
   def build(self, input_shape):
     gates = 4 * self.units
     kernel_shape, recurrent_shape = (_input_dim(self, input_shape), gates), (self.units, gates)
+    self._check_rank(kernel_shape, recurrent_shape)
     self.kernel_factorization = self._add_factorization(kernel_shape, 'kernel_')
     self.recurrent_factorization = self._add_factorization(recurrent_shape, 'recurrent_')
     self._add_bias(gates, initializer=_forget_bias_initializer(self))

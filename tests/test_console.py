@@ -104,7 +104,9 @@ def test_a_binary_answers_help_and_flag_errors_before_tensorflow_loads(binary):
 
 
 def test_packages_import_without_keras_tensorflow_or_tff():
-  probe = ('import sys, keras_layers, fedpara_tff\n'
+  """What the binaries' flags need loads nothing heavy; `keras_layers` defers its layers in a
+  program that imported `experiments` (a plain `import keras_layers` registers them: test_deploy)."""
+  probe = ('import sys, experiments, keras_layers, fedpara_tff\n'
            'from fedpara_tff import choices, client_store, settings\n'
            'from keras_layers import factor_options\n'
            'from experiments import run_config, plot, ownership, run_io\n'
@@ -120,6 +122,7 @@ def test_packages_import_without_keras_tensorflow_or_tff():
 def test_every_public_name_of_the_lazy_packages_resolves():
   import fedpara_tff   # pylint: disable=g-import-not-at-top
   import keras_layers   # pylint: disable=g-import-not-at-top
+  assert keras_layers._deferred()   # pylint: disable=protected-access  # this process: experiments
   for package in (fedpara_tff, keras_layers):
     for name in package.__all__:
       assert getattr(package, name) is not None, name
@@ -156,3 +159,15 @@ def test_the_console_scripts_known_to_the_package_are_setup_pys():
   declared = sorted(line.strip().strip("',").split('=')[0]
                     for line in setup.splitlines() if '=experiments.' in line)
   assert declared == sorted(experiments._CONSOLE_SCRIPTS)  # pylint: disable=protected-access
+
+
+def test_a_binary_flagfile_is_one_line(tmp_path):
+  """Issue 38: random bytes as --flagfile ended in a 30-line UnicodeDecodeError."""
+  path = tmp_path / 'random.cfg'
+  path.write_bytes(bytes(range(256)) * 4)
+  result = subprocess.run([sys.executable, '-m', 'experiments.train', f'--flagfile={path}'],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f'train: error: --flagfile={path} is not a text file (invalid start byte at byte 128); a '
+      f'flagfile holds --name=value lines.']

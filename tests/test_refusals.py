@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from absl import flags
+import numpy as np
 import pytest
 
 import fedpara_tff
@@ -203,6 +204,19 @@ def test_output_dir_empty_is_refused_and_tilde_is_expanded(tmp_path):
   assert config.cache_dir == os.path.join(os.path.expanduser('~'), 'cache')
 
 
+@pytest.mark.parametrize('value', ['', 'none', ' '])
+def test_an_empty_factor_lr_scale_is_recorded_as_none(value):
+  """Issue 38: `--factor_lr_scale=` trained as none but recorded "" in run.json, so a later
+  `=none` was refused as different flags."""
+  try:
+    flags.FLAGS(['train', '--output_dir=unused', f'--factor_lr_scale={value}'])
+    config = train.config_from_flags()
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert config.factor_lr_scale is None
+  assert config.identity()['factor_lr_scale'] is None
+
+
 def test_a_folder_in_use_by_a_run_is_refused_naming_its_pid(tmp_path):
   """Two runs in one folder would interleave their metrics and checkpoints, and an --overwrite
   would delete a live run's files: the folder is held for the run's lifetime."""
@@ -257,6 +271,17 @@ def test_fedadam_gets_a_server_learning_rate_that_works(tmp_path):
     ('the server model has non-finite values (variable 0 of 4)', dict(server_momentum=0.9),
      'server_momentum=0.9 with server_learning_rate=1.0 overshoots: try --server_momentum=0 or '
      '--server_learning_rate=0.1.'),
+    # Issue 38: the clients diverge the round after a server step of 1e7; the hint blamed the
+    # client learning rate. It names the step size furthest above its default.
+    ("every client's update was non-finite (2 of 2 clients)", dict(server_learning_rate=1e7),
+     'the server step overshoots at server_learning_rate=10000000.0 (its default: 1): try '
+     '--server_learning_rate=1e+06.'),
+    ('the test loss is nan', dict(factor_lr_scale='1e300'),
+     'factor_lr_scale=1e300 multiplies the client step on the factors 1e+300 times: try '
+     '--factor_lr_scale=1e+299 or --factor_lr_scale=none.'),
+    ("every client's update was non-finite (2 of 2 clients)",
+     dict(client_learning_rate=50.0, server_learning_rate=10.0),
+     'the client step overshoots at client_learning_rate=50.0: try --client_learning_rate=5.'),
 ])
 def test_the_divergence_hint_names_the_flag_that_caused_it(diverged, settings, hint):
   """The issue's case: the hint always suggested a smaller client learning rate, also when the
@@ -295,3 +320,35 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_pat
   assert str(e.value) == (f'train: error: cannot write the run (No space left on device: '
                           f'{metrics}); the last checkpoint (round 1) is kept: fix that and '
                           f'rerun the same command to resume.')
+
+
+@pytest.mark.parametrize('what', ['checkpoint', 'partition_cache'])
+def test_a_disk_full_while_an_archive_is_written_names_it_without_a_zipfile_traceback(
+    tmp_path, monkeypatch, capfd, what):
+  """Issue 38: a full disk inside a checkpoint's archive gave a message without the path, then a
+  `ZipFile.__del__` traceback; the partition cache's said "No space left on device: None"."""
+  import gc  # pylint: disable=g-import-not-at-top
+  if what == 'checkpoint':
+    runner.run(rs.config(tmp_path, 'first', rounds=1))   # the partition cache is written here
+  config = rs.config(tmp_path, rounds=1)
+  real = np.lib.format.write_array
+
+  def full_disk(member, array, **kwargs):
+    real(member, array[:0] if array.ndim else array, **kwargs)
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(np.lib.format, 'write_array', full_disk)
+  with pytest.raises(SystemExit) as e:
+    train.run_or_exit(config)
+  if what == 'checkpoint':
+    checkpoint = os.path.join(config.output_dir, 'checkpoints', 'ckpt-000001.npz')
+    assert str(e.value) == (f'train: error: cannot write the run (No space left on device: '
+                            f'{checkpoint}); no checkpoint was written yet, so nothing is kept: '
+                            f'fix that and rerun the same command to start again.')
+  else:
+    assert str(e.value).startswith(f'train: error: the partition cache {tmp_path}/cache cannot be '
+                                   f'written (No space left on device: {tmp_path}/cache/')
+    assert str(e.value).endswith('.npz); pass another --cache_dir.')
+  gc.collect()
+  assert 'Exception ignored' not in capfd.readouterr().err
+  assert not os.path.exists(config.output_dir)   # a new run without a checkpoint leaves nothing

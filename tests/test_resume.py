@@ -176,6 +176,48 @@ def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tm
   assert not os.path.exists(os.path.join(config.output_dir, run_io.METRICS_FILE))
 
 
+@pytest.mark.parametrize('damage', ['deleted', 'a_file'])
+def test_damaged_checkpoints_are_refused_before_training_and_the_history_kept(
+    tmp_path_factory, tmp_path, damage):
+  """Issue 38: with `checkpoints/` deleted the run restarted at round 0 and blanked round 2's
+  evaluation in metrics.csv; with `checkpoints` a file it retrained and rewrote metrics.csv,
+  then claimed "the last checkpoint (round 0) is kept". Both are refused before any training."""
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
+  directory = os.path.join(config.output_dir, 'checkpoints')
+  shutil.rmtree(directory)
+  if damage == 'a_file':
+    with open(directory, 'w') as f:
+      f.write('not checkpoints')
+  metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
+  with open(metrics, 'rb') as f:
+    before = f.read()
+  config.rounds = 3
+  expected = (rf'{directory} is a file, not the run\'s checkpoints folder' if damage == 'a_file'
+              else rf'{directory} is missing while {metrics} records rounds 1-2, so the run '
+                   rf'cannot continue its history; nothing was changed')
+  with pytest.raises(run_io.DamagedFileError, match=expected):
+    runner.run(config)
+  with open(metrics, 'rb') as f:
+    assert f.read() == before
+  assert os.path.lexists(directory) == (damage == 'a_file')
+
+
+def test_a_new_run_makes_its_checkpoints_folder_before_its_first_round(tmp_path, monkeypatch):
+  """So that a resume can tell "killed before the first checkpoint" (an empty folder: resume
+  from round 0, its rows dropped) from deleted checkpoints (refused)."""
+  config = rs.config(tmp_path, rounds=1, checkpoint_every=1)
+  seen = []
+  real = runner.round_loop.run_rounds
+
+  def spy(config_, *args, **kwargs):
+    seen.append(sorted(os.listdir(os.path.join(config_.output_dir, 'checkpoints'))))
+    return real(config_, *args, **kwargs)
+
+  monkeypatch.setattr(runner.round_loop, 'run_rounds', spy)
+  runner.run(config)
+  assert seen == [[]]
+
+
 def test_state_of_another_run_is_refused(tmp_path_factory, tmp_path):
   """The issue's case: a seed-1 run's checkpoint, or its SQLite client store, copied into a
   seed-0 run folder was resumed without a word. Both carry the run's identity now."""
@@ -275,7 +317,7 @@ def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
   config = rs.config(tmp_path, rounds=3, client_learning_rate=1e6)
   with pytest.raises(round_loop.RunDivergedError,
                      match=r'round 1: training diverged: every client\'s update was non-finite '
-                           r'\(2 of 2 clients\); the last checkpoint \(round 0\) is kept\. the '
+                           r'\(2 of 2 clients\); no checkpoint was written yet, so nothing is kept\. the '
                            r'client step overshoots at client_learning_rate=1000000.0: try '
                            r'--client_learning_rate=100000\.$'):
     runner.run(config)

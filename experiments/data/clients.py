@@ -147,14 +147,16 @@ def load_or_compute(spec, data, cache_dir=None):
   temporary = f'{path}.{os.getpid()}.tmp.npz'
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(temporary, spec=json.dumps(dataclasses.asdict(spec)), key=key,
-             checksum=_checksum(key, arrays), **arrays)
+    with open(temporary, 'wb') as f:
+      common.write_npz(f, dict(spec=np.asarray(json.dumps(dataclasses.asdict(spec))),
+                               key=np.asarray(key), checksum=np.asarray(_checksum(key, arrays)),
+                               **arrays))
     os.replace(temporary, path)
   except OSError as e:
     if os.path.exists(temporary):
       os.remove(temporary)
     raise ValueError(f'the partition cache {os.path.dirname(path)} cannot be written '
-                     f'({e.strerror}: {e.filename}); pass another --cache_dir.') from None
+                     f'({e.strerror}: {e.filename or path}); pass another --cache_dir.') from None
   return Partition(train, test, key, False)
 
 

@@ -112,3 +112,13 @@ def require_file(path, what, hint):
   if not os.path.isfile(path):
     raise DataNotFoundError(f'{what} not found at {path}; {hint}.')
   return path
+
+
+def write_npz(file, arrays):
+  """`np.savez(file, **arrays)` into the open binary `file`, the archive closed even when a write
+  fails (a full disk): numpy's own leaves it to the garbage collector, whose second failed write
+  prints a `ZipFile.__del__` traceback. Readable by `np.load`."""
+  with zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED, allowZip64=True) as archive:
+    for name, value in arrays.items():
+      with archive.open(f'{name}.npy', 'w', force_zip64=True) as member:
+        np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
