@@ -89,7 +89,8 @@ class _RunDriver:
     return state['global_weights']  # every variable, in order, when none is local
 
   def evaluate(self, state, client_ids, datasets):
-    results = self.driver.evaluate(state, client_ids, datasets)
+    results = [r for r in self.driver.evaluate(state, client_ids, datasets)
+               if r['num_examples']]   # an empty client has no accuracy (NaN)
     total = sum(r['num_examples'] for r in results)
     return sum(r['accuracy'] * r['num_examples'] for r in results) / total
 

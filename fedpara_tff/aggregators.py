@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import communication
+from fedpara_tff import models
 
 
 def travel_mask(keras_model: tf.keras.Model, local_layers: Sequence[str] = (), *,
@@ -333,6 +334,7 @@ def factor_aggregator(inner: Optional[Any] = None, *,
   if local_layers and keras_model_fn is None:
     raise ValueError(f'local_layers={list(local_layers)!r} needs keras_model_fn.')
   if keras_model_fn is not None:
+    models.check_keras_model_fn(keras_model_fn)
     with tf.Graph().as_default():
       mask = travel_mask(keras_model_fn(), local_layers)
   factory = FactorAggregatorFactory(inner, mask, quantization_bits, quantization_threshold,

@@ -61,7 +61,7 @@ class MemoryClientStore:
       self._state[client] = [np.asarray(v) for v in value]
 
   def commit(self, round_num):
-    self._round = int(round_num)
+    self._round = _next_round(self._round, round_num, 'the memory client store')
 
   def committed_round(self):
     return self._round
@@ -82,6 +82,16 @@ class MemoryClientStore:
 
   def close(self):
     pass
+
+
+def _next_round(committed, round_num, store):
+  """`round_num` as an int, refused (ValueError, one line) when it goes back before the store's
+  committed round: the state it holds is that round's, and a commit never rewinds it."""
+  round_num = int(round_num)
+  if round_num < committed:
+    raise ValueError(f'{store}: commit({round_num}) goes back before the committed round '
+                     f'{committed}; rounds are committed in order.')
+  return round_num
 
 
 class SQLiteClientStore:
@@ -205,6 +215,7 @@ class SQLiteClientStore:
 
   def commit(self, round_num):
     """Makes every `put` since the last commit durable, with `round_num`, in one transaction."""
+    _next_round(self._round, round_num, f'client store {self.path}')
     try:
       if not self._in_transaction:
         self._db.execute('BEGIN IMMEDIATE')

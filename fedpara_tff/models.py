@@ -57,6 +57,16 @@ def classify_variables(keras_model: tf.keras.Model,
   return kinds
 
 
+def check_keras_model_fn(keras_model_fn: Any) -> Any:
+  """`keras_model_fn` if it is a function (not a Keras model: a model is callable too, and
+  calling it with no input fails deep in Keras); else a TypeError in one line."""
+  if isinstance(keras_model_fn, tf.keras.Model) or not callable(keras_model_fn):
+    raise TypeError(f'keras_model_fn must be a function returning a new Keras model (TFF '
+                    f'builds the model inside its computations); got '
+                    f'{type(keras_model_fn).__name__}: pass e.g. `lambda: make_model()`.')
+  return keras_model_fn
+
+
 def keras_model_fn_to_tff(keras_model_fn: Callable[[], tf.keras.Model], input_spec: Any, *,
                           loss_fn: Optional[Callable[[], Any]] = None,
                           metrics_fn: Optional[Callable[[], list]] = None

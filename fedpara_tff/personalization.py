@@ -28,6 +28,7 @@ Only the global variables are broadcast and uploaded; the upload goes through
 
 import collections
 import itertools
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ import tensorflow as tf
 
 from fedpara_tff import client_executors
 from fedpara_tff import client_store
+from fedpara_tff import models
 from fedpara_tff.personalized_process import PersonalizedProcess
 from fedpara_tff import round_inputs
 from fedpara_tff import runtime
@@ -89,12 +91,10 @@ class PersonalizedDriver:
                local_layers: Sequence[str] = (), loss_fn: Optional[Callable[[], Any]] = None,
                aggregator: Optional[Any] = None, require_local: bool = True,
                client_executor: Optional[Callable[[Any], Any]] = None, **settings_fields: Any):
-    if isinstance(keras_model_fn, tf.keras.Model) or not callable(keras_model_fn):
-      raise TypeError(f'keras_model_fn must be a function returning a new Keras model (TFF '
-                      f'builds the model inside its computations); got '
-                      f'{type(keras_model_fn).__name__}: pass e.g. `lambda: make_model()`.')
+    models.check_keras_model_fn(keras_model_fn)
     self.element_spec = round_inputs.check_element_spec(element_spec,
                                                         integer_labels=loss_fn is None)
+    round_inputs.check_model_input(keras_model_fn, element_spec)
     runtime.install_unless_chosen()   # before the first TFF computation below
     if settings is None:
       settings = settings_lib.RoundSettings(**settings_fields)
@@ -214,6 +214,13 @@ class PersonalizedDriver:
     The clients go to TFF `chunk_clients` at a time (one call with every client's
     data can pass protobuf's 2 GB limit); `datasets` may be any iterable, read
     chunk by chunk.
+
+    Returns:
+      One `OrderedDict(accuracy, num_examples)` per client, in order; a client whose dataset is
+      empty has no accuracy: NaN, with `num_examples` 0.
+
+    Raises:
+      ValueError: every client's dataset is empty (as `next` refuses such a round).
     """
     client_ids, datasets = list(client_ids), iter(datasets)
     round_inputs.check_state(state, self.round.layout.global_specs)
@@ -227,6 +234,14 @@ class PersonalizedDriver:
                                                  self.local_states(ids), list(range(len(ids))))
       ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
                      for result in client_executors.in_client_order(positions, results))
+    for result in ordered:
+      if result['num_examples'] == 0:
+        result['accuracy'] = math.nan
+    if ordered and all(result['num_examples'] == 0 for result in ordered):
+      shown = ', '.join(repr(c) for c in client_ids[:5])
+      more = f' and {len(client_ids) - 5} more' if len(client_ids) > 5 else ''
+      raise ValueError(f'every client dataset given to evaluate is empty (clients {shown}{more}): '
+                       f'there is no accuracy to measure; give each client at least one batch.')
     return ordered
 
 

@@ -144,6 +144,7 @@ def build_fedpara_process(
                      f'lr_decay=1.0 or a VariableModel.')
   mask = None
   if keras_model_fn is not None:
+    models.check_keras_model_fn(keras_model_fn)
     with tf.Graph().as_default():
       mask = _checked_travel_mask(keras_model_fn(), local_layers, client_optimizer)
     local_layers = ()   # in the mask

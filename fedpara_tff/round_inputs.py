@@ -71,6 +71,23 @@ def check_element_spec(element_spec: Any, *, integer_labels: bool) -> Any:
   return element_spec
 
 
+def check_model_input(keras_model_fn: Any, element_spec: Any) -> None:
+  """Refuses, in one line, an `element_spec` whose `x` the model's input cannot take (a Keras
+  shape error deep in a traced TFF computation otherwise). The model is built in a throwaway
+  graph; a model without a declared input (subclassed, unbuilt) is not checked here."""
+  x = element_spec['x']
+  with tf.Graph().as_default():
+    model = keras_model_fn()
+    inputs = getattr(model, 'inputs', None)
+    if not inputs or len(inputs) != 1 or not isinstance(x, tf.TensorSpec):
+      return
+    expected = inputs[0].shape
+  if not tf.TensorShape(x.shape).is_compatible_with(expected):
+    raise ValueError(f"element_spec['x'] has shape {tuple(x.shape)}, which the model's input "
+                     f"{tuple(expected)} does not take; give the element spec of the datasets "
+                     f"the model trains on (their x reshaped to {tuple(expected)}).")
+
+
 def _compatible(expected, actual):
   try:
     tf.nest.assert_same_structure(expected, actual, check_types=False)

@@ -170,18 +170,23 @@ class FactorizedLayer(keras.layers.Layer):
   # -- construction helpers for subclasses ---------------------------------
 
   def _check_rank(self, *kernel_shapes):
-    """Refuses an explicit rank above the largest rank of every kernel of the layer (it adds
-    nothing but parameters: `FedParaDense(8, rank=10**6)` on 20 inputs would build 56M), in one
-    line before any factor is made, as `convert` does. Within the bound, a rank that adds nothing
-    to one kernel (an LSTM's narrow input kernel) only warns (`ranks.warn_if_rank_unreachable`)."""
+    """Refuses, in one line before any factor is made, an explicit rank above the larger side of
+    every kernel of the layer (`ranks.largest_dimension`): such a layer has more than twice the
+    plain layer's parameters (`FedParaDense(8, rank=10**6)` on 20 inputs would build 56M, a huge
+    convolution rank runs out of memory). Between a kernel's largest rank (`ranks.max_rank`)
+    and that bound a rank adds parameters but no rank: it warns
+    (`ranks.warn_if_rank_unreachable`) and is kept, as `convert` gives every layer of a model one
+    rank and saved models hold such layers.
+    """
     if self.rank is None:
       return
-    bound = max(ranks.max_rank(shape) for shape in kernel_shapes)
+    bound = max(ranks.largest_dimension(shape) for shape in kernel_shapes)
     if self.rank > bound:
+      useful = max(ranks.max_rank(shape) for shape in kernel_shapes)
       shapes = ', '.join(str(tuple(int(d) for d in shape)) for shape in kernel_shapes)
-      raise ValueError(f'{self.name}: rank {self.rank} is above {bound}, the largest rank of its '
+      raise ValueError(f'{self.name}: rank {self.rank} is above {bound}, the larger side of its '
                        f'kernel{"s" if len(kernel_shapes) > 1 else ""} ({shapes}); give a rank '
-                       f'in [1, {bound}].')
+                       f'in [1, {useful}] (a larger one adds parameters but no rank).')
 
   def _add_factorization(self, kernel_shape, prefix=''):
     """Resolves the rank for `kernel_shape` and adds its factors to the layer."""

@@ -90,6 +90,13 @@ def max_rank(kernel_shape):
   return min(fan_in * _spatial_size(spatial), fan_out)
 
 
+def largest_dimension(kernel_shape):
+  """The larger side of the kernel's `(O, I k1 k2)` unfolding: a factorisation of a larger
+  inner rank has more than twice the plain kernel's parameters (`FactorizedLayer` refuses it)."""
+  spatial, fan_in, fan_out = split_kernel_shape(kernel_shape)
+  return max(fan_in * _spatial_size(spatial), fan_out)
+
+
 def reachable_rank(scheme, kernel_shape, rank):
   """Upper bound on the rank of the composed kernel's `(O, I k1 k2)` unfolding.
 

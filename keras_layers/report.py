@@ -38,7 +38,13 @@ def parameter_report(model: Any) -> List[LayerReport]:
 
   `original` is the parameter count of the plain layer a factorised layer
   replaces (kernels and bias); for other layers both counts are equal.
+
+  Raises:
+    TypeError: `model` is not a Keras model (it has no `layers`).
   """
+  if not isinstance(getattr(model, 'layers', None), (list, tuple)):
+    raise TypeError(f'parameter_report takes a Keras model (one with .layers); got '
+                    f'{type(model).__name__} {model!r:.60}.')
   return list(_layer_rows(model))
 
 

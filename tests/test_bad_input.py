@@ -75,3 +75,13 @@ def test_library_misuse_gets_one_line_errors():
                                        r'any kernel it would factorise \(shape \(3, 3, 2, 8\)\)'):
     kl.convert(model, rank=100000)
   assert kl.convert(model, rank=8).layers[0].ranks == [8]   # the bound itself is accepted
+
+
+@pytest.mark.parametrize('report', [kl.parameter_report, kl.format_parameter_report,
+                                    kl.total_params])
+@pytest.mark.parametrize('value, name', [(None, 'NoneType'), (tf.keras.layers.Dense(3), 'Dense')])
+def test_a_parameter_report_of_something_else_than_a_model_is_one_line(report, value, name):
+  """Issue 38: `format_parameter_report(None)` raised AttributeError."""
+  with pytest.raises(TypeError, match=rf'^parameter_report takes a Keras model \(one with '
+                                      rf'\.layers\); got {name} '):
+    report(value)

@@ -41,6 +41,20 @@ def test_get_put_commit_snapshot(store):
     store.put(['a', 'a'], [_value(1), _value(1)])
 
 
+def test_a_commit_never_goes_back_before_the_committed_round(store):
+  """Issue 38: `commit(5)` then `commit(3)` silently rewound the store's round."""
+  store.put(['a'], [_value(1)])
+  store.commit(5)
+  store.put(['a'], [_value(2)])
+  with pytest.raises(ValueError, match=r'commit\(3\) goes back before the committed round 5; '
+                                       r'rounds are committed in order\.$'):
+    store.commit(3)
+  assert store.committed_round() == 5
+  store.commit(5)   # the same round again: its state, made durable
+  store.commit(6)
+  assert store.committed_round() == 6
+
+
 def test_sqlite_keeps_committed_state_and_drops_the_rest(tmp_path):
   path = str(tmp_path / 'store.sqlite')
   first = client_store.SQLiteClientStore(path, LAYOUT)

@@ -215,6 +215,35 @@ def test_a_round_where_no_client_counted_says_so(pfedpara, data):
   assert metrics['train']['num_examples'] == 70 and np.isfinite(metrics['train']['loss'])
 
 
+def test_evaluate_gives_an_empty_client_no_accuracy_and_refuses_only_empty_clients(pfedpara,
+                                                                                   data):
+  """Issue 38: `evaluate` on an empty client returned accuracy 0.0."""
+  state = pfedpara.initialize()
+  x = next(iter(data[1][0]))['x'].numpy()
+  empty = _dataset(x[:0], np.zeros(0, np.int32))
+  results = pfedpara.evaluate(state, ['e1', 'a'], [empty, data[1][0]])
+  assert results[0]['num_examples'] == 0 and np.isnan(results[0]['accuracy'])
+  assert results[1]['num_examples'] == 30 and 0 <= results[1]['accuracy'] <= 1
+  with pytest.raises(ValueError, match=r"^every client dataset given to evaluate is empty "
+                                       r"\(clients 'e1', 'e2'\): there is no accuracy"):
+    pfedpara.evaluate(state, ['e1', 'e2'], [empty, empty])
+
+
+def test_a_model_for_keras_model_fn_or_an_element_spec_the_model_cannot_take_is_one_line():
+  """Issue 38: `factor_aggregator(keras_model_fn=<a model>)` said "The first argument to
+  Layer.call must always be passed"; a wrong element_spec raised a 29-frame autograph error."""
+  model = ts.keras_model('pfedpara')
+  for call in (lambda: fedpara_tff.factor_aggregator(keras_model_fn=model),
+               lambda: fedpara_tff.build_pfedpara_driver(model, ts.ELEMENT_SPEC)):
+    with pytest.raises(TypeError, match=r'^keras_model_fn must be a function returning a new '
+                                        r'Keras model .* got Sequential: pass e\.g\. '):
+      call()
+  flat = collections.OrderedDict(x=tf.TensorSpec([None, 7, 14]), y=ts.ELEMENT_SPEC['y'])
+  with pytest.raises(ValueError, match=r"^element_spec\['x'\] has shape \(None, 7, 14\), which "
+                                       r"the model's input \(None, 98\) does not take"):
+    fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), flat)
+
+
 def test_next_takes_any_iterable_of_datasets_as_evaluate_does(pfedpara, data):
   """The issue's case: `next()` refused a generator that `evaluate()` accepts."""
   state = pfedpara.initialize()

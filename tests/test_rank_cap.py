@@ -38,18 +38,20 @@ def test_reachable_rank_of_the_unfolding():
 
 def test_rank_that_adds_nothing_warns_once_and_is_accepted():
   # min(in, out) = 16: FedPara reaches it from R = 4 (4^2 = 16), low-rank from R = 16.
-  # (Above min(in, out) = 16 a rank is refused: the test after next.)
-  with pytest.warns(UserWarning, match=r'rank 10 adds parameters without adding reachable rank '
+  # (Above 32, the kernel's larger side, a rank is refused: the test after next.)
+  with pytest.warns(UserWarning, match=r'rank 30 adds parameters without adding reachable rank '
                     r'for kernel shape \(32, 16\) \(rank 4 already reaches 16\)'):
-    layer = kl.FedParaDense(16, rank=10)
+    layer = kl.FedParaDense(16, rank=30)
     layer(np.zeros((1, 32), np.float32))
-  assert layer.ranks == [10]
+  assert layer.ranks == [30]
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     # 16 = min(in, out): every step adds rank.
     kl.FedParaDense(16, rank=4)(np.zeros((1, 32), np.float32))
     kl.LowRankDense(16, rank=16)(np.zeros((1, 32), np.float32))
   assert not [w for w in caught if 'reachable rank' in str(w.message)]
+  with pytest.warns(UserWarning, match=r'rank 20 .* \(rank 16 already reaches 16\)'):
+    kl.LowRankDense(16, rank=20)(np.zeros((1, 32), np.float32))
 
 
 def test_lowrank_conv_matching_is_capped_by_the_budget():
@@ -57,24 +59,24 @@ def test_lowrank_conv_matching_is_capped_by_the_budget():
   assert ranks.lowrank_rank_matching((3, 3, 3, 64), 3) == 5
 
 
-@pytest.mark.parametrize('make, inputs, bound, shapes', [
-    (lambda: kl.FedParaDense(8, rank=10**6), (1, 20), 8, '((20, 8))'),
-    (lambda: kl.LowRankDense(8, rank=10**5), (1, 20), 8, '((20, 8))'),
-    (lambda: kl.FedParaConv2D(8, 3, rank=999999), (1, 6, 6, 3), 8, '((3, 3, 3, 8))'),
-    (lambda: kl.PFedParaLSTM(16, rank=17), (1, 4, 8), 16, '((8, 64), (16, 64))'),
+@pytest.mark.parametrize('make, inputs, bound, useful, shapes', [
+    (lambda: kl.FedParaDense(8, rank=10**6), (1, 20), 20, 8, '((20, 8))'),
+    (lambda: kl.LowRankDense(8, rank=10**5), (1, 20), 20, 8, '((20, 8))'),
+    (lambda: kl.FedParaConv2D(8, 3, rank=999999), (1, 6, 6, 3), 27, 8, '((3, 3, 3, 8))'),
+    (lambda: kl.PFedParaLSTM(16, rank=65), (1, 4, 8), 64, 16, '((8, 64), (16, 64))'),
 ])
-def test_a_rank_above_every_kernels_largest_rank_is_refused_before_any_factor(make, inputs, bound,
-                                                                             shapes):
+def test_a_rank_above_every_kernels_larger_side_is_refused_before_any_factor(
+    make, inputs, bound, useful, shapes):
   """Issue 38: FedParaDense(8, rank=10**6) on 20 inputs built 56M parameters, and a huge conv
-  rank ran out of memory: refused in one line, as `convert` refuses it."""
+  rank ran out of memory: refused in one line."""
   layer = make()
   rank = layer.rank if hasattr(layer, 'rank') else layer.cell.rank
   with pytest.raises(ValueError) as e:
     layer(np.zeros(inputs, np.float32))
   message = str(e.value)
-  assert message.endswith(f': rank {rank} is above {bound}, the largest rank of its '
+  assert message.endswith(f': rank {rank} is above {bound}, the larger side of its '
                           f'kernel{"s" if "), (" in shapes else ""} {shapes}; give a rank in '
-                          f'[1, {bound}].'), message
+                          f'[1, {useful}] (a larger one adds parameters but no rank).'), message
   assert '\n' not in message
 
 

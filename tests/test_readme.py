@@ -40,6 +40,9 @@ def test_readme_python_examples_run():
   assert blocks, 'README lost its python example'
   namespace = _run(blocks, 'README.md')
   assert namespace['served'].count_params() == namespace['plain'].count_params()
+  # Issue 38: the quick start showed a FedPara model larger than the plain one (374 vs 330).
+  import keras_layers as kl  # pylint: disable=g-import-not-at-top
+  assert kl.total_params(namespace['model']) == (28426, 8828)
 
 
 @pytest.mark.slow

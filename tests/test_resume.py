@@ -423,7 +423,7 @@ def test_damaged_run_files_are_named(tmp_path_factory, tmp_path, name, content, 
 def test_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch):
   def full_disk(*args, **kwargs):
     raise OSError(28, 'No space left on device')
-  monkeypatch.setattr(checkpoints.np, 'savez', full_disk)
+  monkeypatch.setattr(np.lib.format, 'write_array', full_disk)   # inside the archive
   with pytest.raises(OSError, match='No space left'):
     checkpoints.save(str(tmp_path), 1, [np.ones(2)], [], {})
   assert os.listdir(tmp_path) == []
