@@ -142,8 +142,14 @@ flags.DEFINE_bool('insecure_workers', False,
                   'Plain gRPC to --workers on another host (whoever reaches them runs code).')
 flags.DEFINE_bool('require_isolated_worker', False,
                   'Refuse to run when the local TFF worker cannot be kept off the network (a '
-                  'private network namespace); default: warn and run it on an open port '
-                  '(environment: FEDPARA_REQUIRE_ISOLATED_WORKER=1).')
+                  'private network namespace): the default; this also overrides '
+                  'FEDPARA_ALLOW_OPEN_LOCAL_WORKER=1 (environment: '
+                  'FEDPARA_REQUIRE_ISOLATED_WORKER=1).')
+flags.DEFINE_bool('allow_open_local_worker', False,
+                  'Where no private network namespace can be made (Docker\'s default profile, '
+                  'user namespaces off), run the local TFF worker on a port of every interface, '
+                  'unauthenticated, instead of refusing (environment: '
+                  'FEDPARA_ALLOW_OPEN_LOCAL_WORKER=1).')
 
 flags.mark_flag_as_required('output_dir')
 
@@ -238,9 +244,11 @@ def run_or_exit(config, program='train'):
 
 
 def install_runtime(program):
-  """`runtime.install()` with --require_isolated_worker; a refusal is one line and exit 1."""
+  """`runtime.install()` with --require_isolated_worker and --allow_open_local_worker; a refusal
+  is one line and exit 1."""
   try:
-    runtime.install(require_isolation=flags.FLAGS.require_isolated_worker or None)
+    runtime.install(require_isolation=flags.FLAGS.require_isolated_worker or None,
+                    allow_open=flags.FLAGS.allow_open_local_worker or None)
   except local_worker.WorkerIsolationError as e:
     raise SystemExit(f'{program}: error: {e}') from None
 

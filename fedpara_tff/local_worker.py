@@ -8,10 +8,13 @@ when this process is not root, so no privilege is needed), through `worker_bridg
 serves it on a Unix socket in a folder only this user can open. The driver talks gRPC to
 `unix:<socket>`; nothing listens on any interface another host (or namespace) can reach.
 
-Where the host cannot create the namespaces (user namespaces disabled, or `unshare` missing),
-the worker runs as TFF runs it, on a TCP port of all interfaces, after one warning line naming
-the port, the reason and the fix; `require_isolation=True` (or the environment variable
-`FEDPARA_REQUIRE_ISOLATED_WORKER=1`) refuses instead (`WorkerIsolationError`).
+Where the host cannot create the namespaces (user namespaces off, uid 0 without CAP_SYS_ADMIN,
+a seccomp filter, as in Docker's default profile; or `unshare` missing), the worker is refused
+in one line naming what was found and the ways out (`WorkerIsolationError`): it fails closed.
+Only when the user asks for it in so many words (`allow_open=True`, the binaries'
+`--allow_open_local_worker`, or the environment variable `FEDPARA_ALLOW_OPEN_LOCAL_WORKER=1`)
+does the worker run as TFF runs it, on a TCP port of every interface (TFF 0.87's worker has no
+flag to bind loopback only), after a warning that names the port and the exposure.
 
 Imports only the standard library (and `worker_bridge`, which does too):
 `fedpara_tff.distributed.local_context` builds the TFF execution context on top of it.
@@ -29,10 +32,15 @@ import tempfile
 from fedpara_tff import worker_bridge
 
 REQUIRE_ENV = 'FEDPARA_REQUIRE_ISOLATED_WORKER'
+ALLOW_OPEN_ENV = 'FEDPARA_ALLOW_OPEN_LOCAL_WORKER'
 START_TIMEOUT_S = worker_bridge.START_TIMEOUT_S
 _BRIDGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'worker_bridge.py')
-_FIX = ('allow unprivileged user namespaces (sysctl user.max_user_namespaces=15000, and on '
-        'Debian/Ubuntu kernel.unprivileged_userns_clone=1) or run as root')
+_FIX = ('run where a private network namespace can be made: on a host, unprivileged user '
+        'namespaces on (sysctl user.max_user_namespaces > 0, and on Debian/Ubuntu '
+        'kernel.unprivileged_userns_clone=1); in a container, a seccomp profile that allows '
+        'unshare and CAP_SYS_ADMIN in the container (or, in Kubernetes, deploy/kubernetes\'s '
+        'pod isolation)')
+_CAP_SYS_ADMIN = 21
 
 
 class WorkerIsolationError(RuntimeError):
@@ -74,22 +82,75 @@ def namespace_command():
   return None, f'unshare failed: {reason}'
 
 
+def _env_true(name):
+  return os.environ.get(name, '').strip().lower() in ('1', 'true', 'yes')
+
+
 def isolation_required(require_isolation=None):
-  """`require_isolation`, or when None, whether `FEDPARA_REQUIRE_ISOLATED_WORKER` is 1/true/yes."""
+  """`require_isolation`, or when None, whether `FEDPARA_REQUIRE_ISOLATED_WORKER` is 1/true/yes
+  (isolation is required by default anyway: this only overrides `allow_open`)."""
   if require_isolation is not None:
     return bool(require_isolation)
-  return os.environ.get(REQUIRE_ENV, '').strip().lower() in ('1', 'true', 'yes')
+  return _env_true(REQUIRE_ENV)
 
 
-def check_isolation(require_isolation=None):
-  """Raises `WorkerIsolationError` (one line) if isolation is required and impossible here;
-  returns whether the local worker will be isolated."""
+def open_worker_allowed(allow_open=None):
+  """`allow_open`, or when None, whether `FEDPARA_ALLOW_OPEN_LOCAL_WORKER` is 1/true/yes."""
+  if allow_open is not None:
+    return bool(allow_open)
+  return _env_true(ALLOW_OPEN_ENV)
+
+
+def _status_field(name):
+  try:
+    with open('/proc/self/status', encoding='ascii') as f:
+      for line in f:
+        if line.startswith(name + ':'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return None
+
+
+def isolation_blockers():
+  """What this host shows that keeps a process from making a private network namespace, in
+  words (the kernel's user-namespace limit, CAP_SYS_ADMIN, a seccomp filter); empty when none
+  of them is seen."""
+  found = []
+  try:
+    with open('/proc/sys/user/max_user_namespaces', encoding='ascii') as f:
+      if int(f.read().strip() or 0) == 0:
+        found.append('user namespaces are off (user.max_user_namespaces=0)')
+  except (OSError, ValueError):
+    pass
+  effective = _status_field('CapEff')
+  if effective is not None and not int(effective, 16) >> _CAP_SYS_ADMIN & 1:
+    found.append(f'{"uid 0" if os.geteuid() == 0 else "this user"} without CAP_SYS_ADMIN')
+  if _status_field('Seccomp') == '2':
+    found.append("a seccomp filter (e.g. Docker's default profile) that may block unshare")
+  return found
+
+
+def check_isolation(require_isolation=None, allow_open=None):
+  """Returns whether the local worker will be isolated; raises `WorkerIsolationError` (one line)
+  when it cannot be and an open port was not allowed in so many words."""
+  if require_isolation and allow_open:
+    raise WorkerIsolationError('give require_isolation (--require_isolated_worker) or allow_open '
+                               '(--allow_open_local_worker), not both.')
   prefix, reason = namespace_command()
-  if prefix is None and isolation_required(require_isolation):
+  if prefix is not None:
+    return True
+  required = isolation_required(require_isolation)
+  if required or not open_worker_allowed(allow_open):
+    found = '; '.join(isolation_blockers() + [reason])
+    way_out = (f'{_FIX}.' if required else
+               f'{_FIX}; or, accepting that exposure while the run lasts, '
+               f'--allow_open_local_worker ({ALLOW_OPEN_ENV}=1).')
     raise WorkerIsolationError(
-        f'the local TFF worker cannot be isolated from the network ({reason}) and isolation is '
-        f'required (--require_isolated_worker or {REQUIRE_ENV}=1); {_FIX}.')
-  return prefix is not None
+        f'the local TFF worker cannot run in a private network namespace here ({found}), and '
+        f'without one it would listen on every interface, unauthenticated: refused. Ways out: '
+        f'{way_out}')
+  return False
 
 
 class LocalWorker:
@@ -97,13 +158,18 @@ class LocalWorker:
 
   Args:
     max_concurrent_computation_calls: the worker's flag (-1: no limit), as TFF's local context.
-    require_isolation: refuse to run the worker on an open port (default: the environment
-      variable `FEDPARA_REQUIRE_ISOLATED_WORKER`).
+    require_isolation: refuse to run the worker on an open port even when allowed (default:
+      the environment variable `FEDPARA_REQUIRE_ISOLATED_WORKER`).
+    allow_open: where no private network namespace can be made, run the worker on a TCP port of
+      every interface instead of refusing (default: the environment variable
+      `FEDPARA_ALLOW_OPEN_LOCAL_WORKER`).
   """
 
-  def __init__(self, max_concurrent_computation_calls=-1, require_isolation=None):
+  def __init__(self, max_concurrent_computation_calls=-1, require_isolation=None,
+               allow_open=None):
     self._flags = [f'--max_concurrent_computation_calls={max_concurrent_computation_calls}']
     self._require = require_isolation
+    self._allow_open = allow_open
     self._process = None
     self._folder = None
     self.target = None     # the gRPC target: unix:<path>, or localhost:<port> when not isolated
@@ -128,14 +194,17 @@ class LocalWorker:
     self.stop()
     if self._closed:
       raise WorkerIsolationError('the local TFF worker was closed: this process is exiting.')
-    check_isolation(self._require)
+    check_isolation(self._require, self._allow_open)
     prefix, reason = namespace_command()
     command = [worker_binary()] + self._flags
     if prefix is None:
       port = worker_bridge.free_port()
-      sys.stderr.write(f'fedpara_tff: warning: TFF\'s local worker listens on all interfaces at '
-                       f'port {port}: it cannot run in a private network namespace here '
-                       f'({reason}); {_FIX}, or set {REQUIRE_ENV}=1 to refuse to run.\n')
+      sys.stderr.write(f'fedpara_tff: warning: open local worker allowed ({ALLOW_OPEN_ENV} or '
+                       f'--allow_open_local_worker): TFF\'s local worker listens on every '
+                       f'interface at port {port}, unauthenticated (TFF\'s worker cannot bind '
+                       f'loopback only), so whoever reaches this host on port {port} can run code '
+                       f'as this user while the run lasts; no private network namespace here '
+                       f'({reason}).\n')
       sys.stderr.flush()
       self._process = subprocess.Popen(command + [f'--port={port}'], stdin=subprocess.DEVNULL)
       self.target, self.isolated = f'localhost:{port}', False

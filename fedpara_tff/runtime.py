@@ -177,7 +177,8 @@ def _at_exit():
 _INSTALLED = []   # the local execution context install() set, once installed
 
 
-def install(require_isolation: Optional[bool] = None) -> None:
+def install(require_isolation: Optional[bool] = None,
+            allow_open: Optional[bool] = None) -> None:
   """Tidies TFF's runtime for this process (idempotent; see the module docstring).
 
   The first call makes TFF's default execution context this process's own local worker
@@ -185,8 +186,11 @@ def install(require_isolation: Optional[bool] = None) -> None:
 
   Args:
     require_isolation: refuse (`fedpara_tff.local_worker.WorkerIsolationError`, raised here)
-      when this host cannot keep the local worker off the network; default: the environment
-      variable `FEDPARA_REQUIRE_ISOLATED_WORKER`.
+      when this host cannot keep the local worker off the network, even if `allow_open`;
+      default: the environment variable `FEDPARA_REQUIRE_ISOLATED_WORKER`.
+    allow_open: where this host cannot keep the local worker off the network, run it on an
+      open port (with a warning) instead of refusing, which is the default; default: the
+      environment variable `FEDPARA_ALLOW_OPEN_LOCAL_WORKER`.
 
   Returns:
     The worker watchdog's pid.
@@ -195,10 +199,11 @@ def install(require_isolation: Optional[bool] = None) -> None:
   from fedpara_tff import local_worker   # pylint: disable=import-outside-toplevel
   if not _INSTALLED:
     quiet_teardown()   # TFF's own local context, replaced below, never starts a worker
-  local_worker.check_isolation(require_isolation)
+  local_worker.check_isolation(require_isolation, allow_open)
   if not _INSTALLED:
     restore_sigint()
-    _INSTALLED.append(distributed.use_local_runtime())
+    _INSTALLED.append(distributed.use_local_runtime(
+        local_worker.LocalWorker(require_isolation=require_isolation, allow_open=allow_open)))
     atexit.register(_at_exit)
   return guard_workers()
 

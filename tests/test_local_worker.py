@@ -1,8 +1,9 @@
 """`fedpara_tff.local_worker`: TFF's local worker reachable from this process only.
 
 The worker runs in its own network namespace, which holds nothing but a loopback; the driver
-reaches it through a Unix socket. Where namespaces cannot be made, one warning line names the open
-port, and a required isolation is refused in one line.
+reaches it through a Unix socket. Where namespaces cannot be made, the worker is refused in one
+line (it fails closed); only `--allow_open_local_worker` / `FEDPARA_ALLOW_OPEN_LOCAL_WORKER=1` runs
+it on an open port, after a warning naming the port and the exposure.
 """
 
 import os
@@ -88,49 +89,96 @@ def test_a_run_under_install_listens_on_no_interface():
   assert 'Traceback' not in result.stderr and 'warning' not in result.stderr
 
 
-def _without_unshare():
-  """This environment with a PATH where `unshare` cannot be found."""
-  return dict(os.environ, PATH=os.path.dirname(sys.executable))
+def _without_unshare(**env):
+  """This environment with a PATH where `unshare` cannot be found, without the suite's own
+  opt-in to an open worker (tests/conftest.py), plus `env`."""
+  clean = {k: v for k, v in os.environ.items() if k != local_worker.ALLOW_OPEN_ENV}
+  return dict(clean, PATH=os.path.dirname(sys.executable), **env)
 
 
-def test_without_namespaces_warns_naming_the_open_port():
+def test_without_namespaces_an_allowed_open_worker_warns_naming_the_port_and_exposure():
   code = ('import fedpara_tff\n'
           'fedpara_tff.runtime.install()\n' + _COMPUTE +
           'import tensorflow_federated as tff\n'
           'print(tff.framework.get_context_stack().current.local_worker.target)\n')
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=300, env=_without_unshare())
+                          timeout=300, env=_without_unshare(**{local_worker.ALLOW_OPEN_ENV: '1'}))
   assert result.returncode == 0, result.stderr[-2000:]
   port = result.stdout.strip().rpartition(':')[2]
   [warning] = [line for line in result.stderr.splitlines() if 'warning' in line]
-  assert f'listens on all interfaces at port {port}' in warning
+  assert f'listens on every interface at port {port}, unauthenticated' in warning
+  assert f'whoever reaches this host on port {port} can run code as this user' in warning
   assert 'unshare command (util-linux) is missing' in warning
-  assert local_worker.REQUIRE_ENV in warning
 
 
-def test_required_isolation_is_refused_in_one_line_before_any_worker_starts():
+def test_without_namespaces_the_worker_is_refused_by_default_in_one_line():
+  """Issue 37: it warned and then listened on every interface, unauthenticated."""
   code = ('import fedpara_tff\n'
           'try:\n'
           '  fedpara_tff.runtime.install()\n'
           'except fedpara_tff.local_worker.WorkerIsolationError as e:\n'
           '  print("refused:", e)\n')
-  env = dict(_without_unshare(), **{local_worker.REQUIRE_ENV: '1'})
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=300, env=env)
-  assert result.returncode == 0, result.stderr[-2000:]
-  [line] = result.stdout.splitlines()
-  assert line.startswith('refused: the local TFF worker cannot be isolated from the network '
-                         '(the unshare command (util-linux) is missing)')
+  for env in ({}, {local_worker.REQUIRE_ENV: '1', local_worker.ALLOW_OPEN_ENV: '1'}):
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            timeout=300, env=_without_unshare(**env))
+    assert result.returncode == 0, result.stderr[-2000:]
+    [line] = result.stdout.splitlines()
+    assert line.startswith('refused: the local TFF worker cannot run in a private network '
+                           'namespace here (') and 'unshare command (util-linux) is missing' in line
+    # Required isolation (the worker binary's, or the variable's) offers no open port.
+    assert line.endswith(f'--allow_open_local_worker ({local_worker.ALLOW_OPEN_ENV}=1).') == (
+        not env)
 
 
-def test_train_refuses_with_require_isolated_worker(tmp_path):
+# A Docker-like process, made without Docker: a user namespace whose own user namespaces are off
+# (user.max_user_namespaces=0) and whose processes lack CAP_SYS_ADMIN (setpriv's bounding set).
+_LOCKED_DOWN = ['unshare', '--user', '--map-root-user', 'sh', '-c',
+                'echo 0 > /proc/sys/user/max_user_namespaces && '
+                'exec setpriv --bounding-set -sys_admin "$@"', 'sh']
+
+
+def _can_lock_down():
+  try:
+    done = subprocess.run(_LOCKED_DOWN + ['true'], capture_output=True, timeout=30)
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+  return done.returncode == 0
+
+
+@pytest.mark.skipif(not _can_lock_down(), reason='cannot make a user namespace here')
+def test_a_run_in_a_locked_down_container_refuses_naming_what_it_found(tmp_path):
+  """Issue 37: `experiments.train` where user namespaces are off and uid 0 lacks CAP_SYS_ADMIN
+  (Docker's default) printed a warning and served TFF's worker on every interface."""
+  clean = {k: v for k, v in os.environ.items() if k != local_worker.ALLOW_OPEN_ENV}
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.train', '--require_isolated_worker',
-       f'--output_dir={tmp_path / "run"}'], capture_output=True, text=True, timeout=300,
-      env=_without_unshare())
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines() == [
-      'train: error: the local TFF worker cannot be isolated from the network (the unshare '
-      'command (util-linux) is missing) and isolation is required (--require_isolated_worker or '
-      f'{local_worker.REQUIRE_ENV}=1); {local_worker._FIX}.']  # pylint: disable=protected-access
+      _LOCKED_DOWN + [sys.executable, '-m', 'experiments.train', '--rounds=1',
+                      f'--output_dir={tmp_path / "run"}', f'--cache_dir={tmp_path / "cache"}'],
+      capture_output=True, text=True, timeout=300, env=clean, cwd=os.path.dirname(
+          os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 1, result.stderr[-2000:]
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith('train: error: the local TFF worker cannot run in a private network '
+                         'namespace here (user namespaces are off (user.max_user_namespaces=0); '
+                         'uid 0 without CAP_SYS_ADMIN; unshare failed: ')
+  assert 'without one it would listen on every interface, unauthenticated: refused' in line
   assert not (tmp_path / 'run').exists()
+  assert not [p for p in psutil.process_iter(['cmdline'])
+              if any('data/worker_binary' in part for part in p.info['cmdline'] or [])
+              and str(tmp_path) in ' '.join(p.info['cmdline'] or [])]
+
+
+def test_train_refuses_without_namespaces_and_allow_and_require_conflict(tmp_path):
+  for extra, expected in (
+      ([], 'train: error: the local TFF worker cannot run in a private network namespace here '
+           '(the unshare command (util-linux) is missing), and without one it would listen on '
+           'every interface, unauthenticated: refused.'),
+      (['--require_isolated_worker', '--allow_open_local_worker'],
+       'train: error: give require_isolation (--require_isolated_worker) or allow_open '
+       '(--allow_open_local_worker), not both.')):
+    result = subprocess.run(
+        [sys.executable, '-m', 'experiments.train', *extra, f'--output_dir={tmp_path / "run"}'],
+        capture_output=True, text=True, timeout=300, env=_without_unshare())
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(expected), line
+    assert not (tmp_path / 'run').exists()
