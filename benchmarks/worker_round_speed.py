@@ -10,8 +10,9 @@ through `fedpara_tff.distributed.RemoteWorkers` on N workers of this host
 worker in a private network namespace, certificates made for the run by
 `scripts/make_worker_certs.sh`), where TFF's mergeable context gives each
 worker a sub-round of the clients. With `--insecure_baseline` the same counts
-also run on TFF's plain workers (unauthenticated, listening on every interface
-for the benchmark's duration), and `TLS / plain` is the per-round cost of TLS.
+also run on plain workers (`launch_workers --insecure`: the same isolated worker
+behind a plain, unauthenticated forwarder on loopback), and `TLS / plain` is the
+per-round cost of TLS.
 Rounds after the first (tracing, and for remote workers shipping the
 computation) are timed; the median is reported with its ratio to the local TFF
 runtime, all in one run.
@@ -48,8 +49,8 @@ _CLIENTS = flags.DEFINE_integer('clients', 8, 'Clients per round.')
 _EXAMPLES = flags.DEFINE_integer('examples', 100, 'Examples per client.')
 _WORKERS = flags.DEFINE_list('workers', ['1', '2', '4'], 'Worker counts to time.')
 _INSECURE_BASELINE = flags.DEFINE_bool(
-    'insecure_baseline', False, 'Also time plain TFF workers (listening on every interface '
-    'while they run) for the cost of TLS.')
+    'insecure_baseline', False, 'Also time plain workers (unauthenticated, on loopback) for '
+    'the cost of TLS.')
 flags.register_validator('rounds', lambda v: v >= 2, 'rounds must be >= 2.')
 flags.register_validator('workers', lambda v: all(s.isdigit() and int(s) >= 1 for s in v),
                          'workers must list integers >= 1.')

@@ -3,17 +3,18 @@ r"""Starts a TFF worker on this host: TFF 0.87's C++ `worker_binary`, serving on
 The driver (`python -m experiments.train --workers=host:port,... --workers_tls_dir=DIR`) sends it
 computations; with several workers each gets a sub-round of the clients.
 
-By default (`--tls_dir`) the worker runs in a private network namespace behind a Unix socket, as
-local runs do, and --port serves mutual TLS in front of it: only a driver holding a certificate
-signed by the run's CA gets through (`fedpara_tff.worker_tls`; make the files with
-`scripts/make_worker_certs.sh`). `--insecure` serves TFF's plain gRPC on --port of every
-interface instead, unauthenticated, after a warning: anyone who reaches the port can run code as
-this user.
+The worker runs in a private network namespace behind a Unix socket, as local runs do, and
+--port on --bind forwards to it. With `--tls_dir` that port serves mutual TLS: only a driver
+holding a certificate signed by the run's CA gets through (`fedpara_tff.worker_tls`; make the
+files with `scripts/make_worker_certs.sh`); --bind defaults to every interface. `--insecure`
+forwards TFF's plain gRPC instead, unauthenticated, after a warning: anyone who reaches the port
+can run code as this user, so --bind defaults to loopback (127.0.0.1) there, and another address
+is served only when named.
 
   python -m experiments.worker --port=8000 --tls_dir=certs
+  python -m experiments.worker --port=8000 --insecure          # 127.0.0.1:8000 only
 """
 
-import os
 import sys
 
 from absl import flags
@@ -31,7 +32,10 @@ _TLS_DIR = flags.DEFINE_string(
     'tls_dir', '', 'Folder with ca.pem, worker.pem and worker.key '
     '(scripts/make_worker_certs.sh): serve mutual TLS.')
 _INSECURE = flags.DEFINE_bool(
-    'insecure', False, 'Serve plain, unauthenticated gRPC on every interface (not with --tls_dir).')
+    'insecure', False, 'Serve plain, unauthenticated gRPC (not with --tls_dir), on --bind.')
+_BIND = flags.DEFINE_string(
+    'bind', None, 'Address to serve --port on: default every interface with --tls_dir, '
+    '127.0.0.1 (loopback only) with --insecure.')
 flags.mark_flag_as_required('port')
 flags.register_validator('port', lambda v: v is not None and 1 <= v <= 65535,
                          message='--port must be in 1-65535.')
@@ -39,43 +43,54 @@ flags.register_validator('max_concurrent_computation_calls', lambda v: v == -1 o
                          message='--max_concurrent_computation_calls must be -1 or >= 1.')
 
 
-def _serve_insecure(port, concurrency):
-  argv = worker_service.command(port, concurrency)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  print(f'worker: warning: serving TFF computations on port {port} of every interface without '
-        f'authentication (--insecure): anyone who reaches it can run code as this user.',
-        file=sys.stderr, flush=True)
-  os.execv(argv[0], argv)
+def bind_address(bind, insecure):
+  """Where to listen: `bind`, else every interface with TLS (None) and loopback without."""
+  if bind:
+    return bind
+  return '127.0.0.1' if insecure else None
 
 
-def _serve_tls(port, concurrency, files):
+def _serve(port, concurrency, files, host):
+  """The worker, isolated, behind `host:port`: mutual TLS with `files`, plain without."""
   worker = local_worker.LocalWorker(concurrency, require_isolation=True)
   try:
     target = worker.start()
   except local_worker.WorkerIsolationError as e:
     raise SystemExit(f'worker: error: {e}') from None
+  where = f'{host}:{port}' if host else f'port {port} of every interface'
+  if files is None:
+    print(f'worker: warning: serving TFF computations on {where} without authentication '
+          f'(--insecure): anyone who reaches it can run code as this user.', file=sys.stderr,
+          flush=True)
+  how = f'mutual TLS, CA {files.ca}' if files is not None else 'plain gRPC'
   try:
-    worker_tls.serve(port, target[len('unix:'):], files, ready=lambda server: print(
-        f'worker: serving TFF computations on port {port} (mutual TLS, CA {files.ca})',
-        flush=True))
+    worker_tls.serve(port, target[len('unix:'):], files, host=host, ready=lambda server: print(
+        f'worker: serving TFF computations on {where} ({how})', flush=True))
   except OSError as e:
-    raise SystemExit(f'worker: error: cannot serve on port {port}: {e}') from None
+    raise SystemExit(f'worker: error: cannot serve on {where}: {e}') from None
   finally:
     worker.stop()
 
 
 def main(argv):
+  try:
+    _main(argv)
+  except KeyboardInterrupt:   # stopped while starting (launch_workers' Ctrl-C): no traceback
+    raise SystemExit(130) from None
+
+
+def _main(argv):
   flagfiles.no_positional(argv, 'worker')
   worker_service.check_security_choice(_TLS_DIR.value, _INSECURE.value, 'worker')
   worker_service.check_port_free(_PORT.value)
-  if _INSECURE.value:
-    _serve_insecure(_PORT.value, _CONCURRENCY.value)
+  files = None
+  if not _INSECURE.value:
+    try:
+      files = worker_tls.TLSFiles.from_dir(_TLS_DIR.value, 'worker')
+    except ValueError as e:
+      raise SystemExit(f'worker: error: {e}') from None
   try:
-    files = worker_tls.TLSFiles.from_dir(_TLS_DIR.value, 'worker')
-  except ValueError as e:
-    raise SystemExit(f'worker: error: {e}') from None
-  try:
-    _serve_tls(_PORT.value, _CONCURRENCY.value, files)
+    _serve(_PORT.value, _CONCURRENCY.value, files, bind_address(_BIND.value, _INSECURE.value))
   except KeyboardInterrupt:
     pass
 

@@ -1,21 +1,6 @@
-"""Where TFF's worker service is and how it is started (shared by the worker binaries)."""
+"""Checks shared by the worker binaries: a free port, one security choice."""
 
 import socket
-
-from fedpara_tff import local_worker
-
-
-def binary_path():
-  """The `worker_binary` inside the installed tensorflow_federated package (no TF import)."""
-  try:
-    return local_worker.worker_binary()
-  except local_worker.WorkerIsolationError as e:
-    raise SystemExit(f'worker: {e} (run `make setup`).') from None
-
-
-def command(port, concurrency=-1):
-  """The worker's argv."""
-  return [binary_path(), f'--port={port}', f'--max_concurrent_computation_calls={concurrency}']
 
 
 def check_port_free(port, program='worker'):

@@ -157,8 +157,12 @@ def main(argv):
     listener.bind(socket_path)
     listener.listen(16)
     threading.Thread(target=serve, args=(listener, port), daemon=True).start()
-    sys.stdout.write('ready\n')
-    sys.stdout.flush()
+    try:
+      sys.stdout.write('ready\n')
+      sys.stdout.flush()
+    except BrokenPipeError:   # the driver exited while the worker started: nothing to serve
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no flush error at exit
+      return 0
     while worker.poll() is None:
       ready, _, _ = select.select([stdin], [], [], POLL_S)
       if ready and not os.read(stdin.fileno(), 4096):

@@ -115,10 +115,12 @@ async def _serve(host, port, socket_path, context, ready):
 
 def serve(port, socket_path, files, host=None, ready=lambda server: None):
   """Serves TLS on `host:port` (default: every interface) for the worker at the Unix socket
-  `socket_path` until SIGINT or SIGTERM; `ready(server)` is called once listening.
+  `socket_path` until SIGINT or SIGTERM; `ready(server)` is called once listening. With `files`
+  None it forwards plain, unauthenticated gRPC instead (`experiments.worker --insecure`, by
+  default on loopback only).
 
   Raises:
     ssl.SSLError, OSError: unreadable certificates, a port in use.
   """
-  context = server_context(files)
+  context = server_context(files) if files is not None else None
   asyncio.run(_serve(host, port, socket_path, context, ready))

@@ -64,11 +64,12 @@ def still_running(known):
   return [process for process in same_processes(known) if _is_worker(process)]
 
 
-def stop(processes, grace_s=GRACE_S):
-  """SIGINT to each of `processes`, SIGKILL to those still alive after `grace_s`."""
+def stop(processes, grace_s=GRACE_S, signum=signal.SIGINT):
+  """`signum` (SIGINT: what TFF's worker stops on) to each of `processes`, SIGKILL to those still
+  alive after `grace_s`."""
   for process in processes:
     try:
-      process.send_signal(signal.SIGINT)
+      process.send_signal(signum)
     except psutil.NoSuchProcess:
       pass
   _, alive = psutil.wait_procs(processes, timeout=grace_s)

@@ -103,3 +103,81 @@ def test_workers_need_tls_or_an_explicit_insecure(binary):
     assert result.stderr.strip().splitlines() == [
         f'{binary}: error: give --tls_dir (mutual TLS; scripts/make_worker_certs.sh makes the '
         f'files) or --insecure (plain gRPC: whoever reaches the port runs code), exactly one.']
+
+
+def _listeners(root):
+  """`(address, port)` of every TCP socket `root` and its children listen on, in this network
+  namespace (a worker in its own namespace is invisible here, as it is to other hosts)."""
+  pids = {root.pid} | {child.pid for child in root.children(recursive=True)}
+  return sorted({(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind='inet')
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids})
+
+
+def test_insecure_workers_listen_on_loopback_only_and_say_what_listens():
+  """Issue 37: `launch_workers --insecure` printed `--workers=127.0.0.1:<port>` while the worker
+  listened on every interface, without a warning; `experiments.worker` bound 0.0.0.0 and [::]."""
+  port = portpicker.pick_unused_port()
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.launch_workers', '--count=1', f'--base_port={port}',
+       '--insecure'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=rs.REPO)
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    line = process.stdout.readline().strip() if ready else ''
+    assert line == f'--workers=127.0.0.1:{port}'
+    # Printed only once it listens: the address it names accepts at once.
+    import socket  # pylint: disable=g-import-not-at-top
+    socket.create_connection(('127.0.0.1', port), timeout=5).close()
+    assert _listeners(psutil.Process(process.pid)) == [('127.0.0.1', port)]
+    workers = distributed.RemoteWorkers([line.split('=')[1]], 30, 10)
+    datasets = executors_test.make_datasets()
+    executors_test.assert_same(executors_test.two_rounds(None, datasets),
+                               executors_test.two_rounds(workers, datasets))
+  finally:
+    process.send_signal(subprocess.signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+  assert [l for l in stderr.splitlines() if 'warning' in l] == [
+      'launch_workers: warning: --insecure: the workers serve TFF computations on 127.0.0.1 '
+      'without authentication: anyone who reaches that address can run code as this user.',
+      f'worker: warning: serving TFF computations on 127.0.0.1:{port} without authentication '
+      f'(--insecure): anyone who reaches it can run code as this user.']
+  assert 'Traceback' not in stderr
+
+
+def test_a_worker_serves_tls_on_the_address_it_is_bound_to(certs):
+  port = portpicker.pick_unused_port()
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.worker', f'--port={port}', f'--tls_dir={certs}',
+       '--bind=127.0.0.1'], stdout=subprocess.PIPE, text=True, cwd=rs.REPO)
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    line = process.stdout.readline() if ready else ''
+    assert line.startswith(f'worker: serving TFF computations on 127.0.0.1:{port} (mutual TLS')
+    assert _listeners(psutil.Process(process.pid)) == [('127.0.0.1', port)]
+  finally:
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.mark.parametrize('delay', [0.3, 1.0])
+@pytest.mark.parametrize('tls', [True, False])
+def test_ctrl_c_while_workers_start_prints_no_tracebacks(certs, delay, tls):
+  """Issue 38: SIGINT during `launch_workers --tls_dir` start-up printed ~90 lines of the
+  children's tracebacks. Ctrl-C reaches the whole foreground process group, as here."""
+  port = portpicker.pick_unused_port()
+  security = f'--tls_dir={certs}' if tls else '--insecure'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.launch_workers', '--count=2', f'--base_port={port}',
+       security], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=rs.REPO,
+      start_new_session=True)
+  # Once its workers are starting: each a running `experiments.worker` (a Ctrl-C while a Python
+  # itself starts up is that Python's own fatal-error traceback, which nothing here can stop).
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline and sum(
+      'experiments.worker' in ' '.join(child.cmdline())
+      for child in psutil.Process(process.pid).children()) < 2:
+    time.sleep(0.01)
+  time.sleep(delay)
+  os.killpg(process.pid, subprocess.signal.SIGINT)
+  _, stderr = process.communicate(timeout=60)
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  assert len(stderr.splitlines()) <= 4, stderr
