@@ -426,3 +426,16 @@ def _mnist5k_variant(tmp_path, edit):
 def test_bad_data_values_are_refused_in_one_line(tmp_path, edit, message):
   with pytest.raises(common.CorruptDataError, match=message):
     registry.load('mnist5k', _mnist5k_variant(tmp_path, edit))
+
+
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100'])
+def test_cifar_pickles_are_read_only_from_a_folder_the_user_names(tmp_path, monkeypatch, name):
+  """Issue 37: the CIFAR loader unpickled `cifar-10-batches-py/*` from the current folder by
+  default (unpickling runs any code a file holds)."""
+  _tiny_cifar(tmp_path, name, np.random.default_rng(2))
+  monkeypatch.chdir(tmp_path)   # the batches are right here, and still not read
+  with pytest.raises(common.DataNotFoundError, match=rf'^{name} needs --data_dir: its batches '
+                                                     r'are pickles, read only from a folder you '
+                                                     r'name'):
+    cifar.load_cifar(name, None)
+  assert cifar.load_cifar(name, str(tmp_path)).x_train.shape[1:] == (32, 32, 3)

@@ -36,11 +36,20 @@ def _read_batch(path, label_key):
 
 
 def load_cifar(name, data_dir):
-  """`name` is `'cifar10'` or `'cifar100'`; images `(32, 32, 3)` in [0, 1]."""
+  """`name` is `'cifar10'` or `'cifar100'`; images `(32, 32, 3)` in [0, 1].
+
+  The batches are pickles, and unpickling a file runs whatever code it holds: they are read
+  only from the folder the user names (`data_dir`), never from a default such as the current
+  folder.
+  """
   folder, train_files, test_file, label_key, num_classes, url = _LAYOUT[name]
-  root = os.path.join(data_dir or '.', folder)
   hint = (f'download {url}, unpack it and pass --data_dir=DIR where DIR/{folder}/ holds '
           f'{", ".join(train_files)} and {test_file}')
+  if not data_dir:
+    raise common.DataNotFoundError(
+        f'{name} needs --data_dir: its batches are pickles, read only from a folder you name '
+        f'(unpickling runs any code a file holds); {hint}.')
+  root = os.path.join(data_dir, folder)
   parts = [_read_batch(common.require_file(os.path.join(root, f), name, hint), label_key)
            for f in train_files]
   x_test, y_test = _read_batch(common.require_file(os.path.join(root, test_file), name, hint),
