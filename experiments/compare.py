@@ -112,7 +112,7 @@ def main(argv):
 
 def entry_point():
   """The console script (and `python -m`): packaged flagfiles are found by name."""
-  flagfiles.run_main(main)
+  flagfiles.run_main(main, load=train.load_heavy_modules)
 
 
 if __name__ == '__main__':

@@ -9,6 +9,8 @@ checks that the exported plain model gives the same outputs.
 
 # TensorFlow and the model zoo load in `main`, once the flags are parsed (docs/DESIGN.md,
 # "Fast start").
+import importlib
+
 from absl import flags
 from absl import logging
 import numpy as np
@@ -88,5 +90,10 @@ def main(argv):
   print(f'exported plain model vs factorised model: max |output difference| {gap:.2e}')
 
 
+def _load_heavy_modules():
+  importlib.import_module('tensorflow')
+  keras_layers.load_layers()
+
+
 if __name__ == '__main__':
-  flagfiles.run_main(main)
+  flagfiles.run_main(main, load=_load_heavy_modules)

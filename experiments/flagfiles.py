@@ -64,8 +64,14 @@ def names():
   return sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith('.cfg'))
 
 
-def run_main(main):
+def run_main(main, load=None):
   """`absl.app.run(main)` on this process's arguments, flagfiles resolved.
+
+  `load` (e.g. a function importing TensorFlow) runs once the flags parse and before absl's
+  `app.run`, never for `--help` or a flag error. A binary that imports TensorFlow needs it: Keras
+  2.14 first imported inside `app.run` builds functional models from graph tensors and refuses
+  them ("Output tensors of a Sequential model must be the output of a TensorFlow `Layer`";
+  docs/DESIGN.md, "Fast start").
 
   Two things `python -m` gets right and a console script (`fedpara-train`) does not, fixed here
   for both: `--help` lists the flags of the module whose `main` runs (absl lists those of the
@@ -87,6 +93,10 @@ def run_main(main):
   program = module.rsplit('.', 1)[-1]
   check_text(argv, program)
   try:
+    if load is not None:
+      app.define_help_flags()
+      app.parse_flags_with_usage(argv)   # --help and flag errors exit here, before `load`
+      load()
     app.run(main, argv=argv)
   except UnicodeDecodeError as e:   # a flagfile named inside another flagfile
     raise SystemExit(f'{program}: error: a flagfile is not text ({e.reason} at byte {e.start}); '

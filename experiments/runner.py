@@ -150,15 +150,22 @@ def run(config):
   data, parts, keras_model_fn, keras_model = prepare(config)
   workers = None
   if addresses:
-    credentials = None
+    credentials = files = None
     if config.workers_tls_dir:
-      credentials = worker_tls.channel_credentials(
-          worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver'))
+      files = worker_tls.TLSFiles.from_dir(config.workers_tls_dir, 'driver')
+      credentials = worker_tls.channel_credentials(files)
     elif not all(worker_tls.is_loopback(a) for a in addresses):
       print('warning: --insecure_workers: the workers get computations over plain gRPC; '
             'whoever reaches them can run code on them.', file=sys.stderr, flush=True)
-    workers = distributed.RemoteWorkers(addresses, config.worker_connect_timeout,
-                                        config.worker_failure_timeout, credentials)
+    try:
+      workers = distributed.RemoteWorkers(addresses, config.worker_connect_timeout,
+                                          config.worker_failure_timeout, credentials)
+    except distributed.WorkerUnavailableError as e:
+      problem = files and worker_tls.handshake_problem(e.address, files)
+      if problem:   # it answers, but TLS fails: say why, not "unreachable"
+        raise distributed.WorkerUnavailableError(
+            e.address, f'mutual TLS failed: {problem}', reachable=True) from None
+      raise
   return _run(config, data, parts, keras_model_fn, keras_model, workers)
 
 

@@ -14,6 +14,7 @@ experiments/configs/.
 # Only what the flags need loads before they are parsed: TensorFlow and TFF load in `main`
 # (docs/DESIGN.md, "Fast start").
 import dataclasses
+import importlib
 import math
 import os
 import signal
@@ -267,9 +268,16 @@ def main(argv):
   print(f'metrics, checkpoints and plot: {summary["output_dir"]}')
 
 
+def load_heavy_modules():
+  """TensorFlow, Keras and the layers, loaded once the flags parsed and before absl runs `main`
+  (`experiments.flagfiles.run_main`)."""
+  importlib.import_module('tensorflow')
+  importlib.import_module('keras_layers').load_layers()
+
+
 def entry_point():
   """The console script (and `python -m`): packaged flagfiles are found by name."""
-  flagfiles.run_main(main)
+  flagfiles.run_main(main, load=load_heavy_modules)
 
 
 if __name__ == '__main__':

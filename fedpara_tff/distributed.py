@@ -56,8 +56,9 @@ _LOCAL_CHANNEL_OPTIONS = [(name, 2 * 1000 * 1000 * 1000) for name in (
 class WorkerUnavailableError(RuntimeError):
   """A remote worker did not answer; `address` names it."""
 
-  def __init__(self, address, detail):
-    super().__init__(f'TFF worker {address} is unreachable ({detail})')
+  def __init__(self, address, detail, reachable=False):
+    super().__init__(f'TFF worker {address} answers but {detail}' if reachable else
+                     f'TFF worker {address} is unreachable ({detail})')
     self.address = address
 
 

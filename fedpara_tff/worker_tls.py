@@ -20,7 +20,9 @@ import dataclasses
 import ipaddress
 import os
 import signal
+import socket
 import ssl
+import sys
 
 CA_FILE = 'ca.pem'
 PEER_FILES = {'driver': ('driver.pem', 'driver.key'), 'worker': ('worker.pem', 'worker.key')}
@@ -36,14 +38,75 @@ class TLSFiles:
 
   @classmethod
   def from_dir(cls, folder, side):
-    """The files `scripts/make_worker_certs.sh` writes for `side` ('driver' or 'worker')."""
+    """The files `scripts/make_worker_certs.sh` writes for `side` ('driver' or 'worker'), each
+    checked (`check`).
+
+    Raises:
+      ValueError: one line naming the missing or unusable file.
+    """
     cert, key = PEER_FILES[side]
     files = cls(*(os.path.join(folder, name) for name in (CA_FILE, cert, key)))
     missing = [path for path in dataclasses.astuple(files) if not os.path.isfile(path)]
     if missing:
       raise ValueError(f'TLS folder {folder!r} lacks {", ".join(missing)}; make the files with '
                        f'scripts/make_worker_certs.sh.')
-    return files
+    return files.check()
+
+  def check(self):
+    """`self` once OpenSSL loads the CA, and the certificate with its own private key; else a
+    ValueError naming the file. Warns (stderr) when the key is readable by other users."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+      context.load_verify_locations(self.ca)
+    except (ssl.SSLError, OSError) as e:
+      raise ValueError(f'TLS CA file {self.ca} does not load as PEM certificates '
+                       f'({_reason(e)}); remake it with scripts/make_worker_certs.sh.') from None
+    try:
+      context.load_cert_chain(self.cert, self.key)
+    except (ssl.SSLError, OSError) as e:
+      raise ValueError(f'TLS files {self.cert} and {self.key} do not load as a certificate and '
+                       f'its own private key ({_reason(e)}); remake them with '
+                       f'scripts/make_worker_certs.sh.') from None
+    mode = os.stat(self.key).st_mode & 0o777
+    if mode & 0o077:
+      sys.stderr.write(f'fedpara_tff: warning: private key {self.key} is readable by other users '
+                       f'(mode {mode:o}): whoever reads it can pose as this side; chmod 600 '
+                       f'{self.key}.\n')
+      sys.stderr.flush()
+    return self
+
+
+def _reason(error):
+  return getattr(error, 'reason', None) or getattr(error, 'strerror', None) or str(error)
+
+
+def handshake_problem(address, files, timeout=5.0):
+  """Why a mutual-TLS handshake with the worker at `address` fails, in words, or None when it
+  succeeds or nothing answers there (then the worker is simply unreachable). The driver's gRPC
+  reports only that the channel never became ready; this asks OpenSSL directly."""
+  host, _, port = address.rpartition(':')
+  host = host.strip('[]')
+  context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.ca)
+  context.load_cert_chain(files.cert, files.key)
+  context.set_alpn_protocols(['h2'])
+  try:
+    with socket.create_connection((host, int(port)), timeout=timeout) as raw:
+      with context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.recv(0)   # TLS 1.3: a refused client certificate is reported after the handshake
+  except ssl.SSLCertVerificationError as e:
+    return (f'its certificate is not accepted: {e.verify_message} (checked against CA '
+            f'{files.ca} and the name {host})')
+  except ssl.SSLError as e:
+    reason = (e.reason or '').upper()
+    if 'WRONG_VERSION_NUMBER' in reason or 'RECORD_LAYER' in reason or 'PACKET_LENGTH' in reason:
+      return 'it does not speak TLS (a plain worker, started with --insecure?)'
+    if 'CERTIFICATE' in reason or 'UNKNOWN_CA' in reason or 'BAD_CERTIFICATE' in reason:
+      return (f'it refused the driver\'s certificate {files.cert} ({e.reason}): the worker trusts '
+              f'another CA')
+    return f'the TLS handshake failed ({e.reason or e})'
+  except (OSError, ValueError):
+    return None
+  return None
 
 
 def is_loopback(address):

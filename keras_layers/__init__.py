@@ -39,12 +39,21 @@ _SUBMODULES = ('factors', 'jacobian', 'sign_rule', 'weight_norm')
 # Loaded together on first use: every module that defines a layer Keras may deserialise.
 _LAYER_MODULES = ('dense', 'conv', 'lstm', 'jacobian', 'conversion')
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ['load_layers']
 
 
 def _load_layers():
   for module in _LAYER_MODULES:
     importlib.import_module(f'{__name__}.{module}')
+
+
+def load_layers():
+  """Loads every layer module now (registering the layers for Keras deserialisation): what
+  `import keras_layers` does, for a program that deferred it (`experiments`). Call it at the top
+  level, not inside a `tf.Graph` (a TFF trace): Keras 2 picks a layer's base classes when its
+  module first loads there (docs/DESIGN.md, "Fast start")."""
+  for name in _EXPORTS:
+    __getattr__(name)
 
 
 def _deferred():
@@ -70,6 +79,4 @@ def __dir__():
 
 
 if not _deferred():
-  for _name in _EXPORTS:
-    __getattr__(_name)
-  del _name
+  load_layers()

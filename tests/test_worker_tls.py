@@ -15,6 +15,7 @@ import pytest
 from fedpara_tff import distributed
 from fedpara_tff import local_worker
 from fedpara_tff import worker_tls
+from experiments import runner
 from tests import run_support as rs
 from tests import test_client_executors as executors_test
 
@@ -181,3 +182,70 @@ def test_ctrl_c_while_workers_start_prints_no_tracebacks(certs, delay, tls):
   _, stderr = process.communicate(timeout=60)
   assert 'Traceback' not in stderr, stderr[-3000:]
   assert len(stderr.splitlines()) <= 4, stderr
+
+
+@pytest.fixture(scope='module')
+def other_ca(tmp_path_factory):
+  return _certs(tmp_path_factory.mktemp('other_certs'))
+
+
+def test_a_tls_failure_is_named_not_called_unreachable(tls_worker, certs, other_ca, tmp_path):
+  """Issue 38: a driver with the wrong CA, or TLS against a plain worker, printed gRPC handshake
+  noise and then "unreachable ... start one with ...", while the cause is the certificate."""
+  address, _ = tls_worker
+  driver = lambda folder: worker_tls.TLSFiles.from_dir(str(folder), 'driver')  # noqa: E731
+  assert worker_tls.handshake_problem(address, driver(certs)) is None
+  problem = worker_tls.handshake_problem(address, driver(other_ca))
+  assert problem.startswith('its certificate is not accepted: self-signed certificate in '
+                            'certificate chain (checked against CA ')   # another CA's chain
+  assert worker_tls.handshake_problem(f'127.0.0.1:{portpicker.pick_unused_port()}',
+                                      driver(certs)) is None   # nothing there: unreachable
+  config = rs.config(tmp_path, workers=address, workers_tls_dir=str(other_ca),
+                     worker_connect_timeout=2.0)
+  with pytest.raises(distributed.WorkerUnavailableError,
+                     match=rf'^TFF worker {address} answers but mutual TLS failed: its '
+                           r'certificate is not accepted: self-signed certificate in'):
+    runner.run(config)
+
+
+def test_tls_against_a_plain_worker_is_named():
+  """Issue 38: TLS against a plain worker was reported as unreachable."""
+  port = portpicker.pick_unused_port()
+  process = subprocess.Popen([sys.executable, '-m', 'experiments.worker', f'--port={port}',
+                              '--insecure'], stdout=subprocess.PIPE, text=True, cwd=rs.REPO,
+                             stderr=subprocess.DEVNULL)
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    assert ready and 'plain gRPC' in process.stdout.readline()
+    import tempfile  # pylint: disable=g-import-not-at-top
+    with tempfile.TemporaryDirectory() as folder:
+      files = worker_tls.TLSFiles.from_dir(_certs(folder), 'driver')
+      assert worker_tls.handshake_problem(f'127.0.0.1:{port}', files) == (
+          'it does not speak TLS (a plain worker, started with --insecure?)')
+  finally:
+    process.terminate()
+    process.wait(30)
+
+
+def test_unusable_key_files_are_named_and_a_readable_key_warns(certs, tmp_path, capfd):
+  """Issue 38: a garbage or mismatched key named no file; a key readable by others was served
+  without a warning."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'tls'
+  shutil.copytree(certs, folder)
+  key = folder / 'worker.key'
+  key.chmod(0o644)
+  worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+  assert capfd.readouterr().err == (
+      f'fedpara_tff: warning: private key {key} is readable by other users (mode 644): whoever '
+      f'reads it can pose as this side; chmod 600 {key}.\n')
+  key.write_text('garbage')
+  with pytest.raises(ValueError, match=rf'^TLS files {folder}/worker.pem and {key} do not load '
+                                       r'as a certificate and its own private key \('):
+    worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+  shutil.copy(folder / 'driver.key', key)   # another pair's key
+  with pytest.raises(ValueError, match=r'do not load as a certificate and its own private key'):
+    worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+  (folder / 'ca.pem').write_text('not a certificate')
+  with pytest.raises(ValueError, match=rf'^TLS CA file {folder}/ca.pem does not load'):
+    worker_tls.TLSFiles.from_dir(str(folder), 'worker')
