@@ -37,9 +37,13 @@ class CheckpointDamagedError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Signature:
   """What a checkpoint must match: the model (`model_signature`) and the run (`run_digest` of
-  its identity, the flags and data of its run.json; None: not checked)."""
+  its identity, the flags and data of its run.json; None: not checked). `history` ({round:
+  wall_time_s}, the run folder's metrics.csv) vouches for a checkpoint written before
+  checkpoints recorded their run: it is accepted only where the folder's own row of its round
+  holds its wall time (to full precision, which another run does not repeat)."""
   model: list
   run: Optional[str] = None
+  history: Optional[dict] = None
 
 
 def _parts(signature):
@@ -234,6 +238,14 @@ def load(path, template_state, signature):
         f'checkpoint {path} was written by another run (run identity {meta["run"]}, this run '
         f'{run}: another seed, data or setting); move it out of the folder or use another '
         f'--output_dir.')
+  if run is not None and meta.get('run') is None:
+    history = getattr(signature, 'history', None) or {}
+    if history.get(meta['round']) != meta['counters'].get('wall_time_s'):
+      raise CheckpointMismatchError(
+          f'checkpoint {path} records no run identity (written before checkpoints did), and '
+          f'this folder\'s metrics.csv does not vouch for it (its round {meta["round"]} row '
+          f'does not hold the checkpoint\'s wall time): it may be another run\'s; move it out of '
+          f'the folder, or pass --overwrite to start the run again.')
   named = _NAME.search(path)
   if named and int(named.group(1)) != meta['round']:
     raise CheckpointDamagedError(f'checkpoint {path} is damaged (it holds round {meta["round"]}, '

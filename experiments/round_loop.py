@@ -5,6 +5,7 @@ functions of the seed and the round), so a run killed after round k and restarte
 round k + 1 from its latest checkpoint and ends where an uninterrupted run ends.
 """
 
+import dataclasses
 import math
 import sys
 import time
@@ -192,6 +193,9 @@ def run_rounds(config, data, parts, keras_model_fn, signature, resuming, driver,
   counters = dict(bytes_uploaded=0, bytes_downloaded=0, wall_time_s=0.0)
   start_round = 0
   checkpoint_dir = checkpoints.directory_of(config.output_dir)
+  if resuming:   # the folder's own history vouches for checkpoints without a run identity
+    signature = dataclasses.replace(signature, history={
+        int(row['round']): row['wall_time_s'] for row in run_io.read_metrics(config.output_dir)})
   found = resume_point(checkpoint_dir, state, signature, store) if resuming else None
   if found:
     start_round, state, counters, local_store = found

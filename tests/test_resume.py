@@ -2,6 +2,7 @@
 behind, divergence stops a run, damaged files are named or recovered."""
 
 import glob
+import json
 import math
 import os
 import shutil
@@ -238,6 +239,40 @@ def test_state_of_another_run_is_refused(tmp_path_factory, tmp_path):
   shutil.copy(os.path.join(theirs, client_store.FILE_NAME), store)
   with pytest.raises(client_store.ClientStoreError, match=r'belongs to another run'):
     runner.run(runs[0])
+
+
+def _without_identity(path):
+  """Rewrites the checkpoint at `path` as a version before run identities wrote it."""
+  with np.load(path) as stored:
+    arrays = {k: stored[k] for k in stored.files}
+  meta = json.loads(str(arrays['meta']))
+  del meta['run']
+  arrays['meta'] = np.asarray(json.dumps(meta))
+  with open(path, 'wb') as f:
+    np.savez(f, **arrays)
+
+
+def test_a_checkpoint_without_identity_resumes_only_where_the_folders_history_vouches(
+    tmp_path_factory, tmp_path):
+  """Issue 38: a checkpoint written before checkpoints recorded their run (no `run` key) was
+  resumed by a run with another seed."""
+  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0'),
+          1: rs.finished(tmp_path_factory, seed=1)}   # only read
+  mine = os.path.join(runs[0].output_dir, 'checkpoints', 'ckpt-000002.npz')
+  theirs = os.path.join(tmp_path, 'theirs.npz')
+  shutil.copy(os.path.join(runs[1].output_dir, 'checkpoints', 'ckpt-000002.npz'), theirs)
+  _without_identity(theirs)
+  os.replace(mine, os.path.join(tmp_path, 'mine.npz'))
+  shutil.copy(theirs, mine)
+  runs[0].rounds = 3
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'ckpt-000002.npz records no run identity .* metrics.csv does not '
+                           r'vouch for it'):
+    runner.run(runs[0])
+  os.replace(os.path.join(tmp_path, 'mine.npz'), mine)
+  _without_identity(mine)   # this run's own, from before identities: its history vouches
+  runner.run(runs[0])
+  assert [r['round'] for r in rs.rows(runs[0].output_dir)] == ['1', '2', '3']
 
 
 def test_an_emptied_store_is_not_silently_a_new_one(tmp_path_factory, tmp_path):
