@@ -51,12 +51,14 @@ def start(ports, concurrency=-1, tls_dir=None, host='127.0.0.1'):
   processes = []
   try:
     for port in ports:
-      # Each in its own session: a Ctrl-C at the terminal reaches this process only, which
-      # stops them (`stop`), instead of interrupting a worker's Python as it starts (a traceback).
+      # Each in its own session: a Ctrl-C at the terminal reaches this process only, which stops
+      # them (`stop`), instead of interrupting a worker's Python as it starts (a fatal-error
+      # traceback); the watchdog stops them should this process die another way.
       processes.append(subprocess.Popen(
           [sys.executable, '-m', 'experiments.worker', f'--port={port}',
            f'--max_concurrent_computation_calls={concurrency}', *security],
           stdout=subprocess.DEVNULL, start_new_session=True))
+      runtime.guard_processes([processes[-1].pid])   # stopped with this process, however it dies
   except BaseException:   # interrupted half-way: none is left behind
     stop(processes)
     raise
@@ -109,7 +111,6 @@ def main(argv):
   processes = []
   try:
     processes = start(ports, _CONCURRENCY.value, _TLS_DIR.value or None, _HOST.value)
-    runtime.guard_processes([p.pid for p in processes])
     wait_listening(_HOST.value, ports, processes)
     print('--workers=' + ','.join(f'{_HOST.value}:{p}' for p in ports), flush=True)
     while True:

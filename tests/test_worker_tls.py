@@ -173,15 +173,23 @@ def test_ctrl_c_while_workers_start_prints_no_tracebacks(certs, delay, tls):
   # Once its workers are starting: each a running `experiments.worker` (a Ctrl-C while a Python
   # itself starts up is that Python's own fatal-error traceback, which nothing here can stop).
   deadline = time.monotonic() + 60
-  while time.monotonic() < deadline and sum(
-      'experiments.worker' in ' '.join(child.cmdline())
-      for child in psutil.Process(process.pid).children()) < 2:
+  started = []
+  while time.monotonic() < deadline and len(started) < 2:
+    started = [child for child in psutil.Process(process.pid).children()
+               if 'experiments.worker' in ' '.join(child.cmdline())]
     time.sleep(0.01)
   time.sleep(delay)
   os.killpg(process.pid, subprocess.signal.SIGINT)
-  _, stderr = process.communicate(timeout=60)
+  try:
+    _, stderr = process.communicate(timeout=60)
+  finally:
+    if process.poll() is None:   # its watchdog then stops the workers it started
+      process.kill()
+      process.wait()
   assert 'Traceback' not in stderr, stderr[-3000:]
   assert len(stderr.splitlines()) <= 4, stderr
+  _, alive = psutil.wait_procs(started, timeout=15)
+  assert not alive
 
 
 @pytest.fixture(scope='module')
