@@ -47,7 +47,7 @@ def _load_layers():
     importlib.import_module(f'{__name__}.{module}')
 
 
-def load_layers():
+def load_layers() -> None:
   """Loads every layer module now (registering the layers for Keras deserialisation): what
   `import keras_layers` does, for a program that deferred it (`experiments`). Call it at the top
   level, not inside a `tf.Graph` (a TFF trace): Keras 2 picks a layer's base classes when its
