@@ -102,8 +102,11 @@ def exit_now(code):
   For a run stopped by a signal: Ctrl-C in a terminal or `kill -TERM -PGID` also reaches the TFF
   workers, and the finalizers of values held by a dead worker would print gRPC tracebacks at
   interpreter exit. Nothing the run owns is lost: checkpoints and metrics are written and closed
-  before this is called.
+  before this is called. Errors raised where Python can only report them (a finalizer that
+  disposes of a value on the dead worker, run while the context is torn down) are not printed:
+  the process is exiting on purpose, and they are that exit's noise.
   """
+  sys.unraisablehook = lambda unraisable: None
   shutdown_workers(final=True)
   for stream in (sys.stdout, sys.stderr):
     try:
