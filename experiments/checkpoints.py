@@ -71,10 +71,11 @@ def directory_of(output_dir):
   return os.path.join(output_dir, DIR)
 
 
-def kept_state(directory):
+def kept_state(directory, found=None):
   """What a stopped run keeps, in words: `'the last checkpoint (round k) is kept'`, or, before
-  the first checkpoint, that nothing is (a new run's folder is removed then)."""
-  found = latest(directory)
+  the first checkpoint, that nothing is (a new run's folder is removed then). `found`: the
+  directory's `latest`, when the caller has it."""
+  found = found or latest(directory)
   if found is None:
     return 'no checkpoint was written yet, so nothing is kept'
   return f'the last checkpoint (round {found[0]}) is kept'
@@ -85,7 +86,7 @@ def kept_note(directory, fix=''):
   first, e.g. `'fix that and '`)."""
   found = latest(directory)
   action = 'resume' if found is not None else 'start again'
-  return f'{kept_state(directory)}: {fix}rerun the same command to {action}'
+  return f'{kept_state(directory, found)}: {fix}rerun the same command to {action}'
 
 
 def path_for(directory, round_num):

@@ -99,12 +99,11 @@ def _default_step_sizes(config):
 def _furthest_step_size(config):
   """The step-size setting furthest above its default (by ratio; the client learning rate on a
   tie), the likeliest cause of a divergence that the clients' updates show."""
+  scale = run_config.factor_lr_scale(config.factor_lr_scale)
   values = dict(client_learning_rate=config.client_learning_rate,
-                server_learning_rate=config.server_learning_rate, factor_lr_scale=1.0)
-  try:
-    values['factor_lr_scale'] = float(config.factor_lr_scale)
-  except (TypeError, ValueError):
-    pass   # none, 'matched', 'safe': no multiplier the user chose
+                server_learning_rate=config.server_learning_rate,
+                # none, 'matched', 'safe': no multiplier the user chose
+                factor_lr_scale=scale if isinstance(scale, float) else 1.0)
   defaults = _default_step_sizes(config)
   ratios = {name: values[name] / defaults[name] for name in values}
   return max(ratios, key=lambda name: (ratios[name], name == 'client_learning_rate'))
