@@ -83,9 +83,9 @@ def _check_outputs(output_dir, configs):
 def main(argv):
   flagfiles.no_positional(argv, 'compare')
   logging.set_verbosity(logging.WARNING)
-  train.install_runtime('compare')
-  runtime.sigterm_as_keyboard_interrupt()
   base = train.config_from_flags()
+  train.install_runtime('compare', base)
+  runtime.sigterm_as_keyboard_interrupt()
   configs = [train.config_from_flags(parameterization=parameterization,
                                      output_dir=os.path.join(base.output_dir, parameterization))
              for parameterization in _PARAMETERIZATIONS.value]

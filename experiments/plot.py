@@ -5,6 +5,9 @@ personalised runs, personalised accuracy) at the evaluated rounds, against the
 gigabytes sent up and down so far. The legend shows the run folder's name and
 its parameterisation.
 
+With `--y=aggregation_error`, each curve is instead the run's aggregation error (the share of
+each round's kernel update that averaging the factors loses, mean over the kernels) by round.
+
   python -m experiments.plot --runs=runs/original,runs/fedpara --output=figure.png
 """
 
@@ -23,6 +26,10 @@ from experiments import run_io
 _RUNS = flags.DEFINE_list('runs', None, 'Run output folders (comma-separated).')
 _OUTPUT = flags.DEFINE_string('output', 'accuracy_vs_gb.png', 'PNG file to write.')
 _TITLE = flags.DEFINE_string('title', None, 'Figure title (default: the dataset and model).')
+_Y = flags.DEFINE_enum('y', 'accuracy', ['accuracy', 'aggregation_error'],
+                       'accuracy: against cumulative GB (the default); aggregation_error: the '
+                       'share of each round\'s kernel update that averaging the factors loses '
+                       '(mean over the kernels), against the round.')
 
 
 def _label(run_dir):
@@ -37,6 +44,14 @@ def curve(rows):
     if points:
       return [p[0] for p in points], [p[1] for p in points], key
   return [], [], None
+
+
+def error_curve(rows):
+  """`(rounds, aggregation error)` of the rounds that measured it (`aggregation_error_mean`:
+  the mean over the factorised kernels, `fedpara_tff.aggregation_error`)."""
+  points = [(r['round'], r['aggregation_error_mean']) for r in rows
+            if not math.isnan(r.get('aggregation_error_mean', math.nan))]
+  return [p[0] for p in points], [p[1] for p in points]
 
 
 def output_path(output):
@@ -114,23 +129,32 @@ def check_output(output, in_run_folder=False):
                      f'changed: move it or choose another output.')
 
 
-def plot_runs(run_dirs, output, title=None, in_run_folder=False):
-  """Draws one accuracy-vs-GB curve per run into `output_path(output)`; returns the curves
-  drawn. Refuses to replace a file it did not write (`check_output`)."""
+def plot_runs(run_dirs, output, title=None, in_run_folder=False, y='accuracy'):
+  """Draws one curve per run into `output_path(output)`: accuracy against GB, or (`y=
+  'aggregation_error'`) the aggregation error against the round; returns the curves drawn.
+  Refuses to replace a file it did not write (`check_output`)."""
   check_output(output, in_run_folder)
   figure = new_figure(figsize=(6, 4), dpi=120)
   axes = figure.subplots()
   drawn, metrics, run = {}, set(), {}
   for run_dir in run_dirs:
     label, run = _label(run_dir)   # run_io.NoRunError (a ValueError) for a folder without a run
-    gb, accuracy, metric = curve(run_io.read_metrics(run_dir))
+    rows = run_io.read_metrics(run_dir)
+    if y == 'aggregation_error':
+      xs, ys = error_curve(rows)
+      metric = 'aggregation error (share of the kernel update)' if xs else None
+    else:
+      xs, ys, metric = curve(rows)
     if metric:
-      axes.plot(gb, accuracy, marker='o', markersize=3, label=label)
-      drawn[run_dir] = (gb, accuracy)
+      axes.plot(xs, ys, marker='o', markersize=3, label=label)
+      drawn[run_dir] = (xs, ys)
       metrics.add(metric)
-  format_gb_axis(axes)
-  axes.set_xlabel('cumulative communication, up + down (GB)')
-  axes.set_ylabel(' / '.join(sorted(m.replace('_', ' ') for m in metrics)) or 'accuracy')
+  if y == 'aggregation_error':
+    axes.set_xlabel('round')
+  else:
+    format_gb_axis(axes)
+    axes.set_xlabel('cumulative communication, up + down (GB)')
+  axes.set_ylabel(' / '.join(sorted(m.replace('_', ' ') for m in metrics)) or y)
   axes.set_title(title or f'{run.get("dataset", "")} {run.get("model", "")}'.strip())
   axes.grid(alpha=0.3)
   if drawn:
@@ -147,7 +171,7 @@ def main(argv):
   if not _RUNS.value:
     raise app.UsageError('--runs names no run folder.')
   try:
-    drawn = plot_runs(_RUNS.value, _OUTPUT.value, _TITLE.value)
+    drawn = plot_runs(_RUNS.value, _OUTPUT.value, _TITLE.value, y=_Y.value)
   except ValueError as e:
     raise SystemExit(f'plot: error: {e}') from None
   print(f'wrote {output_path(_OUTPUT.value)} ({len(drawn)} curves)')

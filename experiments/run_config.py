@@ -226,6 +226,18 @@ def check(config):
   return settings
 
 
+def runs_without_local_worker(config) -> Optional[str]:
+  """What the run of `config` runs its TFF computations on instead of TFF's local worker, in
+  words, or None when it needs that worker: the TF backend runs the whole round in this process
+  (unless its aggregation quantizes, a TFF process: `fedpara_tff.in_process_round`), and a run
+  on remote workers runs every TFF computation there."""
+  if config.backend == 'tf' and not config.quantization_bits:
+    return 'the TF backend (--backend=tf)'
+  if config.backend == 'tff' and config.workers:
+    return 'a run on remote workers (--workers)'
+  return None
+
+
 def factor_lr_scale(value):
   """`--factor_lr_scale` as the layers take it: None, 'matched', 'safe' or a positive float."""
   if value in (None, '', 'none'):

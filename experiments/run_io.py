@@ -19,12 +19,19 @@ import os
 
 from experiments import ownership
 
+# The aggregation error of the factorised kernels (`fedpara_tff.aggregation_error`): mean and max
+# over the kernels of the share of the round's kernel update, then of the kernel (empty for a
+# model without factorised kernels).
+AGGREGATION_ERROR_COLUMNS = ('aggregation_error_mean', 'aggregation_error_max',
+                             'aggregation_error_kernel_mean', 'aggregation_error_kernel_max')
 COLUMNS = ('round', 'clients', 'diverged_clients', 'train_loss', 'train_accuracy', 'test_loss',
            'test_accuracy', 'personalized_accuracy', 'personalized_clients', 'bytes_uploaded',
-           'bytes_downloaded', 'cumulative_gb', 'wall_time_s')
-# The header of metrics files written before `personalized_clients` existed (read, then
-# rewritten with `COLUMNS` on resume).
-LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != 'personalized_clients')
+           'bytes_downloaded', 'cumulative_gb', 'wall_time_s') + AGGREGATION_ERROR_COLUMNS
+# Headers of metrics files written before the aggregation error, and before
+# `personalized_clients`, existed (read, then rewritten with `COLUMNS` on resume).
+LEGACY_HEADERS = (tuple(c for c in COLUMNS if c not in AGGREGATION_ERROR_COLUMNS),
+                  tuple(c for c in COLUMNS if c not in AGGREGATION_ERROR_COLUMNS
+                        and c != 'personalized_clients'))
 RUN_FILE = ownership.RUN_FILE
 METRICS_FILE = ownership.METRICS_FILE
 SUMMARY_FILE = ownership.SUMMARY_FILE
@@ -207,8 +214,8 @@ def read_metrics(output_dir):
       text = text[:text.rindex('\n') + 1]
     with io.StringIO(text, newline='') as f:
       reader = csv.DictReader(f)
-      if reader.fieldnames is not None and list(reader.fieldnames) not in (list(COLUMNS),
-                                                                           list(LEGACY_COLUMNS)):
+      if reader.fieldnames is not None and tuple(reader.fieldnames) not in (COLUMNS,
+                                                                            *LEGACY_HEADERS):
         raise ValueError(f'its header is not {",".join(COLUMNS)}')
       rows = [{k: (float(v) if v not in ('', None) else math.nan) for k, v in row.items()}
               for row in reader]
@@ -262,8 +269,9 @@ class MetricsWriter:
     with open(self._path, 'a', newline='') as f:
       csv.DictWriter(f, COLUMNS).writerow({k: _cell(row.get(k), k) for k in COLUMNS})
     with self._summary.as_default():
-      for key in COLUMNS[1:]:
-        value = row.get(key)
+      scalars = {key: row.get(key) for key in COLUMNS[1:]}
+      scalars.update(row.get('per_kernel') or {})   # e.g. each kernel's aggregation error
+      for key, value in scalars.items():
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
           self._tf.summary.scalar(key, float(value), step=int(row['round']))
     self._summary.flush()

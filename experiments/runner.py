@@ -78,12 +78,20 @@ class _RunDriver:
   def next(self, state, client_ids, datasets):
     state, metrics = self.driver.next(state, client_ids, datasets)
     communication = metrics['aggregator']['communication']
-    return state, dict(
+    row = dict(
         train_loss=float(metrics['train']['loss']),
         train_accuracy=float(metrics['train']['accuracy']),
         diverged_clients=int(metrics['train']['diverged_clients']),
         bytes_uploaded=int(communication['bytes_uploaded']),
         bytes_downloaded=int(metrics['train']['bytes_downloaded']))
+    if 'aggregation_error' in metrics:
+      row.update(aggregation_error_row(metrics['aggregation_error'], self.kernel_labels))
+    return state, row
+
+  @property
+  def kernel_labels(self):
+    """The labels of the factorised kernels whose aggregation error the round measures."""
+    return [kernel.label for kernel in self.driver.round.layout.kernels]
 
   def global_weights(self, state):
     return state['global_weights']  # every variable, in order, when none is local
@@ -93,6 +101,20 @@ class _RunDriver:
                if r['num_examples']]   # an empty client has no accuracy (NaN)
     total = sum(r['num_examples'] for r in results)
     return sum(r['accuracy'] * r['num_examples'] for r in results) / total
+
+
+def aggregation_error_row(error, labels):
+  """The metrics row's aggregation-error cells (mean and max over the kernels of the share of
+  the update, then of the kernel; `fedpara_tff.aggregation_error`) and, for TensorBoard, each
+  kernel's under `aggregation_error/<label>` and `aggregation_error_kernel/<label>`."""
+  update, kernel = (np.asarray(error[k], np.float64) for k in ('update_share', 'kernel_share'))
+  row = dict(aggregation_error_mean=float(update.mean()), aggregation_error_max=float(update.max()),
+             aggregation_error_kernel_mean=float(kernel.mean()),
+             aggregation_error_kernel_max=float(kernel.max()))
+  row['per_kernel'] = {**{f'aggregation_error/{l}': float(v) for l, v in zip(labels, update)},
+                       **{f'aggregation_error_kernel/{l}': float(v)
+                          for l, v in zip(labels, kernel)}}
+  return row
 
 
 def _parameter_counts(keras_model):
@@ -141,11 +163,14 @@ def run(config):
 
   With `config.workers` the round's clients are trained on those remote workers
   (`fedpara_tff.distributed.RemoteWorkers`: TFF's mergeable context splits each round's clients
-  between them); otherwise on this process's local TFF worker or devices. Installs
-  `fedpara_tff.runtime`'s housekeeping (a local worker no other host can reach, TFF's workers
-  stopped at exit, a watchdog for SIGKILL) in the calling process.
+  between them); otherwise on this process's local TFF worker (`backend=tff`) or devices
+  (`backend=tf`). Installs `fedpara_tff.runtime`'s housekeeping in the calling process: for a
+  run that needs TFF's local worker, one no other host can reach, stopped at exit and watched
+  for SIGKILL; for one that does not (`run_config.runs_without_local_worker`: the TF backend,
+  remote workers), a runtime that refuses to start any local worker.
   """
-  runtime.install()
+  instead = run_config.runs_without_local_worker(config)
+  runtime.install(worker=instead is None, without_worker=instead or '')
   addresses = distributed.parse_addresses(config.workers) if config.workers else None
   data, parts, keras_model_fn, keras_model = prepare(config)
   workers = None

@@ -126,8 +126,9 @@ flags.DEFINE_integer('max_test_examples', _DEFAULTS.max_test_examples,
 flags.DEFINE_bool('progress', True, 'Show a progress bar (on a terminal).')
 # Backends.
 flags.DEFINE_enum('backend', _DEFAULTS.backend, run_config.BACKENDS,
-                  'tff: TFF runtime (local or --workers); tf: clients trained in-process with '
-                  'TensorFlow on --gpus (FedAvg and the personalised runs).')
+                  'tff: TFF runtime (local or --workers); tf: the whole round in this process '
+                  'with TensorFlow, clients on --gpus: no TFF worker, no socket (the way to run '
+                  'in a container).')
 flags.DEFINE_string('gpus', '', 'GPUs for backend=tf: "all" or indices "0,1"; empty: the CPU.')
 # Remote TFF workers.
 flags.DEFINE_string('workers', '',
@@ -244,12 +245,16 @@ def run_or_exit(config, program='train'):
     runtime.exit_now(128 + signum)
 
 
-def install_runtime(program):
-  """`runtime.install()` with --require_isolated_worker and --allow_open_local_worker; a refusal
-  is one line and exit 1."""
+def install_runtime(program, config):
+  """`runtime.install()` for the run of `config`: with TFF's local worker (under
+  --require_isolated_worker and --allow_open_local_worker) only when the run needs it
+  (`run_config.runs_without_local_worker`), otherwise a runtime that refuses to start one. A
+  refusal is one line and exit 1."""
+  instead = run_config.runs_without_local_worker(config)
   try:
     runtime.install(require_isolation=flags.FLAGS.require_isolated_worker or None,
-                    allow_open=flags.FLAGS.allow_open_local_worker or None)
+                    allow_open=flags.FLAGS.allow_open_local_worker or None,
+                    worker=instead is None, without_worker=instead or '')
   except local_worker.WorkerIsolationError as e:
     raise SystemExit(f'{program}: error: {e}') from None
 
@@ -257,9 +262,10 @@ def install_runtime(program):
 def main(argv):
   flagfiles.no_positional(argv, 'train')
   logging.set_verbosity(logging.WARNING)
-  install_runtime('train')
+  config = config_from_flags()
+  install_runtime('train', config)
   runtime.sigterm_as_keyboard_interrupt()
-  summary = run_or_exit(config_from_flags())
+  summary = run_or_exit(config)
   from experiments import run_io  # pylint: disable=g-import-not-at-top  # loads TensorFlow
   print(run_io.format_summaries([summary]))
   for share in summary['worker_shares']:

@@ -11,10 +11,17 @@ forwards TFF's plain gRPC instead, unauthenticated, after a warning: anyone who 
 can run code as this user, so --bind defaults to loopback (127.0.0.1) there, and another address
 is served only when named.
 
+In a Kubernetes pod, where no namespace can be made under Pod Security "restricted",
+`--isolation=pod` runs TFF's worker on a plain port of the pod's own network namespace, which the
+pod's NetworkPolicy closes to everyone (only the TLS port admits the driver); TLS only, and
+refused outside a pod.
+
   python -m experiments.worker --port=8000 --tls_dir=certs
   python -m experiments.worker --port=8000 --insecure          # 127.0.0.1:8000 only
+  python -m experiments.worker --port=8000 --tls_dir=/certs --isolation=pod   # in a pod
 """
 
+import os
 import sys
 
 from absl import flags
@@ -33,6 +40,11 @@ _TLS_DIR = flags.DEFINE_string(
     '(scripts/make_worker_certs.sh): serve mutual TLS.')
 _INSECURE = flags.DEFINE_bool(
     'insecure', False, 'Serve plain, unauthenticated gRPC (not with --tls_dir), on --bind.')
+_ISOLATION = flags.DEFINE_enum(
+    'isolation', 'namespace', ['namespace', 'pod'],
+    'namespace: the TFF worker in a private network namespace behind a Unix socket (needs '
+    'user namespaces); pod: in a Kubernetes pod, on a plain port of the pod\'s own network that '
+    'the pod\'s NetworkPolicy closes to everyone (with --tls_dir only).')
 _BIND = flags.DEFINE_string(
     'bind', None, 'Address to serve --port on: default every interface with --tls_dir, '
     '127.0.0.1 (loopback only) with --insecure.')
@@ -50,13 +62,37 @@ def bind_address(bind, insecure):
   return '127.0.0.1' if insecure else None
 
 
-def _serve(port, concurrency, files, host):
-  """The worker, isolated, behind `host:port`: mutual TLS with `files`, plain without."""
-  worker = local_worker.LocalWorker(concurrency, require_isolation=True)
+POD_ENV = 'KUBERNETES_SERVICE_HOST'   # set by the kubelet in every pod
+
+
+def check_pod_isolation(isolation, insecure):
+  """`--isolation=pod` only in a Kubernetes pod and only with TLS: its TFF port is plain, and
+  only the pod's NetworkPolicy keeps others off it (deploy/kubernetes/workers.yaml)."""
+  if isolation != 'pod':
+    return
+  if insecure:
+    raise SystemExit('worker: error: --isolation=pod serves TFF\'s plain port inside the pod; '
+                     'it needs --tls_dir in front of it, not --insecure.')
+  if not os.environ.get(POD_ENV):
+    raise SystemExit(f'worker: error: --isolation=pod leaves TFF\'s worker on a plain port of '
+                     f'this network namespace, which only a Kubernetes NetworkPolicy closes; this '
+                     f'process is not in a Kubernetes pod ({POD_ENV} is unset): use the default '
+                     f'--isolation=namespace.')
+
+
+def _serve(port, concurrency, files, host, isolation='namespace'):
+  """The worker behind `host:port`: mutual TLS with `files`, plain without; isolated in a
+  private network namespace, or (`isolation='pod'`) on a plain port of the pod's network."""
+  worker = local_worker.LocalWorker(concurrency, require_isolation=True,
+                                    pod_network=isolation == 'pod')
   try:
     target = worker.start()
   except local_worker.WorkerIsolationError as e:
     raise SystemExit(f'worker: error: {e}') from None
+  if isolation == 'pod':
+    print(f'worker: TFF\'s worker listens on {target} in this pod (--isolation=pod): only '
+          f'the pod\'s NetworkPolicy keeps other pods off that plain port.', file=sys.stderr,
+          flush=True)
   where = f'{host}:{port}' if host else f'port {port} of every interface'
   if files is None:
     print(f'worker: warning: serving TFF computations on {where} without authentication '
@@ -64,7 +100,7 @@ def _serve(port, concurrency, files, host):
           flush=True)
   how = f'mutual TLS, CA {files.ca}' if files is not None else 'plain gRPC'
   try:
-    worker_tls.serve(port, target[len('unix:'):], files, host=host, ready=lambda server: print(
+    worker_tls.serve(port, target, files, host=host, ready=lambda server: print(
         f'worker: serving TFF computations on {where} ({how})', flush=True))
   except OSError as e:
     raise SystemExit(f'worker: error: cannot serve on {where}: {e}') from None
@@ -82,6 +118,7 @@ def main(argv):
 def _main(argv):
   flagfiles.no_positional(argv, 'worker')
   worker_service.check_security_choice(_TLS_DIR.value, _INSECURE.value, 'worker')
+  check_pod_isolation(_ISOLATION.value, _INSECURE.value)
   worker_service.check_port_free(_PORT.value)
   files = None
   if not _INSECURE.value:
@@ -90,7 +127,8 @@ def _main(argv):
     except ValueError as e:
       raise SystemExit(f'worker: error: {e}') from None
   try:
-    _serve(_PORT.value, _CONCURRENCY.value, files, bind_address(_BIND.value, _INSECURE.value))
+    _serve(_PORT.value, _CONCURRENCY.value, files, bind_address(_BIND.value, _INSECURE.value),
+           _ISOLATION.value)
   except KeyboardInterrupt:
     pass
 

@@ -142,6 +142,42 @@ def quantized_mean(quantization_bits: int,
           quantization_bits=quantization_bits, threshold=threshold))
 
 
+def elements(specs: Sequence[tf.TensorSpec]) -> int:
+  """Elements of a list of `tf.TensorSpec`s (what one client uploads, counted)."""
+  return int(sum(np.prod(s.shape) for s in specs))
+
+
+def drop_non_finite(travelling: List[Any], weight: Any):
+  """One client's contribution as the factor aggregator takes it: an upload with a NaN or Inf
+  becomes zeros of weight 0.
+
+  Returns:
+    `(travelling, weight, counts)`, `counts` an `OrderedDict` of int32 `non_finite_clients` (1
+    when the upload was dropped) and `zero_weight_clients` (1 when a finite upload weighs <= 0).
+  """
+  finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in travelling])
+  travelling = [tf.where(finite, v, tf.zeros_like(v)) for v in travelling]
+  counts = collections.OrderedDict(
+      non_finite_clients=tf.cast(tf.logical_not(finite), tf.int32),
+      zero_weight_clients=tf.cast(tf.logical_and(finite, weight <= 0), tf.int32))
+  return travelling, tf.where(finite, weight, tf.zeros_like(weight)), counts
+
+
+def communication_figures(clients: Any, bytes_per_client: int, elements_per_client: int,
+                          suffix: str = '') -> collections.OrderedDict:
+  """The aggregator's `communication` measurements for a round of `clients` (an int32):
+  `bytes_uploaded`, `bytes_uploaded_per_client` (each with `suffix`, e.g.
+  `'_before_encoding'`), `elements_uploaded_per_client` and `paper_bytes_both_directions`, as
+  int64 tensors."""
+  clients = tf.cast(clients, tf.int64)
+  return collections.OrderedDict([
+      ('bytes_uploaded' + suffix, clients * bytes_per_client),
+      ('bytes_uploaded_per_client' + suffix, tf.constant(bytes_per_client, tf.int64)),
+      ('elements_uploaded_per_client', tf.constant(elements_per_client, tf.int64)),
+      ('paper_bytes_both_directions', tf.constant(
+          communication.paper_bytes(1, elements_per_client), tf.int64) * clients)])
+
+
 class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
   """Aggregates the travelling subset of a model update; see `factor_aggregator`."""
 
@@ -205,17 +241,11 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
                       'bytes_uploaded_before_encoding (float32).', stacklevel=2)
         self._before_encoding = True
         bytes_per_client = communication.structure_bytes(sent)
-    elements_per_client = int(sum(np.prod(s.shape) for s in sent))
+    elements_per_client = elements(sent)
 
     @tff.tensorflow.computation(value_type, weight_type)
     def select(value, weight):
-      travelling = [v for v, m in zip(value, mask) if m]
-      finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in travelling])
-      travelling = [tf.where(finite, v, tf.zeros_like(v)) for v in travelling]
-      counts = collections.OrderedDict(
-          non_finite_clients=tf.cast(tf.logical_not(finite), tf.int32),
-          zero_weight_clients=tf.cast(tf.logical_and(finite, weight <= 0), tf.int32))
-      return travelling, tf.where(finite, weight, tf.zeros_like(weight)), counts
+      return drop_non_finite([v for v, m in zip(value, mask) if m], weight)
 
     sent_type = select.type_signature.result[0]
     inner_process = self._inner.create(sent_type, weight_type)
@@ -234,13 +264,7 @@ class FactorAggregatorFactory(tff.aggregators.WeightedAggregationFactory):
 
     @tff.tensorflow.computation(tf.int32)
     def round_figures(clients):
-      clients = tf.cast(clients, tf.int64)
-      return collections.OrderedDict([
-          ('bytes_uploaded' + suffix, clients * bytes_per_client),
-          ('bytes_uploaded_per_client' + suffix, tf.constant(bytes_per_client, tf.int64)),
-          ('elements_uploaded_per_client', tf.constant(elements_per_client, tf.int64)),
-          ('paper_bytes_both_directions', tf.constant(
-              communication.paper_bytes(1, elements_per_client), tf.int64) * clients)])
+      return communication_figures(clients, bytes_per_client, elements_per_client, suffix)
 
     @tff.federated_computation(inner_process.initialize.type_signature.result,
                                tff.FederatedType(value_type, tff.CLIENTS),

@@ -1,14 +1,12 @@
-"""Client executors: what trains a round's sampled clients, injected into the round's driver.
+"""Client executors: what runs a round's sampled clients, injected into the round's driver.
 
 A driver (`fedpara_tff.personalization.PersonalizedDriver`) reads the sampled clients' state,
 hands their datasets to its client executor and stores the state that comes back. An executor
-has one method,
-
-    train(state, client_ids, datasets, local_states) -> (state, new local states, metrics)
-
-which runs the clients' work and the round's `finish_round` (aggregation, server step, metrics;
-`fedpara_tff.stateful_round`). Two are provided, both running the same client function and the
-same `finish_round`, so the same seed gives the same weights and bytes:
+(`ClientExecutor`) runs the round where it says: the initial state, each round (the clients'
+work and the round's `finish_round`: aggregation, server step, metrics;
+`fedpara_tff.stateful_round`) and the personalised evaluation. Two are provided, running the
+same client function and the same server functions, so the same seed gives the same weights
+and bytes:
 
 * `TFFClients`: the whole round as one TFF computation, on a TFF execution context of its own
   or, by default, the installed one. Two kinds, interchangeable:
@@ -16,19 +14,19 @@ same `finish_round`, so the same seed gives the same weights and bytes:
     `fedpara_tff.runtime.install()` this process's own local worker, which no other host can
     reach (`fedpara_tff.local_worker`);
   - TFF remote workers: `fedpara_tff.distributed.RemoteWorkers(addresses)`, TFF's mergeable
-    context over those workers, one sub-round of the clients each;
-* `fedpara_tff.tf_backend.DeviceClients`: the clients as `tf.function`s on this process's
-  devices (GPUs, or the CPU), then `finish_round` on the installed TFF context
+    context over those workers, one sub-round of the clients each; no local worker;
+* `fedpara_tff.tf_backend.DeviceClients`: everything as TensorFlow in this process, the
+  clients on its devices (GPUs, or the CPU): no TFF worker at all
   (`fedpara_tff.tf_backend.on_devices(devices)`).
 
 A driver takes an executor factory, `round -> executor` (the executor needs the round's
-computations, which the driver builds), and runs every TFF computation of its own (initial
-state, personalised evaluation) inside the executor's `running()`, so all of a driver's work
-happens where its executor trains.
+computations, which the driver builds), and installs this project's local TFF runtime
+(`fedpara_tff.runtime.install_unless_chosen`) only for an executor that `uses_local_runtime`.
 """
 
 import contextlib
 import functools
+from typing import Any, ContextManager, List, Protocol, Sequence, Tuple
 
 import tensorflow_federated as tff
 
@@ -49,6 +47,29 @@ def running_on(context):
   return tff.framework.get_context_stack().install(context)
 
 
+class ClientExecutor(Protocol):
+  """What a driver asks of its client executor (`TFFClients`, `tf_backend.DeviceClients`)."""
+
+  uses_local_runtime: bool   # whether it runs TFF computations on the installed local context
+
+  def running(self) -> ContextManager[Any]:
+    """A context manager: where its TFF computations run, if it runs any."""
+
+  def initialize(self) -> Any:
+    """The server state of a new run (TFF's `initialize` structure)."""
+
+  def init_local(self) -> List[Any]:
+    """A new client's local state."""
+
+  def train(self, state: Any, client_ids: Sequence[Any], datasets: Sequence[Any],
+            local_states: Sequence[List[Any]]) -> Tuple[Any, List[List[Any]], Any]:
+    """One round: `(state, new local states in the clients' order, metrics)`."""
+
+  def evaluate(self, global_values: List[Any], datasets: Sequence[Any],
+               local_states: Sequence[List[Any]]) -> List[Any]:
+    """Each client's `OrderedDict(accuracy, num_examples)`, in the clients' order."""
+
+
 class TFFClients:
   """Trains the sampled clients with the round's TFF computation (`StatefulRound.next`).
 
@@ -65,10 +86,28 @@ class TFFClients:
     # Keras 2 layers (made in a TF1 graph) swap the layer classes to v1 and leave that eager model
     # unusable ("Your Layer or Model is in an invalid state"; docs/DESIGN.md, "TFF runtime facts").
     self._next = round_.next
+    self.uses_local_runtime = context is None
 
   def running(self):
     """Where this executor's TFF computations run (a context manager)."""
     return running_on(self.context)
+
+  def initialize(self):
+    """The round's TFF `initialize`, where this executor runs."""
+    with self.running():
+      return self.round.initialize()
+
+  def init_local(self):
+    """A new client's local state (TFF's `init_local`), where this executor runs."""
+    with self.running():
+      return self.round.init_local()
+
+  def evaluate(self, global_values, datasets, local_states):
+    """The round's TFF `evaluate`, where this executor runs; results in the clients' order."""
+    with self.running():
+      results, positions = self.round.evaluate(global_values, list(datasets),
+                                               list(local_states), list(range(len(datasets))))
+    return in_client_order(positions, results)
 
   def train(self, state, client_ids, datasets, local_states):
     """One round on TFF; returns `(state, new local states in the clients' order, metrics)`."""

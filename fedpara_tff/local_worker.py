@@ -10,7 +10,9 @@ serves it on a Unix socket in a folder only this user can open. The driver talks
 
 Where the host cannot create the namespaces (user namespaces off, uid 0 without CAP_SYS_ADMIN,
 a seccomp filter, as in Docker's default profile; or `unshare` missing), the worker is refused
-in one line naming what was found and the ways out (`WorkerIsolationError`): it fails closed.
+in one line naming what was found and the ways out (`WorkerIsolationError`), the first of which
+is the TF backend (`fedpara_tff.tf_backend`), which starts no TFF worker: it fails closed. A
+process that needs no local worker at all installs `NoWorker`, which refuses to start one.
 Only when the user asks for it in so many words (`allow_open=True`, the binaries'
 `--allow_open_local_worker`, or the environment variable `FEDPARA_ALLOW_OPEN_LOCAL_WORKER=1`)
 does the worker run as TFF runs it, on a TCP port of every interface (TFF 0.87's worker has no
@@ -40,6 +42,8 @@ _FIX = ('run where a private network namespace can be made: on a host, unprivile
         'kernel.unprivileged_userns_clone=1); in a container, a seccomp profile that allows '
         'unshare and CAP_SYS_ADMIN in the container (or, in Kubernetes, deploy/kubernetes\'s '
         'pod isolation)')
+_NO_WORKER = ('the TF backend, which starts no TFF worker and needs no privilege (--backend=tf; '
+              'in Python, client_executor=fedpara_tff.tf_backend.on_devices())')
 _CAP_SYS_ADMIN = 21
 
 
@@ -143,8 +147,8 @@ def check_isolation(require_isolation=None, allow_open=None):
   required = isolation_required(require_isolation)
   if required or not open_worker_allowed(allow_open):
     found = '; '.join(isolation_blockers() + [reason])
-    way_out = (f'{_FIX}.' if required else
-               f'{_FIX}; or, accepting that exposure while the run lasts, '
+    way_out = (f'{_NO_WORKER}; {_FIX}.' if required else
+               f'{_NO_WORKER}; {_FIX}; or, accepting that exposure while the run lasts, '
                f'--allow_open_local_worker ({ALLOW_OPEN_ENV}=1).')
     raise WorkerIsolationError(
         f'the local TFF worker cannot run in a private network namespace here ({found}), and '
@@ -163,13 +167,18 @@ class LocalWorker:
     allow_open: where no private network namespace can be made, run the worker on a TCP port of
       every interface instead of refusing (default: the environment variable
       `FEDPARA_ALLOW_OPEN_LOCAL_WORKER`).
+    pod_network: run the worker on a TCP port of this network namespace without trying a
+      private one, and without the open-port warning: for a Kubernetes pod, whose network
+      namespace is the pod's own and whose NetworkPolicy admits no one to that port
+      (`experiments.worker --isolation=pod`; docs/DESIGN.md, "Who can reach a TFF worker").
   """
 
   def __init__(self, max_concurrent_computation_calls=-1, require_isolation=None,
-               allow_open=None):
+               allow_open=None, pod_network=False):
     self._flags = [f'--max_concurrent_computation_calls={max_concurrent_computation_calls}']
     self._require = require_isolation
     self._allow_open = allow_open
+    self._pod_network = bool(pod_network)
     self._process = None
     self._folder = None
     self.target = None     # the gRPC target: unix:<path>, or localhost:<port> when not isolated
@@ -194,18 +203,20 @@ class LocalWorker:
     self.stop()
     if self._closed:
       raise WorkerIsolationError('the local TFF worker was closed: this process is exiting.')
-    check_isolation(self._require, self._allow_open)
-    prefix, reason = namespace_command()
+    if not self._pod_network:
+      check_isolation(self._require, self._allow_open)
     command = [worker_binary()] + self._flags
+    prefix, reason = (None, None) if self._pod_network else namespace_command()
     if prefix is None:
       port = worker_bridge.free_port()
-      sys.stderr.write(f'fedpara_tff: warning: open local worker allowed ({ALLOW_OPEN_ENV} or '
-                       f'--allow_open_local_worker): TFF\'s local worker listens on every '
-                       f'interface at port {port}, unauthenticated (TFF\'s worker cannot bind '
-                       f'loopback only), so whoever reaches this host on port {port} can run code '
-                       f'as this user while the run lasts; no private network namespace here '
-                       f'({reason}).\n')
-      sys.stderr.flush()
+      if not self._pod_network:
+        sys.stderr.write(f'fedpara_tff: warning: open local worker allowed ({ALLOW_OPEN_ENV} or '
+                         f'--allow_open_local_worker): TFF\'s local worker listens on every '
+                         f'interface at port {port}, unauthenticated (TFF\'s worker cannot bind '
+                         f'loopback only), so whoever reaches this host on port {port} can run '
+                         f'code as this user while the run lasts; no private network namespace '
+                         f'here ({reason}).\n')
+        sys.stderr.flush()
       self._process = subprocess.Popen(command + [f'--port={port}'], stdin=subprocess.DEVNULL)
       self.target, self.isolated = f'localhost:{port}', False
       if not worker_bridge.wait_for_port(port, self._process):
@@ -254,3 +265,33 @@ class LocalWorker:
       shutil.rmtree(self._folder, ignore_errors=True)
       self._folder = None
     self.target = None
+
+
+class NoWorker:
+  """Stands in for the local worker in a process that needs none (the TF backend, remote
+  workers): a TFF computation sent to the local context is refused instead of starting a worker,
+  so nothing of this process ever listens.
+
+  Args:
+    reason: what this process runs instead, in words (e.g. 'the TF backend (--backend=tf)').
+  """
+
+  isolated = None
+  pid = None
+  target = None
+
+  def __init__(self, reason):
+    self.reason = reason
+
+  def running(self):
+    return False
+
+  def start(self):
+    raise WorkerIsolationError(f'{self.reason} runs without a local TFF worker, yet a TFF '
+                               f'computation asked for one: refused, nothing was started.')
+
+  def stop(self):
+    pass
+
+  def close(self):
+    pass

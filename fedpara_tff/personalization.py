@@ -76,10 +76,11 @@ class PersonalizedDriver:
       (`fedpara_tff.client_executors`): `TFFClients` (default; the installed TFF context, TFF's
       local worker after `fedpara_tff.runtime.install()`),
       `fedpara_tff.distributed.RemoteWorkers(addresses)` (remote TFF workers) or
-      `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU); the driver's
-      other TFF computations (initial state, evaluation) run where it does. While TFF's own
-      local context is the current one, the driver first installs `fedpara_tff.runtime`
-      (`runtime.install_unless_chosen`), so that no TFF worker listens beyond this process.
+      `fedpara_tff.tf_backend.on_devices(devices)` (this process's GPUs or CPU, with no TFF
+      worker at all); the initial state and the evaluation run where it does. For an executor
+      on TFF's installed local context, while that is TFF's own native one, the driver first
+      installs `fedpara_tff.runtime` (`runtime.install_unless_chosen`), so that no TFF worker
+      listens beyond this process.
 
   Each round's inputs are checked first (`fedpara_tff.round_inputs`): datasets of the element
   spec, the server state of this model, labels inside the model's classes, at least one client
@@ -95,7 +96,6 @@ class PersonalizedDriver:
     self.element_spec = round_inputs.check_element_spec(element_spec,
                                                         integer_labels=loss_fn is None)
     round_inputs.check_model_input(keras_model_fn, element_spec)
-    runtime.install_unless_chosen()   # before the first TFF computation below
     if settings is None:
       settings = settings_lib.RoundSettings(**settings_fields)
     elif settings_fields:
@@ -117,11 +117,13 @@ class PersonalizedDriver:
     self.global_index, self.local_index = layout.global_index, layout.local_index
     self.global_type, self.local_type = layout.global_type, layout.local_type
     self.aggregator_value_type = self.round.aggregator_value_type
-    self._initial_local = [np.asarray(a) for a in self.round.init_local()]
+    self.client_executor = (client_executor or client_executors.TFFClients)(self.round)
+    if getattr(self.client_executor, 'uses_local_runtime', True):
+      runtime.install_unless_chosen()   # before the first TFF computation
+    self._initial_local = [np.asarray(a) for a in self.client_executor.init_local()]
     self.local_store = client_store.MemoryClientStore()
     self.local_layout = [(tuple(spec.shape), spec.dtype.as_numpy_dtype)
                          for spec in layout.local_specs]
-    self.client_executor = (client_executor or client_executors.TFFClients)(self.round)
 
   @property
   def iterative_process(self):
@@ -138,8 +140,7 @@ class PersonalizedDriver:
         ones become every client's initial local variables. Default: TFF's
         own (unseeded) initialisation.
     """
-    with self.client_executor.running():
-      state = self.round.initialize()
+    state = self.client_executor.initialize()
     if initial_weights is None:
       return state
     values = [np.asarray(v) for v in initial_weights]
@@ -229,11 +230,10 @@ class PersonalizedDriver:
       ids = client_ids[start:start + chunk_clients]
       chunk = list(itertools.islice(datasets, len(ids)))
       round_inputs.check_datasets(ids, chunk, self.element_spec)
-      with self.client_executor.running():
-        results, positions = self.round.evaluate(state['global_weights'], chunk,
-                                                 self.local_states(ids), list(range(len(ids))))
+      results = self.client_executor.evaluate(state['global_weights'], chunk,
+                                              self.local_states(ids))
       ordered.extend(collections.OrderedDict((k, float(v)) for k, v in result.items())
-                     for result in client_executors.in_client_order(positions, results))
+                     for result in results)
     for result in ordered:
       if result['num_examples'] == 0:
         result['accuracy'] = math.nan

@@ -181,11 +181,15 @@ _INSTALLED = []   # the local execution context install() set, once installed
 
 
 def install(require_isolation: Optional[bool] = None,
-            allow_open: Optional[bool] = None) -> None:
+            allow_open: Optional[bool] = None,
+            worker: bool = True, without_worker: str = 'this process') -> Optional[int]:
   """Tidies TFF's runtime for this process (idempotent; see the module docstring).
 
   The first call makes TFF's default execution context this process's own local worker
-  (`fedpara_tff.distributed.use_local_runtime`), which starts on the first computation.
+  (`fedpara_tff.distributed.use_local_runtime`), which starts on the first computation; with
+  `worker=False`, a context that refuses to start any worker (`local_worker.NoWorker`), for a
+  process whose computations all run elsewhere (the TF backend, remote workers). A later call
+  with `worker=True` gives that context a real local worker.
 
   Args:
     require_isolation: refuse (`fedpara_tff.local_worker.WorkerIsolationError`, raised here)
@@ -194,20 +198,26 @@ def install(require_isolation: Optional[bool] = None,
     allow_open: where this host cannot keep the local worker off the network, run it on an
       open port (with a warning) instead of refusing, which is the default; default: the
       environment variable `FEDPARA_ALLOW_OPEN_LOCAL_WORKER`.
+    worker: whether this process may start a local TFF worker at all.
+    without_worker: with `worker=False`, what the process runs instead, for the refusal.
 
   Returns:
-    The worker watchdog's pid.
+    The worker watchdog's pid (None with `worker=False`: there is nothing to watch).
   """
   from fedpara_tff import distributed    # pylint: disable=import-outside-toplevel  # loads TFF
   from fedpara_tff import local_worker   # pylint: disable=import-outside-toplevel
   if not _INSTALLED:
     quiet_teardown()   # TFF's own local context, replaced below, never starts a worker
-  local_worker.check_isolation(require_isolation, allow_open)
-  if not _INSTALLED:
     restore_sigint()
-    _INSTALLED.append(distributed.use_local_runtime(
-        local_worker.LocalWorker(require_isolation=require_isolation, allow_open=allow_open)))
     atexit.register(_at_exit)
+  if not worker:
+    if not _INSTALLED:
+      _INSTALLED.append(distributed.use_local_runtime(local_worker.NoWorker(without_worker)))
+    return None
+  if not _INSTALLED or isinstance(_INSTALLED[0].local_worker, local_worker.NoWorker):
+    local_worker.check_isolation(require_isolation, allow_open)
+    _INSTALLED[:] = [distributed.use_local_runtime(
+        local_worker.LocalWorker(require_isolation=require_isolation, allow_open=allow_open))]
   return guard_workers()
 
 
@@ -228,13 +238,20 @@ def install_unless_chosen() -> bool:
   The drivers call it before their first computation: TFF's native local context starts a
   worker that listens on every interface and can outlive this process; `install()` runs the
   same native runtime on a worker only this process reaches. Any other context the user set (a
-  remote or test context, or one from `fedpara_tff.distributed`) is kept. Returns whether
+  remote or test context, or one from `fedpara_tff.distributed`) is kept; so is this project's
+  local one, unless it was installed without a worker (`install(worker=False)`) and is the
+  current context: then it gets its worker, under the isolation rule. Returns whether
   `install()` ran now.
   """
-  if _INSTALLED or 'tensorflow_federated' not in sys.modules:
+  if 'tensorflow_federated' not in sys.modules:
     return False
   context = sys.modules['tensorflow_federated'].framework.get_context_stack().current
-  if not _is_tff_native_local(context):
+  if _INSTALLED:
+    from fedpara_tff import local_worker   # pylint: disable=import-outside-toplevel
+    if context is not _INSTALLED[0] or not isinstance(context.local_worker,
+                                                      local_worker.NoWorker):
+      return False
+  elif not _is_tff_native_local(context):
     return False
   install()
   return True

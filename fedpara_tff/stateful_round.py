@@ -31,12 +31,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedpara_tff import aggregation_error
 from fedpara_tff import aggregators
 from fedpara_tff import algorithms
 from fedpara_tff import client_work
 from fedpara_tff import communication
 from fedpara_tff import models
 from fedpara_tff import personalized_process
+from fedpara_tff import server_half
 
 
 def _specs(variables):
@@ -48,8 +50,9 @@ def split_variables(keras_model_fn, local_layers):
   (`fedpara_tff.aggregators.travel_mask` decides).
 
   Returns:
-    `(global_index, local_index, global_specs, local_specs)`: positions in
-    `model.trainable_variables` and the `tf.TensorSpec`s of each group.
+    `(global_index, local_index, global_specs, local_specs, kernels)`: positions in
+    `model.trainable_variables` and the `tf.TensorSpec`s of each group, and the
+    `fedpara_tff.aggregation_error.KernelMap`s of the factorised kernels with global factors.
   """
   with tf.Graph().as_default():
     model = keras_model_fn()
@@ -59,7 +62,8 @@ def split_variables(keras_model_fn, local_layers):
     global_index = [i for i, s in enumerate(sent) if s]
     local_index = [i for i, s in enumerate(sent) if not s]
     return (global_index, local_index, _specs([variables[i] for i in global_index]),
-            _specs([variables[i] for i in local_index]))
+            _specs([variables[i] for i in local_index]),
+            aggregation_error.kernel_maps(model, global_index))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Layout:
     control_specs: the algorithm's server arrays (zeros of the global shapes, unused, for
       the algorithms without any).
     global_type, local_type, received_type, control_type, data_type: the TFF types.
+    kernels: the factorised kernels made of global factors
+      (`fedpara_tff.aggregation_error.KernelMap`), whose aggregation error the round measures.
   """
   global_index: List[int]
   local_index: List[int]
@@ -91,11 +97,12 @@ class Layout:
   received_type: Any
   control_type: Any
   data_type: Any
+  kernels: List[Any]
 
 
 def build_layout(keras_model_fn, element_spec, algorithm, local_layers):
   """The `Layout` of a model and algorithm."""
-  global_index, local_index, global_specs, model_local_specs = split_variables(
+  global_index, local_index, global_specs, model_local_specs, kernels = split_variables(
       keras_model_fn, local_layers)
   received = global_specs + (global_specs if algorithm.broadcast_control else [])
   local = model_local_specs + (global_specs if algorithm.client_state else [])
@@ -104,7 +111,7 @@ def build_layout(keras_model_fn, element_spec, algorithm, local_layers):
   to_type = tff.types.tensorflow_to_type
   return Layout(global_index, local_index, global_specs, model_local_specs, received, local,
                 control, to_type(global_specs), to_type(local), to_type(received),
-                to_type(control), tff.SequenceType(to_type(element_spec)))
+                to_type(control), tff.SequenceType(to_type(element_spec)), kernels)
 
 
 class ModelParts:
@@ -144,25 +151,19 @@ Schedule = collections.namedtuple('Schedule', 'learning_rate_at increment zero_r
 
 def build_initial_values(parts):
   """`InitialValues`: TFF computations of the server's global variables, a new client's local
-  state (model-local variables, then the algorithm's client state) and the algorithm's server
-  arrays (SCAFFOLD's c, FedDyn's h, the server optimizer's state; zeros when it has none)."""
-  algorithm, global_specs = parts.algorithm, parts.layout.global_specs
+  state and the algorithm's server arrays (`fedpara_tff.server_half`'s initial values)."""
 
   @tff.tensorflow.computation
   def init_global():
-    return parts.split(parts.keras_model_fn())[0]
+    return server_half.initial_global(parts)
 
   @tff.tensorflow.computation
   def init_local():
-    globals_, locals_ = parts.split(parts.keras_model_fn())
-    state = [tf.zeros_like(v) for v in globals_] if algorithm.client_state else []
-    return locals_ + state
+    return server_half.initial_local(parts)
 
   @tff.tensorflow.computation
   def init_control():
-    if algorithm.server_state:
-      return algorithm.initial_control(global_specs)
-    return [tf.zeros(s.shape, s.dtype) for s in global_specs]
+    return server_half.initial_control(parts)
 
   return InitialValues(init_global, init_local, init_control)
 
@@ -267,47 +268,27 @@ def build_aggregator(parts, inner):
 
 def build_finalizer(parts):
   """`server_update(global values, control, mean upload, clients) -> (global, control)`: the
-  algorithm's server step, not applied when the mean is not finite (e.g. every client diverged:
-  weights sum to 0), as TFF's own finalizer skips it."""
-  layout, algorithm = parts.layout, parts.algorithm
-  server_learning_rate = parts.settings.server_learning_rate
-  n_global = len(layout.global_specs)
+  algorithm's server step (`fedpara_tff.server_half.server_step`), not applied when the mean
+  is not finite, as TFF's own finalizer skips it."""
+  layout = parts.layout
 
   @tff.tensorflow.computation(layout.global_type, layout.control_type, upload_type(parts),
                               tf.float32)
   def server_update(global_values, control, mean_upload, clients):
-    mean_upload = list(mean_upload)
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in mean_upload])
-    new_global, new_control = algorithm.server(
-        list(global_values), list(control), mean_upload[:n_global], mean_upload[n_global:],
-        clients, server_learning_rate)
-    keep = lambda new, old: [tf.where(finite, n, o) for n, o in zip(new, old)]
-    return keep(new_global, global_values), keep(new_control or list(control), control)
+    return server_half.server_step(parts, global_values, control, mean_upload, clients)
 
   return server_update
 
 
 def build_round_metrics(parts, element_spec):
   """`round_metrics(loss sum, examples, correct, diverged, clients)`: the round's `train`
-  metrics, with the bytes broadcast (`communication.broadcast_bytes`). Loss and accuracy are
-  NaN when no client's training counted (every client diverged or had no data), not 0."""
-  local_epochs = parts.settings.local_epochs
-  # Labels per example: 1 for classification, the sequence length for
-  # next-character targets `(batch, length)`.
-  outputs_per_example = float(np.prod(element_spec['y'].shape[1:]))
-  received_specs = parts.layout.received_specs
+  metrics (`fedpara_tff.server_half.train_metrics`)."""
+  labels_per_example = server_half.outputs_per_example(element_spec)
 
   @tff.tensorflow.computation(tf.float32, tf.float32, tf.float32, tf.int32, tf.int32)
   def round_metrics(loss_sum, examples, correct, diverged, clients):
-    passes = examples * float(local_epochs)
-    mean = lambda total, count: tf.where(count > 0, tf.math.divide_no_nan(total, count),
-                                         float('nan'))
-    return collections.OrderedDict(
-        loss=mean(loss_sum, passes),
-        accuracy=mean(correct, passes * outputs_per_example),
-        num_examples=examples,
-        diverged_clients=diverged,
-        bytes_downloaded=communication.broadcast_bytes(clients, received_specs))
+    return server_half.train_metrics(parts, labels_per_example, loss_sum, examples, correct,
+                                     diverged, clients)
 
   return round_metrics
 
@@ -334,6 +315,39 @@ def build_initialize(parts, initial, schedule, aggregation):
   return initialize
 
 
+def build_aggregation_error(parts):
+  """`measure(global values at SERVER, uploads at CLIENTS, weights at CLIENTS, mean upload at
+  SERVER) -> OrderedDict(update_share, kernel_share)` at SERVER: the round's aggregation error
+  per factorised kernel (`fedpara_tff.aggregation_error`), from the clients' kernels averaged
+  with the aggregation's weights (telemetry: not counted as bytes); None for a model without
+  factorised kernels made of global factors."""
+  layout = parts.layout
+  if not layout.kernels:
+    return None
+  n_global = len(layout.global_specs)
+  kernel_specs = [tf.TensorSpec(k.factorization.kernel_shape, tf.float32) for k in layout.kernels]
+
+  @tff.tensorflow.computation(layout.global_type, upload_type(parts), tf.float32)
+  def client_kernels(global_values, upload, weight):
+    kernels, finite = aggregation_error.client_kernels(layout.kernels, list(global_values),
+                                                       list(upload)[:n_global])
+    return kernels, tf.where(finite, weight, tf.zeros_like(weight))
+
+  @tff.tensorflow.computation(tff.types.tensorflow_to_type(kernel_specs), layout.global_type,
+                              upload_type(parts))
+  def server_error(mean_kernels, global_values, mean_upload):
+    return aggregation_error.measure(layout.kernels, list(mean_kernels), list(global_values),
+                                     list(mean_upload)[:n_global])
+
+  def measure(global_values, upload, weight, mean_upload):
+    kernels, kept_weight = tff.federated_map(client_kernels, (
+        tff.federated_broadcast(global_values), upload, weight))
+    return tff.federated_map(server_error, (tff.federated_mean(kernels, kept_weight),
+                                            global_values, mean_upload))
+
+  return measure
+
+
 def build_finish_round(parts, initial, schedule, aggregation, server_update, round_metrics,
                        state_type):
   """`finish_round(state, uploads, weights, examples, loss sums, correct, diverged) ->
@@ -341,6 +355,7 @@ def build_finish_round(parts, initial, schedule, aggregation, server_update, rou
   CLIENTS-placed."""
   algorithm = parts.algorithm
   at_clients = lambda t: tff.FederatedType(t, tff.CLIENTS)
+  measure_error = build_aggregation_error(parts)
 
   @tff.federated_computation(state_type, at_clients(upload_type(parts)), at_clients(np.float32),
                              at_clients(np.float32), at_clients(np.float32),
@@ -350,12 +365,16 @@ def build_finish_round(parts, initial, schedule, aggregation, server_update, rou
     aggregated = aggregation.next(state.aggregator, upload, weight)
     server_out = tff.federated_map(server_update, (state.global_weights, control,
                                                    aggregated.result, tff.federated_sum(weight)))
-    metrics = tff.federated_zip(collections.OrderedDict(
+    fields = collections.OrderedDict(
         train=tff.federated_map(round_metrics, (
             tff.federated_sum(loss_sum), tff.federated_sum(examples),
             tff.federated_sum(correct), tff.federated_sum(diverged),
             communication.count_clients())),
-        aggregator=aggregated.measurements))
+        aggregator=aggregated.measurements)
+    if measure_error is not None:
+      fields['aggregation_error'] = measure_error(state.global_weights, upload, weight,
+                                                  aggregated.result)
+    metrics = tff.federated_zip(fields)
     new_state = _server_state(algorithm, server_out[0], aggregated.state,
                               tff.federated_map(schedule.increment, state.round_num),
                               server_out[1])
@@ -451,7 +470,8 @@ class StatefulRound:
 
   Attributes:
     settings, algorithm, layout, parts: what the round was built from (`Layout`,
-      `ModelParts`).
+      `ModelParts`); keras_model_fn, element_spec, inner_aggregator (the `aggregator`
+      argument): as given.
     initialize: `() -> server state` at SERVER: `global_weights`, `aggregator`,
       `round_num`, and `control` when the algorithm keeps server state.
     next: `(state, data, local_values, positions) -> (state, new local values,
@@ -483,7 +503,8 @@ class StatefulRound:
                                       build_finalizer(parts),
                                       build_round_metrics(parts, element_spec), state_type)
     self.settings, self.algorithm, self.layout, self.parts = settings, algorithm, layout, parts
-    self.keras_model_fn = keras_model_fn
+    self.keras_model_fn, self.element_spec, self.inner_aggregator = (keras_model_fn,
+                                                                     element_spec, aggregator)
     self.initialize, self.finish_round = initialize, finish_round
     self.evaluate = build_evaluate(parts, client)
     self.init_local, self.init_control = initial.init_local, initial.init_control
@@ -507,7 +528,4 @@ class StatefulRound:
 
   def received(self, state):
     """What each client receives this round, from a Python server state."""
-    if not self.algorithm.broadcast_control:
-      return list(state['global_weights'])
-    control = state['control'] if self.algorithm.server_state else self.init_control()
-    return list(state['global_weights']) + list(control)
+    return server_half.received(self.algorithm, state, self.init_control)

@@ -1,21 +1,26 @@
-"""The in-process TensorFlow backend: clients trained as `tf.function`s on local devices.
+"""The in-process TensorFlow backend: the whole round in this Python process, no TFF worker.
 
-TFF 0.87's `worker_binary` is built without CUDA, so TFF cannot put client work
-on a GPU. `DeviceClients`, a client executor (`fedpara_tff.client_executors`), runs
-the same round as TFF does for a driver (pFedPara, FedPer, local-only, or FedAvg
-from `build_fedavg_driver`; `client_executor=on_devices(devices)`) with the client
-half in this Python process:
+TFF 0.87's `worker_binary` is built without CUDA, so TFF cannot put client work on a GPU; and
+it is a server on a socket (docs/DESIGN.md, "Who can reach a TFF worker"). `DeviceClients`, a
+client executor (`fedpara_tff.client_executors`), runs the same round as TFF does for a driver
+(pFedPara, FedPer, local-only, or FedAvg from `build_fedavg_driver`;
+`client_executor=on_devices(devices)`) without TFF's runtime:
 
 * each sampled client runs `client_work.build_client_train`, the very
   function TFF's client computation wraps, on a model placed on one of
   `devices` (client i of the round goes to device i mod len(devices), or to
   slot i mod (devices x parallel_per_device); slots train their clients
   concurrently, one thread each);
-* the aggregation, the server step, the round metrics and the new server
-  state are the round's `finish_round` (`fedpara_tff.stateful_round`), the one
-  federated computation TFF's own round runs after its client map, called with
-  the clients' results (on TFF's local CPU runtime; it is small); the reading
+* the initial state, the aggregation, the server step, the round metrics and the new server
+  state are `fedpara_tff.in_process_round`'s, the functions TFF's round wraps, run here; the
+  personalised evaluation is `client_work.build_client_eval` on a device model. The reading
   and storing of client state is the driver's, around the executor's `train`.
+
+So a TF-backend driver starts no TFF worker and opens no socket: it is the way to run where a
+TFF worker cannot be isolated (a container without user namespaces). The one exception is a
+round whose aggregation is a TFF process (quantization, or an inner TFF aggregation factory:
+`in_process_round.why_not_in_process`): its server half runs on TFF's local worker
+(`uses_local_runtime`), under the rule of `fedpara_tff.local_worker`.
 
 Same seed, same data: the same weights and byte counts as the TFF backend.
 """
@@ -27,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from fedpara_tff import client_executors
+from fedpara_tff import client_work
+from fedpara_tff import in_process_round
 
 
 def resolve_devices(gpus):
@@ -74,7 +81,7 @@ class DeviceClients:
 
   Args:
     round_: the driver's `fedpara_tff.stateful_round.StatefulRound` (it supplies the model,
-      the client function and the TFF aggregation / server / metric computations).
+      the client function and the round's layout and settings).
     devices: TF device names, e.g. `['/GPU:0', '/GPU:1']` or logical CPUs.
     parallel_per_device: clients trained at once on each device (each with
       its own model copy); client i of a round goes to slot i mod (devices x
@@ -107,11 +114,38 @@ class DeviceClients:
     # composition again).
     self._trace_lock = threading.Lock()
     self._traced = [False] * len(self.slots)
+    # The server half: in this process, or TFF's computations when the aggregation is TFF's.
+    self.uses_local_runtime = in_process_round.why_not_in_process(round_) is not None
+    self.server = round_ if self.uses_local_runtime else in_process_round.InProcessRound(round_)
+    self._evaluate = None
 
   def running(self):
-    """Where the driver's other TFF computations run: the installed TFF context, as this
-    executor's `finish_round`."""
+    """Where the driver's TFF computations run: the installed TFF context (only a server half
+    that is TFF's runs any)."""
     return client_executors.running_on(None)
+
+  def initialize(self):
+    """The server state of a new round (`fedpara_tff.in_process_round`, or TFF's)."""
+    with self.running():
+      return self.server.initialize()
+
+  def init_local(self):
+    """A new client's local state."""
+    with self.running():
+      return self.server.init_local()
+
+  def evaluate(self, global_values, datasets, local_states):
+    """Each client's personalised accuracy, on the first slot's model: one
+    `OrderedDict(accuracy, num_examples)` per client, in order."""
+    model, _ = self._clients[0]
+    if self._evaluate is None:
+      self._evaluate = client_work.build_client_eval(model, self.round.parts.split,
+                                                     len(self.round.layout.local_index))
+    received = [tf.constant(v) for v in global_values]
+    with tf.device(self.slots[0]):
+      return [tf.nest.map_structure(lambda t: t.numpy(), self._evaluate(
+          received, [tf.constant(v) for v in local_values], dataset))
+              for dataset, local_values in zip(datasets, local_states)]
 
   def _train_on(self, slot, jobs, received, learning_rate):
     _, train = self._clients[slot]
@@ -128,13 +162,14 @@ class DeviceClients:
     return results
 
   def train(self, state, client_ids, datasets, local_states):
-    """The clients on the devices, then the round's shared `finish_round` (TFF); returns
-    `(state, new local states in the clients' order, metrics)`."""
+    """The clients on the devices, then the round's `finish_round` (in this process, or TFF's);
+    returns `(state, new local states in the clients' order, metrics)`."""
     self.placements = [(client, self.slots[p % len(self.slots)])
                        for p, client in enumerate(client_ids)]
-    round_ = self.round
-    learning_rate = np.float32(round_.learning_rate_at(state['round_num']))
-    received = [tf.constant(v) for v in round_.received(state)]
+    server = self.server
+    with self.running():
+      learning_rate = np.float32(server.learning_rate_at(state['round_num']))
+      received = [tf.constant(v) for v in server.received(state)]
     jobs = [[] for _ in self.slots]
     for position, (dataset, local_values) in enumerate(zip(datasets, local_states)):
       jobs[position % len(self.slots)].append(
@@ -145,7 +180,8 @@ class DeviceClients:
       results = dict(item for device_results in done for item in device_results)
     uploads, new_local, weights, examples, loss_sums, correct, diverged = zip(
         *[results[p] for p in range(len(datasets))])
-    new_state, metrics = round_.finish_round(state, list(uploads), list(weights),
-                                             list(examples), list(loss_sums), list(correct),
-                                             list(diverged))
+    with self.running():
+      new_state, metrics = server.finish_round(state, list(uploads), list(weights),
+                                               list(examples), list(loss_sums), list(correct),
+                                               list(diverged))
     return new_state, [list(values) for values in new_local], metrics

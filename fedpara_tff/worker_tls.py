@@ -54,7 +54,8 @@ class TLSFiles:
 
   def check(self):
     """`self` once OpenSSL loads the CA, and the certificate with its own private key; else a
-    ValueError naming the file. Warns (stderr) when the key is readable by other users."""
+    ValueError naming the file. Warns (stderr) when the key is readable by other users (by all,
+    or by a group this process is not in)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
       context.load_verify_locations(self.ca)
@@ -67,8 +68,12 @@ class TLSFiles:
       raise ValueError(f'TLS files {self.cert} and {self.key} do not load as a certificate and '
                        f'its own private key ({_reason(e)}); remake them with '
                        f'scripts/make_worker_certs.sh.') from None
-    mode = os.stat(self.key).st_mode & 0o777
-    if mode & 0o077:
+    stat = os.stat(self.key)
+    mode = stat.st_mode & 0o777
+    # A key readable by its group is fine where that group is this process's own (a Kubernetes
+    # Secret mounted 0440 for the pod's fsGroup); by anyone else, it is not.
+    own_group = stat.st_gid in {os.getegid(), *os.getgroups()}
+    if mode & 0o007 or (mode & 0o070 and not own_group):
       sys.stderr.write(f'fedpara_tff: warning: private key {self.key} is readable by other users '
                        f'(mode {mode:o}): whoever reads it can pose as this side; chmod 600 '
                        f'{self.key}.\n')
@@ -153,10 +158,22 @@ async def _pump(reader, writer):
       pass
 
 
-async def _serve(host, port, socket_path, context, ready):
+def _connector(worker_target):
+  """A coroutine function opening a connection to the worker at `worker_target`:
+  `unix:<path>` (the isolated worker's socket) or `host:port` (a TCP port, `--isolation=pod`)."""
+  if worker_target.startswith('unix:'):
+    path = worker_target[len('unix:'):]
+    return lambda: asyncio.open_unix_connection(path)
+  host, _, port = worker_target.rpartition(':')
+  return lambda: asyncio.open_connection(host, int(port))
+
+
+async def _serve(host, port, worker_target, context, ready):
+  connect = _connector(worker_target)
+
   async def forward(client_reader, client_writer):
     try:
-      worker_reader, worker_writer = await asyncio.open_unix_connection(socket_path)
+      worker_reader, worker_writer = await connect()
     except OSError:
       client_writer.close()
       return
@@ -176,14 +193,15 @@ async def _serve(host, port, socket_path, context, ready):
     await stop.wait()
 
 
-def serve(port, socket_path, files, host=None, ready=lambda server: None):
-  """Serves TLS on `host:port` (default: every interface) for the worker at the Unix socket
-  `socket_path` until SIGINT or SIGTERM; `ready(server)` is called once listening. With `files`
-  None it forwards plain, unauthenticated gRPC instead (`experiments.worker --insecure`, by
-  default on loopback only).
+def serve(port, worker_target, files, host=None, ready=lambda server: None):
+  """Serves TLS on `host:port` (default: every interface) for the worker at `worker_target`
+  (`unix:<path>`: the isolated worker's Unix socket; `host:port`: its TCP port, in a Kubernetes
+  pod) until SIGINT or SIGTERM; `ready(server)` is called once listening. With `files` None it
+  forwards plain, unauthenticated gRPC instead (`experiments.worker --insecure`, by default on
+  loopback only).
 
   Raises:
     ssl.SSLError, OSError: unreadable certificates, a port in use.
   """
   context = server_context(files) if files is not None else None
-  asyncio.run(_serve(host, port, socket_path, context, ready))
+  asyncio.run(_serve(host, port, worker_target, context, ready))

@@ -511,6 +511,21 @@ class KernelFactorization:
     stored = self.factors if stored is None else stored
     return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
 
+  def global_kernel(self, stored=None):
+    """What the global factors compose, from `stored` (dict of stored-scale values of at least
+    the global factors; default the variables): the kernel itself for FedPara and low-rank,
+    the global term `f(W1)` for pFedPara (whose `W2` is the client's own). What the server
+    averages when it averages factors (`fedpara_tff.aggregation_error`)."""
+    stored = self.factors if stored is None else stored
+    if self.scheme != 'pfedpara':
+      return self.compose_unscaled(stored)
+    return _apply(self.nonlinearity, compose_terms([self._term_factors(0, stored)])[0])
+
+  @property
+  def global_names(self):
+    """Names of the global factors, in creation order."""
+    return [n for n in self.factors if self._roles[n] == GLOBAL]
+
   @property
   def local_variables(self):
     return [v for n, v in self.factors.items() if self._roles[n] == LOCAL]

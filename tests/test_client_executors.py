@@ -12,6 +12,7 @@ import tensorflow_federated as tff
 import fedpara_tff
 from fedpara_tff import client_executors
 from fedpara_tff import distributed
+from fedpara_tff import in_process_round
 from fedpara_tff import local_worker
 from fedpara_tff import stateful_round
 from fedpara_tff import tf_backend
@@ -85,6 +86,82 @@ def test_device_clients_never_trace_the_tff_client_update(datasets, monkeypatch)
   process = driver.iterative_process
   assert builds == [1] and process is driver.iterative_process
   assert process.next.type_signature.parameter[0] == process.initialize.type_signature.result
+
+
+def _refusing_context():
+  """A TFF context whose local worker refuses to start: any TFF computation run on it fails."""
+  return distributed.local_context(local_worker.NoWorker('this test'))
+
+
+def test_the_tf_backend_runs_a_whole_driver_without_any_tff_computation(datasets):
+  """Issue 37: the TF backend ran its aggregation, server step, metrics, initial state and
+  evaluation as TFF computations, so a `--backend=tf` run started a TFF worker."""
+  expected = two_rounds(None, datasets)
+  with client_executors.running_on(_refusing_context()):
+    got = two_rounds(tf_backend.on_devices(), datasets)
+    # The guard is real: the TFF executor's first computation is refused in one line.
+    with pytest.raises(local_worker.WorkerIsolationError,
+                       match=r'^this test runs without a local TFF worker, yet a TFF computation '
+                             r'asked for one: refused, nothing was started\.$'):
+      two_rounds(None, datasets)
+  assert_same(expected, got)
+
+
+def _uploads_of_three_clients(layout):
+  """Three clients' uploads (the second one with a NaN) and their weights (the third 0)."""
+  rng = np.random.default_rng(3)
+  uploads = [[rng.normal(size=s.shape).astype(np.float32) for s in layout.global_specs]
+             for _ in range(3)]
+  uploads[1][0][0] = np.nan
+  return uploads, [np.float32(2.0), np.float32(5.0), np.float32(0.0)]
+
+
+@pytest.mark.parametrize('options', [dict(), dict(server_optimizer='adam', server_learning_rate=0.1)],
+                         ids=['fedavg', 'fedadam'])
+def test_the_in_process_server_half_returns_what_tff_returns(options):
+  driver = fedpara_tff.build_pfedpara_driver(lambda: ts.keras_model('pfedpara'), ts.ELEMENT_SPEC,
+                                             **options)
+  round_ = driver.round
+  in_process = in_process_round.InProcessRound(round_)
+  state = round_.initialize()
+  state['global_weights'] = [np.full(s.shape, 0.5, np.float32)
+                             for s in round_.layout.global_specs]
+  own_state = in_process.initialize()
+  tf.nest.assert_same_structure(state, own_state)
+  uploads, weights = _uploads_of_three_clients(round_.layout)
+  sums = ([np.float32(20), np.float32(30), np.float32(0)], [np.float32(40.0), np.float32(70.0),
+          np.float32(0.0)], [np.float32(9), np.float32(13), np.float32(0)], [0, 1, 0])
+  expected = round_.finish_round(state, uploads, weights, *sums)
+  got = in_process.finish_round(state, uploads, weights, *sums)
+  tf.nest.assert_same_structure(expected, got)
+  for want, have in zip(tf.nest.flatten(expected), tf.nest.flatten(got)):
+    np.testing.assert_allclose(have, want, rtol=1e-6, atol=1e-7)
+  new_state, metrics = got
+  # By hand: the NaN upload is dropped (weight 0), the third weighs 0, so the mean is the first
+  # client's upload; plain FedAvg at server lr 1 moves x to x - mean.
+  if not options:
+    for x, u, new in zip(state['global_weights'], uploads[0], new_state['global_weights']):
+      np.testing.assert_allclose(new, x - u, rtol=1e-6)
+  assert metrics['aggregator']['clients'] == dict(non_finite_clients=1, zero_weight_clients=1)
+  assert metrics['train']['loss'] == pytest.approx(110 / 50)
+  assert metrics['train']['accuracy'] == pytest.approx(22 / 50)
+  assert new_state['round_num'] == 1
+
+
+@pytest.mark.filterwarnings('ignore:quantization_bits=8 changes nothing')
+def test_a_round_whose_aggregation_is_tff_s_runs_its_server_half_on_tff(datasets):
+  """Quantization (TFF's encoder) cannot run in process: the TF backend says so and uses TFF."""
+  driver = fedpara_tff.build_fedavg_driver(lambda: ts.keras_model('fedpara'), ts.ELEMENT_SPEC,
+                                           quantization_bits=8,
+                                           client_executor=tf_backend.on_devices())
+  assert driver.client_executor.uses_local_runtime
+  assert driver.client_executor.server is driver.round
+  assert in_process_round.why_not_in_process(driver.round).startswith(
+      "quantization_bits=8 is TFF's encoder")
+  with pytest.raises(ValueError, match="aggregation cannot run in this process: quantization"):
+    in_process_round.InProcessRound(driver.round)
+  state, metrics = driver.next(driver.initialize(), ['a', 'b'], datasets)
+  assert state['round_num'] == 1 and np.isfinite(metrics['train']['loss'])
 
 
 def test_executor_factories_build_the_named_executor():

@@ -182,3 +182,46 @@ def test_train_refuses_without_namespaces_and_allow_and_require_conflict(tmp_pat
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(expected), line
     assert not (tmp_path / 'run').exists()
+
+
+# Runs a command and watches its process tree until it exits: prints its exit code, how many
+# TFF workers it ever had and every socket any of its processes listened on.
+_WATCH = '''
+import subprocess, sys, time, psutil
+child = subprocess.Popen(sys.argv[1:])
+workers, listening = set(), set()
+while child.poll() is None:
+  try:
+    family = [psutil.Process(child.pid)] + psutil.Process(child.pid).children(recursive=True)
+  except psutil.Error:
+    family = []
+  for process in family:
+    try:
+      if any("data/worker_binary" in part for part in process.cmdline()):
+        workers.add(process.pid)
+      listening.update(f"{c.laddr.ip}:{c.laddr.port}" for c in process.net_connections("inet")
+                       if c.status == psutil.CONN_LISTEN)
+    except psutil.Error:
+      pass
+  time.sleep(0.05)
+print(child.returncode, len(workers), sorted(listening))
+'''
+
+
+@pytest.mark.skipif(not _can_lock_down(), reason='cannot make a user namespace here')
+def test_a_tf_backend_run_in_a_locked_down_container_starts_no_worker_and_listens_nowhere(
+    tmp_path):
+  """Issue 37: `--backend=tf` still started a TFF worker (its aggregation, server step and
+  metrics were TFF computations), so where isolation is impossible it was refused too."""
+  clean = {k: v for k, v in os.environ.items() if k != local_worker.ALLOW_OPEN_ENV}
+  result = subprocess.run(
+      _LOCKED_DOWN + [sys.executable, '-c', _WATCH, sys.executable, '-m', 'experiments.train',
+                      '--backend=tf', '--model=mlp', '--clients=6', '--clients_per_round=2',
+                      '--rounds=2', '--noprogress', f'--output_dir={tmp_path / "run"}',
+                      f'--cache_dir={tmp_path / "cache"}'],
+      capture_output=True, text=True, timeout=300, env=clean, cwd=os.path.dirname(
+          os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == '0 0 []', result.stderr[-2000:]
+  assert (tmp_path / 'run' / 'metrics.csv').exists()
+  assert 'error' not in result.stderr and 'warning: open local worker' not in result.stderr

@@ -15,8 +15,9 @@ from experiments.analysis import run_tables
 from experiments import run_io
 
 
-def _run(folder, seed, accuracies, losses, **flags):
-  """A run folder in the format experiments.train writes: run.json and metrics.csv."""
+def _run(folder, seed, accuracies, losses, errors=None, **flags):
+  """A run folder in the format experiments.train writes: run.json and metrics.csv (with the
+  aggregation error of each round when `errors` gives it)."""
   os.makedirs(folder)
   with open(os.path.join(folder, run_io.RUN_FILE), 'w') as f:
     json.dump({'parameterization': 'fedpara', 'client_learning_rate': 0.1, **flags,
@@ -28,7 +29,8 @@ def _run(folder, seed, accuracies, losses, **flags):
       writer.writerow(dict(round=i + 1, clients=2, diverged_clients=0, train_loss=loss,
                            train_accuracy=0.5, test_loss=1.0, test_accuracy=accuracy,
                            bytes_uploaded=100, bytes_downloaded=100,
-                           cumulative_gb=(i + 1) * 2e-7, wall_time_s=i + 1.0))
+                           cumulative_gb=(i + 1) * 2e-7, wall_time_s=i + 1.0,
+                           aggregation_error_mean=errors[i] if errors else None))
   return str(folder)
 
 
@@ -91,3 +93,25 @@ def test_the_sweep_table_marks_divergence_and_counts_it_where_the_original_train
   assert summary == ['| original | 0.1 (0.8000) | - | 1 | 0 |',
                      '| fedpara | 0.3 (0.7800) | 0.001 (0.7900) | 0 | 0 |',
                      '| fedpara_safe | 0.1 (0.7000) | - | 1 | 0 |']
+
+
+def test_the_aggregation_error_is_averaged_over_rounds_and_seeds_and_plotted(tmp_path):
+  """Issue 40: results_table and the plot tool show the aggregation error."""
+  folders = [_run(tmp_path / 'fedpara', 0, [0.5, 0.8], [1.0, 0.5], errors=[0.02, 0.04]),
+             _run(tmp_path / 'fedpara_seed1', 1, [0.5, 0.8], [1.0, 0.5], errors=[0.06, 0.08]),
+             _run(tmp_path / 'old', 0, [0.5, 0.8], [1.0, 0.5])]   # written before it existed
+  assert run_tables.row_at(folders[0], 2)['aggregation_error'] == pytest.approx(0.03)
+  assert run_tables.row_at(folders[0], 1)['aggregation_error'] == pytest.approx(0.02)
+  assert math.isnan(run_tables.row_at(folders[2], 2)['aggregation_error'])
+  row = run_tables.seed_row(folders[:2], 2)
+  assert row['aggregation_error'] == pytest.approx((0.05, np.std([0.03, 0.07], ddof=1)))
+  result = subprocess.run([sys.executable, '-m', 'experiments.analysis.results_table',
+                           f'--runs={",".join(folders)}'], capture_output=True, text=True,
+                          timeout=120, check=True)
+  lines = result.stdout.splitlines()
+  assert '| agg. error |' in lines[0]
+  assert lines[2].split(' | ')[5] == '0.0300' and lines[4].split(' | ')[5] == '-'
+  from experiments import plot  # pylint: disable=g-import-not-at-top
+  drawn = plot.plot_runs(folders, str(tmp_path / 'error.png'), y='aggregation_error')
+  assert drawn == {folders[0]: ([1.0, 2.0], [0.02, 0.04]),
+                   folders[1]: ([1.0, 2.0], [0.06, 0.08])}   # the old run has no curve

@@ -53,7 +53,18 @@ def test_two_rounds_write_csv_tensorboard_checkpoint_and_plot(tmp_path, paramete
   personalized = parameterization in run_config.PERSONALIZED
   assert (rows[-1]['personalized_accuracy'] != '') == personalized
   assert (rows[-1]['test_accuracy'] != '') == (not personalized)
-  assert {'train_loss', 'bytes_uploaded', 'cumulative_gb'} <= _tensorboard_tags(config.output_dir)
+  tags = _tensorboard_tags(config.output_dir)
+  assert {'train_loss', 'bytes_uploaded', 'cumulative_gb'} <= tags
+  # Issue 40: every factorised run records its aggregation error; a plain or all-local one none.
+  if parameterization in ('fedpara', 'lowrank', 'pfedpara'):
+    for row in rows:
+      for column in run_io.AGGREGATION_ERROR_COLUMNS:
+        assert 0 < float(row[column]) < 10, (column, row[column])
+      assert float(row['aggregation_error_max']) >= float(row['aggregation_error_mean'])
+    assert {'aggregation_error_mean', 'aggregation_error/fc1',
+            'aggregation_error_kernel/fc2'} <= tags, sorted(tags)   # the MLP's hidden layers
+  elif parameterization in ('original', 'local'):
+    assert all(row[c] == '' for row in rows for c in run_io.AGGREGATION_ERROR_COLUMNS)
   assert checkpoints.latest(os.path.join(config.output_dir, 'checkpoints'))[0] == 2
   with open(os.path.join(config.output_dir, run_io.PLOT_FILE), 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'

@@ -18,6 +18,7 @@ from fedpara_tff import worker_tls
 from experiments import runner
 from tests import run_support as rs
 from tests import test_client_executors as executors_test
+from tests import test_local_worker as local_worker_test
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.skipif(
     local_worker.namespace_command()[0] is None,
@@ -247,6 +248,16 @@ def test_unusable_key_files_are_named_and_a_readable_key_warns(certs, tmp_path, 
   assert capfd.readouterr().err == (
       f'fedpara_tff: warning: private key {key} is readable by other users (mode 644): whoever '
       f'reads it can pose as this side; chmod 600 {key}.\n')
+  # A Kubernetes Secret for the pod's fsGroup: readable by this process's own group only.
+  key.chmod(0o440)
+  worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+  assert capfd.readouterr().err == ''
+  if os.geteuid() == 0:   # the key given to a group this process is not in
+    other = max({os.getegid(), *os.getgroups()}) + 1
+    os.chown(key, -1, other)
+    worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+    assert 'is readable by other users (mode 440)' in capfd.readouterr().err
+  key.chmod(0o600)
   key.write_text('garbage')
   with pytest.raises(ValueError, match=rf'^TLS files {folder}/worker.pem and {key} do not load '
                                        r'as a certificate and its own private key \('):
@@ -257,3 +268,65 @@ def test_unusable_key_files_are_named_and_a_readable_key_warns(certs, tmp_path, 
   (folder / 'ca.pem').write_text('not a certificate')
   with pytest.raises(ValueError, match=rf'^TLS CA file {folder}/ca.pem does not load'):
     worker_tls.TLSFiles.from_dir(str(folder), 'worker')
+
+
+@pytest.mark.skipif(not local_worker_test._can_lock_down(), reason='cannot make a user namespace')
+def test_a_tls_driver_in_a_locked_down_container_starts_no_worker_and_listens_nowhere(
+    tls_worker, certs, tmp_path):
+  """Issue 37: the driver of remote TLS workers installed (and so required) a local TFF worker
+  of its own: where it cannot be isolated the run was refused, and allowed open it would have
+  been a plain port in the pod that holds driver.key."""
+  address, _ = tls_worker
+  clean = {k: v for k, v in os.environ.items() if k != local_worker.ALLOW_OPEN_ENV}
+  result = subprocess.run(
+      local_worker_test._LOCKED_DOWN + [
+          sys.executable, '-c', local_worker_test._WATCH, sys.executable, '-m',
+          'experiments.train', f'--workers={address}', f'--workers_tls_dir={certs}',
+          '--model=mlp', '--clients=6', '--clients_per_round=2', '--rounds=2', '--noprogress',
+          f'--output_dir={tmp_path / "run"}', f'--cache_dir={tmp_path / "cache"}'],
+      capture_output=True, text=True, timeout=300, env=clean, cwd=rs.REPO)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == '0 0 []', result.stderr[-2000:]
+  assert f'worker {address}: ' in result.stdout
+
+
+@pytest.mark.skipif(not local_worker_test._can_lock_down(), reason='cannot make a user namespace')
+def test_a_pod_isolated_worker_serves_tls_where_no_namespace_can_be_made(certs):
+  """Issue 37: under Pod Security "restricted" a worker cannot unshare; `--isolation=pod` runs
+  TFF's worker on the pod's own network behind the TLS port (here: a Docker-like process that
+  says it is in a pod)."""
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, KUBERNETES_SERVICE_HOST='10.0.0.1')
+  process = subprocess.Popen(
+      local_worker_test._LOCKED_DOWN + [sys.executable, '-m', 'experiments.worker',
+                                        f'--port={port}', f'--tls_dir={certs}',
+                                        '--isolation=pod'],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=rs.REPO, env=env)
+  try:
+    ready, _, _ = select.select([process.stdout], [], [], 120)
+    line = process.stdout.readline() if ready else ''
+    assert 'mutual TLS' in line, (line, process.stderr.read() if process.poll() else '')
+    workers = distributed.RemoteWorkers([f'127.0.0.1:{port}'], 30, 10,
+                                        _driver_credentials(certs))
+    datasets = executors_test.make_datasets()
+    executors_test.assert_same(executors_test.two_rounds(None, datasets),
+                               executors_test.two_rounds(workers, datasets))
+  finally:
+    process.terminate()
+    _, err = process.communicate(timeout=30)
+  assert '(--isolation=pod): only the pod\'s NetworkPolicy keeps other pods off' in err
+
+
+@pytest.mark.parametrize('extra, expected', [
+    ([], 'this process is not in a Kubernetes pod (KUBERNETES_SERVICE_HOST is unset): use the '
+         'default --isolation=namespace.'),
+    (['--insecure'], 'it needs --tls_dir in front of it, not --insecure.')])
+def test_pod_isolation_is_refused_outside_a_pod_and_without_tls(certs, extra, expected):
+  env = {k: v for k, v in os.environ.items() if k != 'KUBERNETES_SERVICE_HOST'}
+  tls = [] if extra else [f'--tls_dir={certs}']
+  result = subprocess.run([sys.executable, '-m', 'experiments.worker', '--port=1',
+                           '--isolation=pod', *tls, *extra], capture_output=True, text=True,
+                          timeout=120, cwd=rs.REPO, env=env)
+  assert result.returncode == 1
+  [line] = result.stderr.strip().splitlines()
+  assert line.startswith('worker: error: --isolation=pod') and line.endswith(expected), line

@@ -3,7 +3,9 @@ r"""A markdown table of several runs at one round: accuracy, parameters, bytes, 
 Reads each run folder's `run.json` and `metrics.csv` (as `experiments.train`
 writes them) and prints one row per run at `--round` (default: the last round
 all runs evaluated), with the train loss there, the best test accuracy up to
-it, gigabytes sent up and down, and seconds; with `--target`, also the first
+it, the aggregation error (the share of each round's kernel update that averaging the factors
+loses, mean over the kernels and over the rounds up to there; "-" for a run without factorised
+kernels or written before it was measured), gigabytes sent up and down, and seconds; with `--target`, also the first
 evaluated round whose test accuracy reaches it and the gigabytes sent by then
 ("-" if never). `--copy_to` also copies each run's
 `metrics.csv` and `run.json` there (`<run>.metrics.csv`, `<run>.run.json`), the
@@ -55,16 +57,22 @@ def _evaluated_rounds(rows):
   return {int(r['round']) for r in rows if not math.isnan(r['test_accuracy'])}
 
 
+def _error_cell(value):
+  return '-' if math.isnan(value) else f'{value:.4f}'
+
+
 def _print_seed_table(groups, round_num):
-  print('| run | seeds | round | train loss | test accuracy | best so far | GB up+down | wall s |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  print('| run | seeds | round | train loss | test accuracy | best so far | agg. error | '
+        'GB up+down | wall s |')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|---:|')
   # One seed has no spread: its value alone.
-  pm = lambda pair: f'{pair[0]:.4f}' if math.isnan(pair[1]) else f'{pair[0]:.4f} +- {pair[1]:.4f}'
+  pm = lambda pair: (_error_cell(pair[0]) if math.isnan(pair[1])
+                     else f'{pair[0]:.4f} +- {pair[1]:.4f}')
   for name, folders in groups.items():
     r = run_tables.seed_row(folders, round_num)
     print(f'| {name} | {r["seeds"]} | {r["round"]} | {pm(r["train_loss"])} | '
-          f'{pm(r["test_accuracy"])} | {pm(r["best_accuracy"])} | {r["gb"][0]:.4f} | '
-          f'{r["seconds"][0]:.0f} |')
+          f'{pm(r["test_accuracy"])} | {pm(r["best_accuracy"])} | '
+          f'{pm(r["aggregation_error"])} | {r["gb"][0]:.4f} | {r["seconds"][0]:.0f} |')
 
 
 def main(argv):
@@ -87,8 +95,9 @@ def main(argv):
     return
   target = _TARGET.value
   reach = f' rounds to {target:g} | GB to {target:g} |' if target else ''
-  print(f'| run | round | train loss | test accuracy | best so far | GB up+down | wall s |{reach}')
-  print('|---|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if target else ''))
+  print(f'| run | round | train loss | test accuracy | best so far | agg. error | GB up+down | '
+        f'wall s |{reach}')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|' + ('---:|---:|' if target else ''))
   for folder in folders:
     r = run_tables.row_at(folder, round_num)
     cells = ''
@@ -96,7 +105,8 @@ def main(argv):
       reached = run_tables.first_reaching(folder, target)
       cells = f' {reached[0]} | {reached[1]:.4f} |' if reached else ' - | - |'
     print(f'| {r["run"]} | {r["round"]} | {r["train_loss"]:.4f} | {r["test_accuracy"]:.4f} | '
-          f'{r["best_accuracy"]:.4f} | {r["gb"]:.4f} | {r["seconds"]:.0f} |{cells}')
+          f'{r["best_accuracy"]:.4f} | {_error_cell(r["aggregation_error"])} | {r["gb"]:.4f} | '
+          f'{r["seconds"]:.0f} |{cells}')
   _copy(folders)
 
 

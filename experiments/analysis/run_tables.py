@@ -26,11 +26,14 @@ def row_at(run_dir, round_num):
   flags_ = run_io.read_run(run_dir)
   last = rows[-1]
   evaluated = [r for r in rows if not math.isnan(r['test_accuracy'])]
+  errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
+  errors = [e for e in errors if not math.isnan(e)]
   return dict(run=os.path.basename(os.path.normpath(run_dir)),
               parameterization=flags_['parameterization'], round=int(last['round']),
               train_loss=last['train_loss'], test_accuracy=evaluated[-1]['test_accuracy'],
               best_accuracy=max(r['test_accuracy'] for r in evaluated),
-              gb=last['cumulative_gb'], seconds=last['wall_time_s'])
+              gb=last['cumulative_gb'], seconds=last['wall_time_s'],
+              aggregation_error=statistics.fmean(errors) if errors else math.nan)
 
 
 def seed_groups(folders):
@@ -60,7 +63,10 @@ def seed_groups(folders):
 
 
 def _mean_std(values):
-  """(mean, sample std); the std of one value is NaN (undefined, not 0)."""
+  """(mean, sample std); the std of one value is NaN (undefined, not 0); both NaN when a value
+  is NaN (e.g. an aggregation error a run did not measure)."""
+  if any(math.isnan(v) for v in values):
+    return math.nan, math.nan
   mean = statistics.fmean(values)
   std = statistics.stdev(values) if len(values) > 1 else math.nan
   return mean, std
@@ -70,7 +76,8 @@ def seed_row(folders, round_num):
   """The mean +- std row of one group of seeds at `round_num`."""
   rows = [row_at(f, round_num) for f in folders]
   stats = {key: _mean_std([r[key] for r in rows])
-           for key in ('train_loss', 'test_accuracy', 'best_accuracy', 'gb', 'seconds')}
+           for key in ('train_loss', 'test_accuracy', 'best_accuracy', 'gb', 'seconds',
+                       'aggregation_error')}
   return dict(seeds=len(rows), round=rows[0]['round'], **stats)
 
 
