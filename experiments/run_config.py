@@ -33,7 +33,7 @@ NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir',
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
                       'client_optimizer': 'sgd', 'examples_per_client': 20,
-                      'feddyn_alpha': 0.1,
+                      'feddyn_alpha': 0.1, 'aggregation': 'factor_mean',
                       'server_beta_2': settings_lib.DEFAULT_SERVER_BETA_2}
 
 
@@ -70,6 +70,7 @@ class RunConfig:
   fedprox_mu: float = 0.01
   feddyn_alpha: float = 0.1
   quantization_bits: int = 0
+  aggregation: str = 'factor_mean'
   clients: int = 20
   clients_per_round: int = 10
   local_epochs: int = 1
@@ -106,7 +107,7 @@ class RunConfig:
         feddyn_alpha=self.feddyn_alpha, num_clients=self.clients,
         server_momentum=self.server_momentum, server_beta_2=self.server_beta_2,
         jacobian_correction=self.jacobian_correction,
-        quantization_bits=self.quantization_bits or None)
+        quantization_bits=self.quantization_bits or None, aggregation=self.aggregation)
 
   def __post_init__(self):
     # The algorithm's default server learning rate, resolved here so that run.json records it.

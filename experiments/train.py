@@ -110,6 +110,10 @@ flags.DEFINE_float('feddyn_alpha', _DEFAULTS.feddyn_alpha,
                    'FedDyn alpha (Acar et al. 2021; the paper\'s Table 3 uses 0.1).')
 flags.DEFINE_integer('quantization_bits', _DEFAULTS.quantization_bits,
                                           'Quantize uploads to this many bits (0: float32).')
+flags.DEFINE_enum('aggregation', _DEFAULTS.aggregation, choices.AGGREGATIONS,
+                  "factor_mean: average each factor (FedAvg); kernel_mean: refit each factorised "
+                  "kernel's factors to the mean of the clients' kernels (not with "
+                  "--quantization_bits).")
 flags.DEFINE_integer('local_epochs', _DEFAULTS.local_epochs, 'Passes over client data per round.')
 flags.DEFINE_integer('batch_size', _DEFAULTS.batch_size, 'Client mini-batch size.')
 flags.DEFINE_integer('rounds', _DEFAULTS.rounds, 'Rounds in total (a restart may raise it).')

@@ -312,7 +312,8 @@ def factor_aggregator(inner: Optional[Any] = None, *,
                       local_layers: Sequence[str] = (), mask: Optional[Sequence[bool]] = None,
                       quantization_bits: Optional[int] = None,
                       quantization_threshold: int = 20000, weighted: bool = True,
-                      inner_encodes: Optional[bool] = None) -> 'FactorAggregatorFactory':
+                      inner_encodes: Optional[bool] = None,
+                      aggregation: str = 'factor_mean') -> 'FactorAggregatorFactory':
   """The aggregation factory to pass as `model_aggregator=` to a `tff.learning` builder.
 
   Args:
@@ -341,6 +342,10 @@ def factor_aggregator(inner: Optional[Any] = None, *,
       the upload is reported as `bytes_uploaded_before_encoding` /
       `bytes_uploaded_per_client_before_encoding` (float32 bytes of the values
       given to it) instead of `bytes_uploaded` / `bytes_uploaded_per_client`.
+    aggregation: `'factor_mean'` only. The kernel mean (`fedpara_tff.kernel_mean`) composes
+      each client's kernels from the server's weights and its update, and TFF's builders give
+      their model aggregator the updates alone: it runs on the shared round
+      (`build_fedavg_driver(..., aggregation='kernel_mean')`), and is refused here.
 
   Returns:
     A `FactorAggregatorFactory` (an `UnweightedFactorAggregatorFactory` with
@@ -353,6 +358,11 @@ def factor_aggregator(inner: Optional[Any] = None, *,
     ValueError: both `keras_model_fn` and `mask`; a model without factorised
       layers; `local_layers` without `keras_model_fn`.
   """
+  if aggregation != 'factor_mean':
+    raise ValueError(f"aggregation={aggregation!r}: a TFF builder's model aggregator sees the "
+                     f"clients' updates but not the server's weights, so it cannot compose their "
+                     f"kernels; use fedpara_tff.build_fedavg_driver(..., aggregation="
+                     f"'kernel_mean') (the shared round), or 'factor_mean' here.")
   if keras_model_fn is not None and mask is not None:
     raise ValueError('give keras_model_fn or mask, not both.')
   if local_layers and keras_model_fn is None:

@@ -17,6 +17,8 @@ SERVER_OPTIMIZER_NAMES = ('sgd', 'adam', 'yogi', 'adagrad')
 DEFAULT_SERVER_BETA_2 = 0.999
 # Algorithms that correct the client's SGD steps (and so refuse client Adam).
 SGD_CORRECTING = ('scaffold', 'feddyn', 'mimelite')
+# How the server combines the clients' factors (`fedpara_tff.kernel_mean`).
+AGGREGATIONS = ('factor_mean', 'kernel_mean')
 # The client optimizers (`fedpara_tff.client_optimizer`), reset every round.
 CLIENT_OPTIMIZERS = ('sgd', 'adam')
 

@@ -9,8 +9,9 @@ TensorFlow in this process, so that a TF-backend run starts no TFF worker and op
 * `finish_round`: the factor aggregator's weighted mean of the uploads (an upload with a NaN
   or Inf dropped and counted, `fedpara_tff.aggregators.drop_non_finite`), its communication
   figures, the algorithm's server step and the round's metrics
-  (`fedpara_tff.server_half`, the functions TFF's round wraps), and the aggregation error of
-  the factorised kernels (`fedpara_tff.aggregation_error`).
+  (`fedpara_tff.server_half`, the functions TFF's round wraps), the kernel-mean refit when the
+  round asks for it (`fedpara_tff.kernel_mean`) and the aggregation error of the factorised
+  kernels (`fedpara_tff.aggregation_error`).
 
 It returns what the TFF round returns, structure and values (the backends agree to 1e-5:
 tests/test_tf_backend.py), so checkpoints and metrics do not depend on the backend. It runs the
@@ -29,6 +30,7 @@ import tensorflow as tf
 from fedpara_tff import aggregation_error
 from fedpara_tff import aggregators
 from fedpara_tff import communication
+from fedpara_tff import kernel_mean
 from fedpara_tff import server_half
 
 # The state and measurements of TFF's `MeanFactory` over its default sums (both empty), as
@@ -124,6 +126,7 @@ class InProcessRound:
   def _finish(self):
     parts, maps = self.parts, self.parts.layout.kernels
     n_global = len(parts.layout.global_specs)
+    refits = parts.settings.aggregation == 'kernel_mean'
 
     @tf.function
     def finish(global_values, control, uploads, weights, examples, loss_sums, correct,
@@ -134,6 +137,12 @@ class InProcessRound:
       mean_upload = [_total([values[i] * weight for values, weight, _ in kept]) / weight_sum
                      for i in range(len(uploads[0]))]
       clients = tf.constant(len(uploads), tf.int32)
+      if maps:
+        updates = [upload[:n_global] for upload in uploads]
+        mean_kernels = _mean_kernels(maps, global_values, updates, weights)
+        if refits:
+          mean_upload = kernel_mean.refit_update(maps, mean_kernels, global_values,
+                                                 mean_upload[:n_global]) + mean_upload[n_global:]
       new_global, new_control = server_half.server_step(parts, global_values, control,
                                                         mean_upload, _total(weights))
       metrics = collections.OrderedDict(
@@ -148,24 +157,22 @@ class InProcessRound:
                   (name, _total([counts[name] for _, _, counts in kept]))
                   for name in ('non_finite_clients', 'zero_weight_clients'))))
       if maps:
-        metrics['aggregation_error'] = _aggregation_error(
-            maps, global_values, [upload[:n_global] for upload in uploads], weights,
-            mean_upload[:n_global])
+        metrics['aggregation_error'] = aggregation_error.measure(
+            maps, mean_kernels, global_values, mean_upload[:n_global])
       return new_global, new_control, metrics
 
     return finish
 
 
-def _aggregation_error(maps, global_values, updates, weights, mean_update):
-  """`fedpara_tff.aggregation_error.measure` of the round from the clients' updates, their
-  kernels averaged with the aggregation's weights, as TFF's round computes it."""
+def _mean_kernels(maps, global_values, updates, weights):
+  """The clients' kernels `W(x - u_i)` averaged with the aggregation's weights (a client whose
+  update is not finite weighs 0), as TFF's round computes them."""
   per_client = [aggregation_error.client_kernels(maps, global_values, update)
                 for update in updates]
   kept = [tf.where(finite, w, 0.0) for (_, finite), w in zip(per_client, weights)]
   total = _total(kept)
-  mean_kernels = [_total([kernels[k] * w for (kernels, _), w in zip(per_client, kept)]) / total
-                  for k in range(len(maps))]
-  return aggregation_error.measure(maps, mean_kernels, global_values, mean_update)
+  return [_total([kernels[k] * w for (kernels, _), w in zip(per_client, kept)]) / total
+          for k in range(len(maps))]
 
 
 def _total(values):

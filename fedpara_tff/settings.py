@@ -21,6 +21,7 @@ SERVER_OPTIMIZERS = choices.SERVER_OPTIMIZERS
 SERVER_OPTIMIZER_NAMES = choices.SERVER_OPTIMIZER_NAMES
 DEFAULT_SERVER_BETA_2 = choices.DEFAULT_SERVER_BETA_2
 SGD_CORRECTING = choices.SGD_CORRECTING
+AGGREGATIONS = choices.AGGREGATIONS
 
 
 # The server learning rate an algorithm gets when none is given: 1.0 is FedAvg's averaging step;
@@ -66,6 +67,10 @@ class RoundSettings:
       finite number >= 0; 0 off); it needs plain client SGD steps.
     quantization_bits: quantize the uploaded global updates to this many bits (None: off;
       `fedpara_tff.aggregators.FactorAggregatorFactory` checks it).
+    aggregation: `'factor_mean'` (FedAvg's mean of each factor) or `'kernel_mean'` (each
+      factorised kernel's factors refitted to the mean of the clients' kernels,
+      `fedpara_tff.kernel_mean`; it needs each client's factors at the aggregator, so no
+      quantization).
   """
   client_learning_rate: float = 0.1
   server_learning_rate: Optional[float] = None
@@ -82,6 +87,7 @@ class RoundSettings:
   server_beta_2: float = DEFAULT_SERVER_BETA_2
   jacobian_correction: float = 0.0
   quantization_bits: Optional[int] = None
+  aggregation: str = 'factor_mean'
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
@@ -107,6 +113,11 @@ class RoundSettings:
                                             low_closed=False, high_closed=False))
     set_('jacobian_correction', validation.finite_at_least_zero(self.jacobian_correction,
                                                                 'jacobian_correction'))
+    validation.one_of(self.aggregation, 'aggregation', AGGREGATIONS)
+    if self.aggregation == 'kernel_mean' and self.quantization_bits is not None:
+      raise ValueError(f"aggregation='kernel_mean' needs each client's factors at the "
+                       f'aggregator; quantization_bits={self.quantization_bits} encodes them '
+                       f'(use one or the other).')
     self._check_algorithm()
     self._check_client_step()
 

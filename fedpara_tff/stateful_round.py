@@ -25,6 +25,7 @@ executor after training the clients itself.
 import collections
 import dataclasses
 import functools
+import types
 from typing import Any, List
 
 import numpy as np
@@ -35,6 +36,7 @@ from fedpara_tff import aggregation_error
 from fedpara_tff import aggregators
 from fedpara_tff import algorithms
 from fedpara_tff import client_work
+from fedpara_tff import kernel_mean
 from fedpara_tff import communication
 from fedpara_tff import models
 from fedpara_tff import personalized_process
@@ -315,17 +317,24 @@ def build_initialize(parts, initial, schedule, aggregation):
   return initialize
 
 
-def build_aggregation_error(parts):
-  """`measure(global values at SERVER, uploads at CLIENTS, weights at CLIENTS, mean upload at
-  SERVER) -> OrderedDict(update_share, kernel_share)` at SERVER: the round's aggregation error
-  per factorised kernel (`fedpara_tff.aggregation_error`), from the clients' kernels averaged
-  with the aggregation's weights (telemetry: not counted as bytes); None for a model without
-  factorised kernels made of global factors."""
+def build_kernel_means(parts):
+  """The round's factorised kernels at the server, or None for a model without factorised
+  kernels made of global factors: an object with
+
+  * `mean(global values at SERVER, uploads at CLIENTS, weights at CLIENTS)`: the clients' kernels
+    `W(x - u_i)` averaged with the aggregation's weights (a client whose upload is not finite
+    weighs 0), at SERVER (telemetry: not counted as bytes; `fedpara_tff.aggregation_error`);
+  * `refit`: `(mean kernels, global values, mean upload) -> mean upload` with the factors
+    refitted to the mean kernels (`fedpara_tff.kernel_mean`, `aggregation='kernel_mean'`);
+  * `error`: `(mean kernels, global values, mean upload) -> OrderedDict(update_share,
+    kernel_share)`, the aggregation error of the mean upload the server steps with.
+  """
   layout = parts.layout
   if not layout.kernels:
     return None
   n_global = len(layout.global_specs)
-  kernel_specs = [tf.TensorSpec(k.factorization.kernel_shape, tf.float32) for k in layout.kernels]
+  kernels_type = tff.types.tensorflow_to_type(
+      [tf.TensorSpec(k.factorization.kernel_shape, tf.float32) for k in layout.kernels])
 
   @tff.tensorflow.computation(layout.global_type, upload_type(parts), tf.float32)
   def client_kernels(global_values, upload, weight):
@@ -333,19 +342,23 @@ def build_aggregation_error(parts):
                                                        list(upload)[:n_global])
     return kernels, tf.where(finite, weight, tf.zeros_like(weight))
 
-  @tff.tensorflow.computation(tff.types.tensorflow_to_type(kernel_specs), layout.global_type,
-                              upload_type(parts))
-  def server_error(mean_kernels, global_values, mean_upload):
+  @tff.tensorflow.computation(kernels_type, layout.global_type, upload_type(parts))
+  def refit(mean_kernels, global_values, mean_upload):
+    mean_upload = list(mean_upload)
+    return kernel_mean.refit_update(layout.kernels, list(mean_kernels), list(global_values),
+                                    mean_upload[:n_global]) + mean_upload[n_global:]
+
+  @tff.tensorflow.computation(kernels_type, layout.global_type, upload_type(parts))
+  def error(mean_kernels, global_values, mean_upload):
     return aggregation_error.measure(layout.kernels, list(mean_kernels), list(global_values),
                                      list(mean_upload)[:n_global])
 
-  def measure(global_values, upload, weight, mean_upload):
+  def mean(global_values, upload, weight):
     kernels, kept_weight = tff.federated_map(client_kernels, (
         tff.federated_broadcast(global_values), upload, weight))
-    return tff.federated_map(server_error, (tff.federated_mean(kernels, kept_weight),
-                                            global_values, mean_upload))
+    return tff.federated_mean(kernels, kept_weight)
 
-  return measure
+  return types.SimpleNamespace(mean=mean, refit=refit, error=error)
 
 
 def build_finish_round(parts, initial, schedule, aggregation, server_update, round_metrics,
@@ -355,7 +368,8 @@ def build_finish_round(parts, initial, schedule, aggregation, server_update, rou
   CLIENTS-placed."""
   algorithm = parts.algorithm
   at_clients = lambda t: tff.FederatedType(t, tff.CLIENTS)
-  measure_error = build_aggregation_error(parts)
+  kernels = build_kernel_means(parts)
+  refits = parts.settings.aggregation == 'kernel_mean' and kernels is not None
 
   @tff.federated_computation(state_type, at_clients(upload_type(parts)), at_clients(np.float32),
                              at_clients(np.float32), at_clients(np.float32),
@@ -363,17 +377,23 @@ def build_finish_round(parts, initial, schedule, aggregation, server_update, rou
   def finish_round(state, upload, weight, examples, loss_sum, correct, diverged):
     control = server_control(algorithm, initial, state)
     aggregated = aggregation.next(state.aggregator, upload, weight)
+    mean_upload = aggregated.result
+    if kernels is not None:
+      mean_kernels = kernels.mean(state.global_weights, upload, weight)
+      if refits:
+        mean_upload = tff.federated_map(kernels.refit, (mean_kernels, state.global_weights,
+                                                        mean_upload))
     server_out = tff.federated_map(server_update, (state.global_weights, control,
-                                                   aggregated.result, tff.federated_sum(weight)))
+                                                   mean_upload, tff.federated_sum(weight)))
     fields = collections.OrderedDict(
         train=tff.federated_map(round_metrics, (
             tff.federated_sum(loss_sum), tff.federated_sum(examples),
             tff.federated_sum(correct), tff.federated_sum(diverged),
             communication.count_clients())),
         aggregator=aggregated.measurements)
-    if measure_error is not None:
-      fields['aggregation_error'] = measure_error(state.global_weights, upload, weight,
-                                                  aggregated.result)
+    if kernels is not None:
+      fields['aggregation_error'] = tff.federated_map(kernels.error, (
+          mean_kernels, state.global_weights, mean_upload))
     metrics = tff.federated_zip(fields)
     new_state = _server_state(algorithm, server_out[0], aggregated.state,
                               tff.federated_map(schedule.increment, state.round_num),
@@ -489,6 +509,10 @@ class StatefulRound:
 
   def __init__(self, keras_model_fn, element_spec, settings, *, local_layers, loss_fn,
                aggregator):
+    if settings.aggregation == 'kernel_mean' and aggregator is not None:
+      raise ValueError(f"aggregation='kernel_mean' needs each client's factors at the "
+                       f'aggregator; the inner aggregator {type(aggregator).__name__} '
+                       f'aggregates them itself (use one or the other).')
     algorithm = algorithms.build(settings)
     layout = build_layout(keras_model_fn, element_spec, algorithm, local_layers)
     parts = ModelParts(keras_model_fn, layout, settings, algorithm, loss_fn)

@@ -1,13 +1,14 @@
-r"""What measuring the aggregation error costs a round, on both backends, measured in one run.
+r"""What the aggregation error and the kernel-mean aggregation cost a round, measured in one run.
 
 The shared round (`fedpara_tff.build_fedavg_driver`) of the small FedPara CNN (gamma 0.1, the
-binaries' model) on 8 clients x 100 real MNIST digits (1 epoch, batch 20), timed with the
-aggregation error (`fedpara_tff.aggregation_error`, on by default) and without it (the same round
-built with no kernel to measure), on `backend=tff` and `backend=tf`. The rounds of the two
-drivers alternate, so that both see the same load; the first round of each (tracing) is not
-timed, and the median of the rest is reported with the ratio with / without.
+binaries' model) on 8 clients x 100 real MNIST digits (1 epoch, batch 20), on `backend=tff` and
+`backend=tf`, built three ways: the default (factor mean, with the aggregation error,
+`fedpara_tff.aggregation_error`), the same without the aggregation error (no kernel to measure),
+and with `aggregation='kernel_mean'` (`fedpara_tff.kernel_mean`). The rounds of the three drivers
+alternate, so that all see the same load; the first round of each (tracing) is not timed, and
+the median of the rest is reported, with each one's ratio to the round without the metric.
 
-  python -m benchmarks.aggregation_error_cost --rounds=11
+  python -m benchmarks.aggregation_cost --rounds=11
 """
 
 import collections
@@ -36,22 +37,24 @@ def _keras_model():
                     copy_weights=False)
 
 
-def _driver(backend, spec, measured):
-  """The shared round's driver; `measured=False` builds it with no kernel to measure."""
+def _driver(backend, spec, kind):
+  """The shared round's driver: `kind` 'default', 'no_metric' (built with no kernel to measure)
+  or 'kernel_mean'."""
   import fedpara_tff  # pylint: disable=g-import-not-at-top
   from fedpara_tff import aggregation_error  # pylint: disable=g-import-not-at-top
   from fedpara_tff import tf_backend  # pylint: disable=g-import-not-at-top
   executor = None if backend == 'tff' else tf_backend.on_devices()
-  if measured:
-    return fedpara_tff.build_fedavg_driver(_keras_model, spec, client_learning_rate=0.05,
-                                           client_executor=executor)
+  options = dict(client_learning_rate=0.05, client_executor=executor)
+  if kind == 'kernel_mean':
+    options['aggregation'] = 'kernel_mean'
+  if kind != 'no_metric':
+    return fedpara_tff.build_fedavg_driver(_keras_model, spec, **options)
   with mock.patch.object(aggregation_error, 'kernel_maps', lambda model, index: []):
-    return fedpara_tff.build_fedavg_driver(_keras_model, spec, client_learning_rate=0.05,
-                                           client_executor=executor)
+    return fedpara_tff.build_fedavg_driver(_keras_model, spec, **options)
 
 
 def main(argv):
-  flagfiles.no_positional(argv, 'aggregation_error_cost')
+  flagfiles.no_positional(argv, 'aggregation_cost')
   logging.set_verbosity(logging.WARNING)
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
@@ -67,21 +70,24 @@ def main(argv):
       x=images[i * k:(i + 1) * k], y=labels[i * k:(i + 1) * k])).batch(BATCH) for i in range(n)]
   ids = [str(i) for i in range(n)]
   print(f'{n} clients x {k} MNIST digits, 1 epoch, batch {BATCH}, FedPara small CNN (gamma 0.1); '
-        f'median of rounds 2..{_ROUNDS.value}, the two drivers alternating; '
+        f'median of rounds 2..{_ROUNDS.value}, the drivers alternating; '
         f'{os.cpu_count()} CPU cores')
-  print(f'{"backend":<8} {"with s/round":>13} {"without s/round":>16} {"with / without":>15}')
+  kinds = ('no_metric', 'default', 'kernel_mean')
+  print(f'{"backend":<8} {"no metric s":>12} {"default s":>10} {"kernel_mean s":>14} '
+        f'{"default / no metric":>20} {"kernel_mean / no metric":>24}')
   for backend in ('tff', 'tf'):
-    drivers = {measured: _driver(backend, spec, measured) for measured in (True, False)}
-    states = {m: d.initialize() for m, d in drivers.items()}
-    times = {True: [], False: []}
+    drivers = {kind: _driver(backend, spec, kind) for kind in kinds}
+    states = {kind: driver.initialize() for kind, driver in drivers.items()}
+    times = {kind: [] for kind in kinds}
     for _ in range(_ROUNDS.value):
-      for measured, driver in drivers.items():
+      for kind, driver in drivers.items():
         start = time.perf_counter()
-        states[measured], metrics = driver.next(states[measured], ids, datasets)
-        times[measured].append(time.perf_counter() - start)
-        assert ('aggregation_error' in metrics) == measured
-    with_, without = (statistics.median(times[m][1:]) for m in (True, False))
-    print(f'{backend:<8} {with_:>13.3f} {without:>16.3f} {with_ / without:>15.3f}')
+        states[kind], metrics = driver.next(states[kind], ids, datasets)
+        times[kind].append(time.perf_counter() - start)
+        assert ('aggregation_error' in metrics) == (kind != 'no_metric')
+    bare, default, refit = (statistics.median(times[kind][1:]) for kind in kinds)
+    print(f'{backend:<8} {bare:>12.3f} {default:>10.3f} {refit:>14.3f} {default / bare:>20.3f} '
+          f'{refit / bare:>24.3f}')
 
 
 def _load():
