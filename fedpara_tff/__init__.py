@@ -38,7 +38,7 @@ _EXPORTS = {
     'build_local_only_driver': 'personalization', 'build_pfedpara_driver': 'personalization',
     'build_fedper_process': 'personalization', 'build_local_only_process': 'personalization',
     'build_pfedpara_process': 'personalization', 'PersonalizedDriver': 'personalization',
-    'PersonalizedProcess': 'personalized_process',
+    'PersonalizedProcess': 'personalized_process', 'PersonalizedOutput': 'personalized_process',
     'build_evaluation': 'processes', 'build_fedpara_process': 'processes',
     'ALGORITHMS': 'choices', 'SERVER_OPTIMIZERS': 'choices',
     'SHARED_ROUND_ALGORITHMS': 'choices',

@@ -7,21 +7,34 @@ local-only) with the sampled clients' state passed in and returned:
 
     initialize:           ( -> S@SERVER)
     next:                 (<S@SERVER, {D*}@CLIENTS, {L}@CLIENTS>
-                           -> <S@SERVER, {L}@CLIENTS, M@SERVER>)
+                           -> <state=S@SERVER, client_states={L}@CLIENTS, metrics=M@SERVER>)
     get_model_weights:    (S -> ModelWeights(trainable=G, non_trainable=<>))
     initial_client_state: ( -> L)
 
 `S` is the server state (`global_weights`, `aggregator`, `round_num`), `D` a
 client's batches, `L` a client's local variables (pFedPara's `*2_local`
 factors, FedPer's local layers), `G` the global variables, `M` the round's
-metrics (`train`, `aggregator`). Whoever drives it keeps each client's `L`
+metrics (`train`, `aggregator`, and `aggregation_error` for a factorised model). `next` returns a
+`PersonalizedOutput`: `output.state` and `output.metrics` as from TFF's `LearningProcessOutput`,
+`output.client_states` besides. Whoever drives it keeps each client's `L`
 between rounds: `fedpara_tff.PersonalizedDriver` does so in a client-state
 store, a program loop can keep a dict. Clients' results come back in the order
 given under TFF's local and default contexts; the driver additionally handles
 the remote-worker context, which returns them in the order they finish.
 """
 
+from typing import Any, NamedTuple
+
 import tensorflow_federated as tff
+
+
+class PersonalizedOutput(NamedTuple):
+  """What `PersonalizedProcess.next` returns: the fields of TFF's
+  `tff.learning.templates.LearningProcessOutput` (`state`, `metrics`) and the sampled clients'
+  new local states; it unpacks as `(state, client_states, metrics)`."""
+  state: Any
+  client_states: Any
+  metrics: Any
 
 
 class PersonalizedProcess(tff.templates.IterativeProcess):

@@ -66,6 +66,7 @@ def build_fedpara_process(
     local_layers: Sequence[str] = (), aggregator: Optional[Any] = None,
     quantization_bits: Optional[int] = None, quantization_threshold: int = 20000,
     loop_implementation: Any = tff.learning.LoopImplementation.DATASET_ITERATOR,
+    client_optimizer_fn: Optional[Any] = None, server_optimizer_fn: Optional[Any] = None,
 ) -> tff.learning.templates.LearningProcess:
   """Returns a `tff.learning.templates.LearningProcess` training a FedPara model.
 
@@ -107,6 +108,14 @@ def build_fedpara_process(
       Default `DATASET_ITERATOR`: on the round benchmark
       (`benchmarks/tff_round_speed.py`) it ran rounds about 1.7x faster than
       TFF's own default `DATASET_REDUCE`.
+    client_optimizer_fn: the clients' optimizer as TFF's builders take it (a
+      `tff.learning.optimizers.Optimizer`, e.g. `tff.learning.optimizers.build_sgdm(0.1)`, or a
+      no-argument function returning a Keras optimizer), instead of `client_optimizer`,
+      `client_learning_rate`, `client_momentum` and `lr_decay` (give one or the other). Not
+      with layers built with `factor_lr_scale='safe'`, whose rule depends on the optimizer.
+    server_optimizer_fn: the server's optimizer, likewise, instead of the one `algorithm`
+      names and `server_learning_rate`, `server_momentum`, `server_beta_2`; with
+      `algorithm='fedavg'` or `'mimelite'`.
 
   While TFF's native local context is current, `fedpara_tff.runtime` is installed first
   (`runtime.install_unless_chosen`, as the drivers do): the process then runs on a local worker
@@ -119,6 +128,12 @@ def build_fedpara_process(
     TypeError: `model_fn` is neither a function nor a FunctionalModel.
   """
   validation.one_of(algorithm, 'algorithm', settings_lib.ALGORITHMS)
+  _check_optimizer_fns(algorithm, client_optimizer_fn, server_optimizer_fn, dict(
+      client_optimizer=(client_optimizer, 'sgd'), client_learning_rate=(client_learning_rate, 0.1),
+      client_momentum=(client_momentum, 0.0), lr_decay=(lr_decay, 1.0)), dict(
+          server_learning_rate=(server_learning_rate, None),
+          server_momentum=(server_momentum, 0.0),
+          server_beta_2=(server_beta_2, settings_lib.DEFAULT_SERVER_BETA_2)))
   if algorithm in ('scaffold', 'feddyn'):
     raise ValueError(f'algorithm={algorithm!r} has no TFF 0.87 builder; it runs on '
                      f'fedpara_tff.build_fedavg_driver(..., algorithm={algorithm!r}).')
@@ -146,7 +161,8 @@ def build_fedpara_process(
   if keras_model_fn is not None:
     models.check_keras_model_fn(keras_model_fn)
     with tf.Graph().as_default():
-      mask = _checked_travel_mask(keras_model_fn(), local_layers, client_optimizer)
+      mask = _checked_travel_mask(keras_model_fn(), local_layers,
+                                  'custom' if client_optimizer_fn is not None else client_optimizer)
     local_layers = ()   # in the mask
   client_lr, server_lr = settings.client_learning_rate, settings.server_learning_rate
   runtime.install_unless_chosen()   # before model_weights_type runs a computation
@@ -157,8 +173,10 @@ def build_fedpara_process(
   weights_type = model_weights_type(model_fn)
   models.check_no_non_trainable(len(weights_type.non_trainable))
   distributor = distributors.build_measured_broadcast(weights_type)
-  server_optimizer = _server_optimizer(algorithm, server_lr, server_momentum, server_beta_2)
-  client_opt = client_optimizer_lib.tff_optimizer(client_optimizer, client_lr, client_momentum)
+  server_optimizer = server_optimizer_fn or _server_optimizer(algorithm, server_lr,
+                                                             server_momentum, server_beta_2)
+  client_opt = client_optimizer_fn or client_optimizer_lib.tff_optimizer(
+      client_optimizer, client_lr, client_momentum)
   common = dict(model_distributor=distributor, model_aggregator=factory,
                 loop_implementation=loop_implementation)
 
@@ -176,11 +194,34 @@ def build_fedpara_process(
       server_optimizer_fn=server_optimizer, **common)
 
 
+def _check_optimizer_fns(algorithm, client_optimizer_fn, server_optimizer_fn, client_args,
+                         server_args):
+  """`client_optimizer_fn` / `server_optimizer_fn`: TFF optimizers (or functions making Keras
+  ones), each given instead of its side's named arguments (`{name: (value, default)}`)."""
+  for name, given, named in (('client_optimizer_fn', client_optimizer_fn, client_args),
+                             ('server_optimizer_fn', server_optimizer_fn, server_args)):
+    if given is None:
+      continue
+    if not (isinstance(given, tff.learning.optimizers.Optimizer) or callable(given)):
+      raise TypeError(f'{name} must be a tff.learning.optimizers.Optimizer or a function '
+                      f'returning a Keras optimizer; got {type(given).__name__}.')
+    changed = sorted(k for k, (value, default) in named.items() if value != default)
+    if changed:
+      raise ValueError(f'give {name} or {", ".join(changed)}, not both: {name} replaces them.')
+  if server_optimizer_fn is not None and algorithm not in ('fedavg', 'mimelite'):
+    raise ValueError(f'algorithm={algorithm!r} names its own server optimizer; give '
+                     f'server_optimizer_fn with algorithm=\'fedavg\' (or \'mimelite\').')
+
+
 def _checked_travel_mask(keras_model, local_layers, client_optimizer):
-  """`aggregators.travel_mask` of `keras_model`, after the client-Adam check: the one model
-  `build_fedpara_process` builds for both."""
+  """`aggregators.travel_mask` of `keras_model`, after the client-optimizer check: the one model
+  `build_fedpara_process` builds for both (`client_optimizer` 'custom': `client_optimizer_fn`)."""
   if client_optimizer == 'adam':
     _check_no_sign_rule(keras_model)
+  if client_optimizer == 'custom' and keras_layers.sign_rule.rule_factorizations(keras_model):
+    raise ValueError("the model's layers use factor_lr_scale='safe', whose rule depends on the "
+                     "client optimizer; give client_optimizer='sgd' or 'adam' instead of "
+                     "client_optimizer_fn.")
   return aggregators.travel_mask(keras_model, local_layers)
 
 

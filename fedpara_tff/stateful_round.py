@@ -465,7 +465,7 @@ def build_template(parts, initialize, next_fn, initial, state_type):
   def template_next(state, data, client_states):
     new_state, new_local, metrics, _ = next_fn(state, data, client_states,
                                                tff.federated_map(no_position, data))
-    return new_state, new_local, metrics
+    return personalized_process.PersonalizedOutput(new_state, new_local, metrics)
 
   @tff.tensorflow.computation(state_type.member)
   def get_model_weights(state):

@@ -385,3 +385,39 @@ def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes():
       inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
   assert plain['bytes_uploaded'] == 3 * 814 * 4
   assert not fedpara_tff.aggregators.encodes(tff.aggregators.MeanFactory())
+
+
+def test_build_fedpara_process_takes_tff_optimizer_objects_as_tffs_builders_do(clients):
+  """Issue 36: `client_optimizer='sgd'` and a float were the only way in; TFF's builders take
+  optimizer objects (`client_optimizer_fn`, `server_optimizer_fn`)."""
+  process = fedpara_tff.build_fedpara_process(
+      ts.model_fn, keras_model_fn=ts.keras_model,
+      client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=1.0))
+  state = process.initialize()
+  initial = trainable(process, state)
+  output = process.next(state, clients)
+  assert_weights_close(trainable(process, output.state),
+                       weighted_average_of_local_training(initial, 0.1))
+  # At server lr 0.5 the server moves half way: the object is the one used.
+  half = fedpara_tff.build_fedpara_process(
+      ts.model_fn, client_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.1),
+      server_optimizer_fn=tff.learning.optimizers.build_sgdm(learning_rate=0.5))
+  state = half.initialize()
+  initial = trainable(half, state)
+  expected = weighted_average_of_local_training(initial, 0.1)
+  assert_weights_close(trainable(half, half.next(state, clients).state),
+                       [(a + b) / 2 for a, b in zip(initial, expected)])
+
+
+@pytest.mark.parametrize('options, message', [
+    (dict(client_optimizer_fn=tff.learning.optimizers.build_sgdm(0.1), client_learning_rate=0.2),
+     r'^give client_optimizer_fn or client_learning_rate, not both'),
+    (dict(server_optimizer_fn=tff.learning.optimizers.build_sgdm(1.0), algorithm='fedadam'),
+     r"^algorithm='fedadam' names its own server optimizer; give server_optimizer_fn with "
+     r"algorithm='fedavg'"),
+    (dict(client_optimizer_fn='sgd'), r'^client_optimizer_fn must be a tff.learning.optimizers'),
+])
+def test_optimizer_objects_are_refused_beside_what_they_replace(options, message):
+  with pytest.raises((ValueError, TypeError), match=message):
+    fedpara_tff.build_fedpara_process(ts.model_fn, **options)

@@ -325,8 +325,12 @@ def test_tff_template_driven_by_a_program_loop_equals_the_python_driver(data):
   initial_global = [np.asarray(v) for v in state['global_weights']]
   client_states = {}
   for ids in schedule:
-    state, new_states, metrics = process.next(
-        state, [by_id[c] for c in ids], [client_states.get(c, initial_local) for c in ids])
+    output = process.next(state, [by_id[c] for c in ids],
+                          [client_states.get(c, initial_local) for c in ids])
+    # TFF's LearningProcessOutput fields, and the clients' states; it unpacks as a 3-tuple.
+    assert isinstance(output, fedpara_tff.PersonalizedOutput)
+    state, new_states, metrics = output
+    assert output.state is state and output.metrics is metrics
     client_states.update(zip(ids, new_states))
   template_weights = process.get_model_weights(state)
   assert list(template_weights.non_trainable) == []
