@@ -70,7 +70,22 @@ class ClientExecutor(Protocol):
     """Each client's `OrderedDict(accuracy, num_examples)`, in the clients' order."""
 
 
-class TFFClients:
+class ServerHalf:
+  """`initialize` and `init_local` of a client executor, from its `server` (the round's TFF
+  computations, or `fedpara_tff.in_process_round.InProcessRound`), inside its `running()`."""
+
+  def initialize(self):
+    """The server state of a new run."""
+    with self.running():
+      return self.server.initialize()
+
+  def init_local(self):
+    """A new client's local state."""
+    with self.running():
+      return self.server.init_local()
+
+
+class TFFClients(ServerHalf):
   """Trains the sampled clients with the round's TFF computation (`StatefulRound.next`).
 
   Args:
@@ -86,21 +101,12 @@ class TFFClients:
     # Keras 2 layers (made in a TF1 graph) swap the layer classes to v1 and leave that eager model
     # unusable ("Your Layer or Model is in an invalid state"; docs/DESIGN.md, "TFF runtime facts").
     self._next = round_.next
+    self.server = round_   # its TFF computations
     self.uses_local_runtime = context is None
 
   def running(self):
     """Where this executor's TFF computations run (a context manager)."""
     return running_on(self.context)
-
-  def initialize(self):
-    """The round's TFF `initialize`, where this executor runs."""
-    with self.running():
-      return self.round.initialize()
-
-  def init_local(self):
-    """A new client's local state (TFF's `init_local`), where this executor runs."""
-    with self.running():
-      return self.round.init_local()
 
   def evaluate(self, global_values, datasets, local_states):
     """The round's TFF `evaluate`, where this executor runs; results in the clients' order."""

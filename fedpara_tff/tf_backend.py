@@ -76,7 +76,7 @@ def on_devices(devices=('/CPU:0',), parallel_per_device=1):
   return lambda round_: DeviceClients(round_, devices, parallel_per_device)
 
 
-class DeviceClients:
+class DeviceClients(client_executors.ServerHalf):
   """A client executor training a round's sampled clients on TF `devices` in this process.
 
   Args:
@@ -123,16 +123,6 @@ class DeviceClients:
     """Where the driver's TFF computations run: the installed TFF context (only a server half
     that is TFF's runs any)."""
     return client_executors.running_on(None)
-
-  def initialize(self):
-    """The server state of a new round (`fedpara_tff.in_process_round`, or TFF's)."""
-    with self.running():
-      return self.server.initialize()
-
-  def init_local(self):
-    """A new client's local state."""
-    with self.running():
-      return self.server.init_local()
 
   def evaluate(self, global_values, datasets, local_states):
     """Each client's personalised accuracy, on the first slot's model: one
