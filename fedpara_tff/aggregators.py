@@ -34,7 +34,7 @@ def travel_mask(keras_model: tf.keras.Model, local_layers: Sequence[str] = (), *
 
   pFedPara's `*2_local` factors and every variable of `local_layers` stay on
   the client. The one place that decides what travels: the shared round
-  (`fedpara_tff.stateful_round.split_variables`) and TFF's builders (`factor_aggregator`)
+  (`fedpara_tff.round_layout.split_variables`) and TFF's builders (`factor_aggregator`)
   both ask it.
 
   Args:

@@ -13,7 +13,7 @@ TF backend (`fedpara_tff.in_process_round`) calls them in this Python process, s
 needs no TFF worker at all (docs/DESIGN.md, "Who can reach a TFF worker"). Same functions,
 same numbers.
 
-`parts` is the round's `fedpara_tff.stateful_round.ModelParts` throughout.
+`parts` is the round's `fedpara_tff.round_layout.ModelParts` throughout.
 """
 
 import collections

@@ -23,10 +23,8 @@ executor after training the clients itself.
 """
 
 import collections
-import dataclasses
 import functools
 import types
-from typing import Any, List
 
 import numpy as np
 import tensorflow as tf
@@ -36,115 +34,11 @@ from fedpara_tff import aggregation_error
 from fedpara_tff import aggregators
 from fedpara_tff import algorithms
 from fedpara_tff import client_work
-from fedpara_tff import kernel_mean
 from fedpara_tff import communication
-from fedpara_tff import models
+from fedpara_tff import kernel_mean
 from fedpara_tff import personalized_process
+from fedpara_tff import round_layout
 from fedpara_tff import server_half
-
-
-def _specs(variables):
-  return [tf.TensorSpec(v.shape, v.dtype) for v in variables]
-
-
-def split_variables(keras_model_fn, local_layers):
-  """Which trainable variables are global (sent) and which stay local
-  (`fedpara_tff.aggregators.travel_mask` decides).
-
-  Returns:
-    `(global_index, local_index, global_specs, local_specs, kernels)`: positions in
-    `model.trainable_variables` and the `tf.TensorSpec`s of each group, and the
-    `fedpara_tff.aggregation_error.KernelMap`s of the factorised kernels with global factors.
-  """
-  with tf.Graph().as_default():
-    model = keras_model_fn()
-    models.check_no_non_trainable(len(model.non_trainable_variables))
-    sent = aggregators.travel_mask(model, local_layers, require_factorized=False)
-    variables = model.trainable_variables
-    global_index = [i for i, s in enumerate(sent) if s]
-    local_index = [i for i, s in enumerate(sent) if not s]
-    return (global_index, local_index, _specs([variables[i] for i in global_index]),
-            _specs([variables[i] for i in local_index]),
-            aggregation_error.kernel_maps(model, global_index))
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-  """What the round's values are: the model's global and local variables, what clients receive
-  and keep, as positions, `tf.TensorSpec`s and TFF types.
-
-  Attributes:
-    global_index, local_index: positions in `model.trainable_variables` of the global (sent)
-      and the model-local variables.
-    global_specs, model_local_specs: their specs.
-    received_specs: what each client receives: the global variables, then the algorithm's
-      server control when it broadcasts it (SCAFFOLD's `c`, MIME-lite's momentum).
-    local_specs: what each client keeps: its model-local variables, then the algorithm's
-      client state (SCAFFOLD's `c_i`, FedDyn's gradient state).
-    control_specs: the algorithm's server arrays (zeros of the global shapes, unused, for
-      the algorithms without any).
-    global_type, local_type, received_type, control_type, data_type: the TFF types.
-    kernels: the factorised kernels made of global factors
-      (`fedpara_tff.aggregation_error.KernelMap`), whose aggregation error the round measures.
-  """
-  global_index: List[int]
-  local_index: List[int]
-  global_specs: List[Any]
-  model_local_specs: List[Any]
-  received_specs: List[Any]
-  local_specs: List[Any]
-  control_specs: List[Any]
-  global_type: Any
-  local_type: Any
-  received_type: Any
-  control_type: Any
-  data_type: Any
-  kernels: List[Any]
-
-
-def build_layout(keras_model_fn, element_spec, algorithm, local_layers):
-  """The `Layout` of a model and algorithm."""
-  global_index, local_index, global_specs, model_local_specs, kernels = split_variables(
-      keras_model_fn, local_layers)
-  received = global_specs + (global_specs if algorithm.broadcast_control else [])
-  local = model_local_specs + (global_specs if algorithm.client_state else [])
-  control = (algorithm.control_specs(global_specs) if algorithm.server_state
-             else global_specs)
-  to_type = tff.types.tensorflow_to_type
-  return Layout(global_index, local_index, global_specs, model_local_specs, received, local,
-                control, to_type(global_specs), to_type(local), to_type(received),
-                to_type(control), tff.SequenceType(to_type(element_spec)), kernels)
-
-
-class ModelParts:
-  """A model built by `keras_model_fn`, split the round's way, and its client work.
-
-  Args:
-    keras_model_fn: no-argument function building the Keras model.
-    layout: the round's `Layout`.
-    settings: the round's `fedpara_tff.settings.RoundSettings`.
-    algorithm: its `fedpara_tff.algorithms` object.
-    loss_fn: no-argument function returning the Keras loss.
-  """
-
-  def __init__(self, keras_model_fn, layout, settings, algorithm, loss_fn):
-    self.keras_model_fn, self.layout = keras_model_fn, layout
-    self.settings, self.algorithm, self.loss_fn = settings, algorithm, loss_fn
-
-  def split(self, model):
-    """`(global variables, local variables)` of a model built by `keras_model_fn`."""
-    variables = model.trainable_variables
-    return ([variables[i] for i in self.layout.global_index],
-            [variables[i] for i in self.layout.local_index])
-
-  def client_train(self, model):
-    """The client work on `model` (`client_work.build_client_train`, the round's settings)."""
-    settings = self.settings
-    return client_work.build_client_train(
-        model, self.loss_fn(), self.split, local_epochs=settings.local_epochs,
-        jacobian_correction=settings.jacobian_correction,
-        client_optimizer=settings.client_optimizer, algorithm=self.algorithm,
-        client_momentum=settings.local_momentum)
 
 
 InitialValues = collections.namedtuple('InitialValues', 'init_global init_local init_control')
@@ -489,8 +383,8 @@ class StatefulRound:
     aggregator: the inner factory of the factor aggregator.
 
   Attributes:
-    settings, algorithm, layout, parts: what the round was built from (`Layout`,
-      `ModelParts`); keras_model_fn, element_spec, inner_aggregator (the `aggregator`
+    settings, algorithm, layout, parts: what the round was built from
+      (`fedpara_tff.round_layout.Layout`, `ModelParts`); keras_model_fn, element_spec, inner_aggregator (the `aggregator`
       argument): as given.
     initialize: `() -> server state` at SERVER: `global_weights`, `aggregator`,
       `round_num`, and `control` when the algorithm keeps server state.
@@ -514,8 +408,8 @@ class StatefulRound:
                        f'aggregator; the inner aggregator {type(aggregator).__name__} '
                        f'aggregates them itself (use one or the other).')
     algorithm = algorithms.build(settings)
-    layout = build_layout(keras_model_fn, element_spec, algorithm, local_layers)
-    parts = ModelParts(keras_model_fn, layout, settings, algorithm, loss_fn)
+    layout = round_layout.build_layout(keras_model_fn, element_spec, algorithm, local_layers)
+    parts = round_layout.ModelParts(keras_model_fn, layout, settings, algorithm, loss_fn)
     initial = build_initial_values(parts)
     schedule = build_schedule(settings)
     distribute = build_distributor(parts, initial)
