@@ -15,6 +15,7 @@ from fedpara_tff import client_store
 from fedpara_tff import settings as settings_lib
 from fedpara_tff import worker_tls
 from keras_layers import factor_options
+from keras_layers import validation
 from experiments.data import registry
 
 # The model zoo (`experiments.models`) and its parameterisations, by name.
@@ -35,6 +36,44 @@ IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_client
                       'client_optimizer': 'sgd', 'examples_per_client': 20,
                       'feddyn_alpha': 0.1, 'aggregation': 'factor_mean',
                       'server_beta_2': settings_lib.DEFAULT_SERVER_BETA_2}
+
+
+def _integer_in(name, low, high=None):
+  """A check that `value` is an integer in [low, high) (high None: unbounded)."""
+  def check(value):
+    if not validation.is_integer(value, low) or (high is not None and value >= high):
+      allowed = f'in [{low}, {high})' if high is not None else f'>= {low}'
+      raise ValueError(f'{name} must be an integer {allowed}; got {value!r}.')
+    return value
+  return check
+
+
+# The rule of each of the run's own fields (the round's are `RoundSettings.FIELD_CHECKS`), the
+# one definition of it: `check` applies them, and so do the training binary's flag validators.
+FIELD_CHECKS = {
+    'alpha': lambda v: validation.finite_positive(v, 'alpha'),
+    'gamma': lambda v: None if v is None else validation.number(v, 'gamma', 0.0, 1.0),
+    'rank': lambda v: None if v in (None, 0) else _integer_in('rank', 1)(v),
+    'weight_decay': lambda v: validation.finite_at_least_zero(v, 'weight_decay'),
+    'fedprox_mu': lambda v: validation.finite_at_least_zero(v, 'fedprox_mu'),
+    'quantization_bits': _integer_in('quantization_bits', 0, 17),
+    'clients': _integer_in('clients', 1),
+    'clients_per_round': _integer_in('clients_per_round', 1),
+    'batch_size': _integer_in('batch_size', 1),
+    'rounds': _integer_in('rounds', 1),
+    'eval_every': _integer_in('eval_every', 1),
+    'checkpoint_every': _integer_in('checkpoint_every', 1),
+    'shards_per_client': _integer_in('shards_per_client', 1),
+    'examples_per_client': _integer_in('examples_per_client', 1),
+    'sequence_length': _integer_in('sequence_length', 1),
+    'eval_clients': _integer_in('eval_clients', 0),   # 0: every client
+    'max_test_examples': _integer_in('max_test_examples', 0),   # 0: the whole test set
+    'client_test_fraction': lambda v: validation.fraction(v, 'client_test_fraction',
+                                                          low_closed=False),
+    'worker_connect_timeout': lambda v: validation.finite_positive(v, 'worker_connect_timeout'),
+    'worker_failure_timeout': lambda v: validation.finite_positive(v, 'worker_failure_timeout'),
+    'seed': _integer_in('seed', 0, 2**31),
+}
 
 
 @dataclasses.dataclass
@@ -186,6 +225,8 @@ def check(config):
   `RoundSettings`."""
   if not isinstance(config.output_dir, str) or not config.output_dir.strip():
     raise ValueError(f'output_dir must name a folder; got {config.output_dir!r}.')
+  for name, check_field in FIELD_CHECKS.items():
+    check_field(getattr(config, name))
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
@@ -194,17 +235,8 @@ def check(config):
     raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
                      f'parameterization=local has none.')
   lr_scale = factor_lr_scale(config.factor_lr_scale)
-  if not 0 <= config.seed < 2**31:
-    raise ValueError(f'seed must be in [0, 2**31); got {config.seed!r}.')
-  for name in ('worker_connect_timeout', 'worker_failure_timeout'):
-    value = getattr(config, name)
-    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-      raise ValueError(f'{name} must be a finite number > 0; got {value!r}.')
   factor_options.check_factor_init(config.factor_init)
   _check_no_ignored_setting(config, settings, lr_scale)
-  if not isinstance(config.eval_clients, int) or config.eval_clients < 0:
-    raise ValueError(f'eval_clients must be an integer >= 0 (0: every client); got '
-                     f'{config.eval_clients!r}.')
   if config.weight_norm and config.model != 'lstm':
     raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
                      f'model={config.model!r}.')

@@ -15,7 +15,6 @@ experiments/configs/.
 # (docs/DESIGN.md, "Fast start").
 import dataclasses
 import importlib
-import math
 import os
 import signal
 import sys
@@ -31,6 +30,7 @@ from fedpara_tff import choices
 from fedpara_tff import client_store
 from fedpara_tff import local_worker
 from fedpara_tff import runtime
+from fedpara_tff import settings as settings_lib
 from keras_layers import factor_options
 
 _DEFAULTS = run_config.RunConfig(output_dir='')  # the flags' defaults are the config's
@@ -160,42 +160,25 @@ flags.DEFINE_bool('allow_open_local_worker', False,
 flags.mark_flag_as_required('output_dir')
 
 
-def _register_check(name, check, allowed):
-  """The flag's validator: a float flag must also be finite (`inf` passes `v > 0`)."""
-  flag = flags.FLAGS[name]
-  if flag.flag_type() == 'float':
-    # A float flag whose default is None ("the algorithm's default") may stay None.
-    optional = flag.default is None
-    check = (lambda c: lambda v: (v is None and optional) or (
-        v is not None and math.isfinite(v) and c(v)))(check)
-    if allowed.startswith('>'):   # an interval open above: say that inf is refused too
-      allowed = f'a finite number {allowed}'
-  flags.register_validator(name, check, message=f'--{name} must be {allowed}.')
+def _register_check(name, check):
+  """The flag's validator: `check` (a `FIELD_CHECKS` entry, the field's one rule) on its value;
+  its one-line ValueError is the flag error."""
+  def validate(value):
+    try:
+      check(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    return True
+  flags.register_validator(name, validate)
 
 
-for _name, _check, _allowed in (
-    ('alpha', lambda v: v > 0, '> 0'), ('gamma', lambda v: 0 <= v <= 1, 'in [0, 1]'),
-    ('rank', lambda v: v >= 0, '>= 0'), ('client_learning_rate', lambda v: v > 0, '> 0'),
-    ('server_learning_rate', lambda v: v > 0, '> 0'),
-    ('lr_decay', lambda v: 0 < v <= 1, 'in (0, 1]'),
-    ('client_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('server_momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('server_beta_2', lambda v: 0 < v < 1, 'in (0, 1)'),
-    ('weight_decay', lambda v: v >= 0, '>= 0'),
-    ('fedprox_mu', lambda v: v >= 0, '>= 0'), ('feddyn_alpha', lambda v: v > 0, '> 0'),
-    ('quantization_bits', lambda v: 0 <= v <= 16, 'in [0, 16]'),
-    ('clients', lambda v: v >= 1, '>= 1'), ('clients_per_round', lambda v: v >= 1, '>= 1'),
-    ('local_epochs', lambda v: v >= 1, '>= 1'), ('batch_size', lambda v: v >= 1, '>= 1'),
-    ('rounds', lambda v: v >= 1, '>= 1'), ('eval_every', lambda v: v >= 1, '>= 1'),
-    ('checkpoint_every', lambda v: v >= 1, '>= 1'), ('shards_per_client', lambda v: v >= 1, '>= 1'),
-    ('examples_per_client', lambda v: v >= 1, '>= 1'), ('eval_clients', lambda v: v >= 0, '>= 0'),
-    ('sequence_length', lambda v: v >= 1, '>= 1'), ('max_test_examples', lambda v: v >= 0, '>= 0'),
-    ('client_test_fraction', lambda v: 0 < v < 1, 'in (0, 1)'),
-    ('worker_connect_timeout', lambda v: v > 0, '> 0'),
-    ('worker_failure_timeout', lambda v: v > 0, '> 0'),
-    ('seed', lambda v: 0 <= v < 2**31, 'in [0, 2**31)'),
-    ('jacobian_correction', lambda v: v >= 0, '>= 0')):
-  _register_check(_name, _check, _allowed)
+# Each field's rule is defined once: the round's in `RoundSettings.FIELD_CHECKS` (under the flag
+# name `fedprox_mu` for FedProx's proximal strength), the run's own in `run_config.FIELD_CHECKS`.
+_ROUND_FLAGS = {name: name for name in settings_lib.FIELD_CHECKS if name != 'proximal_strength'}
+for _name, _check in ({_flag: settings_lib.FIELD_CHECKS[_field]
+                       for _flag, _field in _ROUND_FLAGS.items()}
+                      | run_config.FIELD_CHECKS).items():
+  _register_check(_name, _check)
 flags.register_multi_flags_validator(
     ['clients', 'clients_per_round'], lambda f: f['clients_per_round'] <= f['clients'],
     message='--clients_per_round must not exceed --clients.')

@@ -30,6 +30,26 @@ AGGREGATIONS = choices.AGGREGATIONS
 ADAPTIVE_SERVER_LEARNING_RATE = 0.01
 
 
+# The rule of each field on its own, the one definition of it: `RoundSettings` applies them, and
+# so do the training binary's flag validators (the rules that combine fields are
+# `RoundSettings.__post_init__`'s). Each returns the value as stored, or raises a one-line
+# ValueError naming the field, what is allowed and the value.
+FIELD_CHECKS = {
+    'client_learning_rate': lambda v: validation.finite_positive(v, 'client_learning_rate'),
+    'server_learning_rate': lambda v: None if v is None else validation.finite_positive(
+        v, 'server_learning_rate'),
+    'local_epochs': lambda v: validation.integer(v, 'local_epochs'),
+    'lr_decay': lambda v: validation.fraction(v, 'lr_decay', low_closed=False, high_closed=True),
+    'client_momentum': lambda v: validation.fraction(v, 'client_momentum'),
+    'proximal_strength': lambda v: validation.finite_at_least_zero(v, 'proximal_strength'),
+    'feddyn_alpha': lambda v: validation.finite_positive(v, 'feddyn_alpha'),
+    'server_momentum': lambda v: validation.fraction(v, 'server_momentum'),
+    'server_beta_2': lambda v: validation.number(v, 'server_beta_2', 0.0, 1.0,
+                                                 low_closed=False, high_closed=False),
+    'jacobian_correction': lambda v: validation.finite_at_least_zero(v, 'jacobian_correction'),
+}
+
+
 def default_server_learning_rate(algorithm: str, server_optimizer: Optional[str] = None) -> float:
   """The server learning rate of `algorithm` with `server_optimizer` ('sgd', 'adam', 'yogi',
   'adagrad'; None: the algorithm's own, `SERVER_OPTIMIZERS`, else 'sgd')."""
@@ -91,28 +111,14 @@ class RoundSettings:
 
   def __post_init__(self):
     set_ = lambda name, value: object.__setattr__(self, name, value)
-    set_('client_learning_rate', validation.finite_positive(
-        self.client_learning_rate, 'client_learning_rate'))
-    set_('local_epochs', validation.integer(self.local_epochs, 'local_epochs'))
-    set_('lr_decay', validation.fraction(self.lr_decay, 'lr_decay', low_closed=False,
-                                         high_closed=True))
-    set_('client_momentum', validation.fraction(self.client_momentum, 'client_momentum'))
+    for name, check in FIELD_CHECKS.items():
+      set_(name, check(getattr(self, name)))
     choices.check_client_optimizer(self.client_optimizer, self.client_momentum)
     validation.one_of(self.algorithm, 'algorithm', ALGORITHMS)
-    set_('proximal_strength', validation.finite_at_least_zero(self.proximal_strength,
-                                                              'proximal_strength'))
-    set_('feddyn_alpha', validation.finite_positive(self.feddyn_alpha, 'feddyn_alpha'))
     set_('server_optimizer', self._server_optimizer())
     if self.server_learning_rate is None:
       set_('server_learning_rate', default_server_learning_rate(self.algorithm,
                                                                 self.server_optimizer))
-    set_('server_learning_rate', validation.finite_positive(
-        self.server_learning_rate, 'server_learning_rate'))
-    set_('server_momentum', validation.fraction(self.server_momentum, 'server_momentum'))
-    set_('server_beta_2', validation.number(self.server_beta_2, 'server_beta_2', 0.0, 1.0,
-                                            low_closed=False, high_closed=False))
-    set_('jacobian_correction', validation.finite_at_least_zero(self.jacobian_correction,
-                                                                'jacobian_correction'))
     validation.one_of(self.aggregation, 'aggregation', AGGREGATIONS)
     if self.aggregation == 'kernel_mean' and self.quantization_bits is not None:
       raise ValueError(f"aggregation='kernel_mean' needs each client's factors at the "

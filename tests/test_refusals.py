@@ -47,7 +47,7 @@ def test_inconsistent_settings_are_refused_before_writing(tmp_path):
   _refused(rs.config(tmp_path, weight_decay=math.inf),
            r'weight_decay must be a finite number >= 0; got inf')
   _refused(rs.config(tmp_path, algorithm='fedprox', fedprox_mu=math.inf),
-           r'proximal_strength must be a finite number >= 0; got inf')
+           r'fedprox_mu must be a finite number >= 0; got inf')
   # Settings the run would ignore (yet freeze into its identity) are refused.
   _refused(rs.config(tmp_path, fedprox_mu=0.5),
            r"fedprox_mu applies to algorithm=fedprox; got fedprox_mu=0.5 with algorithm='fedavg'")
@@ -142,21 +142,23 @@ def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
 
 
 @pytest.mark.parametrize('argv, match', [
-    (['--alpha=0'], '--alpha must be a finite number > 0'),
+    (['--alpha=0'], r'flag --alpha=0.0: alpha must be a finite number > 0; got 0.0\.'),
     # inf passes `> 0`: every float flag is also finite (issue 25).
-    (['--alpha=inf'], '--alpha must be a finite number > 0'),
-    (['--client_learning_rate=inf'], '--client_learning_rate must be a finite number > 0'),
-    (['--server_learning_rate=inf'], '--server_learning_rate must be a finite number > 0'),
-    (['--weight_decay=inf'], '--weight_decay must be a finite number >= 0'),
-    (['--fedprox_mu=inf'], '--fedprox_mu must be a finite number >= 0'),
+    (['--alpha=inf'], 'alpha must be a finite number > 0'),
+    (['--client_learning_rate=inf'], 'client_learning_rate must be a finite number > 0'),
+    (['--server_learning_rate=inf'], 'server_learning_rate must be a finite number > 0'),
+    (['--weight_decay=inf'], 'weight_decay must be a finite number >= 0'),
+    (['--fedprox_mu=inf'], 'fedprox_mu must be a finite number >= 0'),
     (['--clients=3', '--clients_per_round=4'], 'clients_per_round must not exceed --clients'),
     (['--partition=random'], 'value should be one of'),
     (['--model=resnet'], 'value should be one of'),
-    (['--gamma=1.5'], r'--gamma must be in \[0, 1\]'),
-    (['--seed=-1'], r'--seed must be in \[0, 2\*\*31\)'),
-    (['--worker_connect_timeout=inf'], '--worker_connect_timeout must be a finite number > 0'),
-    (['--worker_failure_timeout=nan'], '--worker_failure_timeout must be a finite number > 0'),
-    (['--jacobian_correction=-1'], '--jacobian_correction must be a finite number >= 0'),
+    (['--gamma=1.5'], r'gamma must be a number in \[0, 1\]; got 1.5'),
+    (['--seed=-1'], r'seed must be an integer in \[0, 2147483648\); got -1'),
+    (['--worker_connect_timeout=inf'], 'worker_connect_timeout must be a finite number > 0'),
+    (['--worker_failure_timeout=nan'], 'worker_failure_timeout must be a finite number > 0'),
+    (['--jacobian_correction=-1'], 'jacobian_correction must be a finite number >= 0'),
+    (['--lr_decay=2'], r'lr_decay must be a number in \(0, 1\]; got 2.0'),
+    (['--eval_every=0'], 'eval_every must be an integer >= 1; got 0'),
 ])
 def test_flag_validators(argv, match):
   try:
@@ -352,3 +354,18 @@ def test_a_disk_full_while_an_archive_is_written_names_it_without_a_zipfile_trac
   gc.collect()
   assert 'Exception ignored' not in capfd.readouterr().err
   assert not os.path.exists(config.output_dir)   # a new run without a checkpoint leaves nothing
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('eval_every', 0, 'eval_every must be an integer >= 1; got 0'),
+    ('batch_size', 0, 'batch_size must be an integer >= 1; got 0'),
+    ('rounds', 0, 'rounds must be an integer >= 1; got 0'),
+    ('gamma', 7, r'gamma must be a number in \[0, 1\]; got 7'),
+    ('alpha', -1.0, 'alpha must be a finite number > 0; got -1.0'),
+])
+def test_the_library_path_checks_the_fields_the_flags_check(tmp_path, field, value, match):
+  """Issue 36: `run_config.check` accepted eval_every=0 (then a division by zero in round_loop),
+  batch_size=0, rounds=0, gamma=7, alpha=-1; the flags refused them, the library did not. Each
+  rule is now defined once (`run_config.FIELD_CHECKS`) and applied at both doors."""
+  with pytest.raises(ValueError, match=rf'^{match}\.$'):
+    run_config.check(rs.config(tmp_path, **{field: value}))
