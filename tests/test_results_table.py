@@ -115,3 +115,16 @@ def test_the_aggregation_error_is_averaged_over_rounds_and_seeds_and_plotted(tmp
   drawn = plot.plot_runs(folders, str(tmp_path / 'error.png'), y='aggregation_error')
   assert drawn == {folders[0]: ([1.0, 2.0], [0.02, 0.04]),
                    folders[1]: ([1.0, 2.0], [0.06, 0.08])}   # the old run has no curve
+
+
+def test_error_course_prints_the_error_by_round_over_seeds(tmp_path):
+  folders = [_run(tmp_path / 'fedpara', 0, [0.5, 0.8, 0.8], [1, 1, 1], errors=[0.02, 0.04, 0.06]),
+             _run(tmp_path / 'fedpara_seed1', 1, [0.5, 0.8, 0.8], [1, 1, 1],
+                  errors=[0.04, 0.08, 0.10])]
+  result = subprocess.run([sys.executable, '-m', 'experiments.analysis.error_course',
+                           f'--runs={tmp_path}/*', '--rounds=1,3'], capture_output=True,
+                          text=True, timeout=120, check=True)
+  lines = result.stdout.splitlines()
+  assert lines[0] == '| run | round 1 | round 3 | largest kernel, round 3 |'
+  # mean +- sample std over the two seeds (std of 0.02, 0.04 is 0.0141), the maximum not written
+  assert lines[2] == ('| fedpara | 0.0300 +- 0.0141 (2 seeds) | 0.0800 +- 0.0283 (2 seeds) | - |')
