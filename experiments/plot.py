@@ -13,15 +13,20 @@ each round's kernel update that averaging the factors loses, mean over the kerne
 
 import math
 import os
-import tempfile
 
 from absl import app
 from absl import flags
 import numpy
 
+from experiments import figures
 from experiments import flagfiles
-from experiments import ownership
 from experiments import run_io
+
+# The figure helpers, under the names callers and tests use.
+output_path = figures.output_path
+new_figure = figures.new_figure
+save_figure = figures.save_figure
+check_output = figures.check_output
 
 _RUNS = flags.DEFINE_list('runs', None, 'Run output folders (comma-separated).')
 _OUTPUT = flags.DEFINE_string('output', 'accuracy_vs_gb.png', 'PNG file to write.')
@@ -54,16 +59,6 @@ def error_curve(rows):
   return [p[0] for p in points], [p[1] for p in points]
 
 
-def output_path(output):
-  """The file a figure for `output` is written to: `DIR/accuracy_vs_gb.png` for an existing
-  folder, `.png` appended when there is no extension (as matplotlib would), else `output`."""
-  if os.path.isdir(output):
-    return os.path.join(output, run_io.PLOT_FILE)
-  if not os.path.splitext(output)[1]:
-    return output + '.png'
-  return output
-
-
 def format_gb_axis(axes):
   """Readable communication ticks: from 0, at most 6, short decimals, no offset or exponent.
 
@@ -75,58 +70,6 @@ def format_gb_axis(axes):
   axes.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, min_n_ticks=2))
   axes.xaxis.set_major_formatter(ticker.FuncFormatter(
       lambda value, _: numpy.format_float_positional(value, precision=6, trim='-')))
-
-
-def new_figure(**kwargs):
-  """A matplotlib figure drawn by Agg, to files only: no pyplot, so the caller's matplotlib
-  backend and open figures are left alone.
-
-  Matplotlib loads here, on the first figure: the binaries answer `--help` without it
-  (docs/DESIGN.md, "Fast start").
-  """
-  # pylint: disable=g-import-not-at-top
-  from matplotlib import figure as figure_lib
-  from matplotlib.backends import backend_agg
-  # pylint: enable=g-import-not-at-top
-  figure = figure_lib.Figure(**kwargs)
-  backend_agg.FigureCanvasAgg(figure)
-  return figure
-
-
-def save_figure(figure, path, in_run_folder=False):
-  """Writes `figure` as the PNG `path`, marked as ours in its metadata, so that `--overwrite`
-  and `compare` can tell it from a file of the same name they did not write
-  (`experiments.ownership.is_plot`).
-
-  Atomically: the PNG is written to a temporary file beside `path`, then renamed over it, so a
-  process killed while writing leaves the previous plot (or none), never a torn one that a
-  resumed run would refuse as not its own. In a run folder the temporary file is `path.tmp`
-  (a run's own, `experiments.ownership`); elsewhere a new uniquely named file, so that no
-  existing file is replaced.
-  """
-  if in_run_folder:
-    temporary = path + '.tmp'
-  else:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                         prefix='.' + os.path.basename(path) + '.',
-                                         suffix='.tmp')
-    os.close(handle)
-  try:
-    figure.savefig(temporary, format='png', metadata={'Software': ownership.MARK})
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
-def check_output(output, in_run_folder=False):
-  """Refuses (ValueError, one line) to replace a file at `output_path(output)` that this
-  program did not write (`experiments.ownership.is_plot`)."""
-  path = output_path(output)
-  if os.path.lexists(path) and not ownership.is_plot(path, in_run_folder):
-    raise ValueError(f'{path} exists and is not a plot this program wrote; nothing was '
-                     f'changed: move it or choose another output.')
 
 
 def plot_runs(run_dirs, output, title=None, in_run_folder=False, y='accuracy'):

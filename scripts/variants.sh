@@ -4,6 +4,8 @@
 # runs, for each VARIANT (default: `order`), the fixed flags, then the variant's, then the extra
 # --flags, into OUTPUT_PREFIX/VARIANT; a finished run is skipped, an interrupted one resumed.
 # VARIANT_seed<N> (e.g. fedpara_seed1) is VARIANT with --seed=N, in its own folder.
+# A run that fails (e.g. diverges) stops the rest, unless the caller sets keep_going=1: then the
+# failure is printed and the next variant runs (a rerun retries the failed one).
 # variant_flags NAME: the flags of NAME in `variants`, or of BASE with --seed=N for BASE_seed<N>;
 # exits 2 naming an unknown variant.
 variant_flags() {
@@ -33,6 +35,8 @@ run_variants() {
     echo "== $label / $name"
     # shellcheck disable=SC2086
     .venv/bin/python -m experiments.train "${fixed[@]}" $flags_of --progress=false \
-        --output_dir="$prefix/$name" "${extra[@]}"
+        --output_dir="$prefix/$name" "${extra[@]}" \
+      || { status=$?; [ "${keep_going:-0}" = 1 ] || exit "$status"
+           echo "== $label / $name failed (exit $status); going on"; }
   done
 }

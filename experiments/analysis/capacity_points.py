@@ -1,0 +1,122 @@
+"""The points of a capacity map: FedPara against the same-size low-rank model at each budget.
+
+The library behind `experiments.analysis.capacity_map` (no flags, so that tests can import it).
+A setting's folder holds runs named `fedpara_<budget>`, `lowrank_<budget>` and `original`, each
+with optional `_seed<N>` (as `scripts/capacity_map.sh` writes them). At each budget the two models
+are paired by seed (same partition, client sample and data order), so the difference's spread is
+that of the paired differences.
+"""
+
+import json
+import math
+import os
+import re
+import statistics
+
+from experiments import run_io
+
+NAME = re.compile(r'^(?P<model>fedpara|lowrank|original)(?:_(?P<budget>[a-z][0-9.]*))?'
+                  r'(?:_seed(?P<seed>\d+))?$')
+
+
+def finished_accuracy(run_dir, round_num):
+  """`(test accuracy at round_num, aggregation error mean over rounds 1..round_num)` of a run that
+  evaluated at `round_num`, else None (not run that far: still running, stopped or diverged)."""
+  rows = [r for r in run_io.read_metrics(run_dir) if int(r['round']) <= round_num]
+  if not rows or int(rows[-1]['round']) != round_num or math.isnan(rows[-1]['test_accuracy']):
+    return None
+  errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
+  errors = [e for e in errors if not math.isnan(e)]
+  return rows[-1]['test_accuracy'], statistics.fmean(errors) if errors else math.nan
+
+
+def _parameters(run_dir):
+  """`(parameters, plain parameters)` from the run's summary, or None before it ends."""
+  path = os.path.join(run_dir, run_io.SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary['parameters'], summary['plain_parameters']
+
+
+def read_runs(setting_dir, round_num):
+  """`{(model, budget): {seed: (accuracy, aggregation error, parameters, plain parameters)}}` of
+  the runs in `setting_dir` that reached `round_num` (`budget` None for the original), and the
+  names of those that did not."""
+  runs, unfinished = {}, []
+  for entry in sorted(os.listdir(setting_dir)):
+    match = NAME.match(entry)
+    folder = os.path.join(setting_dir, entry)
+    if not match or not os.path.isdir(folder) or (match['model'] == 'original') != (
+        match['budget'] is None):
+      continue
+    result = finished_accuracy(folder, round_num)
+    counts = _parameters(folder)
+    if result is None or counts is None:
+      unfinished.append(entry)
+      continue
+    runs.setdefault((match['model'], match['budget']), {})[int(match['seed'] or 0)] = (
+        *result, *counts)
+  return runs, unfinished
+
+
+def mean_std(values):
+  """`(mean, sample std, n)`; the std of fewer than two values is NaN."""
+  if not values:
+    return math.nan, math.nan, 0
+  return (statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan,
+          len(values))
+
+
+def budget_points(runs):
+  """One dict per budget, smallest FedPara first: both models' parameter shares, accuracies and
+  aggregation errors (mean, std, n over their seeds) and the paired difference FedPara - low-rank
+  (over the seeds both finished)."""
+  points = []
+  for budget in sorted({b for m, b in runs if b is not None}):
+    fedpara, lowrank = runs.get(('fedpara', budget), {}), runs.get(('lowrank', budget), {})
+    if not fedpara or not lowrank:
+      continue
+    paired = sorted(set(fedpara) & set(lowrank))
+    share = lambda seeds: next(iter(seeds.values()))[2] / next(iter(seeds.values()))[3]
+    points.append(dict(
+        budget=budget, fedpara_share=share(fedpara), lowrank_share=share(lowrank),
+        fedpara_parameters=next(iter(fedpara.values()))[2],
+        lowrank_parameters=next(iter(lowrank.values()))[2],
+        fedpara=mean_std([v[0] for v in fedpara.values()]),
+        lowrank=mean_std([v[0] for v in lowrank.values()]),
+        fedpara_error=mean_std([v[1] for v in fedpara.values()]),
+        lowrank_error=mean_std([v[1] for v in lowrank.values()]),
+        difference=mean_std([fedpara[s][0] - lowrank[s][0] for s in paired])))
+  return sorted(points, key=lambda p: p['fedpara_parameters'])
+
+
+def original_point(runs):
+  """`(mean, std, n)` of the original's accuracy over its seeds (n = 0 when none finished)."""
+  return mean_std([v[0] for v in runs.get(('original', None), {}).values()])
+
+
+def _cell(stats, digits=4, scale=1.0):
+  mean, std, n = stats
+  if n == 0:
+    return '-'
+  text = f'{mean * scale:.{digits}f}'
+  if n > 1:
+    text += f' +- {std * scale:.{digits}f}'
+  return text if n == 3 else f'{text} ({n} seed{"s" if n > 1 else ""})'
+
+
+def table_lines(points, original):
+  """The markdown table of one setting (differences in accuracy points)."""
+  lines = ['| budget | FedPara params (share) | low-rank params (share) | FedPara | low-rank | '
+           'FedPara - low-rank, points | agg. error FedPara / low-rank |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for p in points:
+    lines.append(
+        f'| {p["budget"]} | {p["fedpara_parameters"]:,} ({p["fedpara_share"]:.1%}) | '
+        f'{p["lowrank_parameters"]:,} ({p["lowrank_share"]:.1%}) | {_cell(p["fedpara"])} | '
+        f'{_cell(p["lowrank"])} | {_cell(p["difference"], 2, 100.0)} | '
+        f'{_cell(p["fedpara_error"], 3)} / {_cell(p["lowrank_error"], 3)} |')
+  lines.append(f'| original | 100% | | {_cell(original)} | | | |')
+  return lines
