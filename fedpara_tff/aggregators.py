@@ -26,6 +26,7 @@ import tensorflow_federated as tff
 
 from fedpara_tff import communication
 from fedpara_tff import models
+from fedpara_tff import tff_internals
 
 
 def travel_mask(keras_model: tf.keras.Model, local_layers: Sequence[str] = (), *,
@@ -124,7 +125,7 @@ def encoded_bytes(encoded_factory: Any, specs: Sequence[tf.TensorSpec]) -> Optio
   total = 0
   with tf.Graph().as_default():
     for spec in specs:
-      encoder = encoded_factory._encoder_fn(spec)  # pylint: disable=protected-access
+      encoder = tff_internals.encoder_for(encoded_factory, spec)
       params = encoder.get_params(encoder.initial_state())
       encoded, state_updates = encoder.encode(tf.zeros(spec.shape, spec.dtype), params[0])
       for tensor in tf.nest.flatten((encoded, state_updates, params[1])):

@@ -4,7 +4,7 @@ TFF 0.87's worker service is the C++ `worker_binary` in its wheel; a driver
 talks to it with a remote executor over a gRPC channel. With several workers,
 TFF's mergeable-computation execution context splits each round's clients into
 sub-rounds, one per worker, and merges the results (docs/DESIGN.md, "TFF runtime facts"). This
-module wraps that recipe (internal TFF 0.87 module paths, kept here only):
+module wraps that recipe (TFF 0.87's internal pieces come from `fedpara_tff.tff_internals`):
 
 * `parse_addresses('host:port,host:port')` validates the flag value;
 * `wait_until_reachable(addresses, timeout)` fails within `timeout` seconds,
@@ -32,19 +32,10 @@ from typing import List
 
 import grpc
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
-from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
-from tensorflow_federated.python.core.impl.execution_contexts import sync_execution_context
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import executor_factory
-from tensorflow_federated.python.core.impl.executors import remote_executor
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-from tensorflow_federated.python.core.impl.types import placements
-from tensorflow_federated.python.core.backends.native import compiler
 
 from fedpara_tff import client_executors
 from fedpara_tff import local_worker
+from fedpara_tff import tff_internals
 
 
 HEALTH_CHECK_SECONDS = 1.0
@@ -149,7 +140,7 @@ class WorkerShare:
   clients: int = 0
 
 
-class _CountingFactory(executor_factory.ExecutorFactory):
+class _CountingFactory(tff_internals.ExecutorFactory):
   """Counts the executors asked of a worker, one per invocation, and their clients."""
 
   def __init__(self, inner, share):
@@ -158,34 +149,32 @@ class _CountingFactory(executor_factory.ExecutorFactory):
 
   def create_executor(self, cardinalities):
     self._share.calls += 1
-    self._share.clients += int(cardinalities.get(placements.CLIENTS, 0) or 0)
+    self._share.clients += int(cardinalities.get(tff_internals.CLIENTS, 0) or 0)
     return self._inner.create_executor(cardinalities)
 
   def clean_up_executor(self, cardinalities):
     self._inner.clean_up_executor(cardinalities)
 
 
-class _WorkerContext(async_execution_context.AsyncExecutionContext):
+class _WorkerContext(tff_internals.AsyncExecutionContext):
   """The async context of one worker, which gives up when the worker stops answering."""
 
   def __init__(self, address, share, failure_timeout, credentials=None):
     self._address = address
     self._failure_timeout = failure_timeout
     self._channel = _channel(address, credentials)
-    stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(self._channel)
+    stub = tff_internals.RemoteExecutorGrpcStub(self._channel)
 
     def stack_fn(cardinalities):
-      if cardinalities.get(placements.CLIENTS) is None:  # e.g. initialize() has no clients
-        cardinalities[placements.CLIENTS] = 0
-      executor = remote_executor.RemoteExecutor(stub)
+      if cardinalities.get(tff_internals.CLIENTS) is None:  # e.g. initialize() has no clients
+        cardinalities[tff_internals.CLIENTS] = 0
+      executor = tff_internals.RemoteExecutor(stub)
       executor.set_cardinalities(cardinalities)
       return executor
 
     factory = _CountingFactory(
-        python_executor_stacks.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn), share)
-    super().__init__(executor_fn=factory, compiler_fn=compiler.desugar_and_transform_to_native,
-                     transform_args=tensorflow_computation.transform_args,
-                     transform_result=tensorflow_computation.transform_result)
+        tff_internals.ResourceManagingExecutorFactory(executor_stack_fn=stack_fn), share)
+    super().__init__(executor_fn=factory, **tff_internals.native_pipeline())
 
   async def invoke(self, comp, arg):
     call = asyncio.ensure_future(super().invoke(comp, arg))
@@ -247,7 +236,7 @@ def use_remote_workers(addresses, connect_timeout=20.0, failure_timeout=10.0,
   """Runs every later TFF computation on `addresses`; returns their live `WorkerShare`s
   (arguments as `remote_context`'s)."""
   context, shares = remote_context(addresses, connect_timeout, failure_timeout, credentials)
-  context_stack_impl.context_stack.set_default_context(context)
+  tff_internals.set_default_context(context)
   return shares
 
 
@@ -262,7 +251,7 @@ class _LocalStubs:
     if self._stub is None or not self.worker.running():
       target = self.worker.start()
       channel = grpc.insecure_channel(target, _LOCAL_CHANNEL_OPTIONS)
-      self._stub = remote_executor_grpc_stub.RemoteExecutorGrpcStub(channel)
+      self._stub = tff_internals.RemoteExecutorGrpcStub(channel)
       deadline = time.monotonic() + local_worker.START_TIMEOUT_S
       while not self._stub.is_ready:
         if time.monotonic() > deadline or not self.worker.running():
@@ -278,18 +267,16 @@ def local_context(worker=None):
   stubs = _LocalStubs(worker or local_worker.LocalWorker())
 
   def stack_fn(cardinalities):
-    if cardinalities.get(placements.CLIENTS) is None:
-      cardinalities[placements.CLIENTS] = 0
-    executor = remote_executor.RemoteExecutor(stubs.get())
+    if cardinalities.get(tff_internals.CLIENTS) is None:
+      cardinalities[tff_internals.CLIENTS] = 0
+    executor = tff_internals.RemoteExecutor(stubs.get())
     executor.set_cardinalities(cardinalities)
     return executor
 
-  context = sync_execution_context.SyncExecutionContext(
-      executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
+  context = tff_internals.SyncExecutionContext(
+      executor_fn=tff_internals.ResourceManagingExecutorFactory(
           executor_stack_fn=stack_fn),
-      compiler_fn=compiler.desugar_and_transform_to_native,
-      transform_args=tensorflow_computation.transform_args,
-      transform_result=tensorflow_computation.transform_result)
+      **tff_internals.native_pipeline())
   context.local_worker = stubs.worker
   return context
 
@@ -298,5 +285,5 @@ def use_local_runtime(worker=None):
   """Runs every later TFF computation on a local worker only this process can reach
   (`local_context(worker)`); returns the context (`fedpara_tff.runtime.install()` calls it)."""
   context = local_context(worker)
-  context_stack_impl.context_stack.set_default_context(context)
+  tff_internals.set_default_context(context)
   return context

@@ -5,7 +5,7 @@ Averaging the factors (FedAvg's default) gives the server `W(theta_mean)`, not t
 `aggregation='kernel_mean'` the server instead takes, per factorised kernel, the factors that
 minimise `||W(theta) - M||_F`: it starts at the factor mean and takes `GN_STEPS` Gauss-Newton
 steps, each solving the linearised problem `min_d ||J d - (M - W(theta))||` by `CG_STEPS`
-iterations of CGLS from 0 (`keras_layers.backend.tensorflow_cgls`: one forward- and one
+iterations of CGLS from 0 (`keras_layers.cgls.tensorflow_cgls`: one forward- and one
 reverse-mode derivative of the composition each, then `d` rescaled to the best multiple along
 itself), of which the fraction (1, 1/2, 1/4 or 1/8) that lowers the residual most is kept, and
 none if none does. Fixed counts, no randomness: the same inputs give
@@ -23,7 +23,7 @@ from typing import Any, List, Sequence
 
 import tensorflow as tf
 
-from keras_layers import backend
+from keras_layers import cgls
 
 # Gauss-Newton steps, CGLS iterations per step, and the fractions of each step tried (the one
 # that lowers the residual most is kept, none if none does; docs/DESIGN.md, "Kernel-mean
@@ -42,7 +42,7 @@ def refit_kernel(kernel_map, target, values: Sequence[Any], steps: int = GN_STEP
   factors = list(values)
   for _ in range(steps):
     residual = target - compose(factors)
-    step = backend.tensorflow_cgls(compose, factors, residual, cg_steps)
+    step = cgls.tensorflow_cgls(compose, factors, residual, cg_steps)
     best, best_norm = factors, tf.norm(residual)
     for fraction in STEP_FRACTIONS:
       candidate = [f + fraction * d for f, d in zip(factors, step)]

@@ -26,7 +26,6 @@ this cannot wait for a call). The housekeeping is explicit:
 
 import atexit
 import contextlib
-import inspect
 import os
 import signal
 import subprocess
@@ -138,24 +137,13 @@ def sigterm_as_keyboard_interrupt():
 
 
 def _service_manager(context=None):
-  """The `ServiceManager` of `context` (default: the installed TFF execution context), or None
-  (TFF not loaded, or the context is not TFF's local C++ one, e.g. remote workers).
-
-  TFF 0.87 does not expose it: `ServiceManager` is a class local to
-  `executor_factory.local_cpp_executor_factory`, and its one instance is held only by the
-  closure of the executor-stack function of the context's executor factory; this follows that
-  reference (docs/DESIGN.md, "TFF runtime facts").
-  """
-  tff_module = sys.modules.get('tensorflow_federated')
-  if tff_module is None:
+  """The `ServiceManager` (TFF's local worker process) of `context` (default: the installed TFF
+  execution context), or None: TFF not loaded (then none can exist, and TFF is not loaded for
+  the question), or the context is not TFF's local C++ one (`tff_internals.service_manager`)."""
+  if 'tensorflow_federated' not in sys.modules:
     return None
-  if context is None:
-    context = tff_module.framework.get_context_stack().current
-  stack_fn = getattr(getattr(context, '_executor_factory', None), '_executor_stack_fn', None)
-  if stack_fn is None:
-    return None
-  manager = inspect.getclosurevars(stack_fn).nonlocals.get('service_manager')
-  return manager if hasattr(manager, '_process') else None
+  from fedpara_tff import tff_internals  # pylint: disable=g-import-not-at-top  # loads TFF
+  return tff_internals.service_manager(context)
 
 
 def quiet_teardown():
@@ -222,14 +210,9 @@ def install(require_isolation: Optional[bool] = None,
 
 
 def _is_tff_native_local(context) -> bool:
-  """Whether `context` is TFF's native local C++ context (the one TFF sets at import, or
-  `tff.backends.native.set_sync_local_cpp_execution_context()`'s): a `ServiceManager` and the
-  native compiler (TFF 0.87 attributes; docs/DESIGN.md, "TFF runtime facts")."""
-  # pylint: disable-next=import-outside-toplevel
-  from tensorflow_federated.python.core.backends.native import compiler
-  pipeline = getattr(getattr(context, '_async_context', None), '_compiler_pipeline', None)
-  return (_service_manager(context) is not None
-          and getattr(pipeline, '_compiler_fn', None) is compiler.desugar_and_transform_to_native)
+  """Whether `context` is TFF's native local C++ context (`tff_internals.is_native_local`)."""
+  from fedpara_tff import tff_internals  # pylint: disable=g-import-not-at-top  # loads TFF
+  return tff_internals.is_native_local(context)
 
 
 def install_unless_chosen() -> bool:

@@ -24,9 +24,9 @@ _EXPORTS = {
     'convert': 'conversion', 'export': 'conversion', 'is_factorized': 'conversion',
     'FedParaDense': 'dense', 'LowRankDense': 'dense', 'PFedParaDense': 'dense',
     'JacobianCorrectedModel': 'jacobian',
-    'FedParaLSTM': 'lstm', 'FedParaLSTMCell': 'lstm', 'LowRankLSTM': 'lstm',
-    'LowRankLSTMCell': 'lstm', 'PFedParaLSTM': 'lstm', 'PFedParaLSTMCell': 'lstm',
-    'WeightNormLSTM': 'lstm', 'WeightNormLSTMCell': 'lstm',
+    'FedParaLSTM': 'lstm', 'FedParaLSTMCell': 'lstm_cells', 'LowRankLSTM': 'lstm',
+    'LowRankLSTMCell': 'lstm_cells', 'PFedParaLSTM': 'lstm', 'PFedParaLSTMCell': 'lstm_cells',
+    'WeightNormLSTM': 'lstm', 'WeightNormLSTMCell': 'lstm_cells',
     'fedpara_param_count': 'ranks', 'lowrank_param_count': 'ranks',
     'original_param_count': 'ranks', 'r_max': 'ranks', 'r_min': 'ranks',
     'rank_for_gamma': 'ranks', 'rank_for_param_ratio': 'ranks',
@@ -35,16 +35,28 @@ _EXPORTS = {
     'load_torch_factors': 'torch_layout', 'torch_kernel_to_keras': 'torch_layout',
 }
 # Submodules reachable as attributes (`keras_layers.factors`), as before the lazy init.
-_SUBMODULES = ('factors', 'jacobian', 'sign_rule', 'weight_norm')
+_SUBMODULES = ('factors', 'factor_init', 'step_gain', 'jacobian', 'sign_rule', 'weight_norm')
 # Loaded together on first use: every module that defines a layer Keras may deserialise.
-_LAYER_MODULES = ('dense', 'conv', 'lstm', 'jacobian', 'conversion')
+_LAYER_MODULES = ('dense', 'conv', 'lstm_cells', 'lstm', 'jacobian', 'conversion')
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ['load_layers']
 
 
+_loading = []   # non-empty while `_load_layers` runs
+
+
 def _load_layers():
-  for module in _LAYER_MODULES:
-    importlib.import_module(f'{__name__}.{module}')
+  """Imports the layer modules. A layer module that names a submodule while they load
+  (`from keras_layers import weight_norm`) comes back here: that call returns at once, so that
+  no layer module is imported again before the one importing it has finished."""
+  if _loading:
+    return
+  _loading.append(True)
+  try:
+    for module in _LAYER_MODULES:
+      importlib.import_module(f'{__name__}.{module}')
+  finally:
+    _loading.clear()
 
 
 def load_layers() -> None:

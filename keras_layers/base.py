@@ -120,7 +120,7 @@ class FactorizedLayer(keras.layers.Layer):
       multiplied back when the kernel is composed: the same function, but SGD
       moves the factors as if their learning rate were `s` times larger.
       `'matched'` uses `s = 1 / G` with `G` the kernel's expected step gain at
-      init (`factors.step_gain`), so that one SGD step changes the loss as much
+      init (`keras_layers.step_gain`), so that one SGD step changes the loss as much
       as the plain layer's step on average (docs/DESIGN.md, "Effective step
       size"). `'safe'` replaces the factors' gradient at every step so that the
       kernel's SGD step is the plain layer's step projected on directions the

@@ -22,7 +22,7 @@ A *scheme* combines terms into the layer's kernel:
 Step size of the composed kernel (docs/DESIGN.md, "Effective step size"): one
 SGD step of size `eta` on the factors decreases the loss, to first order, by
 `eta * sum_f ||dL/df||^2`, where the plain kernel's step decreases it by
-`eta * ||dL/dW||^2`. Their ratio is the layer's *step gain* `G`; `step_gain`
+`eta * ||dL/dW||^2`. Their ratio is the layer's *step gain* `G`; `keras_layers.step_gain`
 gives its expected value at initialisation. A factorised layer trains like the
 plain layer at learning rate `G * eta`. With `factor_lr_scale=s` every factor
 is stored divided by `sqrt(s)` and multiplied back when composing, which under
@@ -39,10 +39,16 @@ import math
 import numpy as np
 
 from keras_layers import backend
+from keras_layers import cgls
 from keras_layers import factor_options
-from keras_layers import ranks
 from keras_layers.backend import keras
 from keras_layers.backend import ops
+from keras_layers.factor_init import GLOBAL
+from keras_layers.factor_init import LOCAL
+from keras_layers.factor_init import factor_specs
+from keras_layers.factor_init import term_count
+from keras_layers.factor_init import term_suffix
+from keras_layers.step_gain import step_gain
 
 # The options (`factor_options`), by their names here too.
 SCHEMES = factor_options.SCHEMES
@@ -58,11 +64,6 @@ check_factor_lr_scale = factor_options.check_factor_lr_scale
 # the subspace the plain step is projected on, at one more forward- and reverse-mode derivative
 # of the composition per backward pass.
 SAFE_STEPS = 8
-
-GLOBAL = 'global'
-LOCAL = 'local'
-
-FactorSpec = collections.namedtuple('FactorSpec', ['name', 'shape', 'role', 'stddev'])
 
 
 # ---------------------------------------------------------------------------
@@ -192,203 +193,6 @@ def jacobian_row_sums(scheme, term_factors, nonlinearity=None):
   return sums[0] * ops.abs(first_weight) + sums[1] * ops.abs(values[0])
 
 
-# ---------------------------------------------------------------------------
-# Factor shapes, names, roles and initial standard deviations.
-
-
-def _term_count(scheme):
-  return 1 if scheme == 'lowrank' else 2
-
-
-def _term_suffix(scheme, term_index):
-  if scheme == 'lowrank':
-    return ''
-  if scheme == 'pfedpara' and term_index == 1:
-    return '2_local'
-  return str(term_index + 1)
-
-
-def _target_variance(kernel_shape, factor_init):
-  """Per-entry variance of the replaced layer's default (Glorot or He) kernel."""
-  spatial, fan_in, fan_out = ranks.split_kernel_shape(kernel_shape)
-  receptive = math.prod(spatial) if spatial else 1
-  fan_in, fan_out = fan_in * receptive, fan_out * receptive
-  if factor_init == 'matched_he':
-    return 2.0 / fan_in
-  return 2.0 / (fan_in + fan_out)
-
-
-def term_variances(scheme, target_variance):
-  """Variance each term must have for the kernel to have `target_variance`.
-
-  With independent zero-mean terms: FedPara `Var(W1) Var(W2) = v`, so each
-  term gets `sqrt(v)`; pFedPara `Var(W1) (Var(W2) + 1) = v` with the local term
-  at `sqrt(v)` and the global one at `v / (1 + sqrt(v))`; low-rank `v`.
-  """
-  if scheme == 'lowrank':
-    return (target_variance,)
-  root = math.sqrt(target_variance)
-  if scheme == 'fedpara':
-    return (root, root)
-  return (target_variance / (1.0 + root), root)
-
-
-def _matched_stddev(term_variance, rank, tucker):
-  """Equal std of each factor so that one term has `term_variance`.
-
-  Matrix term: `Var = R s^4`. Tucker-2 term: `Var = R^2 s^6`.
-  """
-  if tucker:
-    return (term_variance / rank**2) ** (1.0 / 6.0)
-  return (term_variance / rank) ** 0.25
-
-
-def _he_stddev(shape, factor_name, factor_init):
-  """He-normal std per factor, fans from the factor's place in the product.
-
-  `x (out, R)` maps R -> out; `y (in, R)` maps in -> R (it enters as `Y^T`);
-  `t (R, R, k...)` maps R k -> R k.
-  """
-  receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
-  if factor_name == 't':
-    fan_in = fan_out = shape[1] * receptive
-  elif factor_name == 'x':
-    fan_in, fan_out = shape[1], shape[0]
-  else:
-    fan_in, fan_out = shape[0], shape[1]
-  fan = fan_in if factor_init == 'he_fan_in' else fan_out
-  return math.sqrt(2.0 / fan)
-
-
-def factor_specs(scheme, kernel_shape, rank, factor_init='matched_glorot'):
-  """Lists the factors of one kernel: name, shape, role and initial std.
-
-  Args:
-    scheme: one of `SCHEMES`.
-    kernel_shape: Keras kernel shape, `(in, out)` or `(k1, ..., I, O)`.
-    rank: inner rank R of each term.
-    factor_init: one of `FACTOR_INITS`. The `matched_*` modes make the
-      composed kernel's per-entry variance equal the Glorot (or He) variance of
-      the plain layer (docs/DESIGN.md, "Initialisation"); the `he_*` modes draw every factor
-      He-normal on its own fan-in or fan-out (for ablations).
-
-  Returns:
-    A list of `FactorSpec`, `x` before `y` before `t`, term 1 before term 2.
-  """
-  check_scheme(scheme)
-  check_factor_init(factor_init)
-  spatial, fan_in, fan_out = ranks.split_kernel_shape(kernel_shape)
-  tucker = bool(spatial)
-  shapes = [('x', (fan_out, rank)), ('y', (fan_in, rank))]
-  if tucker:
-    shapes.append(('t', (rank, rank) + tuple(spatial)))
-  variances = term_variances(scheme, _target_variance(kernel_shape, factor_init))
-  specs = []
-  for term in range(_term_count(scheme)):
-    role = LOCAL if (scheme == 'pfedpara' and term == 1) else GLOBAL
-    for base, shape in shapes:
-      if factor_init.startswith('matched'):
-        stddev = _matched_stddev(variances[term], rank, tucker)
-      else:
-        stddev = _he_stddev(shape, base, factor_init)
-      specs.append(FactorSpec(base + _term_suffix(scheme, term), shape, role, stddev))
-  return specs
-
-
-# ---------------------------------------------------------------------------
-# Expected step gain at initialisation.
-
-_HERMITE_POINTS, _HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(64)
-
-
-def _gaussian_mean(fn, variance):
-  """`E[fn(w)]` for `w ~ N(0, variance)` (Gauss-Hermite quadrature)."""
-  values = fn(np.sqrt(variance) * _HERMITE_POINTS)
-  return float(np.sum(_HERMITE_WEIGHTS * values) / np.sqrt(2.0 * np.pi))
-
-
-def _moments(nonlinearity, variance):
-  """`(E[f(w)^2], E[f'(w)^2])` for one term `w ~ N(0, variance)`."""
-  if nonlinearity == 'tanh':
-    return (_gaussian_mean(lambda w: np.tanh(w) ** 2, variance),
-            _gaussian_mean(lambda w: (1.0 - np.tanh(w) ** 2) ** 2, variance))
-  return variance, 1.0
-
-
-def term_step_gain(stddevs, rank, tucker):
-  """`E sum_f ||J_i df||^2 / E ||J_i||^2` for one term with isotropic `J_i`.
-
-  A term is multilinear in its factors (`x`, `y` and, for Tucker-2, `t`), so
-  the gradient of `<J_i, W_i>` w.r.t. factor `f` has total squared norm
-  `||J_i||^2 Var(W_i) / s_f^2`, with `Var(W_i) = R s_x^2 s_y^2` (matrix) or
-  `R^2 s_t^2 s_x^2 s_y^2` (Tucker-2).
-
-  Args:
-    stddevs: the standard deviation of each factor of the term.
-    rank: inner rank R.
-    tucker: whether the term has a core `t`.
-  """
-  variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stddevs)
-  return variance * sum(1.0 / (s * s) for s in stddevs)
-
-
-def sign_step_gain(kernel_grad, factor_grads):
-  """Measured sign-step gain `G_sign = sum_f ||dL/df||_1 / ||dL/dW||_1`.
-
-  Adam's first step (bias-corrected, negligible epsilon) moves every coordinate
-  by the learning rate `eta` against its gradient's sign, lowering the loss, to
-  first order, by `eta * ||g||_1`. `G_sign` is that decrease for a step on the
-  factors over the decrease for the same step on the plain kernel: the
-  sign-step analogue of the step gain `G` (docs/DESIGN.md, "Effective step
-  size"). With `factor_lr_scale=s` the factors' gradients, and so `G_sign`,
-  grow by `sqrt(s)`.
-
-  Args:
-    kernel_grad: `dL/dW`, the loss gradient with respect to the composed
-      kernel (any array-like).
-    factor_grads: the gradients with respect to the factor variables.
-  """
-  l1 = lambda t: float(np.sum(np.abs(np.asarray(t, dtype=np.float64))))
-  return sum(l1(g) for g in factor_grads) / l1(kernel_grad)
-
-
-def step_gain(scheme, specs, rank, tucker, nonlinearity=None):
-  """Expected step gain `G` of a factorised kernel at its initial factor stds.
-
-  `G = E sum_f ||dL/df||^2 / E ||dL/dW||^2` for a gradient `J = dL/dW` with
-  independent entries: a plain kernel has `G = 1`; SGD at learning rate `eta`
-  on the factors changes the loss, to first order, as SGD at `G * eta` on the
-  plain kernel would. Through the scheme `J_i = J * f'(W_i) * (other term)`,
-  so each term's gain is weighted by `E[f'(W_i)^2]` and the second moment of
-  the other term (`E[f(W_j)^2]`; `E[(f(W_2) + 1)^2]` for pFedPara's global
-  term, 1 for low-rank).
-
-  Args:
-    scheme: one of `SCHEMES`.
-    specs: the factors' `FactorSpec`s, as `factor_specs` returns them.
-    rank: inner rank R.
-    tucker: whether the terms are Tucker-2 (convolution).
-    nonlinearity: `None` or `'tanh'`.
-  """
-  per_term = len(specs) // _term_count(scheme)
-  terms = [specs[i * per_term:(i + 1) * per_term] for i in range(_term_count(scheme))]
-  gains, second, slope = [], [], []
-  for term in terms:
-    stds = [spec.stddev for spec in term]
-    variance = rank ** (2 if tucker else 1) * math.prod(s * s for s in stds)
-    f2, df2 = _moments(nonlinearity, variance)
-    gains.append(term_step_gain(stds, rank, tucker))
-    second.append(f2)
-    slope.append(df2)
-  if scheme == 'lowrank':
-    return gains[0] * slope[0]
-  other = [second[1], second[0]]
-  if scheme == 'pfedpara':
-    # W = f(W1) * (f(W2) + 1): E[(f(W2) + 1)^2] = E[f(W2)^2] + 1 (zero mean).
-    other[0] = second[1] + 1.0
-  return sum(g * d * o for g, d, o in zip(gains, slope, other))
-
-
 class KernelFactorization:
   """The factors of one kernel: creates them on a layer and composes the kernel.
 
@@ -406,7 +210,7 @@ class KernelFactorization:
       step_gain`): each factor is stored divided by `sqrt(s)` and composed
       multiplied by it, i.e. SGD on the factors at `s` times the learning rate;
       `'safe'`: the factors' gradient is replaced at every step instead
-      (`backend.projected_step`, `SAFE_STEPS` iterations).
+      (`cgls.projected_step`, `SAFE_STEPS` iterations).
   """
 
   def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
@@ -449,7 +253,7 @@ class KernelFactorization:
     return self
 
   def _term_factors(self, term_index, stored):
-    suffix = _term_suffix(self.scheme, term_index)
+    suffix = term_suffix(self.scheme, term_index)
     names = ['x', 'y', 't'] if len(self.kernel_shape) > 2 else ['x', 'y']
     return [self._scaled(stored[name + suffix]) for name in names]
 
@@ -475,7 +279,7 @@ class KernelFactorization:
     """
     stored = self.factors if stored is None else stored
     return compose_terms([self._term_factors(i, stored)
-                          for i in range(_term_count(self.scheme))])
+                          for i in range(term_count(self.scheme))])
 
   def compose(self):
     """The layer's kernel in Keras layout, composed from the current factors."""
@@ -485,13 +289,13 @@ class KernelFactorization:
     """The kernel composed from `stored` (dict of stored-scale factor values).
 
     With `factor_lr_scale='safe'` the factors' gradient through this composition is the
-    step-size rule's (`backend.projected_step`); the value is the same.
+    step-size rule's (`cgls.projected_step`); the value is the same.
     """
     stored = self.factors if stored is None else stored
     if not self.projected:
       return self.compose_unscaled(stored)
     names = list(self.factors)
-    return backend.projected_step(
+    return cgls.projected_step(
         lambda values: self.compose_unscaled(dict(zip(names, values))),
         [stored[n] for n in names], SAFE_STEPS)
 
@@ -502,7 +306,7 @@ class KernelFactorization:
     moves by at most 1: the step-size rule under Adam (`keras_layers.sign_rule`) divides the
     factors' update by it. A scalar tensor.
     """
-    terms = [self._term_factors(i, self.factors) for i in range(_term_count(self.scheme))]
+    terms = [self._term_factors(i, self.factors) for i in range(term_count(self.scheme))]
     bound = ops.max(jacobian_row_sums(self.scheme, terms, self.nonlinearity))
     return bound * ops.cast(self.multiplier, bound.dtype)
 

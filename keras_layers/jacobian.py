@@ -27,7 +27,7 @@ import contextlib
 
 from keras_layers import backend
 from keras_layers import base
-from keras_layers import lstm
+from keras_layers import lstm_cells
 from keras_layers import validation
 from keras_layers.backend import keras
 
@@ -70,7 +70,7 @@ def corrected_factorizations(model):
   """
   pairs = []
   for layer in base.factorized_layers(model):
-    if isinstance(layer, lstm.FACTORIZED_CELLS):
+    if isinstance(layer, lstm_cells.FACTORIZED_CELLS):
       raise ValueError(f'Jacobian correction: the factorised cell {layer.name} '
                        f'({type(layer).__name__}) runs outside the package\'s LSTM layers; '
                        f'use FedParaLSTM / LowRankLSTM / PFedParaLSTM, which compose its '

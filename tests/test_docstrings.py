@@ -9,9 +9,10 @@ import keras_layers
 from keras_layers import conv
 from keras_layers import dense
 from keras_layers import lstm
+from keras_layers import lstm_cells
 
 
-@pytest.mark.parametrize('module', [dense, conv, lstm])
+@pytest.mark.parametrize('module', [dense, conv, lstm, lstm_cells])
 def test_docstring_examples_hold(module):
   globs = dict(vars(keras_layers), tf=tf)
   result = doctest.testmod(module, globs=globs, optionflags=doctest.ELLIPSIS)

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 
 import keras_layers as kl
-from keras_layers import factors
+from keras_layers import factor_init
+from keras_layers import step_gain
 
 CASES = [
     (lambda **kw: kl.FedParaDense(96, **kw), (None, 64)),
@@ -41,10 +42,10 @@ def test_expected_gain_matches_autodiff_at_init(make, shape):
 def test_closed_form_of_one_fedpara_dense_term():
   # Matrix term with stds s_x, s_y and rank R: gain R (s_x^2 + s_y^2); FedPara weights each term by
   # the other term's variance R s_x^2 s_y^2.
-  specs = factors.factor_specs('fedpara', (64, 96), 5)
+  specs = factor_init.factor_specs('fedpara', (64, 96), 5)
   s = specs[0].stddev
   expected = 2 * (5 * (s**2 + s**2)) * (5 * s**2 * s**2)
-  assert factors.step_gain('fedpara', specs, 5, tucker=False) == pytest.approx(expected)
+  assert step_gain.step_gain('fedpara', specs, 5, tucker=False) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize('make, shape', CASES)
@@ -128,7 +129,7 @@ def test_sign_step_gain_is_the_ratio_of_first_adam_steps(make):
 
   plain_drop, (j,) = decrease(plain_loss, [kernel])
   factor_drop, g = decrease(factored_loss, factor_vars)
-  assert factor_drop / plain_drop == pytest.approx(factors.sign_step_gain(j, g), rel=1e-3)
+  assert factor_drop / plain_drop == pytest.approx(step_gain.sign_step_gain(j, g), rel=1e-3)
 
 
 def test_sign_step_gain_grows_with_the_square_root_of_the_lr_scale():
@@ -143,5 +144,5 @@ def test_sign_step_gain_grows_with_the_square_root_of_the_lr_scale():
       kernel = layer.composed_kernel()
       value = tf.reduce_sum(tf.sin(tf.matmul(x, kernel)))
     j, *g = tape.gradient(value, [kernel] + list(layer.factorization.factors.values()))
-    gains.append(factors.sign_step_gain(j, g))
+    gains.append(step_gain.sign_step_gain(j, g))
   assert gains[1] == pytest.approx(3.0 * gains[0], rel=1e-4)

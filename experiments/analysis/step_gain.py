@@ -7,7 +7,7 @@ loss, to first order, as much as a step of `G * eta` on a plain kernel would
 `G_sign = sum_f ||dL/df||_1 / ||dL/dW||_1` is the same ratio for Adam's first step, which moves
 every coordinate by the learning rate in the direction of its gradient's sign. For each
 parameterization this prints, per factorised layer, the gain expected from the
-initial factor scales (`keras_layers.factors.step_gain`, isotropic gradient)
+initial factor scales (`keras_layers.step_gain.step_gain`, isotropic gradient)
 and the gain measured with the loss gradient of one real batch, plus the
 gradient norms, and writes them as CSV. With `--runs`, the gains are measured
 at the global weights of each run's latest checkpoint instead (the model
@@ -101,7 +101,7 @@ def layer_gains(model, x, y, cgls_iterations=0):
     j_sq = float(tf.reduce_sum(j * j))
     g_sq = sum(float(tf.reduce_sum(v * v)) for v in g)
     rows.append((label, f.initial_step_gain * f.lr_scale, g_sq / j_sq, np.sqrt(j_sq), g_sq,
-                 keras_layers.factors.sign_step_gain(j, g),
+                 keras_layers.step_gain.sign_step_gain(j, g),
                  step_measures.step_rule_measures(f, j, cgls_iterations) if cgls_iterations else None,
                  float(f.sign_step_bound())))
   return rows

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_layers
+from keras_layers import cgls
 
 
 def _composition(factorization):
@@ -26,17 +27,17 @@ def _sq(tensors):
 def step_rule_measures(factorization, j, iterations):
   """`(step_length, safe_gain, reachable_fraction)` of one kernel for the gradient `j`.
 
-  The rule's own CGLS (`keras_layers.backend.tensorflow_cgls`) gives the factor step `d`;
+  The rule's own CGLS (`cgls.tensorflow_cgls`) gives the factor step `d`;
   `||A d||^2 / ||J||^2` is its first-order decrease over the plain step's, after
   `factors.SAFE_STEPS` iterations (the 'safe' rule) and after `iterations` (at least as many).
   """
   fn, xs = _composition(factorization)
-  vjp, jvp = keras_layers.backend.tensorflow_products(fn, xs)
+  vjp, jvp = cgls.tensorflow_products(fn, xs)
   j_sq = _sq([j])
   step_length = np.sqrt(_sq([jvp(vjp(j))]) / j_sq)
   fractions = []
   for steps in (keras_layers.factors.SAFE_STEPS,
                 max(iterations, keras_layers.factors.SAFE_STEPS)):
-    d = keras_layers.backend.tensorflow_cgls(fn, xs, j, steps)
+    d = cgls.tensorflow_cgls(fn, xs, j, steps)
     fractions.append(_sq([jvp(d)]) / j_sq)
   return (step_length, *fractions)
