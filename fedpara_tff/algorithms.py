@@ -24,13 +24,15 @@ with their plain gradients.
 import tensorflow as tf
 
 from fedpara_tff import settings as settings_lib
+from fedpara_tff import update_transforms
 
 NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'mimelite')
 
 
 class ServerOptimizer:
   """The server's step on the pseudo-gradient `D = mean_S(x - y)` (Reddi et al., "Adaptive
-  Federated Optimization", ICLR 2021), in the form of TFF's optimizers with their defaults:
+  Federated Optimization", ICLR 2021), in the form of TFF's optimizers with their defaults
+  (`fedpara_tff.update_transforms.build`, the client optimizer's rules too):
 
   * `sgd`: `a <- beta a + D` (no `a` without momentum), `x <- x - eta_g a`;
   * `adam`: `m <- m + (D - m)(1 - b1)`, `v <- v + (D^2 - v)(1 - b2)`,
@@ -46,40 +48,17 @@ class ServerOptimizer:
     # Checked by `fedpara_tff.settings.RoundSettings`, through which `build` makes it.
     self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
     self.stateful = name != 'sgd' or bool(momentum)
+    self._transform = update_transforms.build(name, self.momentum if name == 'sgd' else 0.0,
+                                              self.beta_2)
 
   def initial_state(self, specs):
     """TF values of the state for global variables of `specs` (TensorSpecs)."""
-    zeros = [tf.zeros(s.shape, s.dtype) for s in specs]
-    if self.name == 'sgd':
-      return zeros if self.momentum else []
-    if self.name == 'adagrad':
-      return [tf.fill(s.shape, 0.1) for s in specs]
-    v0 = 1e-6 if self.name == 'yogi' else 0.0
-    return zeros + [tf.fill(s.shape, v0) for s in specs] + [tf.constant(0.0)]
+    return self._transform.init(specs)
 
   def step(self, x, d, state, learning_rate):
     """`(new x, new state)` after one step along the pseudo-gradient `d`."""
-    n = len(x)
-    if self.name == 'sgd':
-      if not self.momentum:
-        return [xi - learning_rate * di for xi, di in zip(x, d)], []
-      acc = [self.momentum * a + di for a, di in zip(state, d)]
-      return [xi - learning_rate * a for xi, a in zip(x, acc)], acc
-    if self.name == 'adagrad':
-      v = [vi + tf.square(di) for vi, di in zip(state, d)]
-      return [xi - learning_rate * di / tf.sqrt(vi + 1e-7) for xi, di, vi in zip(x, d, v)], v
-    b1, b2 = 0.9, self.beta_2
-    m, v, t = state[:n], state[n:2 * n], state[2 * n] + 1.0
-    m = [mi + (di - mi) * (1 - b1) for mi, di in zip(m, d)]
-    if self.name == 'adam':
-      v = [vi + (tf.square(di) - vi) * (1 - b2) for vi, di in zip(v, d)]
-      eps = 1e-7
-    else:
-      v = [vi + (1 - b2) * tf.sign(tf.square(di) - vi) * tf.square(di) for vi, di in zip(v, d)]
-      eps = 1e-3
-    rate = learning_rate * tf.sqrt(1 - tf.pow(b2, t)) / (1 - tf.pow(b1, t))
-    new_x = [xi - rate * mi / (tf.sqrt(vi) + eps) for xi, mi, vi in zip(x, m, v)]
-    return new_x, m + v + [t]
+    steps, state = self._transform.update(list(d), list(state), learning_rate)
+    return [xi - s for xi, s in zip(x, steps)], state
 
 
 class FedAvg:

@@ -1,7 +1,7 @@
 """The client optimizer of a round: SGD or Adam, reset at the start of every round.
 
 The shared round (`client_work.build_client_train`) steps its variables
-with `LocalOptimizer`; the runs on TFF's builders get the same optimizer from
+with `LocalOptimizer`, whose rule is `fedpara_tff.update_transforms`' (the server's too); the runs on TFF's builders get the same optimizer from
 `tff_optimizer`, so both use one update rule:
 
 * `sgd`: `w <- w - eta g`; with momentum beta (TFF's SGDM) `a <- beta a + g`,
@@ -20,14 +20,18 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedpara_tff import choices
+from fedpara_tff import update_transforms
 
 CLIENT_OPTIMIZERS = choices.CLIENT_OPTIMIZERS
-BETA_1, BETA_2, EPSILON = 0.9, 0.999, 1e-7
+BETA_1 = update_transforms.ADAM_BETA_1
+BETA_2 = update_transforms.ADAM_BETA_2
+EPSILON = update_transforms.ADAM_EPSILON
 check = choices.check_client_optimizer
 
 
 class LocalOptimizer:
-  """Steps `variables` with `name`'s rule; `reset()` clears Adam's moments and step count.
+  """Steps `variables` with `name`'s rule (`update_transforms.build`), its state (momentum,
+  Adam's moments and step count) in variables that `reset()` sets back to their start.
 
   Args:
     name: one of `CLIENT_OPTIMIZERS`.
@@ -44,47 +48,27 @@ class LocalOptimizer:
                        f"client_optimizer='adam'; got {name!r}.")
     self._update_scales = update_scales
     self._variables = list(variables)
-    self._slots = []
     self.momentum = float(momentum)
-    if self.momentum:
-      self._slots = [tf.Variable(tf.zeros_like(v), trainable=False, name='momentum')
-                     for v in self._variables]
-    if self.name == 'adam':
-      self._step = tf.Variable(0.0, trainable=False, name='adam_step')
-      self._slots = [(tf.Variable(tf.zeros_like(v), trainable=False, name='adam_m'),
-                      tf.Variable(tf.zeros_like(v), trainable=False, name='adam_v'))
-                     for v in self._variables]
+    self._transform = update_transforms.build(self.name, self.momentum)
+    self._specs = [tf.TensorSpec(v.shape, v.dtype) for v in self._variables]
+    self._state = [tf.Variable(value, trainable=False, name=f'{self.name}_state')
+                   for value in self._transform.init(self._specs)]
 
   def reset(self):
-    """Zeroes the moments and the step count (call at the start of a round)."""
-    if self.momentum:
-      for a in self._slots:
-        a.assign(tf.zeros_like(a))
-    if self.name == 'adam':
-      self._step.assign(0.0)
-      for m, v in self._slots:
-        m.assign(tf.zeros_like(m))
-        v.assign(tf.zeros_like(v))
+    """Sets the optimizer's state back to its start (call at the start of a round)."""
+    for variable, value in zip(self._state, self._transform.init(self._specs)):
+      variable.assign(value)
 
   def apply(self, grads, learning_rate):
     """One step of every variable along its gradient in `grads` at `learning_rate`."""
-    if self.name == 'sgd' and self.momentum:
-      for variable, grad, a in zip(self._variables, grads, self._slots):
-        variable.assign_sub(learning_rate * a.assign(self.momentum * a + grad))
-      return
-    if self.name == 'sgd':
-      for variable, grad in zip(self._variables, grads):
-        variable.assign_sub(learning_rate * grad)
-      return
-    step = self._step.assign_add(1.0)
-    normalized = (learning_rate * tf.sqrt(1.0 - tf.pow(BETA_2, step))
-                  / (1.0 - tf.pow(BETA_1, step)))
     # Every scale is read from the variables before any of them moves.
-    scales = self._update_scales() if self._update_scales else [1.0] * len(self._variables)
-    for variable, grad, (m, v), scale in zip(self._variables, grads, self._slots, scales):
-      m.assign(m + (grad - m) * (1.0 - BETA_1))
-      v.assign(v + (tf.square(grad) - v) * (1.0 - BETA_2))
-      variable.assign_sub(scale * normalized * m / (tf.sqrt(v) + EPSILON))
+    scales = self._update_scales() if self._update_scales else None
+    steps, state = self._transform.update(list(grads), [tf.convert_to_tensor(v) for v in self._state],
+                                          learning_rate, scales)
+    for variable, value in zip(self._state, state):
+      variable.assign(value)
+    for variable, step in zip(self._variables, steps):
+      variable.assign_sub(step)
 
 
 def tff_optimizer(name, learning_rate, momentum=0.0):
