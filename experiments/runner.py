@@ -39,10 +39,11 @@ def element_spec(data):
 
 
 class _RunDriver:
-  """The run's round driver (`fedpara_tff`'s own round, for every algorithm and
+  """The run's round driver, `driver` (`fedpara_tff`'s own round, for every algorithm and
   parameterisation: FedPara / low-rank / original, pFedPara, FedPer, local-only) with its client
   executor (`backend=tff`: TFF's local or remote workers; `backend=tf`: this process's devices,
-  `--gpus`), and the round's metrics as one flat row."""
+  `--gpus`); what the run's rounds need of it in the run's terms: `next` gives the round's
+  metrics as one flat row, `evaluate` the personalised accuracy over the clients."""
 
   def __init__(self, config, keras_model_fn, element_spec, workers=None):
     options = dict(settings=config.round_settings())
@@ -64,16 +65,6 @@ class _RunDriver:
       self.driver = fedpara_tff.build_local_only_driver(keras_model_fn, element_spec, **options)
     else:
       self.driver = fedpara_tff.build_fedavg_driver(keras_model_fn, element_spec, **options)
-
-  @property
-  def local_layout(self):
-    return self.driver.local_layout
-
-  def use_store(self, store):
-    self.driver.use_store(store)
-
-  def initialize(self, weights):
-    return self.driver.initialize(weights)
 
   def next(self, state, client_ids, datasets):
     state, metrics = self.driver.next(state, client_ids, datasets)
@@ -264,14 +255,14 @@ def _rounds(config, data, parts, keras_model_fn, initial_weights, signature, par
             plain_params, resuming, workers):
   """Builds the round driver, runs the rounds of a prepared run folder; returns the summary."""
   driver = _RunDriver(config, keras_model_fn, element_spec(data), workers)
-  state = driver.initialize(initial_weights)
+  state = driver.driver.initialize(initial_weights)
   store = None
   # Clients keep state between rounds in the personalised runs (local variables) and with
   # SCAFFOLD / FedDyn (their control variates / gradient state): the driver's layout says.
-  if driver.local_layout:
+  if driver.driver.local_layout:
     store = client_store.open_store(config.client_store, config.clients, config.output_dir,
-                                    driver.local_layout, resuming, run=signature.run)
-    driver.use_store(store)
+                                    driver.driver.local_layout, resuming, run=signature.run)
+    driver.driver.use_store(store)
   try:
     counters = round_loop.run_rounds(config, data, parts, keras_model_fn, signature, resuming,
                                      driver, state, store)

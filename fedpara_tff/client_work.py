@@ -8,6 +8,7 @@ pFedPara, FedPer, local only): TFF's client computation wraps it
 """
 
 import collections
+from typing import Any, NamedTuple, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -31,6 +32,33 @@ def correct_and_total(logits, labels):
   predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
   correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
   return correct, tf.cast(tf.size(labels), tf.float32)
+
+
+class ClientResult(NamedTuple):
+  """What one client's round returns (`build_client_train`), or, from `gather`, the round's
+  clients' results field by field (each a list, one entry per client, in order).
+
+  `upload`: the FedAvg update and the algorithm's extra values; `new_local`: the client's new
+  local values; `weight`: its weight in the mean; `examples`, `loss_sum`, `correct`: over the
+  local epochs; `diverged`: 1 if its training diverged (then the upload is zero, the weight 0).
+  """
+  upload: Any
+  new_local: Any
+  weight: Any
+  examples: Any
+  loss_sum: Any
+  correct: Any
+  diverged: Any
+
+  def for_server(self) -> Tuple[Any, ...]:
+    """The fields the server half takes after the state, in its order: `finish_round(state,
+    upload, weight, examples, loss_sum, correct, diverged)` (the new local values stay)."""
+    return (self.upload, self.weight, self.examples, self.loss_sum, self.correct, self.diverged)
+
+
+def gather(results: Sequence[ClientResult]) -> ClientResult:
+  """The clients' results field by field: each field a list, one entry per client, in order."""
+  return ClientResult(*[list(field) for field in zip(*results)])
 
 
 def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
@@ -59,8 +87,7 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
       what the client sends and keeps besides (default plain FedAvg).
 
   Returns:
-    `train(global_values, local_values, dataset, learning_rate)` returning
-    `(upload, new_local, weight, examples, loss_sum, correct, diverged)`.
+    `train(global_values, local_values, dataset, learning_rate)` returning a `ClientResult`.
     `global_values`: the global variables, then the server's control when the
     algorithm broadcasts one (SCAFFOLD's `c`, MIME-lite's momentum).
     `local_values`: the model's local variables, then the client's algorithm
@@ -138,11 +165,12 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
         tf.reduce_all(tf.math.is_finite(t)) for t in upload + new_local])
     examples = seen / float(local_epochs)
     weight = tf.cast(examples > 0, tf.float32) if algorithm.uniform else examples
-    return ([tf.where(finite, u, tf.zeros_like(u)) for u in upload],
-            [tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
-            tf.where(finite, weight, 0.0), tf.where(finite, examples, 0.0),
-            tf.where(finite, loss_sum, 0.0), tf.where(finite, correct, 0.0),
-            tf.cast(tf.logical_not(finite), tf.int32))
+    return ClientResult(
+        upload=[tf.where(finite, u, tf.zeros_like(u)) for u in upload],
+        new_local=[tf.where(finite, n, o) for n, o in zip(new_local, local_values)],
+        weight=tf.where(finite, weight, 0.0), examples=tf.where(finite, examples, 0.0),
+        loss_sum=tf.where(finite, loss_sum, 0.0), correct=tf.where(finite, correct, 0.0),
+        diverged=tf.cast(tf.logical_not(finite), tf.int32))
 
   return train
 

@@ -25,6 +25,7 @@ executor after training the clients itself.
 import collections
 import functools
 import types
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -130,8 +131,9 @@ class ClientWork:
     @tff.tensorflow.computation(layout.received_type, layout.local_type, layout.data_type,
                                 tf.float32)
     def client_update(received_values, local_values, dataset, learning_rate):
-      return parts.client_train(parts.keras_model_fn())(received_values, local_values, dataset,
-                                                        learning_rate)
+      # A plain tuple: TFF's round takes the fields by position (`build_next`).
+      return tuple(parts.client_train(parts.keras_model_fn())(received_values, local_values,
+                                                              dataset, learning_rate))
 
     return client_update
 
@@ -370,6 +372,15 @@ def build_template(parts, initialize, next_fn, initial, state_type):
                                                   initial.init_local)
 
 
+class _NextParts(NamedTuple):
+  """What `next` and `template` are built from when first used."""
+  distribute: Any
+  schedule: Any
+  client: Any
+  state_type: Any
+  initial: Any
+
+
 class StatefulRound:
   """The round's TFF computations for one model and algorithm, composed from the parts above.
 
@@ -428,17 +439,18 @@ class StatefulRound:
     self.init_local, self.init_control = initial.init_local, initial.init_control
     self.learning_rate_at = schedule.learning_rate_at
     self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
-    self._next_parts = (distribute, schedule, client, state_type, initial)
+    self._next_parts = _NextParts(distribute, schedule, client, state_type, initial)
 
   @functools.cached_property
   def next(self):
-    distribute, schedule, client, state_type, _ = self._next_parts
-    return build_next(self.parts, distribute, schedule, client, self.finish_round, state_type)
+    parts = self._next_parts
+    return build_next(self.parts, parts.distribute, parts.schedule, parts.client,
+                      self.finish_round, parts.state_type)
 
   @functools.cached_property
   def template(self):
-    _, _, _, state_type, initial = self._next_parts
-    return build_template(self.parts, self.initialize, self.next, initial, state_type)
+    return build_template(self.parts, self.initialize, self.next, self._next_parts.initial,
+                          self._next_parts.state_type)
 
   def client_train(self, model):
     """The client work on `model` (`ModelParts.client_train`)."""

@@ -168,10 +168,7 @@ class DeviceClients(client_executors.ServerHalf):
       done = pool.map(lambda s: self._train_on(s, jobs[s], received, learning_rate),
                       range(len(self.slots)))
       results = dict(item for device_results in done for item in device_results)
-    uploads, new_local, weights, examples, loss_sums, correct, diverged = zip(
-        *[results[p] for p in range(len(datasets))])
+    gathered = client_work.gather([results[p] for p in range(len(datasets))])
     with self.running():
-      new_state, metrics = server.finish_round(state, list(uploads), list(weights),
-                                               list(examples), list(loss_sums), list(correct),
-                                               list(diverged))
-    return new_state, [list(values) for values in new_local], metrics
+      new_state, metrics = server.finish_round(state, *gathered.for_server())
+    return new_state, [list(values) for values in gathered.new_local], metrics
