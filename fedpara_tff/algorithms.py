@@ -21,12 +21,18 @@ correction or a state: pFedPara's local factors and FedPer's local layers train
 with their plain gradients.
 """
 
+from typing import List, Optional, Sequence, Tuple, Union
+
 import tensorflow as tf
 
 from fedpara_tff import settings as settings_lib
 from fedpara_tff import update_transforms
 
 NAMES = ('fedavg', 'fedprox', 'scaffold', 'feddyn', 'mimelite')
+
+Tensors = List[tf.Tensor]
+MaybeTensor = Optional[tf.Tensor]
+Specs = Sequence[tf.TensorSpec]
 
 
 class ServerOptimizer:
@@ -44,18 +50,20 @@ class ServerOptimizer:
   Its state is a list of arrays: `[a...]`, `[m..., v..., t]` or `[v...]`.
   """
 
-  def __init__(self, name='sgd', momentum=0.0, beta_2=settings_lib.DEFAULT_SERVER_BETA_2):
+  def __init__(self, name: str = 'sgd', momentum: float = 0.0,
+               beta_2: float = settings_lib.DEFAULT_SERVER_BETA_2) -> None:
     # Checked by `fedpara_tff.settings.RoundSettings`, through which `build` makes it.
     self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
     self.stateful = name != 'sgd' or bool(momentum)
     self._transform = update_transforms.build(name, self.momentum if name == 'sgd' else 0.0,
                                               self.beta_2)
 
-  def initial_state(self, specs):
+  def initial_state(self, specs: Specs) -> Tensors:
     """TF values of the state for global variables of `specs` (TensorSpecs)."""
     return self._transform.init(specs)
 
-  def step(self, x, d, state, learning_rate):
+  def step(self, x: Tensors, d: Tensors, state: Tensors,
+           learning_rate: tf.Tensor) -> Tuple[Tensors, Tensors]:
     """`(new x, new state)` after one step along the pseudo-gradient `d`."""
     steps, state = self._transform.update(list(d), list(state), learning_rate)
     return [xi - s for xi, s in zip(x, steps)], state
@@ -78,28 +86,33 @@ class FedAvg:
   broadcast_control = False  # whether clients receive the server state too
   full_gradient = False  # whether clients compute their full-batch gradient at x
 
-  def __init__(self, proximal_strength=0.0, server_optimizer=None):
+  def __init__(self, proximal_strength: float = 0.0,
+               server_optimizer: Optional[ServerOptimizer] = None) -> None:
     self.mu = float(proximal_strength)
     self.optimizer = server_optimizer or ServerOptimizer()
     self.server_state = self.optimizer.stateful
     if self.mu:
       self.name = 'fedprox'
 
-  def control_specs(self, specs):
+  def control_specs(self, specs: Specs) -> List[tf.TensorSpec]:
     return [tf.TensorSpec(v.shape, v.dtype) for v in self.optimizer.initial_state(specs)]
 
-  def initial_control(self, specs):
+  def initial_control(self, specs: Specs) -> Tensors:
     return self.optimizer.initial_state(specs)
 
-  def gradient(self, g, w, x, c_server, c_client):
+  def gradient(self, g: tf.Tensor, w: tf.Variable, x: tf.Tensor, c_server: MaybeTensor,
+               c_client: MaybeTensor) -> tf.Tensor:
     del c_server, c_client
     return g + self.mu * (w - x) if self.mu else g
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+  def client_finish(self, x: Tensors, y: Tensors, c_server: Sequence[MaybeTensor],
+                    c_client: Sequence[MaybeTensor], steps: tf.Tensor, learning_rate: tf.Tensor,
+                    full_gradient: Optional[Tensors]) -> Tuple[Tensors, Tensors]:
     del x, y, c_server, c_client, steps, learning_rate, full_gradient
     return [], []
 
-  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+  def server(self, x: Tensors, control: Tensors, mean_update: Tensors, mean_extra: Tensors,
+             clients: tf.Tensor, server_learning_rate: tf.Tensor) -> Tuple[Tensors, Tensors]:
     del mean_extra, clients
     return self.optimizer.step(x, mean_update, control, server_learning_rate)
 
@@ -107,10 +120,10 @@ class FedAvg:
 class _GlobalShapedControl:
   """SCAFFOLD's `c` and FedDyn's `h`: one array per global variable, from zero."""
 
-  def control_specs(self, specs):
+  def control_specs(self, specs: Specs) -> List[tf.TensorSpec]:
     return list(specs)
 
-  def initial_control(self, specs):
+  def initial_control(self, specs: Specs) -> Tensors:
     return [tf.zeros(s.shape, s.dtype) for s in specs]
 
 
@@ -134,21 +147,25 @@ class Scaffold(_GlobalShapedControl):
   broadcast_control = True
   full_gradient = False
 
-  def __init__(self, num_clients):
+  def __init__(self, num_clients: int) -> None:
     self.num_clients = int(num_clients)
 
-  def gradient(self, g, w, x, c_server, c_client):
+  def gradient(self, g: tf.Tensor, w: tf.Variable, x: tf.Tensor, c_server: MaybeTensor,
+               c_client: MaybeTensor) -> tf.Tensor:
     del w, x
     return g - c_client + c_server
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+  def client_finish(self, x: Tensors, y: Tensors, c_server: Sequence[MaybeTensor],
+                    c_client: Sequence[MaybeTensor], steps: tf.Tensor, learning_rate: tf.Tensor,
+                    full_gradient: Optional[Tensors]) -> Tuple[Tensors, Tensors]:
     del full_gradient
     scale = tf.math.divide_no_nan(1.0, tf.cast(steps, tf.float32) * learning_rate)
     new = [tf.where(steps > 0, ci - c + (xi - yi) * scale, ci)
            for xi, yi, c, ci in zip(x, y, c_server, c_client)]
     return [n - ci for n, ci in zip(new, c_client)], new
 
-  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+  def server(self, x: Tensors, control: Tensors, mean_update: Tensors, mean_extra: Tensors,
+             clients: tf.Tensor, server_learning_rate: tf.Tensor) -> Tuple[Tensors, Tensors]:
     share = tf.cast(clients, tf.float32) / float(self.num_clients)
     return ([xi - server_learning_rate * u for xi, u in zip(x, mean_update)],
             [c + share * d for c, d in zip(control, mean_extra)])
@@ -174,18 +191,22 @@ class FedDyn(_GlobalShapedControl):
   broadcast_control = False
   full_gradient = False
 
-  def __init__(self, alpha, num_clients):
+  def __init__(self, alpha: float, num_clients: int) -> None:
     self.alpha, self.num_clients = float(alpha), int(num_clients)
 
-  def gradient(self, g, w, x, c_server, c_client):
+  def gradient(self, g: tf.Tensor, w: tf.Variable, x: tf.Tensor, c_server: MaybeTensor,
+               c_client: MaybeTensor) -> tf.Tensor:
     del c_server
     return g - c_client + self.alpha * (w - x)
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+  def client_finish(self, x: Tensors, y: Tensors, c_server: Sequence[MaybeTensor],
+                    c_client: Sequence[MaybeTensor], steps: tf.Tensor, learning_rate: tf.Tensor,
+                    full_gradient: Optional[Tensors]) -> Tuple[Tensors, Tensors]:
     del c_server, steps, learning_rate, full_gradient
     return [], [gk - self.alpha * (yi - xi) for xi, yi, gk in zip(x, y, c_client)]
 
-  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+  def server(self, x: Tensors, control: Tensors, mean_update: Tensors, mean_extra: Tensors,
+             clients: tf.Tensor, server_learning_rate: tf.Tensor) -> Tuple[Tensors, Tensors]:
     del mean_extra, server_learning_rate
     share = tf.cast(clients, tf.float32) / float(self.num_clients)
     # mean_S(y - x) = -mean_update.
@@ -212,24 +233,28 @@ class MimeLite(_GlobalShapedControl):
   broadcast_control = True
   full_gradient = True
 
-  def __init__(self, momentum):
+  def __init__(self, momentum: float) -> None:
     self.beta = float(momentum)
 
-  def gradient(self, g, w, x, c_server, c_client):
+  def gradient(self, g: tf.Tensor, w: tf.Variable, x: tf.Tensor, c_server: MaybeTensor,
+               c_client: MaybeTensor) -> tf.Tensor:
     del w, x, c_client
     return g + self.beta * c_server
 
-  def client_finish(self, x, y, c_server, c_client, steps, learning_rate, full_gradient):
+  def client_finish(self, x: Tensors, y: Tensors, c_server: Sequence[MaybeTensor],
+                    c_client: Sequence[MaybeTensor], steps: tf.Tensor, learning_rate: tf.Tensor,
+                    full_gradient: Optional[Tensors]) -> Tuple[Tensors, Tensors]:
     del x, y, c_server, c_client, steps, learning_rate
     return list(full_gradient), []
 
-  def server(self, x, control, mean_update, mean_extra, clients, server_learning_rate):
+  def server(self, x: Tensors, control: Tensors, mean_update: Tensors, mean_extra: Tensors,
+             clients: tf.Tensor, server_learning_rate: tf.Tensor) -> Tuple[Tensors, Tensors]:
     del clients
     return ([xi - server_learning_rate * u for xi, u in zip(x, mean_update)],
             [self.beta * a + f for a, f in zip(control, mean_extra)])
 
 
-def build(settings):
+def build(settings: settings_lib.RoundSettings) -> 'Algorithm':
   """The algorithm of `settings` (a `fedpara_tff.settings.RoundSettings`, which checked them):
   FedAvg / FedProx with their server optimizer, SCAFFOLD, FedDyn or MIME-lite."""
   name = settings.base_algorithm
@@ -241,3 +266,7 @@ def build(settings):
   if name == 'mimelite':
     return MimeLite(settings.client_momentum)
   return FedDyn(settings.feddyn_alpha, settings.num_clients)
+
+
+# Every algorithm of the shared round: the interface `client_work` and `stateful_round` use.
+Algorithm = Union[FedAvg, Scaffold, FedDyn, MimeLite]

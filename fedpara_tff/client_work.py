@@ -8,7 +8,7 @@ pFedPara, FedPer, local only): TFF's client computation wraps it
 """
 
 import collections
-from typing import Any, NamedTuple, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -16,18 +16,22 @@ from fedpara_tff import algorithms
 from fedpara_tff import client_optimizer as client_optimizer_lib
 import keras_layers
 
+Batch = Dict[str, tf.Tensor]   # a client batch: `x`, `y`
+# `split(model) -> (global variables, local variables)`.
+Split = Callable[[tf.keras.Model], Tuple[List[tf.Variable], List[tf.Variable]]]
 
-def _assign(variables, values):
+
+def _assign(variables: Sequence[tf.Variable], values: Sequence[Any]) -> None:
   """Sets each variable to its value (inside a `tf.function`, in program order)."""
   for v, value in zip(variables, values):
     v.assign(value)
 
 
-def _batch_size(batch):
+def _batch_size(batch: Batch) -> tf.Tensor:
   return tf.cast(tf.shape(batch['y'])[0], tf.float32)
 
 
-def correct_and_total(logits, labels):
+def correct_and_total(logits: tf.Tensor, labels: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
   """Correct arg-max predictions and the number of labels, as float32 scalars."""
   predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
   correct = tf.reduce_sum(tf.cast(tf.equal(predicted, tf.cast(labels, tf.int32)), tf.float32))
@@ -61,8 +65,11 @@ def gather(results: Sequence[ClientResult]) -> ClientResult:
   return ClientResult(*[list(field) for field in zip(*results)])
 
 
-def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0,
-                       client_optimizer='sgd', algorithm=None, client_momentum=0.0):
+def build_client_train(model: tf.keras.Model, loss: Callable[..., tf.Tensor], split: Split,
+                       local_epochs: int, jacobian_correction: float = 0.0,
+                       client_optimizer: str = 'sgd',
+                       algorithm: Optional[algorithms.Algorithm] = None,
+                       client_momentum: float = 0.0) -> Callable[..., ClientResult]:
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -114,7 +121,8 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   # Variable assignments inside a TFF computation are only ordered inside a
   # tf.function (docs/DESIGN.md, "TFF runtime facts").
   @tf.function
-  def train(global_values, local_values, dataset, learning_rate):
+  def train(global_values: Sequence[tf.Tensor], local_values: Sequence[tf.Tensor],
+            dataset: tf.data.Dataset, learning_rate: tf.Tensor) -> ClientResult:
     global_values, local_values = list(global_values), list(local_values)
     x = [tf.convert_to_tensor(v) for v in global_values[:n_global]]
     c_server = global_values[n_global:] or [None] * n_global
@@ -175,14 +183,16 @@ def build_client_train(model, loss, split, local_epochs, jacobian_correction=0.0
   return train
 
 
-def _objective(model, loss, batch):
+def _objective(model: tf.keras.Model, loss: Callable[..., tf.Tensor],
+               batch: Batch) -> Tuple[tf.Tensor, tf.Tensor]:
   """The training loss of one batch, with the model's regularisation terms (as TFF adds them)."""
   logits = model(batch['x'], training=True)
   batch_loss = loss(batch['y'], logits)
   return (tf.add_n([batch_loss] + model.losses) if model.losses else batch_loss), logits
 
 
-def _full_gradient(model, loss, variables, dataset):
+def _full_gradient(model: tf.keras.Model, loss: Callable[..., tf.Tensor],
+                   variables: Sequence[tf.Variable], dataset: tf.data.Dataset) -> List[tf.Tensor]:
   """The gradient of the mean loss over one pass of `dataset` at the current values (MIME-lite):
   the example-weighted mean of the minibatch gradients of `variables`."""
   totals = [tf.zeros_like(v) for v in variables]
@@ -198,7 +208,8 @@ def _full_gradient(model, loss, variables, dataset):
   return [tf.math.divide_no_nan(t, seen) for t in totals]
 
 
-def build_client_eval(model, split, n_model_local):
+def build_client_eval(model: tf.keras.Model, split: Split,
+                      n_model_local: int) -> Callable[..., 'collections.OrderedDict[str, tf.Tensor]']:
   """Accuracy of `model` on one client's data with given global and local values.
 
   Args:
@@ -214,7 +225,8 @@ def build_client_eval(model, split, n_model_local):
   global_vars, local_vars = split(model)
 
   @tf.function
-  def evaluate(global_values, local_values, dataset):
+  def evaluate(global_values: Sequence[tf.Tensor], local_values: Sequence[tf.Tensor],
+               dataset: tf.data.Dataset) -> 'collections.OrderedDict[str, tf.Tensor]':
     _assign(global_vars + local_vars,
             list(global_values) + list(local_values)[:n_model_local])
 

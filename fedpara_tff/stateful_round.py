@@ -25,7 +25,7 @@ executor after training the clients itself.
 import collections
 import functools
 import types
-from typing import Any, NamedTuple
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -40,13 +40,15 @@ from fedpara_tff import kernel_mean
 from fedpara_tff import personalized_process
 from fedpara_tff import round_layout
 from fedpara_tff import server_half
+from fedpara_tff import settings as settings_lib
 
 
 InitialValues = collections.namedtuple('InitialValues', 'init_global init_local init_control')
 Schedule = collections.namedtuple('Schedule', 'learning_rate_at increment zero_rounds')
+ModelParts = round_layout.ModelParts
 
 
-def build_initial_values(parts):
+def build_initial_values(parts: ModelParts) -> 'InitialValues':
   """`InitialValues`: TFF computations of the server's global variables, a new client's local
   state and the algorithm's server arrays (`fedpara_tff.server_half`'s initial values)."""
 
@@ -65,7 +67,7 @@ def build_initial_values(parts):
   return InitialValues(init_global, init_local, init_control)
 
 
-def build_schedule(settings):
+def build_schedule(settings: settings_lib.RoundSettings) -> 'Schedule':
   """`Schedule`: the client learning rate of a round (`RoundSettings.learning_rate_at`) and the
   round counter's step and start."""
 
@@ -84,14 +86,16 @@ def build_schedule(settings):
   return Schedule(learning_rate_at, increment, zero_rounds)
 
 
-def server_control(algorithm, initial, state):
+def server_control(algorithm: algorithms.Algorithm, initial: InitialValues,
+                   state: tff.Value) -> tff.Value:
   """The algorithm's server arrays of a SERVER-placed state, or their zeros."""
   if algorithm.server_state:
     return state.control
   return tff.federated_eval(initial.init_control, tff.SERVER)
 
 
-def build_distributor(parts, initial):
+def build_distributor(parts: ModelParts,
+                      initial: InitialValues) -> Callable[[tff.Value], tff.Value]:
   """`distribute(state) -> received at CLIENTS`: the global variables, with the algorithm's
   server control when it broadcasts it."""
   layout, algorithm = parts.layout, parts.algorithm
@@ -119,11 +123,11 @@ class ClientWork:
     parts: the round's `ModelParts`.
   """
 
-  def __init__(self, parts):
+  def __init__(self, parts: ModelParts) -> None:
     self._parts = parts
 
   @functools.cached_property
-  def client_update(self):
+  def client_update(self) -> tff.Computation:
     """`(received, local values, dataset, learning rate) -> (upload, new local values, weight,
     examples, loss sum, correct, diverged)`."""
     parts, layout = self._parts, self._parts.layout
@@ -138,7 +142,7 @@ class ClientWork:
     return client_update
 
   @functools.cached_property
-  def client_eval(self):
+  def client_eval(self) -> tff.Computation:
     """`(global values, local values, dataset) -> OrderedDict(accuracy, num_examples)`."""
     parts, layout = self._parts, self._parts.layout
     n_model_local = len(layout.local_index)
@@ -152,19 +156,19 @@ class ClientWork:
     return client_eval
 
 
-def upload_type(parts):
+def upload_type(parts: ModelParts) -> tff.Type:
   """The TFF type of one client's upload: its update (and the algorithm's extra arrays)."""
   return tff.types.tensorflow_to_type(parts.layout.global_specs * parts.algorithm.uploads)
 
 
-def build_aggregator(parts, inner):
+def build_aggregator(parts: ModelParts, inner: Any) -> tff.templates.AggregationProcess:
   """The factor aggregator's process for the uploads (weighted mean, bytes measured)."""
   return aggregators.FactorAggregatorFactory(
       inner=inner, quantization_bits=parts.settings.quantization_bits).create(
           upload_type(parts), tff.TensorType(np.float32))
 
 
-def build_finalizer(parts):
+def build_finalizer(parts: ModelParts) -> tff.Computation:
   """`server_update(global values, control, mean upload, clients) -> (global, control)`: the
   algorithm's server step (`fedpara_tff.server_half.server_step`), not applied when the mean
   is not finite, as TFF's own finalizer skips it."""
@@ -178,7 +182,7 @@ def build_finalizer(parts):
   return server_update
 
 
-def build_round_metrics(parts, element_spec):
+def build_round_metrics(parts: ModelParts, element_spec: Any) -> tff.Computation:
   """`round_metrics(loss sum, examples, correct, diverged, clients)`: the round's `train`
   metrics (`fedpara_tff.server_half.train_metrics`)."""
   labels_per_example = server_half.outputs_per_example(element_spec)
@@ -191,7 +195,9 @@ def build_round_metrics(parts, element_spec):
   return round_metrics
 
 
-def _server_state(algorithm, global_weights, aggregator_state, round_num, control):
+def _server_state(algorithm: algorithms.Algorithm, global_weights: tff.Value,
+                  aggregator_state: tff.Value, round_num: tff.Value,
+                  control: tff.Value) -> tff.Value:
   # FedAvg / FedProx keep the state they always had; stateful servers add `control`.
   fields = collections.OrderedDict(global_weights=global_weights, aggregator=aggregator_state,
                                    round_num=round_num)
@@ -200,7 +206,9 @@ def _server_state(algorithm, global_weights, aggregator_state, round_num, contro
   return tff.federated_zip(fields)
 
 
-def build_initialize(parts, initial, schedule, aggregation):
+def build_initialize(parts: ModelParts, initial: InitialValues,
+                     schedule: Schedule,
+                     aggregation: tff.templates.AggregationProcess) -> tff.Computation:
   """`initialize() -> server state` at SERVER."""
 
   @tff.federated_computation
@@ -213,7 +221,7 @@ def build_initialize(parts, initial, schedule, aggregation):
   return initialize
 
 
-def build_kernel_means(parts):
+def build_kernel_means(parts: ModelParts) -> Optional[types.SimpleNamespace]:
   """The round's factorised kernels at the server, or None for a model without factorised
   kernels made of global factors: an object with
 
@@ -257,8 +265,11 @@ def build_kernel_means(parts):
   return types.SimpleNamespace(mean=mean, refit=refit, error=error)
 
 
-def build_finish_round(parts, initial, schedule, aggregation, server_update, round_metrics,
-                       state_type):
+def build_finish_round(parts: ModelParts, initial: InitialValues,
+                       schedule: Schedule,
+                       aggregation: tff.templates.AggregationProcess,
+                       server_update: tff.Computation, round_metrics: tff.Computation,
+                       state_type: tff.Type) -> tff.Computation:
   """`finish_round(state, uploads, weights, examples, loss sums, correct, diverged) ->
   (state, metrics)`: steps 3-4 with the metrics and the new server state, the clients' results
   CLIENTS-placed."""
@@ -299,7 +310,7 @@ def build_finish_round(parts, initial, schedule, aggregation, server_update, rou
   return finish_round
 
 
-def _same_position():
+def _same_position() -> tff.Computation:
   """A client's position in the round, passed through (see `build_next`)."""
 
   @tff.tensorflow.computation(tf.int32)
@@ -309,7 +320,9 @@ def _same_position():
   return same_position
 
 
-def build_next(parts, distribute, schedule, client, finish_round, state_type):
+def build_next(parts: ModelParts, distribute: Callable[[tff.Value], tff.Value],
+               schedule: Schedule, client: 'ClientWork',
+               finish_round: tff.Computation, state_type: tff.Type) -> tff.Computation:
   """`next(state, data, local values, positions) -> (state, new local values, metrics,
   positions)`: the whole round. Each client's position travels with its values: TFF's
   mergeable (multi-worker) context returns CLIENTS-placed results in the order its sub-rounds
@@ -331,7 +344,7 @@ def build_next(parts, distribute, schedule, client, finish_round, state_type):
   return next_fn
 
 
-def build_evaluate(parts, client):
+def build_evaluate(parts: ModelParts, client: 'ClientWork') -> tff.Computation:
   """`evaluate(global values, data, local values, positions) -> (per-client
   OrderedDict(accuracy, num_examples), positions)`."""
   layout, same_position = parts.layout, _same_position()
@@ -348,7 +361,9 @@ def build_evaluate(parts, client):
   return evaluate_fn
 
 
-def build_template(parts, initialize, next_fn, initial, state_type):
+def build_template(parts: ModelParts, initialize: tff.Computation, next_fn: tff.Computation,
+                   initial: InitialValues,
+                   state_type: tff.Type) -> personalized_process.PersonalizedProcess:
   """The round as a `fedpara_tff.PersonalizedProcess` (the TFF template for users' loops)."""
   layout = parts.layout
 
@@ -412,8 +427,9 @@ class StatefulRound:
       server arrays; `learning_rate_at`: `(round) -> client learning rate`.
   """
 
-  def __init__(self, keras_model_fn, element_spec, settings, *, local_layers, loss_fn,
-               aggregator):
+  def __init__(self, keras_model_fn: Callable[[], tf.keras.Model], element_spec: Any,
+               settings: settings_lib.RoundSettings, *, local_layers: Sequence[str],
+               loss_fn: Callable[[], Any], aggregator: Any) -> None:
     if settings.aggregation == 'kernel_mean' and aggregator is not None:
       raise ValueError(f"aggregation='kernel_mean' needs each client's factors at the "
                        f'aggregator; the inner aggregator {type(aggregator).__name__} '
@@ -442,20 +458,20 @@ class StatefulRound:
     self._next_parts = _NextParts(distribute, schedule, client, state_type, initial)
 
   @functools.cached_property
-  def next(self):
+  def next(self) -> tff.Computation:
     parts = self._next_parts
     return build_next(self.parts, parts.distribute, parts.schedule, parts.client,
                       self.finish_round, parts.state_type)
 
   @functools.cached_property
-  def template(self):
+  def template(self) -> personalized_process.PersonalizedProcess:
     return build_template(self.parts, self.initialize, self.next, self._next_parts.initial,
                           self._next_parts.state_type)
 
-  def client_train(self, model):
+  def client_train(self, model: tf.keras.Model) -> Callable[..., Any]:
     """The client work on `model` (`ModelParts.client_train`)."""
     return self.parts.client_train(model)
 
-  def received(self, state):
+  def received(self, state: Mapping[str, Any]) -> List[Any]:
     """What each client receives this round, from a Python server state."""
     return server_half.received(self.algorithm, state, self.init_control)

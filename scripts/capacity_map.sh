@@ -16,8 +16,8 @@
 #   g0.1  gamma 0.1                         (28.3% / 28.2%)
 #   g0.3  gamma 0.3                         (44%)
 # Names: fedpara_<budget>, lowrank_<budget>, and original (the reference); NAME_seed<N> is NAME
-# with --seed=N. Default order: seed 0 of every budget from the smallest, then seed 1, then seed 2,
-# then the original's seeds, so that a stopped map already spans the budgets.
+# with --seed=N. Default order: seed 0 of every budget from the smallest and the original's seed 0,
+# then the same for seed 1, then seed 2, so that a stopped map already spans the budgets.
 # Rerunning the same command resumes each run from its checkpoint and skips finished ones;
 # arguments starting with -- go to every run.
 # Usage: scripts/capacity_map.sh iid|dir0.3 [NAME...] [--flag=value...]
@@ -46,8 +46,8 @@ for seed in 0 1 2; do
   for budget in "${budgets[@]}"; do
     order+=("fedpara_$budget$suffix" "lowrank_$budget$suffix")
   done
+  order+=("original$suffix")
 done
-order+=(original original_seed1 original_seed2)
 keep_going=1
 # shellcheck source=scripts/variants.sh
 source scripts/variants.sh
