@@ -83,26 +83,26 @@ def _check_outputs(output_dir, configs):
 def main(argv):
   flagfiles.no_positional(argv, 'compare')
   logging.set_verbosity(logging.WARNING)
-  base = train.config_from_flags()
-  train.install_runtime('compare', base)
-  runtime.sigterm_as_keyboard_interrupt()
-  configs = [train.config_from_flags(parameterization=parameterization,
-                                     output_dir=os.path.join(base.output_dir, parameterization))
-             for parameterization in _PARAMETERIZATIONS.value]
-  for config in configs:   # every run's settings are checked before the first one starts
+  output_dir = os.path.expanduser(flags.FLAGS.output_dir)
+  configs = []   # every run's settings are checked (when built) before the first one starts
+  for parameterization in _PARAMETERIZATIONS.value:
     try:
-      run_config.check(config)
+      configs.append(train.config_from_flags(
+          parameterization=parameterization,
+          output_dir=os.path.join(output_dir, parameterization)))
     except ValueError as e:
-      raise SystemExit(f'compare: error: parameterization={config.parameterization}: '
+      raise SystemExit(f'compare: error: parameterization={parameterization}: '
                        f'{" ".join(str(e).split())}') from None
-  _check_outputs(base.output_dir, configs)
+  train.install_runtime('compare', configs[0])
+  runtime.sigterm_as_keyboard_interrupt()
+  _check_outputs(output_dir, configs)
   summaries = []
   for config in configs:
     parameterization = config.parameterization
     print(f'== {parameterization}: {config.dataset}, {config.model}, {config.rounds} rounds, '
           f'{config.clients_per_round} of {config.clients} clients per round', flush=True)
     summaries.append(train.run_or_exit(config, program='compare'))
-  figure = os.path.join(base.output_dir, 'accuracy_vs_gb.png')
+  figure = os.path.join(output_dir, 'accuracy_vs_gb.png')
   plot.plot_runs([s['output_dir'] for s in summaries], figure)
   print(run_io.format_summaries(summaries))
   for line in comparison_lines(summaries):

@@ -9,6 +9,7 @@ and the run's machinery. `RunConfig.identity` is what a restart must repeat to r
 
 import dataclasses
 import math
+import types
 from typing import Optional, Tuple
 
 from fedpara_tff import client_store
@@ -76,9 +77,15 @@ FIELD_CHECKS = {
 }
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """Every setting of a run; the training binary's flags map one to one onto it."""
+  """Every setting of a run, checked when it is built (`check`: a ValueError of one line naming
+  the bad value); the training binary's flags map one to one onto it.
+
+  Frozen: `dataclasses.replace(config, rounds=5)` makes a changed copy, checked again. Besides
+  its fields it holds `settings`, the round's `fedpara_tff.settings.RoundSettings`, built once.
+  `server_learning_rate=None` becomes the algorithm's default, so that run.json records it.
+  """
   output_dir: str
   dataset: str = 'mnist5k'
   data_dir: Optional[str] = None
@@ -135,23 +142,18 @@ class RunConfig:
   workers_tls_dir: str = ''
   insecure_workers: bool = False
 
-  def round_settings(self):
-    """The round's `fedpara_tff.settings.RoundSettings`, which checks them."""
-    return settings_lib.RoundSettings(
-        client_learning_rate=self.client_learning_rate,
-        server_learning_rate=self.server_learning_rate, local_epochs=self.local_epochs,
-        lr_decay=self.lr_decay, client_optimizer=self.client_optimizer,
-        client_momentum=self.client_momentum, algorithm=self.algorithm,
-        proximal_strength=self.fedprox_mu if self.algorithm == 'fedprox' else 0.0,
-        feddyn_alpha=self.feddyn_alpha, num_clients=self.clients,
-        server_momentum=self.server_momentum, server_beta_2=self.server_beta_2,
-        jacobian_correction=self.jacobian_correction,
-        quantization_bits=self.quantization_bits or None, aggregation=self.aggregation)
-
   def __post_init__(self):
-    # The algorithm's default server learning rate, resolved here so that run.json records it.
     if self.server_learning_rate is None:
-      self.server_learning_rate = settings_lib.default_server_learning_rate(self.algorithm)
+      object.__setattr__(self, 'server_learning_rate',
+                         settings_lib.default_server_learning_rate(self.algorithm))
+    for name in ('keep_plain', 'local_layers'):
+      if not isinstance(getattr(self, name), tuple):
+        object.__setattr__(self, name, tuple(getattr(self, name)))
+    object.__setattr__(self, 'settings', check(self))
+
+  def round_settings(self):
+    """The round's `fedpara_tff.settings.RoundSettings` (`settings`, built with the config)."""
+    return self.settings
 
   def identity(self):
     """The flags a restart must repeat to resume this run (JSON-ready)."""
@@ -171,6 +173,12 @@ class RunConfig:
       # (same equations, another state layout): such a run of 0.2 does not resume.
       fields['round'] = 'shared'
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()}
+
+
+# The fields' defaults, read without building (and so checking) a config: the binaries' flags
+# take them as their defaults.
+DEFAULTS = types.SimpleNamespace(**{f.name: f.default for f in dataclasses.fields(RunConfig)
+                                    if f.default is not dataclasses.MISSING})
 
 
 def _check_worker_security(config):
@@ -220,9 +228,23 @@ def _check_no_ignored_setting(config, settings, lr_scale):
                      f'algorithm={config.algorithm!r}): leave client_store=auto.')
 
 
+def _round_settings(config):
+  """The round's `fedpara_tff.settings.RoundSettings` of `config`, which checks its fields."""
+  return settings_lib.RoundSettings(
+      client_learning_rate=config.client_learning_rate,
+      server_learning_rate=config.server_learning_rate, local_epochs=config.local_epochs,
+      lr_decay=config.lr_decay, client_optimizer=config.client_optimizer,
+      client_momentum=config.client_momentum, algorithm=config.algorithm,
+      proximal_strength=config.fedprox_mu if config.algorithm == 'fedprox' else 0.0,
+      feddyn_alpha=config.feddyn_alpha, num_clients=config.clients,
+      server_momentum=config.server_momentum, server_beta_2=config.server_beta_2,
+      jacobian_correction=config.jacobian_correction,
+      quantization_bits=config.quantization_bits or None, aggregation=config.aggregation)
+
+
 def check(config):
   """Refuses inconsistent settings with one line naming the bad value; returns the round's
-  `RoundSettings`."""
+  `RoundSettings`. `RunConfig` runs it when it is built: every rule of a run, in one place."""
   if not isinstance(config.output_dir, str) or not config.output_dir.strip():
     raise ValueError(f'output_dir must name a folder; got {config.output_dir!r}.')
   for name, check_field in FIELD_CHECKS.items():
@@ -230,7 +252,7 @@ def check(config):
   if config.clients_per_round > config.clients:
     raise ValueError(f'clients_per_round={config.clients_per_round} exceeds '
                      f'clients={config.clients}.')
-  settings = config.round_settings()
+  settings = _round_settings(config)
   if config.algorithm != 'fedavg' and config.parameterization == 'local':
     raise ValueError(f'algorithm={config.algorithm} acts on the global variables; '
                      f'parameterization=local has none.')

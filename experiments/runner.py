@@ -46,7 +46,7 @@ class _RunDriver:
   metrics as one flat row, `evaluate` the personalised accuracy over the clients."""
 
   def __init__(self, config, keras_model_fn, element_spec, workers=None):
-    options = dict(settings=config.round_settings())
+    options = dict(settings=config.settings)
     if workers is not None:
       options['client_executor'] = workers
     if config.backend == 'tf':
@@ -118,8 +118,8 @@ def _parameter_counts(keras_model):
 
 
 def prepare(config):
-  """Loads and checks everything a run needs, touching nothing in the output folder."""
-  run_config.check(config)
+  """Loads and checks everything a run needs (its settings were checked when `config` was
+  built), touching nothing in the output folder."""
   data = registry.load(config.dataset, config.data_dir,
                        max_clients=config.clients if config.partition == 'natural' else None,
                        download=config.download, sequence_length=config.sequence_length)

@@ -33,7 +33,7 @@ from fedpara_tff import runtime
 from fedpara_tff import settings as settings_lib
 from keras_layers import factor_options
 
-_DEFAULTS = run_config.RunConfig(output_dir='')  # the flags' defaults are the config's
+_DEFAULTS = run_config.DEFAULTS  # the flags' defaults are the config's
 
 # Data and clients.
 flags.DEFINE_enum('dataset', _DEFAULTS.dataset, registry.DATASETS, 'Data set.')
@@ -198,7 +198,7 @@ def config_from_flags(**overrides):
     if values[name]:
       values[name] = os.path.expanduser(values[name])
   values.update(overrides)
-  return run_config.RunConfig(**values)
+  return run_config.RunConfig(**values)   # checks every setting: ValueError, one line
 
 
 def run_or_exit(config, program='train'):
@@ -249,7 +249,10 @@ def install_runtime(program, config):
 def main(argv):
   flagfiles.no_positional(argv, 'train')
   logging.set_verbosity(logging.WARNING)
-  config = config_from_flags()
+  try:
+    config = config_from_flags()
+  except ValueError as e:
+    raise SystemExit(f'train: error: {" ".join(str(e).split())}') from None
   install_runtime('train', config)
   runtime.sigterm_as_keyboard_interrupt()
   summary = run_or_exit(config)

@@ -2,6 +2,7 @@
 rows, its command line, and the certificates of TLS workers."""
 
 import csv
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -54,7 +55,7 @@ def rows(run_dir):
 def train_command(config_):
   """`python -m experiments.train` with the flags of `config_`."""
   args = [sys.executable, '-m', 'experiments.train', '--progress=false']
-  for key, value in vars(config_).items():
+  for key, value in dataclasses.asdict(config_).items():
     if key == 'progress' or value is None:
       continue
     if isinstance(value, bool):

@@ -1,5 +1,6 @@
 """What the training binary refuses, in one line, before writing anything."""
 
+import dataclasses
 import glob
 import json
 import math
@@ -24,76 +25,81 @@ from tests import run_support as rs
 
 # ---- refusals ------------------------------------------------------------------------------
 
-def _refused(config, match, error=ValueError):
+def _refused(make_config, match, error=ValueError):
+  """Building the config (a `RunConfig` checks its settings when built) or running it is refused
+  with `match`, and nothing is written."""
+  built = []
   with pytest.raises(error, match=match):
-    runner.run(config)
-  assert not os.path.exists(config.output_dir)  # nothing half-written
+    built.append(make_config())
+    runner.run(built[0])
+  if built:
+    assert not os.path.exists(built[0].output_dir)  # nothing half-written
 
 
 def test_inconsistent_settings_are_refused_before_writing(tmp_path):
-  _refused(rs.config(tmp_path, clients=4, clients_per_round=5),
+  _refused(lambda: rs.config(tmp_path, clients=4, clients_per_round=5),
            'clients_per_round=5 exceeds clients=4')
-  _refused(rs.config(tmp_path, clients=4001, clients_per_round=2),
+  _refused(lambda: rs.config(tmp_path, clients=4001, clients_per_round=2),
            'clients=4001 exceeds the 4000 training examples')
-  _refused(rs.config(tmp_path, partition='dirichlet', alpha=0.0),
+  _refused(lambda: rs.config(tmp_path, partition='dirichlet', alpha=0.0),
            r'alpha must be a finite number > 0; got 0.0')
   # inf passes `> 0`; the library refuses it too, not only the flags.
-  _refused(rs.config(tmp_path, partition='dirichlet', alpha=math.inf),
+  _refused(lambda: rs.config(tmp_path, partition='dirichlet', alpha=math.inf),
            r'alpha must be a finite number > 0; got inf')
-  _refused(rs.config(tmp_path, client_learning_rate=math.inf),
+  _refused(lambda: rs.config(tmp_path, client_learning_rate=math.inf),
            r'client_learning_rate must be a finite number > 0; got inf')
-  _refused(rs.config(tmp_path, server_learning_rate=math.inf),
+  _refused(lambda: rs.config(tmp_path, server_learning_rate=math.inf),
            r'server_learning_rate must be a finite number > 0; got inf')
-  _refused(rs.config(tmp_path, weight_decay=math.inf),
+  _refused(lambda: rs.config(tmp_path, weight_decay=math.inf),
            r'weight_decay must be a finite number >= 0; got inf')
-  _refused(rs.config(tmp_path, algorithm='fedprox', fedprox_mu=math.inf),
+  _refused(lambda: rs.config(tmp_path, algorithm='fedprox', fedprox_mu=math.inf),
            r'fedprox_mu must be a finite number >= 0; got inf')
   # Settings the run would ignore (yet freeze into its identity) are refused.
-  _refused(rs.config(tmp_path, fedprox_mu=0.5),
+  _refused(lambda: rs.config(tmp_path, fedprox_mu=0.5),
            r"fedprox_mu applies to algorithm=fedprox; got fedprox_mu=0.5 with algorithm='fedavg'")
-  _refused(rs.config(tmp_path, parameterization='original', factor_lr_scale='matched'),
+  _refused(lambda: rs.config(tmp_path, parameterization='original', factor_lr_scale='matched'),
            r"factor_lr_scale applies to factorised layers .*parameterization='original' has none")
-  _refused(rs.config(tmp_path, parameterization='fedpara', client_store='sqlite'),
+  _refused(lambda: rs.config(tmp_path, parameterization='fedpara', client_store='sqlite'),
            r"client_store='sqlite' keeps clients' state between rounds; this run has none")
-  _refused(rs.config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
-  _refused(rs.config(tmp_path, algorithm='mimelite', server_momentum=0.9),
+  _refused(lambda: rs.config(tmp_path, partition='natural'), "natural needs a naturally federated dataset")
+  _refused(lambda: rs.config(tmp_path, algorithm='mimelite', server_momentum=0.9),
            'algorithm=mimelite takes server SGD without momentum; got server_momentum=0.9')
-  _refused(rs.config(tmp_path, algorithm='mimelite', client_optimizer='adam'),
+  _refused(lambda: rs.config(tmp_path, algorithm='mimelite', client_optimizer='adam'),
            "algorithm=mimelite corrects SGD steps; got client_optimizer='adam'")
-  _refused(rs.config(tmp_path, parameterization='fedper', local_layers=('nope',)),
+  _refused(lambda: rs.config(tmp_path, parameterization='fedper', local_layers=('nope',)),
            r"local_layers=\['nope'\] must name layers")
-  _refused(rs.config(tmp_path, factor_lr_scale='fast'),
+  _refused(lambda: rs.config(tmp_path, factor_lr_scale='fast'),
            r"factor_lr_scale must be 'none', 'matched', 'safe' or a positive number; got 'fast'")
-  _refused(rs.config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
-  _refused(rs.config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
+  _refused(lambda: rs.config(tmp_path, factor_lr_scale='-2'), r"factor_lr_scale must .*got '-2'")
+  _refused(lambda: rs.config(tmp_path, jacobian_correction=1.0, algorithm='mimelite'),
            r"jacobian_correction=1.0 needs plain client SGD steps .*algorithm='mimelite'")
-  _refused(rs.config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),
+  _refused(lambda: rs.config(tmp_path, jacobian_correction=1.0, client_momentum=0.9),
            r'jacobian_correction=1.0 needs plain client SGD steps .*client_momentum=0.9')
-  _refused(rs.config(tmp_path, algorithm='fedadam', server_momentum=0.9),
+  _refused(lambda: rs.config(tmp_path, algorithm='fedadam', server_momentum=0.9),
            r'server_momentum=0.9 applies to server SGD; algorithm=fedadam has its own moments')
-  _refused(rs.config(tmp_path, algorithm='fedavg', server_beta_2=0.99),
+  _refused(lambda: rs.config(tmp_path, algorithm='fedavg', server_beta_2=0.99),
            r'server_beta_2=0.99 applies to fedadam or fedyogi; got algorithm=fedavg')
-  _refused(rs.config(tmp_path, algorithm='fedadam', server_beta_2=1.0),
+  _refused(lambda: rs.config(tmp_path, algorithm='fedadam', server_beta_2=1.0),
            r'server_beta_2 must be a number in \(0, 1\); got 1.0')
-  _refused(rs.config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
+  _refused(lambda: rs.config(tmp_path, algorithm='feddyn', feddyn_alpha=0.0),
            r'feddyn_alpha must be a finite number > 0; got 0.0')
-  _refused(rs.config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
+  _refused(lambda: rs.config(tmp_path, algorithm='scaffold', client_optimizer='adam'),
            r"algorithm=scaffold corrects SGD steps; got client_optimizer='adam'")
-  _refused(rs.config(tmp_path, algorithm='scaffold', parameterization='local'),
+  _refused(lambda: rs.config(tmp_path, algorithm='scaffold', parameterization='local'),
            r'algorithm=scaffold acts on the global variables; parameterization=local has none')
-  _refused(rs.config(tmp_path, algorithm='scaffold', server_momentum=0.9),
+  _refused(lambda: rs.config(tmp_path, algorithm='scaffold', server_momentum=0.9),
            r'algorithm=scaffold runs without momentum; got client_momentum=0.0, '
            r'server_momentum=0.9')
-  _refused(rs.config(tmp_path, algorithm='fedprox', parameterization='local'),
+  _refused(lambda: rs.config(tmp_path, algorithm='fedprox', parameterization='local'),
            r'algorithm=fedprox acts on the global variables; parameterization=local has none')
-  _refused(rs.config(tmp_path, jacobian_correction=1.0, parameterization='original'),
+  _refused(lambda: rs.config(tmp_path, jacobian_correction=1.0, parameterization='original'),
            "jacobian_correction applies to factorised layers; parameterization='original'")
-  _refused(rs.config(tmp_path, jacobian_correction=-1.0),
+  _refused(lambda: rs.config(tmp_path, jacobian_correction=-1.0),
            'jacobian_correction must be a finite number >= 0; got -1.0')
 
 
 def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
-  _refused(rs.config(tmp_path, dataset='fashion_mnist', model='small_cnn',
+  _refused(lambda: rs.config(tmp_path, dataset='fashion_mnist', model='small_cnn',
                    data_dir=str(tmp_path / 'empty')),
            'apt-get install -y dataset-fashion-mnist', common.DataNotFoundError)
   broken = tmp_path / 'broken'
@@ -101,7 +107,7 @@ def test_missing_and_corrupt_data_are_refused_before_writing(tmp_path):
   real = run_config.registry.mnist5k.default_path()
   with open(real, 'rb') as f:
     (broken / 'mnist_5k.csv.gz').write_bytes(f.read()[:5000])
-  _refused(rs.config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
+  _refused(lambda: rs.config(tmp_path, data_dir=str(broken)), 'corrupt or truncated')
 
 
 def test_output_dir_of_another_run_needs_overwrite(tmp_path_factory, tmp_path):
@@ -111,7 +117,7 @@ def test_output_dir_of_another_run_needs_overwrite(tmp_path_factory, tmp_path):
                      match=r'different flags \(client_learning_rate: 0.1 -> 0.05\).*--overwrite'):
     runner.run(other)
   assert len(rs.rows(other.output_dir)) == 1  # the old run is untouched
-  other.overwrite = True
+  other = dataclasses.replace(other, overwrite=True)
   assert runner.run(other)['rounds'] == 1
   with open(os.path.join(other.output_dir, run_io.RUN_FILE)) as f:
     assert json.load(f)['client_learning_rate'] == 0.05
@@ -123,7 +129,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path_factory, tmp_path):
   runner.run(cnn_run)
   source = checkpoints.path_for(os.path.join(mlp_run.output_dir, 'checkpoints'), 1)
   shutil.copy(source, checkpoints.path_for(os.path.join(cnn_run.output_dir, 'checkpoints'), 5))
-  cnn_run.rounds = 6
+  cnn_run = dataclasses.replace(cnn_run, rounds=6)
   with pytest.raises(checkpoints.CheckpointMismatchError, match='written for another model'):
     runner.run(cnn_run)
 
@@ -181,16 +187,16 @@ def test_every_flagfile_parses_and_is_consistent(path):
 
 
 def test_workers_on_another_host_need_tls_or_an_explicit_opt_out(tmp_path):
-  _refused(rs.config(tmp_path, workers='10.9.8.7:8000'),
+  _refused(lambda: rs.config(tmp_path, workers='10.9.8.7:8000'),
            r'worker 10.9.8.7:8000 is not on this host: pass --workers_tls_dir=DIR')
-  _refused(rs.config(tmp_path, workers='127.0.0.1:8000,worker-2:8000'),
+  _refused(lambda: rs.config(tmp_path, workers='127.0.0.1:8000,worker-2:8000'),
            r'worker worker-2:8000 is not on this host')
-  _refused(rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path)),
+  _refused(lambda: rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path)),
            r'TLS folder .* lacks .*ca.pem, .*driver.pem, .*driver.key; make the files with '
            r'scripts/make_worker_certs.sh')
-  _refused(rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path),
+  _refused(lambda: rs.config(tmp_path, workers='10.9.8.7:8000', workers_tls_dir=str(tmp_path),
                      insecure_workers=True), 'not both')
-  _refused(rs.config(tmp_path, insecure_workers=True), 'give --workers too')
+  _refused(lambda: rs.config(tmp_path, insecure_workers=True), 'give --workers too')
 
 
 def test_output_dir_empty_is_refused_and_tilde_is_expanded(tmp_path):
@@ -300,7 +306,7 @@ def test_tensorboard_replaced_by_a_file_is_one_line(tmp_path):
   shutil.rmtree(board)
   with open(board, 'w') as f:
     f.write('x')
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   with pytest.raises(SystemExit, match=rf'^train: error: {board} is a file, not the run\'s '
                                        r'TensorBoard folder; move it away') as e:
     train.run_or_exit(config)
@@ -316,7 +322,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_pat
     raise OSError(28, 'No space left on device', metrics)
 
   monkeypatch.setattr(run_io.MetricsWriter, 'write', full_disk)
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   with pytest.raises(SystemExit) as e:
     train.run_or_exit(config)
   assert str(e.value) == (f'train: error: cannot write the run (No space left on device: '

@@ -1,6 +1,7 @@
 """Runs stopped and resumed: SIGKILL at any moment resumes bit-exact, no TFF worker is left
 behind, divergence stops a run, damaged files are named or recovered."""
 
+import dataclasses
 import glob
 import json
 import math
@@ -133,7 +134,7 @@ def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path_factory, t
                             client_store='sqlite')
   path = os.path.join(config.output_dir, client_store.FILE_NAME)
   os.rename(path, path + '.away')
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   with pytest.raises(client_store.ClientStoreError, match=r'is missing, so the clients\' state is '
                                                           r'lost; start the run again'):
     runner.run(config)
@@ -169,7 +170,7 @@ def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tm
                                                                              tmp_path):
   config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
   os.remove(os.path.join(config.output_dir, run_io.METRICS_FILE))
-  config.rounds = 3
+  config = dataclasses.replace(config, rounds=3)
   with pytest.raises(run_io.DamagedFileError,
                      match=r'metrics.csv lacks the rows of rounds 1-2 that the checkpoint of '
                            r'round 2 follows'):
@@ -192,7 +193,7 @@ def test_damaged_checkpoints_are_refused_before_training_and_the_history_kept(
   metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
   with open(metrics, 'rb') as f:
     before = f.read()
-  config.rounds = 3
+  config = dataclasses.replace(config, rounds=3)
   expected = (rf'{directory} is a file, not the run\'s checkpoints folder' if damage == 'a_file'
               else rf'{directory} is missing while {metrics} records rounds 1-2, so the run '
                    rf'cannot continue its history; nothing was changed')
@@ -230,7 +231,7 @@ def test_state_of_another_run_is_refused(tmp_path_factory, tmp_path):
   name = os.path.join('checkpoints', 'ckpt-000001.npz')
   os.replace(os.path.join(mine, name), os.path.join(tmp_path, 'mine.npz'))
   shutil.copy(os.path.join(theirs, name), os.path.join(mine, name))
-  runs[0].rounds = 2
+  runs[0] = dataclasses.replace(runs[0], rounds=2)
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'ckpt-000001.npz was written by another run \(run identity'):
     runner.run(runs[0])
@@ -264,7 +265,7 @@ def test_a_checkpoint_without_identity_resumes_only_where_the_folders_history_vo
   _without_identity(theirs)
   os.replace(mine, os.path.join(tmp_path, 'mine.npz'))
   shutil.copy(theirs, mine)
-  runs[0].rounds = 3
+  runs[0] = dataclasses.replace(runs[0], rounds=3)
   with pytest.raises(checkpoints.CheckpointMismatchError,
                      match=r'ckpt-000002.npz records no run identity .* metrics.csv does not '
                            r'vouch for it'):
@@ -281,7 +282,7 @@ def test_an_emptied_store_is_not_silently_a_new_one(tmp_path_factory, tmp_path):
                             client_store='sqlite')
   with open(os.path.join(config.output_dir, client_store.FILE_NAME), 'wb'):
     pass
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   with pytest.raises(client_store.ClientStoreError, match=r'holds no clients\' state .* resumes'):
     runner.run(config)
 
@@ -358,8 +359,8 @@ def test_a_round_without_a_finite_client_stops_the_run(tmp_path):
     runner.run(config)
   # A new run that stopped before its first checkpoint leaves nothing that blocks the fix.
   assert not os.path.exists(config.output_dir)
-  config.client_learning_rate = 0.1
-  config.rounds = 1
+  config = dataclasses.replace(config, client_learning_rate=0.1)
+  config = dataclasses.replace(config, rounds=1)
   assert runner.run(config)['rounds'] == 1
 
 
@@ -418,7 +419,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capf
     content = f.read()
   with open(newest, 'wb') as f:
     f.write(content[:len(content) // 2])   # truncated
-  cut.rounds = 3
+  cut = dataclasses.replace(cut, rounds=3)
   runner.run(cut)
   err = capfd.readouterr().err
   assert f'checkpoint {newest} is damaged' in err and 'resuming from round 1 instead' in err
@@ -450,7 +451,7 @@ def test_damaged_run_files_are_named(tmp_path_factory, tmp_path, name, content, 
   config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   with open(os.path.join(config.output_dir, name), 'w') as f:
     f.write(content)
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   with pytest.raises(run_io.DamagedFileError, match=message):
     runner.run(config)
 
@@ -468,7 +469,7 @@ def test_metrics_keep_full_precision_on_resume(tmp_path):
   config = rs.config(tmp_path, model='small_cnn', parameterization='original', rounds=1)
   runner.run(config)
   before = rs.rows(config.output_dir)[0]
-  config.rounds = 2
+  config = dataclasses.replace(config, rounds=2)
   runner.run(config)
   after = rs.rows(config.output_dir)[0]
   assert after == before
@@ -497,8 +498,8 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
     runner.run(rs.config(tmp_path, 'a_file', rounds=1))
   with pytest.raises(run_io.RunConflictError, match=r'output_dir .*cannot be written \(Not a '):
     runner.run(rs.config(tmp_path, 'a_file/run', rounds=1))
-  config = run_config.RunConfig(**{**vars(rs.config(tmp_path, 'cached', rounds=1)),
-                               'cache_dir': str(a_file / 'cache')})
+  config = dataclasses.replace(rs.config(tmp_path, 'cached', rounds=1),
+                               cache_dir=str(a_file / 'cache'))
   with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
     runner.run(config)
   assert a_file.read_text() == 'mine'

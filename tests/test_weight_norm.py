@@ -120,9 +120,9 @@ def test_zoo_weight_norm_for_every_parameterization():
 
 
 def test_weight_norm_flag_is_checked_and_old_runs_keep_their_identity():
-  config = run_config.RunConfig(output_dir='unused', dataset='mnist5k', model='mlp', weight_norm=True)
   with pytest.raises(ValueError, match=r"weight_norm applies to the LSTM family \(model=lstm\); "
                                        r"got model='mlp'"):
-    run_config.check(config)
+    run_config.RunConfig(output_dir='unused', dataset='mnist5k', model='mlp', weight_norm=True)
   assert 'weight_norm' not in run_config.RunConfig('unused').identity()   # as before the flag existed
-  assert run_config.RunConfig('unused', weight_norm=True).identity()['weight_norm'] is True
+  assert run_config.RunConfig('unused', dataset='shakespeare', model='lstm',
+                               weight_norm=True).identity()['weight_norm'] is True
