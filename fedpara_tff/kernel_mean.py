@@ -30,28 +30,17 @@ from keras_layers import cgls
 # aggregation").
 GN_STEPS = 4
 CG_STEPS = 10
-STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+STEP_FRACTIONS = cgls.STEP_FRACTIONS
 
 
 def refit_kernel(kernel_map, target, values: Sequence[Any], steps: int = GN_STEPS,
                  cg_steps: int = CG_STEPS) -> List[tf.Tensor]:
   """The global factors of one kernel (`kernel_map`, a `fedpara_tff.aggregation_error.
-  KernelMap`) refitted to `target` from `values` (in `kernel_map.names`' order)."""
+  KernelMap`) refitted to `target` from `values` (in `kernel_map.names`' order):
+  `keras_layers.cgls.gauss_newton_fit` on the composition of the global factors."""
   compose = lambda factors: kernel_map.factorization.global_kernel(
       dict(zip(kernel_map.names, factors)))
-  factors = list(values)
-  for _ in range(steps):
-    residual = target - compose(factors)
-    step = cgls.tensorflow_cgls(compose, factors, residual, cg_steps)
-    best, best_norm = factors, tf.norm(residual)
-    for fraction in STEP_FRACTIONS:
-      candidate = [f + fraction * d for f, d in zip(factors, step)]
-      norm = tf.norm(target - compose(candidate))
-      better = norm < best_norm
-      best = [tf.where(better, c, b) for c, b in zip(candidate, best)]
-      best_norm = tf.where(better, norm, best_norm)
-    factors = best
-  return factors
+  return cgls.gauss_newton_fit(compose, target, values, steps, cg_steps)
 
 
 def refit_update(maps: Sequence[Any], mean_kernels: Sequence[Any], global_values: Sequence[Any],

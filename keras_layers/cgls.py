@@ -146,3 +146,31 @@ def _jax_projected_step(fn, values, steps):
 
   projected.defvjp(forward, backward)
   return projected(*[ops.convert_to_tensor(v) for v in values])
+
+
+# The fractions of each Gauss-Newton step tried (the one that lowers the residual most is kept,
+# none if none does).
+STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
+
+
+def gauss_newton_fit(compose, target, factors, steps, cg_steps):
+  """`factors` (TensorFlow tensors) after `steps` Gauss-Newton steps on `||compose(F) - target||`:
+  each solves the linearised problem by `cg_steps` CGLS iterations from 0 (`tensorflow_cgls`) and
+  keeps the fraction of the step (`STEP_FRACTIONS`) that lowers the residual most, none if none
+  does. Fixed counts and no randomness: the same inputs give the same factors. Used by the
+  kernel-mean aggregation (`fedpara_tff.kernel_mean`) and the warm-start conversion
+  (`keras_layers.warm_start`)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  factors = list(factors)
+  for _ in range(steps):
+    residual = target - compose(factors)
+    step = tensorflow_cgls(compose, factors, residual, cg_steps)
+    best, best_norm = factors, tf.norm(residual)
+    for fraction in STEP_FRACTIONS:
+      candidate = [f + fraction * d for f, d in zip(factors, step)]
+      norm = tf.norm(target - compose(candidate))
+      better = norm < best_norm
+      best = [tf.where(better, c, b) for c, b in zip(candidate, best)]
+      best_norm = tf.where(better, norm, best_norm)
+    factors = best
+  return factors

@@ -17,6 +17,7 @@ from keras_layers import conv
 from keras_layers import dense
 from keras_layers import lstm
 from keras_layers import ranks
+from keras_layers import warm_start
 from keras_layers.backend import keras
 
 PARAMETERIZATIONS = ('fedpara', 'pfedpara', 'lowrank')
@@ -170,7 +171,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
             rank: Optional[int] = None, param_ratio: Optional[float] = None,
             include: Optional[Union[str, Sequence[str]]] = None,
             exclude: Optional[Union[str, Sequence[str]]] = None, copy_weights: bool = True,
-            **layer_options: Any) -> Any:
+            init: str = 'random', **layer_options: Any) -> Any:
   """Returns a twin of `model` with factorised Dense/Conv/LSTM layers.
 
   Args:
@@ -181,6 +182,12 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     include: layer names to replace (default: every replaceable layer).
     exclude: layer names to keep plain (e.g. the classifier).
     copy_weights: copy the weights of the layers kept plain from `model`.
+    init: `'random'` (the default): every factorised layer starts from fresh factors
+      (`factor_init`), as a model trained from scratch; `'fit'`: each factorised kernel is
+      fitted to the trained kernel it replaces and the layer's bias copied, so that the twin
+      keeps what `model` learned as far as its rank allows (`keras_layers.warm_start`; the
+      relative fit error of each kernel is in `parameter_report`). Not with
+      `nonlinearity='tanh'` or weight-normalised LSTMs.
     **layer_options: more arguments of the factorised layers
       (`nonlinearity`, `factor_init`, `factor_regularizer`, ...).
 
@@ -201,6 +208,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     raise ValueError(f'model {model.name!r} must be built (give it an input '
                      f'shape) before convert.')
   base.check_rank_options(gamma, rank, param_ratio)
+  _check_init(init, layer_options)
   include = _check_names(model, include, 'include')
   exclude = _check_names(model, exclude, 'exclude') or set()
   table = _REPLACEMENTS[parameterization]
@@ -242,7 +250,38 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     for layer in model.layers:
       if layer.name not in replaced and layer.weights:
         twin.get_layer(layer.name).set_weights(layer.get_weights())
+  if init == 'fit':
+    for name in replaced:
+      plain, factorised = model.get_layer(name), twin.get_layer(name)
+      for plain_part, twin_part in zip(wrapped_layers(plain) or [plain],
+                                       wrapped_layers(factorised) or [factorised]):
+        _check_fit_source(plain_part)
+        warm_start.warm_start(plain_part, factorized_part(twin_part))
   return twin
+
+
+INITS = ('random', 'fit')
+
+
+def _check_init(init, layer_options):
+  """`init` is one of `INITS`; `'fit'` refuses what it cannot fit, in one line."""
+  if init not in INITS:
+    raise ValueError(f'convert: init must be one of {INITS}; got {init!r}.')
+  if init != 'fit':
+    return
+  if layer_options.get('nonlinearity') not in (None, 'none'):
+    raise ValueError(f"convert: init='fit' fits the product of the factors; with "
+                     f"nonlinearity={layer_options['nonlinearity']!r} it is not one (use "
+                     f"init='random', or no nonlinearity).")
+  if layer_options.get('weight_norm'):
+    raise ValueError("convert: init='fit' does not fit weight-normalised kernels "
+                     "(weight_norm=True); use init='random'.")
+
+
+def _check_fit_source(layer):
+  if isinstance(layer, lstm.WeightNormLSTM):
+    raise ValueError(f"convert: init='fit' does not fit weight-normalised kernels "
+                     f"({layer.name!r} is a WeightNormLSTM); use init='random'.")
 
 
 def export(model: Any) -> Any:

@@ -8,7 +8,8 @@ from keras_layers import conversion
 from keras_layers.backend import keras
 
 LayerReport = collections.namedtuple(
-    'LayerReport', ['name', 'kind', 'ranks', 'original', 'factorized'])
+    'LayerReport', ['name', 'kind', 'ranks', 'original', 'factorized', 'fit_errors'],
+    defaults=[()])
 
 
 def _layer_rows(model):
@@ -30,14 +31,18 @@ def _layer_rows(model):
     original = count + sum(part.original_param_count() - part_layer.count_params()
                            for part, part_layer in zip(parts, inner or [layer])
                            if part is not None)
-    yield LayerReport(layer.name, kind, ranks, original, count)
+    fit_errors = tuple(e for part in parts if part is not None
+                       for e in getattr(part, 'fit_errors', ()))
+    yield LayerReport(layer.name, kind, ranks, original, count, fit_errors)
 
 
 def parameter_report(model: Any) -> List[LayerReport]:
-  """Rows `LayerReport(name, kind, ranks, original, factorized)`, one per layer.
+  """Rows `LayerReport(name, kind, ranks, original, factorized, fit_errors)`, one per layer.
 
   `original` is the parameter count of the plain layer a factorised layer
-  replaces (kernels and bias); for other layers both counts are equal.
+  replaces (kernels and bias); for other layers both counts are equal. `fit_errors`: for a layer
+  `convert(..., init='fit')` made, the relative error `||W - T|| / ||T||` of each kernel fitted
+  to the trained kernel `T` it replaced (`keras_layers.warm_start`); else empty.
 
   Raises:
     TypeError: `model` is not a Keras model (it has no `layers`).
@@ -59,13 +64,15 @@ def format_parameter_report(model: Any) -> str:
   rows = parameter_report(model)
   width = max([len(r.name) for r in rows] + [5])
   kind = max([len(r.kind) for r in rows] + [18])
+  fitted = any(r.fit_errors for r in rows)   # a column only for a warm-started model
   lines = [f'{"layer":<{width}}  {"type":<{kind}} {"rank":>9} {"original":>12} '
-           f'{"factorised":>12} {"ratio":>7}']
+           f'{"factorised":>12} {"ratio":>7}' + (f' {"fit error":>13}' if fitted else '')]
   for r in rows:
     rank = ','.join(str(k) for k in r.ranks) or '-'
     ratio = f'{r.factorized / r.original:.3f}' if r.original else '-'
+    error = ','.join(f'{e:.3f}' for e in r.fit_errors) or '-'
     lines.append(f'{r.name:<{width}}  {r.kind:<{kind}} {rank:>9} {r.original:>12,} '
-                 f'{r.factorized:>12,} {ratio:>7}')
+                 f'{r.factorized:>12,} {ratio:>7}' + (f' {error:>13}' if fitted else ''))
   original, factorized = total_params(model)
   ratio = f'{factorized / original:.3f}' if original else '-'
   lines.append(f'{"total":<{width}}  {"":<{kind}} {"":>9} {original:>12,} '
