@@ -17,10 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 partition="${1:?usage: $0 iid|dir0.3|dir0.1 [NAME...] [--flag=value...]}"; shift
+# shellcheck source=scripts/variants.sh
+source scripts/variants.sh
 case "$partition" in
-  iid) fixed=(--flagfile=experiments/configs/fashion_mnist_cnn_iid.cfg) ;;
-  dir0.3) fixed=(--flagfile=experiments/configs/fashion_mnist_cnn_dirichlet.cfg --alpha=0.3) ;;
-  dir0.1) fixed=(--flagfile=experiments/configs/fashion_mnist_cnn_dirichlet.cfg --alpha=0.1) ;;
+  iid|dir0.3|dir0.1) read -r -a fixed <<< "$(fashion_partition_flags "$partition")" ;;
   *) echo "$0: the partition must be iid, dir0.3 or dir0.1; got $partition" >&2; exit 2 ;;
 esac
 fixed+=(--rounds=40 --backend=tf)
@@ -46,6 +46,4 @@ if [ "$partition" = dir0.3 ]; then
     done
   done
 fi
-# shellcheck source=scripts/variants.sh
-source scripts/variants.sh
 run_variants "$partition" "runs/aggregation/fashion_cnn_${partition}" "${fixed[@]}" -- "$@"

@@ -24,9 +24,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 partition="${1:?usage: $0 iid|dir0.3 [NAME...] [--flag=value...]}"; shift
+# shellcheck source=scripts/variants.sh
+source scripts/variants.sh
 case "$partition" in
-  iid) fixed=(--flagfile=experiments/configs/fashion_mnist_cnn_iid.cfg) ;;
-  dir0.3) fixed=(--flagfile=experiments/configs/fashion_mnist_cnn_dirichlet.cfg --alpha=0.3) ;;
+  iid|dir0.3) read -r -a fixed <<< "$(fashion_partition_flags "$partition")" ;;
   *) echo "$0: the partition must be iid or dir0.3; got $partition" >&2; exit 2 ;;
 esac
 fixed+=(--rounds=40 --backend=tf --client_learning_rate=0.1)
@@ -49,6 +50,4 @@ for seed in 0 1 2; do
   order+=("original$suffix")
 done
 keep_going=1
-# shellcheck source=scripts/variants.sh
-source scripts/variants.sh
 run_variants "$partition" "runs/capacity_map/fashion_cnn_${partition}" "${fixed[@]}" -- "$@"

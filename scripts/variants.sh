@@ -8,6 +8,17 @@
 # failure is printed and the next variant runs (a rerun retries the failed one).
 # variant_flags NAME: the flags of NAME in `variants`, or of BASE with --seed=N for BASE_seed<N>;
 # exits 2 naming an unknown variant.
+# fashion_partition_flags PARTITION: the fixed flags of the small Fashion-MNIST CNN's runs on a
+# partition: iid (experiments/configs/fashion_mnist_cnn_iid.cfg, 1 local epoch), dir0.3 or dir0.1
+# (..._dirichlet.cfg, 2 local epochs, Dirichlet label skew of that alpha); fails on another.
+fashion_partition_flags() {
+  case "$1" in
+    iid) echo "--flagfile=experiments/configs/fashion_mnist_cnn_iid.cfg" ;;
+    dir0.3|dir0.1) echo "--flagfile=experiments/configs/fashion_mnist_cnn_dirichlet.cfg --alpha=${1#dir}" ;;
+    *) return 1 ;;
+  esac
+}
+
 variant_flags() {
   local name="$1"
   if [ -n "${variants[$name]+x}" ]; then
