@@ -21,7 +21,8 @@ def _write_run(folder, accuracies, errors, parameters, finished=True):
     writer = csv.DictWriter(f, run_io.COLUMNS)
     writer.writeheader()
     for round_num, error in enumerate(errors, start=1):
-      row = {'round': round_num, 'aggregation_error_mean': error}
+      row = {'round': round_num, 'aggregation_error_mean': error,
+             'cumulative_gb': round_num * parameters / 1e5}
       row['test_accuracy'] = accuracies.get(round_num, '')
       writer.writerow(row)
   with open(os.path.join(folder, run_io.RUN_FILE), 'w') as f:
@@ -71,6 +72,20 @@ def test_budget_points_pair_the_seeds_both_models_finished(setting):
                                                       pytest.approx(math.sqrt(0.0008)))
 
 
+def test_gb_to_a_target_counts_the_seeds_that_reached_it(setting):
+  runs, _ = capacity_points.read_runs(str(setting), 40)
+  small, _ = capacity_points.budget_points(runs, target=0.705)
+  # FedPara reaches 0.705 on seed 1 only (0.72), low-rank on seed 0 only (0.71), both at round 40:
+  # 40 rounds x parameters / 1e5 GB.
+  assert small['gb_to_target'] == ((pytest.approx(40 * 40 / 1e5), 1, 3),
+                                   (pytest.approx(40 * 41 / 1e5), 1, 3))
+  assert capacity_points.original_gb_to(runs, 0.88) == (pytest.approx(40 * 1000 / 1e5), 1, 2)
+  lines = capacity_points.table_lines([small], capacity_points.original_point(runs),
+                                      capacity_points.original_gb_to(runs, 0.88))
+  assert lines[2].endswith('| 0.016 (1 of 3) / 0.016 (1 of 3) |')
+  assert lines[3].endswith('| 0.400 (1 of 2) |')
+
+
 def test_table_lines_state_shares_spread_and_seed_counts(setting):
   runs, _ = capacity_points.read_runs(str(setting), 40)
   lines = capacity_points.table_lines(capacity_points.budget_points(runs),
@@ -91,6 +106,7 @@ def test_the_binary_prints_the_map_and_draws_a_marked_figure(setting, tmp_path_f
                         timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-2000:]
   assert '| r2 | 40 (4.0%) |' in done.stdout
+  assert 'GB to target FedPara / low-rank' in done.stdout   # 0.95 of the original's 0.88
   assert 'not at round 40 (running, stopped or diverged): lowrank_g0_seed2' in done.stdout
   assert ownership.is_plot(str(figure))
   copied = sorted(os.listdir(out / 'copied' / os.path.basename(setting)))

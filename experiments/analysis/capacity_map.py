@@ -4,8 +4,9 @@ Reads the run folders `scripts/capacity_map.sh` writes (`fedpara_<budget>`, `low
 `original`, each with optional `_seed<N>`) and prints, per setting and budget, both models'
 parameters and shares of the original's, their test accuracy at `--round` (mean +- sample std over
 the seeds that reached it), the paired difference FedPara - low-rank in points (over the seeds both
-finished), and each model's aggregation error (mean over kernels and rounds); the original's
-accuracy closes each table. Runs that did not reach `--round` (running, stopped or diverged) are
+finished), each model's aggregation error (mean over kernels and rounds) and the GB it sent before
+first reaching `--target_share` of the original's mean accuracy (mean over the seeds that did);
+the original's accuracy and GB close each table. Runs that did not reach `--round` (running, stopped or diverged) are
 named. `--figure` draws the difference with its std against FedPara's share, one line per setting,
 beside the accuracies with the original's as a dashed line; `--copy_to` copies every finished run's
 `metrics.csv` and `run.json`.
@@ -33,6 +34,10 @@ _SETTINGS = flags.DEFINE_list(
 _ROUND = flags.DEFINE_integer('round', 40, 'Round at which to compare (an evaluated round).',
                               lower_bound=1)
 _FIGURE = flags.DEFINE_string('figure', None, 'PNG file to draw the map into (optional).')
+_TARGET = flags.DEFINE_float(
+    'target_share', 0.95, 'Also report the GB each model sent before its first evaluation at or '
+    'above this share of the original\'s mean accuracy in the setting (0: leave it out).',
+    lower_bound=0.0, upper_bound=1.0)
 _COPY_TO = flags.DEFINE_string('copy_to', None,
                                'Folder to copy each finished run\'s metrics and flags to, one '
                                'subfolder per setting folder.')
@@ -104,10 +109,14 @@ def main(argv):
   maps = []
   for label, folder in settings:
     runs, unfinished = capacity_points.read_runs(folder, _ROUND.value)
-    points = capacity_points.budget_points(runs)
     original = capacity_points.original_point(runs)
-    print(f'\n{label} ({folder}), round {_ROUND.value}:\n')
-    print('\n'.join(capacity_points.table_lines(points, original)))
+    target = (_TARGET.value * original[0] if _TARGET.value and original[2] else None)
+    points = capacity_points.budget_points(runs, target)
+    print(f'\n{label} ({folder}), round {_ROUND.value}'
+          + (f'; target {target:.4f} ({_TARGET.value:g} of the original\'s mean)' if target
+             else '') + ':\n')
+    print('\n'.join(capacity_points.table_lines(
+        points, original, capacity_points.original_gb_to(runs, target) if target else None)))
     if unfinished:
       print(f'\nnot at round {_ROUND.value} (running, stopped or diverged): '
             f'{", ".join(unfinished)}')

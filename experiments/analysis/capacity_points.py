@@ -20,14 +20,17 @@ NAME = re.compile(r'^(?P<model>fedpara|lowrank|original)(?:_(?P<budget>[a-z][0-9
 
 
 def finished_accuracy(run_dir, round_num):
-  """`(test accuracy at round_num, aggregation error mean over rounds 1..round_num)` of a run that
-  evaluated at `round_num`, else None (not run that far: still running, stopped or diverged)."""
+  """`(test accuracy at round_num, aggregation error mean over rounds 1..round_num, the
+  accuracy curve [(round, accuracy, cumulative GB)])` of a run that evaluated at `round_num`,
+  else None (not run that far: still running, stopped or diverged)."""
   rows = [r for r in run_io.read_metrics(run_dir) if int(r['round']) <= round_num]
   if not rows or int(rows[-1]['round']) != round_num or math.isnan(rows[-1]['test_accuracy']):
     return None
   errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
   errors = [e for e in errors if not math.isnan(e)]
-  return rows[-1]['test_accuracy'], statistics.fmean(errors) if errors else math.nan
+  curve = [(int(r['round']), r['test_accuracy'], r['cumulative_gb']) for r in rows
+           if not math.isnan(r['test_accuracy'])]
+  return rows[-1]['test_accuracy'], statistics.fmean(errors) if errors else math.nan, curve
 
 
 def _parameters(run_dir):
@@ -41,7 +44,8 @@ def _parameters(run_dir):
 
 
 def read_runs(setting_dir, round_num):
-  """`{(model, budget): {seed: (accuracy, aggregation error, parameters, plain parameters)}}` of
+  """`{(model, budget): {seed: (accuracy, aggregation error, accuracy curve, parameters, plain
+  parameters)}}` of
   the runs in `setting_dir` that reached `round_num` (`budget` None for the original), and the
   names of those that did not."""
   runs, unfinished = {}, []
@@ -69,32 +73,51 @@ def mean_std(values):
           len(values))
 
 
-def budget_points(runs):
+def gb_to_reach(curve, target):
+  """Cumulative GB at the first evaluation whose accuracy reaches `target`, or None."""
+  return next((gb for _, accuracy, gb in curve if accuracy >= target), None)
+
+
+def _gb_cell(seeds, target):
+  """`(mean GB over the seeds that reached target, how many did, how many seeds)`."""
+  reached = [gb for gb in (gb_to_reach(v[2], target) for v in seeds.values()) if gb is not None]
+  return (statistics.fmean(reached) if reached else math.nan, len(reached), len(seeds))
+
+
+def budget_points(runs, target=None):
   """One dict per budget, smallest FedPara first: both models' parameter shares, accuracies and
-  aggregation errors (mean, std, n over their seeds) and the paired difference FedPara - low-rank
-  (over the seeds both finished)."""
+  aggregation errors (mean, std, n over their seeds), the paired difference FedPara - low-rank
+  (over the seeds both finished) and, with a `target` accuracy, each model's GB to reach it
+  (`gb_to_target`: mean over the seeds that did, how many did, of how many)."""
   points = []
   for budget in sorted({b for m, b in runs if b is not None}):
     fedpara, lowrank = runs.get(('fedpara', budget), {}), runs.get(('lowrank', budget), {})
     if not fedpara or not lowrank:
       continue
     paired = sorted(set(fedpara) & set(lowrank))
-    share = lambda seeds: next(iter(seeds.values()))[2] / next(iter(seeds.values()))[3]
+    share = lambda seeds: next(iter(seeds.values()))[3] / next(iter(seeds.values()))[4]
     points.append(dict(
         budget=budget, fedpara_share=share(fedpara), lowrank_share=share(lowrank),
-        fedpara_parameters=next(iter(fedpara.values()))[2],
-        lowrank_parameters=next(iter(lowrank.values()))[2],
+        fedpara_parameters=next(iter(fedpara.values()))[3],
+        lowrank_parameters=next(iter(lowrank.values()))[3],
         fedpara=mean_std([v[0] for v in fedpara.values()]),
         lowrank=mean_std([v[0] for v in lowrank.values()]),
         fedpara_error=mean_std([v[1] for v in fedpara.values()]),
         lowrank_error=mean_std([v[1] for v in lowrank.values()]),
-        difference=mean_std([fedpara[s][0] - lowrank[s][0] for s in paired])))
+        difference=mean_std([fedpara[s][0] - lowrank[s][0] for s in paired]),
+        gb_to_target=None if target is None else (_gb_cell(fedpara, target),
+                                                   _gb_cell(lowrank, target))))
   return sorted(points, key=lambda p: p['fedpara_parameters'])
 
 
 def original_point(runs):
   """`(mean, std, n)` of the original's accuracy over its seeds (n = 0 when none finished)."""
   return mean_std([v[0] for v in runs.get(('original', None), {}).values()])
+
+
+def original_gb_to(runs, target):
+  """The original's `(mean GB to reach target, how many seeds did, of how many)`."""
+  return _gb_cell(runs.get(('original', None), {}), target)
 
 
 def _cell(stats, digits=4, scale=1.0):
@@ -107,16 +130,28 @@ def _cell(stats, digits=4, scale=1.0):
   return text if n == 3 else f'{text} ({n} seed{"s" if n > 1 else ""})'
 
 
-def table_lines(points, original):
-  """The markdown table of one setting (differences in accuracy points)."""
+def _gb_text(cell):
+  mean, reached, seeds = cell
+  return '-' if not reached else f'{mean:.3f}' + ('' if reached == seeds else
+                                                  f' ({reached} of {seeds})')
+
+
+def table_lines(points, original, original_gb=None):
+  """The markdown table of one setting (differences in accuracy points); with `original_gb`
+  (the original's `original_gb_to`), the GB each model needed to reach the target."""
+  gb = original_gb is not None
   lines = ['| budget | FedPara params (share) | low-rank params (share) | FedPara | low-rank | '
-           'FedPara - low-rank, points | agg. error FedPara / low-rank |',
-           '|---|---:|---:|---:|---:|---:|---:|']
+           'FedPara - low-rank, points | agg. error FedPara / low-rank |'
+           + (' GB to target FedPara / low-rank |' if gb else ''),
+           '|---|---:|---:|---:|---:|---:|---:|' + ('---:|' if gb else '')]
   for p in points:
     lines.append(
         f'| {p["budget"]} | {p["fedpara_parameters"]:,} ({p["fedpara_share"]:.1%}) | '
         f'{p["lowrank_parameters"]:,} ({p["lowrank_share"]:.1%}) | {_cell(p["fedpara"])} | '
         f'{_cell(p["lowrank"])} | {_cell(p["difference"], 2, 100.0)} | '
-        f'{_cell(p["fedpara_error"], 3)} / {_cell(p["lowrank_error"], 3)} |')
-  lines.append(f'| original | 100% | | {_cell(original)} | | | |')
+        f'{_cell(p["fedpara_error"], 3)} / {_cell(p["lowrank_error"], 3)} |'
+        + (f' {_gb_text(p["gb_to_target"][0])} / {_gb_text(p["gb_to_target"][1])} |'
+           if gb else ''))
+  lines.append(f'| original | 100% | | {_cell(original)} | | | |'
+               + (f' {_gb_text(original_gb)} |' if gb else ''))
   return lines
