@@ -91,3 +91,14 @@ def test_the_binary_refuses_runs_that_match_nothing_in_one_line(tmp_path):
                         check=False)
   assert done.returncode != 0 and 'Traceback' not in done.stderr
   assert f"--runs matched no run folder: ['{tmp_path}/none*']" in done.stderr
+
+
+def test_the_binary_leaves_out_a_run_that_has_not_finished(tmp_path):
+  import subprocess
+  import sys
+  (tmp_path / 'fedpara_r2').mkdir()   # a run folder without summary.json: still running
+  done = subprocess.run([sys.executable, '-m', 'experiments.analysis.rank_use',
+                         f'--runs={tmp_path}/*'], capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'not finished, left out: fedpara_r2' in done.stdout

@@ -16,7 +16,7 @@ matrix unfolding (inputs x outputs; a convolution's `(k1 * k2 * I) x O`):
 
 Prints one markdown row per run name and kernel, mean +- sample std over the seeds (`NAME` and
 `NAME_seed<N>`, as `results_table --seeds` groups them); `--output` writes one CSV row per run and
-kernel.
+kernel. Runs that have not finished (no summary.json) are left out and named.
 
   python -m experiments.analysis.rank_use --runs='runs/capacity_map/fashion_cnn_iid/*_r2*'
 """
@@ -52,8 +52,11 @@ def main(argv):
   from experiments import run_io
   from experiments.data import registry
   # pylint: enable=g-import-not-at-top
-  rows, data = [], None
+  rows, data, unfinished = [], None, []
   for folder in folders:
+    if not os.path.exists(os.path.join(folder, run_io.SUMMARY_FILE)):
+      unfinished.append(os.path.basename(os.path.normpath(folder)))   # its checkpoint is midway
+      continue
     try:
       run = run_io.read_run(folder)
       if data is None:
@@ -64,6 +67,8 @@ def main(argv):
     except (run_io.NoRunError, run_io.DamagedFileError, ValueError) as e:
       raise SystemExit(f'rank_use: error: --runs: {e}') from None
   print('\n'.join(rank_measures.table_lines(rows)))
+  if unfinished:
+    print(f'not finished, left out: {", ".join(unfinished)}')
   if _OUTPUT.value:
     run_io.write_table(_OUTPUT.value, rows)
     print(f'wrote {_OUTPUT.value}')
