@@ -75,10 +75,16 @@ def draw(maps, path):
     if original[2]:
       right.axhline(original[0], color=color, linestyle=':', label=f'{label}: original')
   left.axhline(0, color='black', linewidth=0.8)
-  left.set_ylabel('FedPara - low-rank, accuracy points (mean +- std over seeds)')
+  left.set_ylabel('FedPara - low-rank (accuracy points)')
+  left.set_title('paired difference, mean +- std over seeds', fontsize=9)
   right.set_ylabel('test accuracy')
+  right.set_title('accuracy, mean +- std over seeds', fontsize=9)
+  shares = sorted({round(100 * p['fedpara_share'], 1) for _, points, _ in maps for p in points})
   for axes in (left, right):
     axes.set_xscale('log')
+    axes.set_xticks(shares)
+    axes.set_xticklabels([f'{s:g}' for s in shares])
+    axes.minorticks_off()
     axes.set_xlabel('parameters, % of the original')
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7)
