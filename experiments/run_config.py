@@ -1,10 +1,10 @@
 """A run's settings: `RunConfig` (the training binary's flags), its identity and its checks.
 
-`RunConfig` maps the flags of `python -m experiments.train` one to one. `check` refuses
-inconsistent settings in one line before anything is loaded or written; the rules of the round
-itself (rates, client optimizer, algorithm constants) are `fedpara_tff.settings.RoundSettings`'s,
-built by `RunConfig.round_settings`; this module adds the rules that involve the model, the data
-and the run's machinery. `RunConfig.identity` is what a restart must repeat to resume.
+`RunConfig` maps the flags of `python -m experiments.train` one to one and is checked when it is
+built: `check` refuses inconsistent settings in one line before anything is loaded or written;
+the rules of the round itself (rates, client optimizer, algorithm constants) are
+`fedpara_tff.settings.RoundSettings`'s, built once and kept as `RunConfig.settings`; this module
+adds the rules that involve the model, the data and the run's machinery. `RunConfig.identity` is what a restart must repeat to resume.
 """
 
 import dataclasses
