@@ -12,25 +12,33 @@ import math
 import os
 import re
 import statistics
+from typing import Dict, List, NamedTuple
 
 from experiments import run_io
+from experiments.analysis import run_tables
 
 NAME = re.compile(r'^(?P<model>fedpara|lowrank|original)(?:_(?P<budget>[a-z][0-9.]*))?'
                   r'(?:_seed(?P<seed>\d+))?$')
 
 
-def finished_accuracy(run_dir, round_num):
-  """`(test accuracy at round_num, aggregation error mean over rounds 1..round_num, the
-  accuracy curve [(round, accuracy, cumulative GB)])` of a run that evaluated at `round_num`,
-  else None (not run that far: still running, stopped or diverged)."""
+class SeedRun(NamedTuple):
+  """One finished run of a map point: its test accuracy at the round compared, its aggregation
+  error (mean over kernels and rounds up to there), its `metrics.csv` rows up to there, and its
+  parameter counts."""
+  accuracy: float
+  aggregation_error: float
+  rows: List[Dict[str, float]]
+  parameters: int
+  plain_parameters: int
+
+
+def finished_rows(run_dir, round_num):
+  """The run's `metrics.csv` rows up to `round_num` when it evaluated at `round_num`, else None
+  (not run that far: still running, stopped or diverged)."""
   rows = [r for r in run_io.read_metrics(run_dir) if int(r['round']) <= round_num]
   if not rows or int(rows[-1]['round']) != round_num or math.isnan(rows[-1]['test_accuracy']):
     return None
-  errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
-  errors = [e for e in errors if not math.isnan(e)]
-  curve = [(int(r['round']), r['test_accuracy'], r['cumulative_gb']) for r in rows
-           if not math.isnan(r['test_accuracy'])]
-  return rows[-1]['test_accuracy'], statistics.fmean(errors) if errors else math.nan, curve
+  return rows
 
 
 def _parameters(run_dir):
@@ -44,10 +52,8 @@ def _parameters(run_dir):
 
 
 def read_runs(setting_dir, round_num):
-  """`{(model, budget): {seed: (accuracy, aggregation error, accuracy curve, parameters, plain
-  parameters)}}` of
-  the runs in `setting_dir` that reached `round_num` (`budget` None for the original), and the
-  names of those that did not."""
+  """`{(model, budget): {seed: SeedRun}}` of the runs in `setting_dir` that reached `round_num`
+  (`budget` None for the original), and the names of those that did not."""
   runs, unfinished = {}, []
   for entry in sorted(os.listdir(setting_dir)):
     match = NAME.match(entry)
@@ -55,13 +61,13 @@ def read_runs(setting_dir, round_num):
     if not match or not os.path.isdir(folder) or (match['model'] == 'original') != (
         match['budget'] is None):
       continue
-    result = finished_accuracy(folder, round_num)
+    rows = finished_rows(folder, round_num)
     counts = _parameters(folder)
-    if result is None or counts is None:
+    if rows is None or counts is None:
       unfinished.append(entry)
       continue
-    runs.setdefault((match['model'], match['budget']), {})[int(match['seed'] or 0)] = (
-        *result, *counts)
+    runs.setdefault((match['model'], match['budget']), {})[int(match['seed'] or 0)] = SeedRun(
+        rows[-1]['test_accuracy'], run_tables.mean_aggregation_error(rows), rows, *counts)
   return runs, unfinished
 
 
@@ -73,14 +79,10 @@ def mean_std(values):
           len(values))
 
 
-def gb_to_reach(curve, target):
-  """Cumulative GB at the first evaluation whose accuracy reaches `target`, or None."""
-  return next((gb for _, accuracy, gb in curve if accuracy >= target), None)
-
-
-def _gb_cell(seeds, target):
+def _gb_cell(seeds: Dict[int, SeedRun], target: float):
   """`(mean GB over the seeds that reached target, how many did, how many seeds)`."""
-  reached = [gb for gb in (gb_to_reach(v[2], target) for v in seeds.values()) if gb is not None]
+  found = [run_tables.first_reaching_in(run.rows, target) for run in seeds.values()]
+  reached = [gb for _, gb in filter(None, found)]
   return (statistics.fmean(reached) if reached else math.nan, len(reached), len(seeds))
 
 
@@ -95,16 +97,17 @@ def budget_points(runs, target=None):
     if not fedpara or not lowrank:
       continue
     paired = sorted(set(fedpara) & set(lowrank))
-    share = lambda seeds: next(iter(seeds.values()))[3] / next(iter(seeds.values()))[4]
+    one = lambda seeds: next(iter(seeds.values()))
     points.append(dict(
-        budget=budget, fedpara_share=share(fedpara), lowrank_share=share(lowrank),
-        fedpara_parameters=next(iter(fedpara.values()))[3],
-        lowrank_parameters=next(iter(lowrank.values()))[3],
-        fedpara=mean_std([v[0] for v in fedpara.values()]),
-        lowrank=mean_std([v[0] for v in lowrank.values()]),
-        fedpara_error=mean_std([v[1] for v in fedpara.values()]),
-        lowrank_error=mean_std([v[1] for v in lowrank.values()]),
-        difference=mean_std([fedpara[s][0] - lowrank[s][0] for s in paired]),
+        budget=budget,
+        fedpara_share=one(fedpara).parameters / one(fedpara).plain_parameters,
+        lowrank_share=one(lowrank).parameters / one(lowrank).plain_parameters,
+        fedpara_parameters=one(fedpara).parameters, lowrank_parameters=one(lowrank).parameters,
+        fedpara=mean_std([r.accuracy for r in fedpara.values()]),
+        lowrank=mean_std([r.accuracy for r in lowrank.values()]),
+        fedpara_error=mean_std([r.aggregation_error for r in fedpara.values()]),
+        lowrank_error=mean_std([r.aggregation_error for r in lowrank.values()]),
+        difference=mean_std([fedpara[s].accuracy - lowrank[s].accuracy for s in paired]),
         gb_to_target=None if target is None else (_gb_cell(fedpara, target),
                                                    _gb_cell(lowrank, target))))
   return sorted(points, key=lambda p: p['fedpara_parameters'])
@@ -112,7 +115,7 @@ def budget_points(runs, target=None):
 
 def original_point(runs):
   """`(mean, std, n)` of the original's accuracy over its seeds (n = 0 when none finished)."""
-  return mean_std([v[0] for v in runs.get(('original', None), {}).values()])
+  return mean_std([r.accuracy for r in runs.get(('original', None), {}).values()])
 
 
 def original_gb_to(runs, target):

@@ -58,6 +58,7 @@ def kernel_rows(run_dir, original_dir, data, rtol):
   from experiments import models
   from experiments import run_io
   from experiments.analysis import kernel_approx
+  from experiments.analysis import run_tables
   from experiments.analysis import trained_model
   # pylint: enable=g-import-not-at-top
   run = run_io.read_run(run_dir)
@@ -73,7 +74,7 @@ def kernel_rows(run_dir, original_dir, data, rtol):
     kernel = factorization.compose_unscaled().numpy()
     cap = rank_cap(factorization.scheme, factorization.rank, kernel.shape)
     rows.append(dict(
-        run=label, name=re.sub(r'_seed\d+$', '', os.path.basename(os.path.normpath(run_dir))),
+        run=label, name=run_tables.seed_group_name(run_dir),
         layer=layer_name, kernel=which, scheme=factorization.scheme,
         unfolding='x'.join(map(str, unfold(kernel).shape)), rank=factorization.rank, cap=cap,
         numerical_rank=numerical_rank(kernel, rtol),

@@ -12,12 +12,27 @@ import statistics
 from experiments import run_io
 
 
-def first_reaching(run_dir, target):
-  """`(round, cumulative GB)` of the first evaluation with test accuracy >= `target`, or None."""
-  for r in run_io.read_metrics(run_dir):
+def first_reaching_in(rows, target):
+  """`(round, cumulative GB)` of the first of `rows` (of `metrics.csv`) evaluated at test accuracy
+  >= `target`, or None."""
+  for r in rows:
     if not math.isnan(r['test_accuracy']) and r['test_accuracy'] >= target:
       return int(r['round']), r['cumulative_gb']
   return None
+
+
+def first_reaching(run_dir, target):
+  """`(round, cumulative GB)` of the run's first evaluation with test accuracy >= `target`, or
+  None."""
+  return first_reaching_in(run_io.read_metrics(run_dir), target)
+
+
+def mean_aggregation_error(rows):
+  """The aggregation error (mean over the kernels) averaged over `rows`' rounds that measured it;
+  NaN when none did."""
+  errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
+  errors = [e for e in errors if not math.isnan(e)]
+  return statistics.fmean(errors) if errors else math.nan
 
 
 def row_at(run_dir, round_num):
@@ -26,14 +41,17 @@ def row_at(run_dir, round_num):
   flags_ = run_io.read_run(run_dir)
   last = rows[-1]
   evaluated = [r for r in rows if not math.isnan(r['test_accuracy'])]
-  errors = [r.get('aggregation_error_mean', math.nan) for r in rows]
-  errors = [e for e in errors if not math.isnan(e)]
   return dict(run=os.path.basename(os.path.normpath(run_dir)),
               parameterization=flags_['parameterization'], round=int(last['round']),
               train_loss=last['train_loss'], test_accuracy=evaluated[-1]['test_accuracy'],
               best_accuracy=max(r['test_accuracy'] for r in evaluated),
               gb=last['cumulative_gb'], seconds=last['wall_time_s'],
-              aggregation_error=statistics.fmean(errors) if errors else math.nan)
+              aggregation_error=mean_aggregation_error(rows))
+
+
+def seed_group_name(folder):
+  """The name a run folder's seeds share: `NAME` for `NAME` and `NAME_seed<N>`."""
+  return re.sub(r'_seed\d+$', '', os.path.basename(os.path.normpath(folder)))
 
 
 def seed_groups(folders):
@@ -44,8 +62,7 @@ def seed_groups(folders):
   """
   groups = {}
   for folder in folders:
-    name = re.sub(r'_seed\d+$', '', os.path.basename(os.path.normpath(folder)))
-    groups.setdefault(name, []).append(folder)
+    groups.setdefault(seed_group_name(folder), []).append(folder)
   for name, members in groups.items():
     runs = [run_io.read_run(m) for m in members]
     seeds = [r.get('seed') for r in runs]
