@@ -108,9 +108,7 @@ def _unconverted(model, table, skipped):
 
 def _kernel_shapes(layer):
   """Kernel shapes of a built plain layer (one for Dense/Conv, two for LSTM)."""
-  if isinstance(layer, (keras.layers.LSTM, lstm.WeightNormLSTM)):
-    return [tuple(layer.cell.kernel.shape), tuple(layer.cell.recurrent_kernel.shape)]
-  return [tuple(layer.kernel.shape)]
+  return [tuple(kernel.shape) for kernel in warm_start.plain_kernel_variables(layer)]
 
 
 def _check_names(model, names, option):
@@ -229,6 +227,9 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
                     f'too small to factorise and stays plain.', stacklevel=3)
       skipped.add(layer.name)
       return layer.__class__.from_config(layer.get_config())
+    if init == 'fit':
+      for part in inner:
+        _check_fit_source(part)
     replaced.append(layer.name)
     twins = [target.from_plain(part, **options) for target, part in zip(targets, inner)]
     return _rewrap(layer, twins) if inner[0] is not layer else twins[0]
@@ -255,7 +256,6 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
       plain, factorised = model.get_layer(name), twin.get_layer(name)
       for plain_part, twin_part in zip(wrapped_layers(plain) or [plain],
                                        wrapped_layers(factorised) or [factorised]):
-        _check_fit_source(plain_part)
         warm_start.warm_start(plain_part, factorized_part(twin_part))
   return twin
 

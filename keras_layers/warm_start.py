@@ -27,7 +27,7 @@ Per kernel `T` (Keras layout: `(in, out)`, or `(k..., I, O)` for a convolution):
 """
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -75,10 +75,7 @@ def tucker_fit(target: np.ndarray, rank: int) -> Tuple[np.ndarray, np.ndarray, n
 
 def _term_fit(target, rank):
   """The factors `[x, y(, t)]` of one term fitted to `target` (matrix or Tucker-2)."""
-  if target.ndim == 2:
-    return list(matrix_fit(target, rank))
-  x, y, t = tucker_fit(target, rank)
-  return [x, y, t]
+  return list(matrix_fit(target, rank) if target.ndim == 2 else tucker_fit(target, rank))
 
 
 def _constant_term(shape, rank, value):
@@ -138,12 +135,17 @@ def _can_refine():
   return not backend.IS_KERAS_3 or backend.keras.backend.backend() == 'tensorflow'
 
 
-def _error(factorization, target, values):
-  """`||W(values) - T|| / ||T||` in float64 (values in the composed scale)."""
-  stored = {n: np.asarray(v, np.float64) / factorization.multiplier for n, v in values.items()}
-  composed = backend.to_numpy(factorization.compose_unscaled(stored)).astype(np.float64)
+def _relative_error(composed, target):
+  """`||W - T|| / ||T||` in float64 (0 for a zero `T`)."""
   norm = float(np.linalg.norm(target))
+  composed = backend.to_numpy(composed).astype(np.float64)
   return float(np.linalg.norm(composed - target)) / norm if norm else 0.0
+
+
+def _error(factorization, target, values):
+  """The relative error of the kernel `values` compose (composed scale, float64)."""
+  stored = {n: np.asarray(v, np.float64) / factorization.multiplier for n, v in values.items()}
+  return _relative_error(factorization.compose_unscaled(stored), target)
 
 
 def fit_values(factorization, target, steps: int = FIT_STEPS,
@@ -170,17 +172,16 @@ def fit_kernel(factorization, target, steps: int = FIT_STEPS,
                      f'{tuple(factorization.kernel_shape)}.')
   for name, value in fit_values(factorization, target, steps, cg_steps).items():
     factorization.assign_factor(name, value.astype(np.float32))
-  composed = backend.to_numpy(factorization.compose_unscaled()).astype(np.float64)
-  norm = float(np.linalg.norm(target))
-  return float(np.linalg.norm(composed - target)) / norm if norm else 0.0
+  return _relative_error(factorization.compose_unscaled(), target)   # of the float32 factors
 
 
-def plain_kernels(layer) -> List[np.ndarray]:
-  """The kernels of a built plain Dense / Conv (`[kernel]`) or LSTM (`[kernel, recurrent]`)."""
+def plain_kernel_variables(layer) -> List[Any]:
+  """The kernel variables of a built plain Dense / Conv (`[kernel]`) or LSTM / WeightNormLSTM
+  (`[kernel, recurrent_kernel]`), in the order of the factorised twin's factorizations."""
   cell = getattr(layer, 'cell', None)
   if cell is not None:
-    return [backend.to_numpy(cell.kernel), backend.to_numpy(cell.recurrent_kernel)]
-  return [backend.to_numpy(layer.kernel)]
+    return [cell.kernel, cell.recurrent_kernel]
+  return [layer.kernel]
 
 
 def plain_bias(layer):
@@ -193,8 +194,8 @@ def warm_start(plain, twin) -> Sequence[float]:
   """Fits every factorised kernel of `twin` (the factorised part of a converted layer) to its
   kernel in `plain` and copies the bias; returns the relative fit error per kernel, which it
   also keeps as `twin.fit_errors`."""
-  pairs = list(zip([f for _, f in twin.labelled_factorizations()], plain_kernels(plain)))
-  errors = tuple(fit_kernel(factorization, kernel) for factorization, kernel in pairs)
+  errors = tuple(fit_kernel(factorization, backend.to_numpy(kernel)) for factorization, kernel
+                 in zip(twin.factorizations, plain_kernel_variables(plain)))
   source, destination = plain_bias(plain), plain_bias(twin)
   if source is not None and destination is not None:
     destination.assign(backend.to_numpy(source))
