@@ -4,7 +4,8 @@
 built: `check` refuses inconsistent settings in one line before anything is loaded or written;
 the rules of the round itself (rates, client optimizer, algorithm constants) are
 `fedpara_tff.settings.RoundSettings`'s, built once and kept as `RunConfig.settings`; this module
-adds the rules that involve the model, the data and the run's machinery. `RunConfig.identity` is what a restart must repeat to resume.
+adds the rules that involve the model, the data and the run's machinery. `RunConfig.identity` is
+what a restart must repeat to resume.
 """
 
 import dataclasses
@@ -150,10 +151,6 @@ class RunConfig:
       if not isinstance(getattr(self, name), tuple):
         object.__setattr__(self, name, tuple(getattr(self, name)))
     object.__setattr__(self, 'settings', check(self))
-
-  def round_settings(self):
-    """The round's `fedpara_tff.settings.RoundSettings` (`settings`, built with the config)."""
-    return self.settings
 
   def identity(self):
     """The flags a restart must repeat to resume this run (JSON-ready)."""

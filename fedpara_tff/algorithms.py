@@ -54,9 +54,8 @@ class ServerOptimizer:
                beta_2: float = settings_lib.DEFAULT_SERVER_BETA_2) -> None:
     # Checked by `fedpara_tff.settings.RoundSettings`, through which `build` makes it.
     self.name, self.momentum, self.beta_2 = name, float(momentum), float(beta_2)
-    self.stateful = name != 'sgd' or bool(momentum)
-    self._transform = update_transforms.build(name, self.momentum if name == 'sgd' else 0.0,
-                                              self.beta_2)
+    self._transform = update_transforms.build(name, self.momentum, self.beta_2)
+    self.stateful = self._transform.state_size(1) > 0   # plain SGD keeps no state
 
   def initial_state(self, specs: Specs) -> Tensors:
     """TF values of the state for global variables of `specs` (TensorSpecs)."""

@@ -1,8 +1,8 @@
 """The client optimizer of a round: SGD or Adam, reset at the start of every round.
 
-The shared round (`client_work.build_client_train`) steps its variables
-with `LocalOptimizer`, whose rule is `fedpara_tff.update_transforms`' (the server's too); the runs on TFF's builders get the same optimizer from
-`tff_optimizer`, so both use one update rule:
+The shared round (`client_work.build_client_train`) steps its variables with `LocalOptimizer`,
+whose rule is `fedpara_tff.update_transforms`' (the server optimizer's too); the runs on TFF's
+builders get the same optimizer from `tff_optimizer`, so both use one update rule:
 
 * `sgd`: `w <- w - eta g`; with momentum beta (TFF's SGDM) `a <- beta a + g`,
   `w <- w - eta a`, `a` from zero each round;
@@ -63,8 +63,8 @@ class LocalOptimizer:
     """One step of every variable along its gradient in `grads` at `learning_rate`."""
     # Every scale is read from the variables before any of them moves.
     scales = self._update_scales() if self._update_scales else None
-    steps, state = self._transform.update(list(grads), [tf.convert_to_tensor(v) for v in self._state],
-                                          learning_rate, scales)
+    current = [tf.convert_to_tensor(v) for v in self._state]
+    steps, state = self._transform.update(list(grads), current, learning_rate, scales)
     for variable, value in zip(self._state, state):
       variable.assign(value)
     for variable, step in zip(self._variables, steps):

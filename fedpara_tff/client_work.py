@@ -208,8 +208,9 @@ def _full_gradient(model: tf.keras.Model, loss: Callable[..., tf.Tensor],
   return [tf.math.divide_no_nan(t, seen) for t in totals]
 
 
-def build_client_eval(model: tf.keras.Model, split: Split,
-                      n_model_local: int) -> Callable[..., 'collections.OrderedDict[str, tf.Tensor]']:
+def build_client_eval(
+    model: tf.keras.Model, split: Split,
+    n_model_local: int) -> Callable[..., 'collections.OrderedDict[str, tf.Tensor]']:
   """Accuracy of `model` on one client's data with given global and local values.
 
   Args:

@@ -25,12 +25,10 @@ import tensorflow as tf
 
 from keras_layers import cgls
 
-# Gauss-Newton steps, CGLS iterations per step, and the fractions of each step tried (the one
-# that lowers the residual most is kept, none if none does; docs/DESIGN.md, "Kernel-mean
-# aggregation").
+# Gauss-Newton steps and CGLS iterations per step (the fractions of each step tried:
+# `keras_layers.cgls.STEP_FRACTIONS`; docs/DESIGN.md, "Kernel-mean aggregation").
 GN_STEPS = 4
 CG_STEPS = 10
-STEP_FRACTIONS = cgls.STEP_FRACTIONS
 
 
 def refit_kernel(kernel_map, target, values: Sequence[Any], steps: int = GN_STEPS,

@@ -1,4 +1,5 @@
-"""LSTM cells with composed kernels: FedPara, pFedPara, low-rank and the weight-normalised plain cell.
+"""LSTM cells with composed kernels: FedPara, pFedPara, low-rank, and the weight-normalised plain
+cell.
 
 The cells work inside `tf.keras.layers.RNN` like `tf.keras.layers.LSTMCell` (they then compose
 their kernels at every time step); the layers of `keras_layers.lstm` compose both kernels once per

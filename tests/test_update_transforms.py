@@ -17,7 +17,8 @@ def _run(transform, learning_rate=0.1, scales=None):
   state = transform.init([tf.TensorSpec((4, 3), tf.float32)])
   steps = []
   for g in GRADS:
-    step, state = transform.update([tf.constant(g, tf.float32)], state, tf.constant(learning_rate, tf.float32),
+    step, state = transform.update([tf.constant(g, tf.float32)], state,
+                                   tf.constant(learning_rate, tf.float32),
                                    scales)
     steps.append(step[0].numpy())
   return steps, state
@@ -63,7 +64,8 @@ def test_chain_threads_each_transforms_state():
   adam = update_transforms.scale_by_adam(0.9, 0.999, 1e-7)
   adam_state = adam.init([tf.TensorSpec((4, 3), tf.float32)])
   for a, step in zip(traced, steps):
-    expected, adam_state = adam.update([tf.constant(a, tf.float32)], adam_state, tf.constant(0.1, tf.float32))
+    expected, adam_state = adam.update([tf.constant(a, tf.float32)], adam_state,
+                                       tf.constant(0.1, tf.float32))
     np.testing.assert_array_equal(step, expected[0].numpy())
   np.testing.assert_array_equal(state[0], traced[-1])
 

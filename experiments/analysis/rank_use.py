@@ -62,8 +62,8 @@ def main(argv):
       if data is None:
         data = registry.load(run['dataset'], _DATA_DIR.value,
                              sequence_length=run['sequence_length'])
-      rows += rank_measures.kernel_rows(folder, _ORIGINAL.value or rank_measures.original_of(folder),
-                                        data, _RTOL.value)
+      original = _ORIGINAL.value or rank_measures.original_of(folder)
+      rows += rank_measures.kernel_rows(folder, original, data, _RTOL.value)
     except (run_io.NoRunError, run_io.DamagedFileError, ValueError) as e:
       raise SystemExit(f'rank_use: error: --runs: {e}') from None
   print('\n'.join(rank_measures.table_lines(rows)))
