@@ -229,7 +229,10 @@ def build_kernel_means(parts: ModelParts) -> Optional[types.SimpleNamespace]:
     `W(x - u_i)` averaged with the aggregation's weights (a client whose upload is not finite
     weighs 0), at SERVER (telemetry: not counted as bytes; `fedpara_tff.aggregation_error`);
   * `refit`: `(mean kernels, global values, mean upload) -> mean upload` with the factors
-    refitted to the mean kernels (`fedpara_tff.kernel_mean`, `aggregation='kernel_mean'`);
+    refitted to the mean kernels (`fedpara_tff.kernel_mean`), only under
+    `aggregation='kernel_mean'`, else None: TFF traces a computation where it is defined, and
+    the refit's unrolled Gauss-Newton steps take seconds to trace (half of a small model's
+    process build);
   * `error`: `(mean kernels, global values, mean upload) -> OrderedDict(update_share,
     kernel_share)`, the aggregation error of the mean upload the server steps with.
   """
@@ -246,7 +249,6 @@ def build_kernel_means(parts: ModelParts) -> Optional[types.SimpleNamespace]:
                                                        list(upload)[:n_global])
     return kernels, tf.where(finite, weight, tf.zeros_like(weight))
 
-  @tff.tensorflow.computation(kernels_type, layout.global_type, upload_type(parts))
   def refit(mean_kernels, global_values, mean_upload):
     mean_upload = list(mean_upload)
     return kernel_mean.refit_update(layout.kernels, list(mean_kernels), list(global_values),
@@ -262,6 +264,11 @@ def build_kernel_means(parts: ModelParts) -> Optional[types.SimpleNamespace]:
         tff.federated_broadcast(global_values), upload, weight))
     return tff.federated_mean(kernels, kept_weight)
 
+  if parts.settings.aggregation == 'kernel_mean':
+    refit = tff.tensorflow.computation(kernels_type, layout.global_type,
+                                       upload_type(parts))(refit)
+  else:
+    refit = None
   return types.SimpleNamespace(mean=mean, refit=refit, error=error)
 
 
@@ -276,7 +283,7 @@ def build_finish_round(parts: ModelParts, initial: InitialValues,
   algorithm = parts.algorithm
   at_clients = lambda t: tff.FederatedType(t, tff.CLIENTS)
   kernels = build_kernel_means(parts)
-  refits = parts.settings.aggregation == 'kernel_mean' and kernels is not None
+  refits = kernels is not None and kernels.refit is not None
 
   @tff.federated_computation(state_type, at_clients(upload_type(parts)), at_clients(np.float32),
                              at_clients(np.float32), at_clients(np.float32),

@@ -4,13 +4,13 @@ non-zero, and what counts as diverged."""
 import dataclasses
 import math
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 from experiments import round_loop
 from experiments import runner
+from experiments import train
 from tests import run_support as rs
 
 
@@ -37,10 +37,11 @@ def test_divergence_checks():
                                                  2, [])
 
 
-def test_diverged_binary_exits_non_zero_with_one_line(tmp_path):
+def test_the_binary_ends_a_diverged_run_with_one_line(tmp_path):
+  """The binary's path (`train.run_or_exit`, in process): SystemExit with one line, which
+  Python prints to stderr with exit status 1."""
   config = rs.config(tmp_path, rounds=2, client_learning_rate=1e6)
-  result = subprocess.run(rs.train_command(config), cwd=rs.REPO, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode != 0
-  lines = [l for l in result.stderr.splitlines() if l.startswith('train: error:')]
-  assert len(lines) == 1 and 'training diverged' in lines[0], result.stderr[-2000:]
+  with pytest.raises(SystemExit) as exit_:
+    train.run_or_exit(config)
+  message = str(exit_.value)
+  assert message.startswith('train: error: round 1: training diverged') and '\n' not in message

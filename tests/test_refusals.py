@@ -124,14 +124,14 @@ def test_output_dir_of_another_run_needs_overwrite(tmp_path_factory, tmp_path):
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path_factory, tmp_path):
-  mlp_run = rs.finished(tmp_path_factory, rounds=1)   # only read
-  cnn_run = rs.config(tmp_path, 'cnn', model='small_cnn', rounds=1)
-  runner.run(cnn_run)
-  source = checkpoints.path_for(os.path.join(mlp_run.output_dir, 'checkpoints'), 1)
-  shutil.copy(source, checkpoints.path_for(os.path.join(cnn_run.output_dir, 'checkpoints'), 5))
-  cnn_run = dataclasses.replace(cnn_run, rounds=6)
+  fedpara_run = rs.finished(tmp_path_factory, rounds=1)   # only read
+  lowrank_run = rs.finished_copy(tmp_path_factory, tmp_path, 'lowrank', rounds=1,
+                                 parameterization='lowrank')
+  source = checkpoints.path_for(os.path.join(fedpara_run.output_dir, 'checkpoints'), 1)
+  shutil.copy(source, checkpoints.path_for(os.path.join(lowrank_run.output_dir, 'checkpoints'), 5))
+  lowrank_run = dataclasses.replace(lowrank_run, rounds=6)
   with pytest.raises(checkpoints.CheckpointMismatchError, match='written for another model'):
-    runner.run(cnn_run)
+    runner.run(lowrank_run)
 
 
 def test_binary_refusals_are_one_line_and_exit_non_zero(tmp_path):
@@ -299,9 +299,8 @@ def test_the_divergence_hint_names_the_flag_that_caused_it(diverged, settings, h
   assert round_loop.divergence_hint(config, diverged) == hint
 
 
-def test_tensorboard_replaced_by_a_file_is_one_line(tmp_path):
-  config = rs.config(tmp_path, rounds=1)
-  runner.run(config)
+def test_tensorboard_replaced_by_a_file_is_one_line(tmp_path_factory, tmp_path):
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   board = os.path.join(config.output_dir, 'tensorboard')
   shutil.rmtree(board)
   with open(board, 'w') as f:
@@ -313,9 +312,9 @@ def test_tensorboard_replaced_by_a_file_is_one_line(tmp_path):
   assert '\n' not in str(e.value)
 
 
-def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_path, monkeypatch):
-  config = rs.config(tmp_path, rounds=1)
-  runner.run(config)
+def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_path_factory,
+                                                                          tmp_path, monkeypatch):
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
   metrics = os.path.join(config.output_dir, run_io.METRICS_FILE)
 
   def full_disk(self, row):
@@ -332,13 +331,13 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_kept_checkpoint(tmp_pat
 
 @pytest.mark.parametrize('what', ['checkpoint', 'partition_cache'])
 def test_a_disk_full_while_an_archive_is_written_names_it_without_a_zipfile_traceback(
-    tmp_path, monkeypatch, capfd, what):
+    tmp_path_factory, tmp_path, monkeypatch, capfd, what):
   """Issue 38: a full disk inside a checkpoint's archive gave a message without the path, then a
   `ZipFile.__del__` traceback; the partition cache's said "No space left on device: None"."""
   import gc  # pylint: disable=g-import-not-at-top
-  if what == 'checkpoint':
-    runner.run(rs.config(tmp_path, 'first', rounds=1))   # the partition cache is written here
   config = rs.config(tmp_path, rounds=1)
+  if what == 'checkpoint':   # the partition cache is there: only the checkpoint is written
+    shutil.copytree(rs.finished(tmp_path_factory, rounds=1).cache_dir, config.cache_dir)
   real = np.lib.format.write_array
 
   def full_disk(member, array, **kwargs):
