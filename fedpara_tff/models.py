@@ -29,9 +29,11 @@ def check_no_non_trainable(count):
   silently, we refuse such models; use GroupNorm or LayerNorm instead.
   """
   if count:
-    raise ValueError(f'the model has {count} non-trainable variable(s) (e.g. BatchNorm '
-                     f'statistics), which TFF 0.87 never aggregates; use GroupNormalization '
-                     f'or LayerNormalization instead.')
+    raise ValueError(f'the model has {count} non-trainable variable(s) (BatchNorm statistics, '
+                     f'frozen layers or adapters\' frozen kernels), which TFF 0.87 never '
+                     f'aggregates: for BatchNorm use GroupNormalization or LayerNormalization '
+                     f'instead; frozen layers and adapters do not run on the federated round '
+                     f'yet (docs/USAGE.md, "Adapters").')
 
 
 def classify_variables(keras_model: tf.keras.Model,

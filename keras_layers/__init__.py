@@ -19,6 +19,8 @@ __version__ = '0.2.0'
 # Public name -> the module that defines it.
 _EXPORTS = {
     'FactorizedLayer': 'base', 'factorized_layers': 'base',
+    'add_adapters': 'adapters', 'adapter_weights': 'adapters', 'load_adapters': 'adapters',
+    'save_adapters': 'adapters',
     'FedParaConv1D': 'conv', 'FedParaConv2D': 'conv', 'LowRankConv1D': 'conv',
     'LowRankConv2D': 'conv', 'PFedParaConv1D': 'conv', 'PFedParaConv2D': 'conv',
     'convert': 'conversion', 'export': 'conversion', 'is_factorized': 'conversion',

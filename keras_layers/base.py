@@ -8,6 +8,8 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
+import math
+import numbers
 from typing import Any, Optional, Union
 
 from keras_layers import backend
@@ -51,6 +53,26 @@ def check_rank_options(gamma, rank, param_ratio):
     check_positive_int(rank, 'rank')
   if param_ratio is not None:
     ranks.check_param_ratio(param_ratio)
+
+
+def check_adapter_options(adapter, adapter_alpha, factor_lr_scale):
+  """`(adapter, adapter_alpha)` checked: a bool, and None or a finite positive number given only
+  with `adapter=True`; an adapter takes no `factor_lr_scale` (its step-size rules are for
+  kernels made by the factors alone). Raises ValueError in one line."""
+  if not isinstance(adapter, bool):
+    raise ValueError(f'adapter must be True or False; got {adapter!r}.')
+  if adapter_alpha is not None:
+    if not adapter:
+      raise ValueError(f'adapter_alpha={adapter_alpha!r} is for adapters; pass adapter=True '
+                       f'or no adapter_alpha.')
+    if (isinstance(adapter_alpha, bool) or not isinstance(adapter_alpha, numbers.Real)
+        or not math.isfinite(adapter_alpha) or adapter_alpha <= 0):
+      raise ValueError(f'adapter_alpha must be a finite number > 0; got {adapter_alpha!r}.')
+    adapter_alpha = float(adapter_alpha)
+  if adapter and factor_lr_scale is not None:
+    raise ValueError(f'an adapter takes no factor_lr_scale (got {factor_lr_scale!r}): the '
+                     f'step-size rules are for kernels the factors make alone.')
+  return adapter, adapter_alpha
 
 
 def resolve_rank(scheme, kernel_shape, gamma=None, rank=None, param_ratio=None,
@@ -136,6 +158,13 @@ class FactorizedLayer(keras.layers.Layer):
       the plain layer).
     factor_regularizer, factor_constraint: applied to each factor variable.
     activity_regularizer: as in Keras.
+    adapter: False (default), or True: the layer is an adapter on a frozen pretrained kernel,
+      `W = W0 + (adapter_alpha / rank) * D`, with `D` composed by the factors (FedPara's
+      Hadamard product, pFedPara's, or low-rank) and starting at zero; `W0` (the variable
+      `base_kernel`, zeros until set: `keras_layers.adapters.add_adapters` sets it) and the bias
+      are not trainable (docs/DESIGN.md, "Adapters").
+    adapter_alpha: positive number, the adapter's scale numerator (PEFT's `alpha`); default
+      the rank, i.e. scale 1. Only with `adapter=True`.
   """
 
   scheme = None  # 'fedpara' | 'pfedpara' | 'lowrank', set by subclasses.
@@ -147,8 +176,11 @@ class FactorizedLayer(keras.layers.Layer):
                use_bias: bool = True, bias_initializer: Any = 'zeros',
                kernel_regularizer: Any = None, bias_regularizer: Any = None,
                factor_regularizer: Any = None, activity_regularizer: Any = None,
-               factor_constraint: Any = None, bias_constraint: Any = None, **kwargs: Any):
+               factor_constraint: Any = None, bias_constraint: Any = None,
+               adapter: bool = False, adapter_alpha: Optional[float] = None, **kwargs: Any):
     super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+    self.adapter, self.adapter_alpha = check_adapter_options(adapter, adapter_alpha,
+                                                             factor_lr_scale)
     check_rank_options(gamma, rank, param_ratio)
     self.gamma = None if gamma is None else float(gamma)
     self.rank = None if rank is None else int(rank)
@@ -192,9 +224,12 @@ class FactorizedLayer(keras.layers.Layer):
     """Resolves the rank for `kernel_shape` and adds its factors to the layer."""
     rank = resolve_rank(self.scheme, kernel_shape, self.gamma, self.rank,
                         self.param_ratio, layer_name=self.name)
+    adapter_scale = None
+    if self.adapter:
+      adapter_scale = (rank if self.adapter_alpha is None else self.adapter_alpha) / rank
     factorization = factors.KernelFactorization(
         self.scheme, kernel_shape, rank, self.nonlinearity, self.factor_init,
-        prefix=prefix, factor_lr_scale=self.factor_lr_scale)
+        prefix=prefix, factor_lr_scale=self.factor_lr_scale, adapter_scale=adapter_scale)
     factorization.add_to(self, self.factor_regularizer, self.factor_constraint)
     self.factorizations.append(factorization)
     if self.kernel_regularizer is not None and not backend.IS_KERAS_3:
@@ -210,7 +245,7 @@ class FactorizedLayer(keras.layers.Layer):
           name='bias', shape=(size,),
           initializer=initializer or self.bias_initializer,
           regularizer=self.bias_regularizer, constraint=self.bias_constraint,
-          trainable=True)
+          trainable=not self.adapter)   # an adapter keeps the pretrained bias
 
   @staticmethod
   def _record(factorization, kernel):
@@ -256,6 +291,15 @@ class FactorizedLayer(keras.layers.Layer):
     local = {id(v) for v in self.local_weights}
     return [v for v in self.weights if id(v) not in local]
 
+  @property
+  def base_kernels(self):
+    """An adapter's frozen kernels `W0`, one per factorised kernel; [] for other layers."""
+    return [f.base for f in self.factorizations if f.base is not None]
+
+  def adapter_param_count(self):
+    """Parameters of an adapter's factors (what trains); 0 for other layers."""
+    return sum(f.param_count for f in self.factorizations) if self.adapter else 0
+
   def original_param_count(self):
     """Parameters of the plain layer this one replaces (kernels and bias)."""
     count = sum(ranks.original_param_count(f.kernel_shape)
@@ -291,6 +335,8 @@ class FactorizedLayer(keras.layers.Layer):
         activity_regularizer=keras.regularizers.serialize(self.activity_regularizer),
         factor_constraint=keras.constraints.serialize(self.factor_constraint),
         bias_constraint=keras.constraints.serialize(self.bias_constraint))
+    if self.adapter:   # absent otherwise: configs saved before adapters stay as they were
+      config.update(adapter=True, adapter_alpha=self.adapter_alpha)
     return config
 
   @classmethod

@@ -130,7 +130,7 @@ def _too_small(layer):
   return any(ranks.r_max(shape) < 1 for shape in _kernel_shapes(layer))
 
 
-def _check_model(model, function):
+def check_model(model, function):
   """`convert` and `export` take a Sequential or Functional model: anything else, one line."""
   if isinstance(model, keras.Model):
     return
@@ -198,7 +198,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     ValueError: unknown parameterisation or a layer name in include/exclude
       that the model does not have; an LSTM with unsupported options.
   """
-  _check_model(model, 'convert')
+  check_model(model, 'convert')
   if parameterization not in PARAMETERIZATIONS:
     raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}; '
                      f'got {parameterization!r}.')
@@ -269,6 +269,9 @@ def _check_init(init, layer_options):
     raise ValueError(f'convert: init must be one of {INITS}; got {init!r}.')
   if init != 'fit':
     return
+  if layer_options.get('adapter'):
+    raise ValueError("convert: init='fit' fits factors to a kernel; an adapter keeps the kernel "
+                     "and starts its delta at zero (use init='random').")
   if layer_options.get('nonlinearity') not in (None, 'none'):
     raise ValueError(f"convert: init='fit' fits the product of the factors; with "
                      f"nonlinearity={layer_options['nonlinearity']!r} it is not one (use "
@@ -294,7 +297,7 @@ def export(model: Any) -> Any:
   Args:
     model: a built Sequential or Functional model.
   """
-  _check_model(model, 'export')
+  check_model(model, 'export')
   if not model.built:
     raise ValueError(f'model {model.name!r} must be built before export.')
 

@@ -211,10 +211,16 @@ class KernelFactorization:
       multiplied by it, i.e. SGD on the factors at `s` times the learning rate;
       `'safe'`: the factors' gradient is replaced at every step instead
       (`cgls.projected_step`, `SAFE_STEPS` iterations).
+    adapter_scale: `None` (the factors compose the kernel), or a positive number `s`: the
+      factors compose a delta `D` added to a frozen base kernel, `W = W0 + s * D`
+      (`keras_layers.adapters`; docs/DESIGN.md, "Adapters"). The base is a non-trainable
+      variable `<prefix>base_kernel` (zeros until set); the first term's `x` factor starts at
+      zero, so that `D = 0` at first while the gradient of that factor is not zero.
   """
 
   def __init__(self, scheme, kernel_shape, rank, nonlinearity=None,
-               factor_init='matched_glorot', prefix='', factor_lr_scale=None):
+               factor_init='matched_glorot', prefix='', factor_lr_scale=None,
+               adapter_scale=None):
     self.scheme = check_scheme(scheme)
     self.kernel_shape = tuple(kernel_shape)
     self.rank = rank
@@ -234,23 +240,38 @@ class KernelFactorization:
     self.prefix = prefix
     self.factors = collections.OrderedDict()
     self._roles = {}
+    self.adapter_scale = None if adapter_scale is None else float(adapter_scale)
+    self.base = None   # the frozen kernel W0 of an adapter (`add_to`)
 
   def add_to(self, layer, regularizer=None, constraint=None):
-    """Creates the factor variables on `layer` with `layer.add_weight`."""
+    """Creates the factor variables on `layer` with `layer.add_weight` (and an adapter's
+    frozen base kernel)."""
+    zero = self.zero_factor_name() if self.adapter_scale is not None else None
     for spec in self.specs:
       # A fresh initializer per factor: an unseeded Keras initializer instance
       # returns the same values on every call, which would make W1 == W2.
+      initializer = (keras.initializers.Zeros() if spec.name == zero else
+                     keras.initializers.RandomNormal(stddev=spec.stddev / self.multiplier))
       variable = layer.add_weight(
           name=self.prefix + spec.name,
           shape=spec.shape,
-          initializer=keras.initializers.RandomNormal(
-              stddev=spec.stddev / self.multiplier),
+          initializer=initializer,
           regularizer=regularizer,
           constraint=constraint,
           trainable=True)
       self.factors[spec.name] = variable
       self._roles[spec.name] = spec.role
+    if self.adapter_scale is not None:
+      self.base = layer.add_weight(name=self.prefix + 'base_kernel', shape=self.kernel_shape,
+                                   initializer='zeros', trainable=False)
     return self
+
+  def zero_factor_name(self):
+    """The factor an adapter's delta starts at zero with: the first term's output-side `x`
+    (`x` for low-rank, `x1` otherwise; pFedPara's is global). Every term of the delta is
+    multiplied by the first term, so the delta is zero; the gradient of `x1` is the upstream
+    gradient times the other factors, which are not zero (as LoRA's zero `B`)."""
+    return 'x' + term_suffix(self.scheme, 0)
 
   def _term_factors(self, term_index, stored):
     suffix = term_suffix(self.scheme, term_index)
@@ -311,9 +332,13 @@ class KernelFactorization:
     return bound * ops.cast(self.multiplier, bound.dtype)
 
   def compose_unscaled(self, stored=None):
-    """The kernel, with the chain rule's gradient whatever `factor_lr_scale` says (analysis)."""
+    """The kernel, with the chain rule's gradient whatever `factor_lr_scale` says (analysis);
+    an adapter's `W0 + s * D`."""
     stored = self.factors if stored is None else stored
-    return combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
+    kernel = combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
+    if self.base is None:
+      return kernel
+    return self.base + ops.cast(self.adapter_scale, kernel.dtype) * kernel
 
   def global_kernel(self, stored=None):
     """What the global factors compose, from `stored` (dict of stored-scale values of at least

@@ -178,6 +178,13 @@ class _FactorizedLSTM(_KernelLSTM):
   def original_param_count(self):
     return self.cell.original_param_count()
 
+  @property
+  def base_kernels(self):
+    return self.cell.base_kernels
+
+  def adapter_param_count(self):
+    return self.cell.adapter_param_count()
+
   @classmethod
   def from_plain(cls, layer, **options):
     """A twin of the plain `tf.keras.layers.LSTM` or `WeightNormLSTM` `layer` with `options`

@@ -180,6 +180,9 @@ class _FactorizedLSTMCell(_ComposedKernelCell, base.FactorizedLayer):
     if not isinstance(weight_norm, bool):
       raise ValueError(f'weight_norm must be True or False; got {weight_norm!r}.')
     self.weight_norm = weight_norm
+    if weight_norm and self.adapter:
+      raise ValueError(f'{self.name}: an adapter adds to a pretrained kernel; weight_norm=True '
+                       f'would normalise that sum (convert the WeightNormLSTM plain first).')
     self.state_size = [self.units, self.units]
     self.output_size = self.units
     self.kernel_factorization = None

@@ -3,6 +3,7 @@
 from typing import Any, List, Tuple
 
 import collections
+import math
 
 from keras_layers import conversion
 from keras_layers.backend import keras
@@ -31,16 +32,34 @@ def _layer_rows(model):
     original = count + sum(part.original_param_count() - part_layer.count_params()
                            for part, part_layer in zip(parts, inner or [layer])
                            if part is not None)
+    frozen = sum(_frozen_count(part) for part in parts if part is not None)
+    if frozen:   # an adapter: what it trains, beside the plain layer it adapts
+      kind += ' adapter'
+      original, count = count - sum(part.adapter_param_count() for part in parts
+                                    if part is not None), count - frozen
     fit_errors = tuple(e for part in parts if part is not None
                        for e in getattr(part, 'fit_errors', ()))
     yield LayerReport(layer.name, kind, ranks, original, count, fit_errors)
+
+
+def _frozen_count(part):
+  """Parameters of an adapter's frozen base kernels and bias (`keras_layers.adapters`); 0 for
+  other factorised layers."""
+  bases = [f.base for f in part.factorizations if f.base is not None]
+  if not bases:
+    return 0
+  bias = getattr(getattr(part, 'cell', part), 'bias', None)
+  return sum(math.prod(b.shape) for b in bases) + (math.prod(bias.shape) if bias is not None
+                                                   else 0)
 
 
 def parameter_report(model: Any) -> List[LayerReport]:
   """Rows `LayerReport(name, kind, ranks, original, factorized, fit_errors)`, one per layer.
 
   `original` is the parameter count of the plain layer a factorised layer
-  replaces (kernels and bias); for other layers both counts are equal. `fit_errors`: for a layer
+  replaces (kernels and bias); for other layers both counts are equal. For an adapter
+  (`keras_layers.adapters`, kind `... adapter`), `original` is the plain layer it adapts (its
+  frozen kernels and bias) and `factorized` the adapter's own factors, what trains. `fit_errors`: for a layer
   `convert(..., init='fit')` made, the relative error `||W - T|| / ||T||` of each kernel fitted
   to the trained kernel `T` it replaced (`keras_layers.warm_start`); else empty.
 

@@ -11,37 +11,15 @@ import keras_layers as kl
 from keras_layers import backend
 from keras_layers.backend import keras
 from tests import numpy_reference as ref
+from tests.keras3.factor_values import factor as _factor
+from tests.keras3.factor_values import kernel as _kernel
+from tests.keras3.factor_values import np64 as _np
 
 RNG = np.random.default_rng(7)
 SCHEMES = {'fedpara': (kl.FedParaDense, kl.FedParaConv2D, kl.FedParaConv1D, kl.FedParaLSTM),
            'pfedpara': (kl.PFedParaDense, kl.PFedParaConv2D, kl.PFedParaConv1D,
                         kl.PFedParaLSTM),
            'lowrank': (kl.LowRankDense, kl.LowRankConv2D, kl.LowRankConv1D, kl.LowRankLSTM)}
-
-
-def _np(value):
-  return backend.to_numpy(value).astype(np.float64)
-
-
-def _factor(factorization, name):
-  """A factor as it enters the product (stored value x the lr-scale multiplier)."""
-  return _np(factorization.factors[name]) * factorization.multiplier
-
-
-def _suffixes(scheme):
-  return {'fedpara': ('1', '2'), 'pfedpara': ('1', '2_local'), 'lowrank': ('',)}[scheme]
-
-
-def _kernel(factorization, scheme, nonlinearity=None):
-  """The kernel from the layer's factor values, composed by the numpy reference."""
-  terms = []
-  for suffix in _suffixes(scheme):
-    x, y = _factor(factorization, 'x' + suffix), _factor(factorization, 'y' + suffix)
-    if len(factorization.kernel_shape) > 2:
-      terms.append(ref.to_keras(ref.tucker_term(_factor(factorization, 't' + suffix), x, y)))
-    else:
-      terms.append(ref.to_keras(ref.matrix_term(x, y)))
-  return ref.combine(scheme, terms, nonlinearity)
 
 
 def test_the_backend_is_the_installed_keras():
