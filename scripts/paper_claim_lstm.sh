@@ -14,7 +14,8 @@
 #   sgd<LR>:     the paper's recipe at client SGD lr LR instead of 1.0 (sgd1.0 is the paper's).
 # Variants (parameters as a share of the original's 817,872): original; lowrank_r22 (15.9%, the
 # paper's low-rank budget); fedpara_r14 (19.5%, the paper's FedPara budget); lowrank_r28 (19.5%,
-# the same budget as fedpara_r14); fedpara_r14_tanh (tanh on each Hadamard term, the paper's
+# the same budget as fedpara_r14); fedpara_r8 / lowrank_r16 (one smaller budget, equal
+# parameters, where low-rank's rank binds harder: issue 41); fedpara_r14_tanh (tanh on each Hadamard term, the paper's
 # FedPara recipe), fedpara_r14_he_fan_in / _he_fan_out (the inits of the authors' notebook and of
 # the Flower baseline; the default is the variance-matched one); fedpara_r14_jc (the Jacobian
 # correction, lambda 1: it assumes client SGD steps, so the recipes paper, fedadam<LR> and batch8
@@ -50,6 +51,8 @@ declare -A variants=(
   [lowrank_r22]="--parameterization=lowrank --rank=22"
   [fedpara_r14]="--parameterization=fedpara --rank=14"
   [lowrank_r28]="--parameterization=lowrank --rank=28"
+  [fedpara_r8]="--parameterization=fedpara --rank=8"
+  [lowrank_r16]="--parameterization=lowrank --rank=16"
   [fedpara_r14_tanh]="--parameterization=fedpara --rank=14 --nonlinearity=tanh"
   [fedpara_r14_he_fan_in]="--parameterization=fedpara --rank=14 --factor_init=he_fan_in"
   [fedpara_r14_he_fan_out]="--parameterization=fedpara --rank=14 --factor_init=he_fan_out"
