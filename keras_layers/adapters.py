@@ -88,9 +88,7 @@ def _set_base(plain, twin):
   """Copies the plain layer's kernels into the adapter's frozen bases, and its bias."""
   for base_kernel, kernel in zip(twin.base_kernels, warm_start.plain_kernel_variables(plain)):
     base_kernel.assign(backend.to_numpy(kernel))
-  source, destination = warm_start.plain_bias(plain), warm_start.plain_bias(twin)
-  if source is not None and destination is not None:
-    destination.assign(backend.to_numpy(source))
+  warm_start.copy_bias(plain, twin)
 
 
 def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optional[int] = None,
@@ -136,19 +134,17 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
   twin = conversion.convert(model, parameterization, gamma=gamma, rank=rank,
                             param_ratio=param_ratio, include=names, adapter=True,
                             adapter_alpha=alpha, **layer_options)
+  adapted = set()   # the targets convert made adapters (not those too small to factorise)
   for name in names:
-    plain, adapted = model.get_layer(name), twin.get_layer(name)
+    plain, twin_layer = model.get_layer(name), twin.get_layer(name)
     for plain_part, twin_part in zip(conversion.wrapped_layers(plain) or [plain],
-                                     conversion.wrapped_layers(adapted) or [adapted]):
+                                     conversion.wrapped_layers(twin_layer) or [twin_layer]):
       part = conversion.factorized_part(twin_part)
-      if part is not None:   # None: a layer convert left plain (too small to factorise)
+      if part is not None:
         _set_base(plain_part, part)
-  adapted_names = {name for name in names
-                   if conversion.is_factorized(twin.get_layer(name))
-                   or any(conversion.is_factorized(p)
-                          for p in conversion.wrapped_layers(twin.get_layer(name)))}
+        adapted.add(name)
   for layer in twin.layers:
-    if layer.name not in adapted_names and layer.name not in trainable:
+    if layer.name not in adapted and layer.name not in trainable:
       layer.trainable = False
   return twin
 
@@ -159,18 +155,24 @@ def variable_name(variable: Any) -> str:
   return (name or variable.name).split(':')[0]
 
 
+def _trainable_by_name(model):
+  """`{variable_name: variable}` over `model.trainable_variables`, in that order; two variables
+  of one name are refused in one line (a file could not tell them apart)."""
+  variables = {}
+  for variable in model.trainable_variables:
+    name = variable_name(variable)
+    if name in variables:
+      raise ValueError(f'two trainable variables of model {model.name!r} are named {name!r}; '
+                       f'give its layers distinct names.')
+    variables[name] = variable
+  return variables
+
+
 def adapter_weights(model: Any) -> Dict[str, np.ndarray]:
   """`{variable name: value}` of what trains in an adapter model (`model.trainable_variables`:
   the adapters' factors and the `trainable` layers), in that order: what `save_adapters`
   writes and what a federated round sends (with pFedPara, less its local factors)."""
-  weights = {}
-  for variable in model.trainable_variables:
-    name = variable_name(variable)
-    if name in weights:
-      raise ValueError(f'two trainable variables of model {model.name!r} are named {name!r}; '
-                       f'give its layers distinct names.')
-    weights[name] = backend.to_numpy(variable)
-  return weights
+  return {name: backend.to_numpy(v) for name, v in _trainable_by_name(model).items()}
 
 
 def save_adapters(model: Any, path: Union[str, os.PathLike]) -> None:
@@ -190,7 +192,7 @@ def load_adapters(model: Any, path: Union[str, os.PathLike]) -> None:
   """
   with np.load(path) as stored:
     values = {name: stored[name] for name in stored.files}
-  variables = {variable_name(v): v for v in model.trainable_variables}
+  variables = _trainable_by_name(model)
   missing, extra = sorted(set(variables) - set(values)), sorted(set(values) - set(variables))
   if missing or extra:
     raise ValueError(f'{path} holds the adapters of another model: '

@@ -8,13 +8,12 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
-import math
-import numbers
 from typing import Any, Optional, Union
 
 from keras_layers import backend
 from keras_layers import factors
 from keras_layers import ranks
+from keras_layers import validation
 from keras_layers.backend import keras
 
 DEFAULT_GAMMA = 0.5
@@ -65,10 +64,7 @@ def check_adapter_options(adapter, adapter_alpha, factor_lr_scale):
     if not adapter:
       raise ValueError(f'adapter_alpha={adapter_alpha!r} is for adapters; pass adapter=True '
                        f'or no adapter_alpha.')
-    if (isinstance(adapter_alpha, bool) or not isinstance(adapter_alpha, numbers.Real)
-        or not math.isfinite(adapter_alpha) or adapter_alpha <= 0):
-      raise ValueError(f'adapter_alpha must be a finite number > 0; got {adapter_alpha!r}.')
-    adapter_alpha = float(adapter_alpha)
+    adapter_alpha = validation.finite_positive(adapter_alpha, 'adapter_alpha')
   if adapter and factor_lr_scale is not None:
     raise ValueError(f'an adapter takes no factor_lr_scale (got {factor_lr_scale!r}): the '
                      f'step-size rules are for kernels the factors make alone.')

@@ -6,6 +6,7 @@ import collections
 import math
 
 from keras_layers import conversion
+from keras_layers import warm_start
 from keras_layers.backend import keras
 
 LayerReport = collections.namedtuple(
@@ -45,10 +46,10 @@ def _layer_rows(model):
 def _frozen_count(part):
   """Parameters of an adapter's frozen base kernels and bias (`keras_layers.adapters`); 0 for
   other factorised layers."""
-  bases = [f.base for f in part.factorizations if f.base is not None]
+  bases = part.base_kernels
   if not bases:
     return 0
-  bias = getattr(getattr(part, 'cell', part), 'bias', None)
+  bias = warm_start.plain_bias(part)
   return sum(math.prod(b.shape) for b in bases) + (math.prod(bias.shape) if bias is not None
                                                    else 0)
 

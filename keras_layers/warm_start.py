@@ -190,14 +190,20 @@ def plain_bias(layer):
   return getattr(holder, 'bias', None)
 
 
+def copy_bias(plain, twin) -> None:
+  """Sets the bias of `twin` (a factorised layer or cell holder) to the plain layer's, where
+  both have one."""
+  source, destination = plain_bias(plain), plain_bias(twin)
+  if source is not None and destination is not None:
+    destination.assign(backend.to_numpy(source))
+
+
 def warm_start(plain, twin) -> Sequence[float]:
   """Fits every factorised kernel of `twin` (the factorised part of a converted layer) to its
   kernel in `plain` and copies the bias; returns the relative fit error per kernel, which it
   also keeps as `twin.fit_errors`."""
   errors = tuple(fit_kernel(factorization, backend.to_numpy(kernel)) for factorization, kernel
                  in zip(twin.factorizations, plain_kernel_variables(plain)))
-  source, destination = plain_bias(plain), plain_bias(twin)
-  if source is not None and destination is not None:
-    destination.assign(backend.to_numpy(source))
+  copy_bias(plain, twin)
   twin.fit_errors = errors
   return errors
