@@ -5,10 +5,15 @@ Keras model of a run; every model is available as original, low-rank, FedPara
 and pFedPara (FedPer and local-only use the original model).
 """
 
+import hashlib
+import os
+
 import tensorflow as tf
 
 import keras_layers
 from experiments import run_config
+from keras_layers import adapters as adapters_lib
+from keras_layers import backend
 
 MODELS = run_config.MODELS
 PARAMETERIZATIONS = run_config.PARAMETERIZATIONS
@@ -138,9 +143,80 @@ def plain_model(model, input_shape, num_classes, weight_norm=False):
   raise ValueError(f'model must be one of {MODELS}; got {model!r}.')
 
 
+def check_pretrained_file(path):
+  """Refuses, in one line, a `pretrained` path that is not a file."""
+  if not os.path.isfile(path):
+    raise ValueError(f'pretrained={path!r}: no such file (give the HDF5 weights file of the '
+                     f'plain model that experiments.pretrain or model.save_weights wrote).')
+
+
+def pretrained_fingerprint(path):
+  """The SHA-256 of the weights file `path`: a run's identity holds it, so that a run resumes
+  only on the same weights, wherever the file lies."""
+  check_pretrained_file(path)
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def load_pretrained(keras_model, path):
+  """Sets the plain zoo model `keras_model` from the weights file `path` (`save_weights`' HDF5
+  or TensorFlow checkpoint; `experiments.pretrain` writes one). While a graph is traced (TFF's
+  computations) it sets nothing: the round sets a pretrained model's values there from its
+  eager build (docs/DESIGN.md, "Adapters").
+
+  Raises:
+    ValueError: the file is missing or holds another model's weights (one line).
+  """
+  if backend.building_graph():
+    return
+  check_pretrained_file(path)
+  try:
+    keras_model.load_weights(path)
+  except (ValueError, OSError, KeyError, tf.errors.OpError) as error:
+    reason = ' '.join(str(error).split())[:200]
+    raise ValueError(f'pretrained={path!r} does not hold the weights of model '
+                     f'{keras_model.name!r} for this data: {reason}') from None
+
+
+def _check_layer_names(keras_model, names, option):
+  known = {layer.name for layer in keras_model.layers}
+  unknown = sorted(set(names) - known)
+  if unknown:
+    raise ValueError(f'{option}={list(names)} names layers not in the model: {unknown}; it has '
+                     f'{sorted(known)}.')
+
+
+def _pretrained_model(keras_model, parameterization, options):
+  """The pretrained `keras_model` as the run trains it: under adapters (the frozen model plus a
+  factorised delta on every Dense / Conv / LSTM not in `keep_plain` or `trainable_layers`), or
+  as it is with only `trainable_layers` training (all of it when none are named)."""
+  trainable = list(options['trainable_layers'])
+  _check_layer_names(keras_model, trainable, 'trainable_layers')
+  if not options['adapters']:
+    if trainable:
+      for layer in keras_model.layers:
+        layer.trainable = layer.name in trainable
+    return keras_model
+  skip = set(options['keep_plain']) | set(trainable)
+  targets = [name for name in adapters_lib.select_targets(keras_model) if name not in skip]
+  if not targets:
+    raise ValueError(f'adapters: no Dense/Conv/LSTM layer of the model is left to adapt '
+                     f'(keep_plain={list(options["keep_plain"])}, trainable_layers={trainable}).')
+  delta = dict(factor_init=options['factor_init'])
+  if parameterization != 'lowrank':
+    delta['nonlinearity'] = options['nonlinearity']
+  return keras_layers.add_adapters(keras_model, parameterization, gamma=options['gamma'],
+                                   rank=options['rank'], alpha=options['adapter_alpha'],
+                                   targets=targets, trainable=trainable, **delta)
+
+
 def build(model, input_shape, num_classes, parameterization='original', gamma=None,
           rank=None, keep_plain=(), nonlinearity=None, weight_decay=0.0,
-          factor_init='matched_glorot', factor_lr_scale=None, weight_norm=False):
+          factor_init='matched_glorot', factor_lr_scale=None, weight_norm=False,
+          pretrained='', adapters=False, adapter_alpha=None, trainable_layers=()):
   """The Keras model of a run.
 
   Args:
@@ -162,13 +238,25 @@ def build(model, input_shape, num_classes, parameterization='original', gamma=No
     weight_decay: adds `weight_decay / 2 * sum ||v||^2` over the trainable
       variables (factors, not composed kernels) to the loss, i.e. SGD weight
       decay of `weight_decay`.
+    pretrained: a weights file of the plain model (`load_pretrained`); '' for none. The model
+      then trains as it is (`parameterization='original'`) or, with `adapters`, frozen under
+      `parameterization`'s adapters (`keras_layers.add_adapters`; `rank` / `gamma` their size,
+      `adapter_alpha` their scale numerator, `keep_plain` layers left without one).
+    trainable_layers: with `pretrained`, the layers that train as they are; every other layer
+      without an adapter is frozen (none named: all train, without adapters).
   """
   if parameterization not in PARAMETERIZATIONS:
     raise ValueError(f'parameterization must be one of {PARAMETERIZATIONS}; '
                      f'got {parameterization!r}.')
   keras_layers.validation.finite_at_least_zero(weight_decay, 'weight_decay')
   keras_model = plain_model(model, input_shape, num_classes, weight_norm)
-  if parameterization in ('lowrank', 'fedpara', 'pfedpara'):
+  if pretrained:
+    load_pretrained(keras_model, pretrained)
+    keras_model = _pretrained_model(keras_model, parameterization, dict(
+        trainable_layers=trainable_layers, adapters=adapters, keep_plain=keep_plain,
+        factor_init=factor_init, nonlinearity=nonlinearity, gamma=gamma, rank=rank,
+        adapter_alpha=adapter_alpha))
+  elif parameterization in ('lowrank', 'fedpara', 'pfedpara'):
     options = dict(factor_init=factor_init, factor_lr_scale=factor_lr_scale)
     if parameterization != 'lowrank':
       options['nonlinearity'] = nonlinearity

@@ -31,13 +31,15 @@ BACKENDS = ('tff', 'tf')
 NOT_IN_RUN_IDENTITY = ('rounds', 'eval_every', 'checkpoint_every', 'output_dir', 'overwrite',
                        'progress', 'cache_dir', 'download', 'data_dir',
                        'workers', 'worker_connect_timeout', 'worker_failure_timeout', 'backend',
-                       'gpus', 'workers_tls_dir', 'insecure_workers')
+                       'gpus', 'workers_tls_dir', 'insecure_workers',
+                       'pretrained')   # its file's SHA-256 is in the identity (`runner`)
 # Fields added after 0.2.0, left out of the identity at their default so that runs written
 # before they existed still resume.
 IDENTITY_SINCE_0_3 = {'weight_norm': False, 'client_store': 'auto', 'eval_clients': 300,
                       'client_optimizer': 'sgd', 'examples_per_client': 20,
                       'feddyn_alpha': 0.1, 'aggregation': 'factor_mean',
-                      'server_beta_2': settings_lib.DEFAULT_SERVER_BETA_2}
+                      'server_beta_2': settings_lib.DEFAULT_SERVER_BETA_2,
+                      'adapters': False, 'adapter_alpha': None, 'trainable_layers': ()}
 
 
 def _integer_in(name, low, high=None):
@@ -56,6 +58,8 @@ FIELD_CHECKS = {
     'alpha': lambda v: validation.finite_positive(v, 'alpha'),
     'gamma': lambda v: None if v is None else validation.number(v, 'gamma', 0.0, 1.0),
     'rank': lambda v: None if v in (None, 0) else _integer_in('rank', 1)(v),
+    'adapter_alpha': lambda v: None if v is None else validation.finite_positive(
+        v, 'adapter_alpha'),
     'weight_decay': lambda v: validation.finite_at_least_zero(v, 'weight_decay'),
     'fedprox_mu': lambda v: validation.finite_at_least_zero(v, 'fedprox_mu'),
     'quantization_bits': _integer_in('quantization_bits', 0, 17),
@@ -142,12 +146,16 @@ class RunConfig:
   worker_failure_timeout: float = 10.0
   workers_tls_dir: str = ''
   insecure_workers: bool = False
+  pretrained: str = ''
+  adapters: bool = False
+  adapter_alpha: Optional[float] = None
+  trainable_layers: Tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.server_learning_rate is None:
       object.__setattr__(self, 'server_learning_rate',
                          settings_lib.default_server_learning_rate(self.algorithm))
-    for name in ('keep_plain', 'local_layers'):
+    for name in ('keep_plain', 'local_layers', 'trainable_layers'):
       if not isinstance(getattr(self, name), tuple):
         object.__setattr__(self, name, tuple(getattr(self, name)))
     object.__setattr__(self, 'settings', check(self))
@@ -225,6 +233,27 @@ def _check_no_ignored_setting(config, settings, lr_scale):
                      f'algorithm={config.algorithm!r}): leave client_store=auto.')
 
 
+def _check_pretrained(config):
+  """The pretrained-model settings: adapters need a pretrained model and a factorised delta;
+  a pretrained model trains as it is (`original`) or under adapters."""
+  if config.adapters and not config.pretrained:
+    raise ValueError('adapters=True trains adapters on a pretrained model: give pretrained=PATH '
+                     '(the weights of the plain --model).')
+  if config.adapters and config.parameterization not in FACTORIZED:
+    raise ValueError(f'adapters take their delta from parameterization {", ".join(FACTORIZED)}; '
+                     f'got parameterization={config.parameterization!r}.')
+  if config.adapter_alpha is not None and not config.adapters:
+    raise ValueError(f'adapter_alpha={config.adapter_alpha!r} scales adapters; add '
+                     f'adapters=True or drop it.')
+  if config.pretrained and not config.adapters and config.parameterization != 'original':
+    raise ValueError(f'pretrained={config.pretrained!r} starts parameterization=original (fine-'
+                     f'tuning) or adapters (adapters=True); got parameterization='
+                     f'{config.parameterization!r} without adapters.')
+  if config.trainable_layers and not config.pretrained:
+    raise ValueError(f'trainable_layers={list(config.trainable_layers)} picks what trains of a '
+                     f'pretrained model; give pretrained=PATH.')
+
+
 def _round_settings(config):
   """The round's `fedpara_tff.settings.RoundSettings` of `config`, which checks its fields."""
   return settings_lib.RoundSettings(
@@ -256,6 +285,7 @@ def check(config):
   lr_scale = factor_lr_scale(config.factor_lr_scale)
   factor_options.check_factor_init(config.factor_init)
   _check_no_ignored_setting(config, settings, lr_scale)
+  _check_pretrained(config)
   if config.weight_norm and config.model != 'lstm':
     raise ValueError(f'weight_norm applies to the LSTM family (model=lstm); got '
                      f'model={config.model!r}.')

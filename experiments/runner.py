@@ -137,7 +137,9 @@ def prepare(config):
       gamma=None if config.rank else config.gamma, rank=config.rank or None,
       keep_plain=config.keep_plain, nonlinearity=config.nonlinearity,
       weight_decay=config.weight_decay, factor_init=config.factor_init,
-      factor_lr_scale=run_config.factor_lr_scale(config.factor_lr_scale), weight_norm=config.weight_norm)
+      factor_lr_scale=run_config.factor_lr_scale(config.factor_lr_scale), weight_norm=config.weight_norm,
+      pretrained=config.pretrained, adapters=config.adapters, adapter_alpha=config.adapter_alpha,
+      trainable_layers=config.trainable_layers)
   tf.keras.utils.set_random_seed(config.seed)
   keras_model = keras_model_fn()
   if config.parameterization == 'fedper':
@@ -189,6 +191,8 @@ def _run(config, data, parts, keras_model_fn, keras_model, workers):
   """The rounds of `run`; `workers`: the `RemoteWorkers` executor, or None."""
   initial_weights = [v.numpy() for v in keras_model.trainable_variables]
   identity = dict(config.identity(), data_sha256=data.fingerprint())
+  if config.pretrained:   # the weights, wherever the file lies
+    identity['pretrained_sha256'] = models.pretrained_fingerprint(config.pretrained)
   # Checkpoints (and the client store) carry the run's identity: another run's are refused.
   signature = checkpoints.Signature(checkpoints.model_signature(keras_model),
                                     checkpoints.run_digest(identity))

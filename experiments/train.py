@@ -87,6 +87,21 @@ flags.DEFINE_integer('eval_clients', _DEFAULTS.eval_clients,
                      '(0: every client).')
 flags.DEFINE_list('keep_plain', list(_DEFAULTS.keep_plain), 'Layers left unfactorised.')
 flags.DEFINE_list('local_layers', list(_DEFAULTS.local_layers), 'Layers kept on clients (fedper).')
+# A pretrained model (docs/USAGE.md, "Adapters").
+flags.DEFINE_string('pretrained', _DEFAULTS.pretrained,
+                    'Weights file of the plain --model for this data (experiments.pretrain '
+                    'writes one): the run fine-tunes it (parameterization=original) or trains '
+                    'adapters on it (--adapters).')
+flags.DEFINE_bool('adapters', _DEFAULTS.adapters,
+                  'With --pretrained: freeze the model and train a --parameterization delta '
+                  '(fedpara, pfedpara or lowrank, of --rank or --gamma) on every Dense / Conv / '
+                  'LSTM not in --keep_plain or --trainable_layers; only the adapters travel.')
+flags.DEFINE_float('adapter_alpha', _DEFAULTS.adapter_alpha,
+                   'Adapters\' scale numerator: W = W0 + alpha / rank * D (default: the rank).')
+flags.DEFINE_list('trainable_layers', list(_DEFAULTS.trainable_layers),
+                  'With --pretrained: layers that train as they are (e.g. logits); every other '
+                  'layer without an adapter is frozen (none named, without --adapters: all '
+                  'train).')
 # Algorithm.
 flags.DEFINE_enum('algorithm', _DEFAULTS.algorithm, choices.ALGORITHMS, 'Federated algorithm.')
 flags.DEFINE_enum('client_optimizer', _DEFAULTS.client_optimizer,
@@ -192,9 +207,10 @@ def config_from_flags(**overrides):
                 # `--factor_lr_scale=` (empty) is none: recorded as None, as `=none` is.
                 factor_lr_scale=(None if values['factor_lr_scale'].strip() in ('none', '')
                                  else values['factor_lr_scale']),
-                keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']))
+                keep_plain=tuple(values['keep_plain']), local_layers=tuple(values['local_layers']),
+                trainable_layers=tuple(values['trainable_layers']))
   # `~` in a flagfile reaches us unexpanded (only a shell expands it on a command line).
-  for name in ('output_dir', 'cache_dir', 'data_dir'):
+  for name in ('output_dir', 'cache_dir', 'data_dir', 'pretrained'):
     if values[name]:
       values[name] = os.path.expanduser(values[name])
   values.update(overrides)

@@ -27,6 +27,12 @@ def _assign(variables: Sequence[tf.Variable], values: Sequence[Any]) -> None:
     v.assign(value)
 
 
+def _restore(frozen: Sequence[Tuple[tf.Variable, Any]]) -> None:
+  """Sets each frozen variable to its pretrained value (inside a `tf.function`): a model built
+  in TFF's graph holds its initializers' values, not the pretrained ones."""
+  _assign([v for v, _ in frozen], [value for _, value in frozen])
+
+
 def _batch_size(batch: Batch) -> tf.Tensor:
   return tf.cast(tf.shape(batch['y'])[0], tf.float32)
 
@@ -69,7 +75,9 @@ def build_client_train(model: tf.keras.Model, loss: Callable[..., tf.Tensor], sp
                        local_epochs: int, jacobian_correction: float = 0.0,
                        client_optimizer: str = 'sgd',
                        algorithm: Optional[algorithms.Algorithm] = None,
-                       client_momentum: float = 0.0) -> Callable[..., ClientResult]:
+                       client_momentum: float = 0.0,
+                       frozen: Sequence[Tuple[tf.Variable, Any]] = ()
+                       ) -> Callable[..., ClientResult]:
   """The client half of a round, as a `tf.function` over `model` (the one implementation).
 
   TFF's client computation wraps it (inside `tff.tensorflow.computation`) and
@@ -92,6 +100,9 @@ def build_client_train(model: tf.keras.Model, loss: Callable[..., tf.Tensor], sp
     algorithm: a `fedpara_tff.algorithms` client piece (FedAvg / FedProx,
       SCAFFOLD, FedDyn, MIME-lite): the correction of the global variables' gradients and
       what the client sends and keeps besides (default plain FedAvg).
+    frozen: `(variable, value)` pairs: the model's frozen variables (an adapter's pretrained
+      kernel, a frozen layer), set to their values at the start of each call; they neither
+      train nor travel (docs/DESIGN.md, "Adapters").
 
   Returns:
     `train(global_values, local_values, dataset, learning_rate)` returning a `ClientResult`.
@@ -127,6 +138,7 @@ def build_client_train(model: tf.keras.Model, loss: Callable[..., tf.Tensor], sp
     x = [tf.convert_to_tensor(v) for v in global_values[:n_global]]
     c_server = global_values[n_global:] or [None] * n_global
     c_client = local_values[n_local:] or [None] * n_global
+    _restore(frozen)
     _assign(global_vars + local_vars, x + local_values[:n_local])
     optimizer.reset()
     index = {v.ref(): i for i, v in enumerate(global_vars)}
@@ -209,8 +221,9 @@ def _full_gradient(model: tf.keras.Model, loss: Callable[..., tf.Tensor],
 
 
 def build_client_eval(
-    model: tf.keras.Model, split: Split,
-    n_model_local: int) -> Callable[..., 'collections.OrderedDict[str, tf.Tensor]']:
+    model: tf.keras.Model, split: Split, n_model_local: int,
+    frozen: Sequence[Tuple[tf.Variable, Any]] = ()
+) -> Callable[..., 'collections.OrderedDict[str, tf.Tensor]']:
   """Accuracy of `model` on one client's data with given global and local values.
 
   Args:
@@ -218,6 +231,7 @@ def build_client_eval(
     split: function of the model returning `(global variables, local variables)`.
     n_model_local: how many of the local values are the model's (the rest, an
       algorithm's client state, are ignored).
+    frozen: the model's frozen variables and their values (`build_client_train`).
 
   Returns:
     `evaluate(global_values, local_values, dataset)` returning
@@ -228,6 +242,7 @@ def build_client_eval(
   @tf.function
   def evaluate(global_values: Sequence[tf.Tensor], local_values: Sequence[tf.Tensor],
                dataset: tf.data.Dataset) -> 'collections.OrderedDict[str, tf.Tensor]':
+    _restore(frozen)
     _assign(global_vars + local_vars,
             list(global_values) + list(local_values)[:n_model_local])
 

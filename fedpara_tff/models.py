@@ -6,8 +6,9 @@
 * `local`: a pFedPara local factor, or any variable of a `local_layers` layer
   (stays on the client);
 * `global`: another trainable variable (biases, plain layers, norm scales; travels);
-* `other`: a non-trainable variable (e.g. BatchNorm statistics), which TFF 0.87
-  never aggregates; our processes refuse models that have any.
+* `other`: a non-trainable variable: a frozen layer's or an adapter's frozen kernel and bias
+  (kept on every client, never sent: `frozen_variables`), or a trainable layer's statistics
+  (BatchNorm), which TFF 0.87 never aggregates; our processes refuse those.
 """
 
 import collections
@@ -22,18 +23,47 @@ KINDS = ('factor', 'local', 'global', 'other')
 
 
 def check_no_non_trainable(count):
-  """Refuses models with non-trainable variables (e.g. BatchNorm statistics).
+  """Refuses models with non-trainable variables on TFF's own builders.
 
-  TFF 0.87 never aggregates non-trainable variables: the server would keep
-  their initial values forever (docs/DESIGN.md, "TFF runtime facts"). Rather than freeze them
-  silently, we refuse such models; use GroupNorm or LayerNorm instead.
+  TFF 0.87's builders never aggregate non-trainable variables (the server would keep BatchNorm
+  statistics at their initial values forever; docs/DESIGN.md, "TFF runtime facts") and
+  broadcast them every round (an adapter's frozen kernel would travel each round). Frozen
+  layers and adapters run on the shared round instead (`frozen_variables`).
   """
   if count:
-    raise ValueError(f'the model has {count} non-trainable variable(s) (BatchNorm statistics, '
-                     f'frozen layers or adapters\' frozen kernels), which TFF 0.87 never '
-                     f'aggregates: for BatchNorm use GroupNormalization or LayerNormalization '
-                     f'instead; frozen layers and adapters do not run on the federated round '
-                     f'yet (docs/USAGE.md, "Adapters").')
+    raise ValueError(f'the model has {count} non-trainable variable(s), which TFF 0.87\'s '
+                     f'builders never aggregate and broadcast every round: for BatchNorm use '
+                     f'GroupNormalization or LayerNormalization; frozen layers and adapters run '
+                     f'on fedpara_tff.build_fedavg_driver / build_pfedpara_driver, which keep '
+                     f'them on the clients (docs/USAGE.md, "Adapters").')
+
+
+def _layers(model):
+  """`model` and every layer inside it (cells and wrapped layers included)."""
+  return [model] + [m for m in model.submodules if isinstance(m, tf.keras.layers.Layer)]
+
+
+def frozen_variables(model: tf.keras.Model) -> list:
+  """The shared round's frozen variables of `model`: its non-trainable variables, in
+  `model.non_trainable_variables` order, when each belongs to a frozen layer
+  (`layer.trainable = False`) or is an adapter's frozen kernel or bias
+  (`keras_layers.add_adapters`). The round keeps them at their pretrained values on every
+  client and never sends them (docs/DESIGN.md, "Adapters").
+
+  Raises:
+    ValueError: a non-trainable variable of a trainable layer (BatchNorm's statistics), which
+      training changes and TFF 0.87 would never aggregate; named in one line.
+  """
+  kept = {v.ref() for layer in _layers(model)
+          if not layer.trainable or getattr(layer, 'adapter', False)
+          for v in layer.non_trainable_variables}
+  others = [v.name for v in model.non_trainable_variables if v.ref() not in kept]
+  if others:
+    raise ValueError(f'the model has {len(others)} non-trainable variable(s) of trainable '
+                     f'layers (first {others[0]!r}: BatchNorm statistics?), which training '
+                     f'changes and TFF 0.87 never aggregates: use GroupNormalization or '
+                     f'LayerNormalization, or freeze the layer (trainable=False).')
+  return list(model.non_trainable_variables)
 
 
 def classify_variables(keras_model: tf.keras.Model,

@@ -25,17 +25,29 @@ import tensorflow as tf
 from fedpara_tff import communication
 
 
+def _initial_model(parts) -> Tuple[list, list]:
+  """`(global, model-local)` initial values: a new model's built by `parts.keras_model_fn`, or
+  for a pretrained model (one with frozen variables) those of its eager build, which a traced
+  graph does not hold (`fedpara_tff.round_layout.Pretrained`)."""
+  pretrained = parts.layout.pretrained
+  if pretrained is not None:
+    return ([tf.constant(v) for v in pretrained.global_values],
+            [tf.constant(v) for v in pretrained.local_values])
+  return parts.split(parts.keras_model_fn())
+
+
 def initial_global(parts) -> List[tf.Tensor]:
-  """The global variables of a new model built by `parts.keras_model_fn`."""
-  return parts.split(parts.keras_model_fn())[0]
+  """The server's global variables at the start (`_initial_model`)."""
+  return _initial_model(parts)[0]
 
 
 def initial_local(parts) -> List[tf.Tensor]:
-  """A new client's local state: its model-local variables, then the algorithm's client state
-  (zeros of the global shapes: SCAFFOLD's `c_i`, FedDyn's gradient state)."""
-  globals_, locals_ = parts.split(parts.keras_model_fn())
+  """A new client's local state: its model-local variables (`_initial_model`), then the
+  algorithm's client state (zeros of the global shapes: SCAFFOLD's `c_i`, FedDyn's gradient
+  state)."""
+  globals_, locals_ = _initial_model(parts)
   state = [tf.zeros_like(v) for v in globals_] if parts.algorithm.client_state else []
-  return locals_ + state
+  return list(locals_) + state
 
 
 def initial_control(parts) -> List[tf.Tensor]:

@@ -145,13 +145,10 @@ class ClientWork:
   def client_eval(self) -> tff.Computation:
     """`(global values, local values, dataset) -> OrderedDict(accuracy, num_examples)`."""
     parts, layout = self._parts, self._parts.layout
-    n_model_local = len(layout.local_index)
 
     @tff.tensorflow.computation(layout.global_type, layout.local_type, layout.data_type)
     def client_eval(global_values, local_values, dataset):
-      evaluate = client_work.build_client_eval(parts.keras_model_fn(), parts.split,
-                                               n_model_local)
-      return evaluate(global_values, local_values, dataset)
+      return parts.client_eval(parts.keras_model_fn())(global_values, local_values, dataset)
 
     return client_eval
 

@@ -129,8 +129,7 @@ class DeviceClients(client_executors.ServerHalf):
     `OrderedDict(accuracy, num_examples)` per client, in order."""
     model, _ = self._clients[0]
     if self._evaluate is None:
-      self._evaluate = client_work.build_client_eval(model, self.round.parts.split,
-                                                     len(self.round.layout.local_index))
+      self._evaluate = self.round.parts.client_eval(model)
     received = [tf.constant(v) for v in global_values]
     with tf.device(self.slots[0]):
       return [tf.nest.map_structure(lambda t: t.numpy(), self._evaluate(

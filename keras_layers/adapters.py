@@ -114,7 +114,8 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
 
   Returns:
     A new, built model with the same inputs, outputs and layer names, computing what `model`
-    computes until the adapters train.
+    computes until the adapters train. While a graph is traced (TFF's computations), the
+    architecture only, as `convert`: the round sets the values (docs/DESIGN.md, "Adapters").
   """
   conversion.check_model(model, 'add_adapters')
   _check_rank_given(gamma, rank, param_ratio)
@@ -135,13 +136,15 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
                             param_ratio=param_ratio, include=names, adapter=True,
                             adapter_alpha=alpha, **layer_options)
   adapted = set()   # the targets convert made adapters (not those too small to factorise)
+  copy = not backend.building_graph()   # as convert: in a graph, whoever runs it sets them
   for name in names:
     plain, twin_layer = model.get_layer(name), twin.get_layer(name)
     for plain_part, twin_part in zip(conversion.wrapped_layers(plain) or [plain],
                                      conversion.wrapped_layers(twin_layer) or [twin_layer]):
       part = conversion.factorized_part(twin_part)
       if part is not None:
-        _set_base(plain_part, part)
+        if copy:
+          _set_base(plain_part, part)
         adapted.add(name)
   for layer in twin.layers:
     if layer.name not in adapted and layer.name not in trainable:

@@ -70,6 +70,15 @@ def keras_tensorflow():
   return _tf
 
 
+def building_graph() -> bool:
+  """True while TensorFlow traces a graph (a TFF computation, a `tf.function`): its variables
+  hold no values there, to read or to set, until the graph runs."""
+  if IS_KERAS_3 and keras.backend.backend() != 'tensorflow':
+    return False
+  tf = importlib.import_module('tensorflow')
+  return not tf.executing_eagerly()
+
+
 def register(cls):
   """Registers a layer class for Keras serialisation under the package `fedpara`."""
   return keras.utils.register_keras_serializable(package='fedpara')(cls)

@@ -192,11 +192,15 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
   Returns:
     A new, built model with the same inputs, outputs and layer names. Layers
     whose kernel is too small to factorise (`r_max < 1`, e.g. `Dense(1)`) stay
-    plain, with a warning.
+    plain, with a warning. Called while TensorFlow traces a graph (as TFF's computations
+    build models), it builds the architecture only: a graph's variables hold no values to copy
+    until it runs, so whoever runs it sets them (`fedpara_tff`'s round does, from one eager
+    build; docs/DESIGN.md, "Adapters").
 
   Raises:
     ValueError: unknown parameterisation or a layer name in include/exclude
-      that the model does not have; an LSTM with unsupported options.
+      that the model does not have; an LSTM with unsupported options; `init='fit'` while a
+      graph is traced (the fit reads the trained kernels' values).
   """
   check_model(model, 'convert')
   if parameterization not in PARAMETERIZATIONS:
@@ -247,7 +251,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
                   f'Dense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
                   f'returning an unchanged copy.', stacklevel=2)
-  if copy_weights:
+  if copy_weights and not backend.building_graph():   # in a graph, whoever runs it sets them
     for layer in model.layers:
       if layer.name not in replaced and layer.weights:
         twin.get_layer(layer.name).set_weights(layer.get_weights())
@@ -269,6 +273,10 @@ def _check_init(init, layer_options):
     raise ValueError(f'convert: init must be one of {INITS}; got {init!r}.')
   if init != 'fit':
     return
+  if backend.building_graph():
+    raise ValueError("convert: init='fit' reads the trained kernels' values, which a traced "
+                     "graph does not hold; convert eagerly (outside tf.function and TFF's "
+                     "computations).")
   if layer_options.get('adapter'):
     raise ValueError("convert: init='fit' fits factors to a kernel; an adapter keeps the kernel "
                      "and starts its delta at zero (use init='random').")

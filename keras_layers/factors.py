@@ -335,19 +335,23 @@ class KernelFactorization:
     """The kernel, with the chain rule's gradient whatever `factor_lr_scale` says (analysis);
     an adapter's `W0 + s * D`."""
     stored = self.factors if stored is None else stored
+    delta = self._delta(stored)
+    return delta if self.base is None else self.base + delta
+
+  def _delta(self, stored):
+    """What the factors compose: the kernel, or an adapter's scaled delta `s * D`."""
     kernel = combine_terms(self.scheme, self.compose_terms(stored), self.nonlinearity)
-    if self.base is None:
-      return kernel
-    return self.base + ops.cast(self.adapter_scale, kernel.dtype) * kernel
+    return kernel if self.base is None else ops.cast(self.adapter_scale, kernel.dtype) * kernel
 
   def global_kernel(self, stored=None):
     """What the global factors compose, from `stored` (dict of stored-scale values of at least
     the global factors; default the variables): the kernel itself for FedPara and low-rank,
-    the global term `f(W1)` for pFedPara (whose `W2` is the client's own). What the server
-    averages when it averages factors (`fedpara_tff.aggregation_error`)."""
+    the global term `f(W1)` for pFedPara (whose `W2` is the client's own); for an adapter, its
+    delta `s * D` (the frozen base takes no part in the averaging). What the server averages
+    when it averages factors (`fedpara_tff.aggregation_error`)."""
     stored = self.factors if stored is None else stored
     if self.scheme != 'pfedpara':
-      return self.compose_unscaled(stored)
+      return self._delta(stored)
     return _apply(self.nonlinearity, compose_terms([self._term_factors(0, stored)])[0])
 
   @property

@@ -274,7 +274,8 @@ def test_bad_inputs_are_named():
     return tff.learning.models.from_keras_model(
         model, loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         input_spec=ts.ELEMENT_SPEC)
-  with pytest.raises(ValueError, match=r'2 non-trainable variable\(s\) .* use GroupNormalization'):
+  with pytest.raises(ValueError, match=r'2 non-trainable variable\(s\), which TFF 0.87\'s builders '
+                                       r'.* use GroupNormalization'):
     fedpara_tff.build_fedpara_process(batch_norm_model_fn)
   with pytest.raises(ValueError, match=r'quantization_bits must be an integer in \[1, 16\]; got 0'):
     fedpara_tff.factor_aggregator(quantization_bits=0)
