@@ -180,10 +180,19 @@ def adapter_weights(model: Any) -> Dict[str, np.ndarray]:
 
 def save_adapters(model: Any, path: Union[str, os.PathLike]) -> None:
   """Writes `adapter_weights(model)` to the `.npz` file `path` (the frozen base is not in it:
-  it comes from the pretrained model)."""
+  it comes from the pretrained model), whole or not at all: into `path + '.partial'` first,
+  then renamed over `path`, so that a crash never leaves a half-written file there."""
   weights = adapter_weights(model)
-  with open(path, 'wb') as f:
-    np.savez(f, **weights)
+  partial = os.fspath(path) + '.partial'
+  try:
+    with open(partial, 'wb') as f:
+      np.savez(f, **weights)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(partial, path)
+  finally:
+    if os.path.exists(partial):   # only when the write or the rename failed
+      os.remove(partial)
 
 
 def load_adapters(model: Any, path: Union[str, os.PathLike]) -> None:

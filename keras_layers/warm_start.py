@@ -27,7 +27,7 @@ Per kernel `T` (Keras layout: `(in, out)`, or `(k..., I, O)` for a convolution):
 """
 
 import math
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -148,9 +148,12 @@ def _error(factorization, target, values):
   return _relative_error(factorization.compose_unscaled(stored), target)
 
 
-def fit_values(factorization, target, steps: int = FIT_STEPS,
-               cg_steps: int = FIT_CG_STEPS) -> Dict[str, np.ndarray]:
-  """The fitted factors of `target` (module docstring), in the composed scale."""
+def fit_values(factorization, target, steps: Optional[int] = None,
+               cg_steps: Optional[int] = None) -> Dict[str, np.ndarray]:
+  """The fitted factors of `target` (module docstring), in the composed scale; `steps` and
+  `cg_steps` default to `FIT_STEPS` and `FIT_CG_STEPS` as they are at the call."""
+  steps = FIT_STEPS if steps is None else steps
+  cg_steps = FIT_CG_STEPS if cg_steps is None else cg_steps
   if factorization.scheme == 'lowrank':
     starts = [start_values(factorization, target)]
     if target.ndim == 2:   # the truncated SVD is the optimum (Eckart-Young)
@@ -162,8 +165,8 @@ def fit_values(factorization, target, steps: int = FIT_STEPS,
   return min(starts, key=lambda values: _error(factorization, target, values))
 
 
-def fit_kernel(factorization, target, steps: int = FIT_STEPS,
-               cg_steps: int = FIT_CG_STEPS) -> float:
+def fit_kernel(factorization, target, steps: Optional[int] = None,
+               cg_steps: Optional[int] = None) -> float:
   """Sets `factorization`'s factors to fit the kernel `target` (module docstring); returns the
   relative error `||W(F) - T||_F / ||T||_F` of the factors set (0 for a zero kernel)."""
   target = np.asarray(target, np.float64)

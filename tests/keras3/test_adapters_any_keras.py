@@ -115,6 +115,23 @@ def test_adapter_files_round_trip_and_refuse_another_models(tmp_path):
     kl.load_adapters(kl.add_adapters(model, 'lowrank', rank=2), path)
 
 
+def test_a_failed_save_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+  twin = kl.add_adapters(_pretrained(), 'lowrank', rank=2, targets='fc.*')
+  path = tmp_path / 'adapters.npz'
+  kl.save_adapters(twin, path)
+  before = path.read_bytes()
+
+  def savez_then_fail(f, **arrays):
+    f.write(b'half an archive')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(np, 'savez', savez_then_fail)
+  with pytest.raises(OSError, match='No space left'):
+    kl.save_adapters(twin, path)
+  assert path.read_bytes() == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['adapters.npz']
+
+
 def test_targets_by_type_name_and_pattern():
   model = _pretrained()
   assert adapters.select_targets(model) == ['conv', 'lstm', 'fc1', 'head']
