@@ -58,7 +58,8 @@ def seed_groups(folders):
   """`{name: [folders]}`: `NAME` and `NAME_seed<N>` under `NAME`, in first-seen order.
 
   Raises:
-    ValueError: two runs of one name differ in a flag other than the seed, or share a seed.
+    ValueError: two runs of one name differ in a flag other than the seed (and the checksum of
+      pretrained weights, which a seed may pretrain itself), or share a seed.
   """
   groups = {}
   for folder in folders:
@@ -68,7 +69,8 @@ def seed_groups(folders):
     seeds = [r.get('seed') for r in runs]
     if len(set(seeds)) != len(seeds):
       raise ValueError(f'{name}: runs {members} share a seed ({seeds}).')
-    ignore = {'seed', 'output_dir'}
+    # A seed may pretrain its own weights (scripts/finetune.sh): their checksum goes with it.
+    ignore = {'seed', 'output_dir', 'pretrained_sha256'}
     first = {k: v for k, v in runs[0].items() if k not in ignore}
     for member, run in zip(members[1:], runs[1:]):
       other = {k: v for k, v in run.items() if k not in ignore}
