@@ -132,6 +132,7 @@ class _FactorizedConv(base.FactorizedLayer):
     """The kernel `(k1, ..., kd, I, filters)` composed from the factors."""
     return self.factorization.compose()
 
+  @backend.no_autograph
   def call(self, inputs):
     # As Keras' Dense / Conv: integer (or other) inputs are cast to the compute dtype.
     inputs = ops.cast(inputs, self.compute_dtype)

@@ -54,6 +54,7 @@ class _FactorizedDense(base.FactorizedLayer):
     """The kernel `(in, units)` composed from the current factors."""
     return self.factorization.compose()
 
+  @backend.no_autograph
   def call(self, inputs):
     # As Keras' Dense / Conv: integer (or other) inputs are cast to the compute dtype.
     inputs = ops.cast(inputs, self.compute_dtype)

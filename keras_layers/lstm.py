@@ -107,6 +107,7 @@ class _KernelLSTM(keras.layers.Layer):
     """The recurrent kernel `(units, 4 units)`."""
     return self.cell.composed_recurrent_kernel()
 
+  @backend.no_autograph
   def call(self, inputs, mask=None, training=None, initial_state=None):
     constants = [self.cell.composed_kernel(), self.cell.composed_recurrent_kernel()]
     if initial_state is None:

@@ -125,6 +125,7 @@ class _ComposedKernelCell:
 
     return draw(step_input, self.dropout), draw(h, self.recurrent_dropout)
 
+  @backend.no_autograph
   def call(self, inputs, states, training=None, constants=None, masks=(None, None)):
     if training and (self.dropout or self.recurrent_dropout) and masks == (None, None):
       raise ValueError(f'{self.name}: dropout in training runs in the LSTM layers of '

@@ -59,6 +59,16 @@ def test_runs_of_one_name_must_differ_only_in_the_seed(tmp_path):
     run_tables.seed_groups(folders)
 
 
+def test_seeds_may_each_pretrain_their_own_weights(tmp_path):
+  folders = [_run(tmp_path / 'head', 0, [0.5], [1.0], pretrained_sha256='aa'),
+             _run(tmp_path / 'head_seed1', 1, [0.5], [1.0], pretrained_sha256='bb')]
+  assert list(run_tables.seed_groups(folders)) == ['head']
+  folders.append(_run(tmp_path / 'head_seed2', 2, [0.5], [1.0], pretrained_sha256='cc',
+                      trainable_layers=['logits', 'fc1']))
+  with pytest.raises(ValueError, match=r"head_seed2 differs from .* in \['trainable_layers'\]"):
+    run_tables.seed_groups(folders)
+
+
 def test_the_binary_prints_the_spread(tmp_path):
   _run(tmp_path / 'a', 0, [0.6], [1.0])
   _run(tmp_path / 'a_seed1', 1, [0.8], [1.0])
