@@ -101,6 +101,7 @@ class TFFClients(ServerHalf):
     # Keras 2 layers (made in a TF1 graph) swap the layer classes to v1 and leave that eager model
     # unusable ("Your Layer or Model is in an invalid state"; docs/DESIGN.md, "TFF runtime facts").
     self._next = round_.next
+    self._evaluate = round_.evaluate   # likewise
     self.server = round_   # its TFF computations
     self.uses_local_runtime = context is None
 
@@ -111,8 +112,8 @@ class TFFClients(ServerHalf):
   def evaluate(self, global_values, datasets, local_states):
     """The round's TFF `evaluate`, where this executor runs; results in the clients' order."""
     with self.running():
-      results, positions = self.round.evaluate(global_values, list(datasets),
-                                               list(local_states), list(range(len(datasets))))
+      results, positions = self._evaluate(global_values, list(datasets),
+                                          list(local_states), list(range(len(datasets))))
     return in_client_order(positions, results)
 
   def train(self, state, client_ids, datasets, local_states):

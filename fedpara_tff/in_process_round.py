@@ -22,7 +22,7 @@ factory (quantization, DP, compression: TFF aggregation processes) cannot run he
 
 import collections
 import functools
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -82,16 +82,23 @@ class InProcessRound:
       fields['control'] = list(control)
     return fields
 
+  @functools.cached_property
+  def _initial(self) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """`(global values, a new client's local state)` of one new model
+    (`fedpara_tff.server_half.initial_values`)."""
+    globals_, locals_ = server_half.initial_values(self.parts)
+    return _numpy(globals_), _numpy(locals_)
+
   def initialize(self) -> collections.OrderedDict:
     """The server state TFF's `initialize` returns: a new model's global variables, the mean's
     (empty) state, round 0 and the algorithm's server arrays when it keeps any."""
-    return self._server_state(_numpy(server_half.initial_global(self.parts)),
+    return self._server_state([v.copy() for v in self._initial[0]],
                               collections.OrderedDict(MEAN_STATE), 0,
                               _numpy(server_half.initial_control(self.parts)))
 
   def init_local(self) -> List[np.ndarray]:
     """A new client's local state (`fedpara_tff.server_half.initial_local`)."""
-    return _numpy(server_half.initial_local(self.parts))
+    return [v.copy() for v in self._initial[1]]
 
   def init_control(self) -> List[np.ndarray]:
     """The algorithm's initial server arrays (zeros of the global shapes when it has none)."""

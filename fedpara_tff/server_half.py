@@ -36,6 +36,13 @@ def _initial_model(parts) -> Tuple[list, list]:
   return parts.split(parts.keras_model_fn())
 
 
+def initial_values(parts) -> Tuple[list, list]:
+  """`(initial_global, initial_local)` from one model."""
+  globals_, locals_ = _initial_model(parts)
+  state = [tf.zeros_like(v) for v in globals_] if parts.algorithm.client_state else []
+  return list(globals_), list(locals_) + state
+
+
 def initial_global(parts) -> List[tf.Tensor]:
   """The server's global variables at the start (`_initial_model`)."""
   return _initial_model(parts)[0]
@@ -45,9 +52,7 @@ def initial_local(parts) -> List[tf.Tensor]:
   """A new client's local state: its model-local variables (`_initial_model`), then the
   algorithm's client state (zeros of the global shapes: SCAFFOLD's `c_i`, FedDyn's gradient
   state)."""
-  globals_, locals_ = _initial_model(parts)
-  state = [tf.zeros_like(v) for v in globals_] if parts.algorithm.client_state else []
-  return list(locals_) + state
+  return initial_values(parts)[1]
 
 
 def initial_control(parts) -> List[tf.Tensor]:

@@ -425,7 +425,8 @@ class StatefulRound:
     finish_round: `(state, uploads, weights, examples, loss_sums, correct,
       diverged) -> (state, metrics)`, the clients' results CLIENTS-placed.
     evaluate: `(global values, data, local values, positions) -> (per-client
-      OrderedDict(accuracy, num_examples), positions)`.
+      OrderedDict(accuracy, num_examples), positions)`. Built on first use (an executor that
+      evaluates the clients itself never needs it).
     template: the same round as a `fedpara_tff.PersonalizedProcess`.
     init_local: `() -> a new client's local state`; `init_control`: the algorithm's initial
       server arrays; `learning_rate_at`: `(round) -> client learning rate`.
@@ -455,7 +456,6 @@ class StatefulRound:
     self.keras_model_fn, self.element_spec, self.inner_aggregator = (keras_model_fn,
                                                                      element_spec, aggregator)
     self.initialize, self.finish_round = initialize, finish_round
-    self.evaluate = build_evaluate(parts, client)
     self.init_local, self.init_control = initial.init_local, initial.init_control
     self.learning_rate_at = schedule.learning_rate_at
     self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
@@ -466,6 +466,10 @@ class StatefulRound:
     parts = self._next_parts
     return build_next(self.parts, parts.distribute, parts.schedule, parts.client,
                       self.finish_round, parts.state_type)
+
+  @functools.cached_property
+  def evaluate(self) -> tff.Computation:
+    return build_evaluate(self.parts, self._next_parts.client)
 
   @functools.cached_property
   def template(self) -> personalized_process.PersonalizedProcess:
