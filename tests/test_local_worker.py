@@ -217,7 +217,7 @@ def test_a_tf_backend_run_in_a_locked_down_container_starts_no_worker_and_listen
   result = subprocess.run(
       _LOCKED_DOWN + [sys.executable, '-c', _WATCH, sys.executable, '-m', 'experiments.train',
                       '--backend=tf', '--model=mlp', '--clients=6', '--clients_per_round=2',
-                      '--rounds=2', '--noprogress', f'--output_dir={tmp_path / "run"}',
+                      '--rounds=1', '--noprogress', f'--output_dir={tmp_path / "run"}',
                       f'--cache_dir={tmp_path / "cache"}'],
       capture_output=True, text=True, timeout=300, env=clean, cwd=os.path.dirname(
           os.path.dirname(os.path.abspath(__file__))))

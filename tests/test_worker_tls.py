@@ -282,7 +282,7 @@ def test_a_tls_driver_in_a_locked_down_container_starts_no_worker_and_listens_no
       local_worker_test._LOCKED_DOWN + [
           sys.executable, '-c', local_worker_test._WATCH, sys.executable, '-m',
           'experiments.train', f'--workers={address}', f'--workers_tls_dir={certs}',
-          '--model=mlp', '--clients=6', '--clients_per_round=2', '--rounds=2', '--noprogress',
+          '--model=mlp', '--clients=4', '--clients_per_round=2', '--rounds=1', '--noprogress',
           f'--output_dir={tmp_path / "run"}', f'--cache_dir={tmp_path / "cache"}'],
       capture_output=True, text=True, timeout=300, env=clean, cwd=rs.REPO)
   assert result.returncode == 0, result.stderr[-2000:]
