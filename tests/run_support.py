@@ -29,7 +29,7 @@ _FINISHED = {}   # sorted overrides -> the config of a finished run with them (r
 def finished(tmp_path_factory, **overrides):
   """The finished tiny run of `overrides` (`config`), run once per test process and shared by
   the tests that only read it."""
-  key = tuple(sorted(overrides.items()))
+  key = tuple(sorted({**TINY, **overrides}.items()))   # TINY's own values name the same run
   if key not in _FINISHED:
     run = config(tmp_path_factory.mktemp('finished'), 'run', **overrides)
     runner.run(run)
