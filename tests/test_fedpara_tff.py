@@ -360,15 +360,19 @@ def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes():
     return tff.aggregators.MeanFactory(
         tff.aggregators.EncodedSumFactory.quantize_above_threshold(8, threshold=0))
 
+  def one_layer():   # TFF's encoders cost per tensor: five tensors, not ts.keras_model's ten
+    return tf.keras.Sequential([tf.keras.Input((6,)), kl.FedParaDense(4, rank=1, name='only')])
+
   updates = [np.full(v.shape, 0.01 * (i + 1), np.float32)
-             for i, v in enumerate(ts.keras_model().trainable_variables)]
+             for i, v in enumerate(one_layer().trainable_variables)]
 
   def communication_of(**kwargs):
-    factory = fedpara_tff.factor_aggregator(keras_model_fn=ts.keras_model, **kwargs)
+    factory = fedpara_tff.factor_aggregator(keras_model_fn=one_layer, **kwargs)
     return aggregate(factory, [updates] * 3, [1.0, 2.0, 3.0]).measurements['communication']
 
   sizes = [int(np.prod(u.shape)) for u in updates]
-  assert sum(sizes) == 814
+  assert sizes == [4, 6, 4, 6, 4]   # x1 (4, 1), y1 (6, 1), x2, y2, bias (4,)
+  elements = sum(sizes)   # 24
   packed = sum(4 * -(-n * 8 // 28) + 8 for n in sizes)
   for inner in (quantizing(), tff.aggregators.zeroing_factory(1e6, quantizing())):
     comm = communication_of(inner=inner)
@@ -376,15 +380,15 @@ def test_a_tff_encoded_inner_factory_reports_its_encoded_bytes():
   ours = communication_of(quantization_bits=8, quantization_threshold=0)
   assert ours['bytes_uploaded'] == 3 * packed
   assert communication_of(inner=tff.learning.compression_aggregator())['bytes_uploaded'] == (
-      3 * 814 * 4)
+      3 * elements * 4)
   with pytest.warns(UserWarning, match='reported as bytes_uploaded_before_encoding'):
     comm = communication_of(inner=tff.aggregators.MeanFactory(), inner_encodes=True)
   assert 'bytes_uploaded' not in comm
-  assert comm['bytes_uploaded_before_encoding'] == 3 * 814 * 4
-  assert comm['bytes_uploaded_per_client_before_encoding'] == 814 * 4
+  assert comm['bytes_uploaded_before_encoding'] == 3 * elements * 4
+  assert comm['bytes_uploaded_per_client_before_encoding'] == elements * 4
   plain = communication_of(
       inner=tff.aggregators.clipping_factory(1e6, tff.aggregators.MeanFactory()))
-  assert plain['bytes_uploaded'] == 3 * 814 * 4
+  assert plain['bytes_uploaded'] == 3 * elements * 4
   assert not fedpara_tff.aggregators.encodes(tff.aggregators.MeanFactory())
 
 
