@@ -162,8 +162,8 @@ def pretrained_fingerprint(path):
 
 
 def load_pretrained(keras_model, path):
-  """Sets the plain zoo model `keras_model` from the weights file `path` (`save_weights`' HDF5
-  or TensorFlow checkpoint; `experiments.pretrain` writes one). While a graph is traced (TFF's
+  """Sets the plain zoo model `keras_model` from the HDF5 weights file `path` (`save_weights`
+  to a `.h5` name; `experiments.pretrain` writes one). While a graph is traced (TFF's
   computations) it sets nothing: the round sets a pretrained model's values there from its
   eager build (docs/DESIGN.md, "Adapters").
 

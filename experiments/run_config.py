@@ -242,6 +242,12 @@ def _check_pretrained(config):
   if config.adapters and config.parameterization not in FACTORIZED:
     raise ValueError(f'adapters take their delta from parameterization {", ".join(FACTORIZED)}; '
                      f'got parameterization={config.parameterization!r}.')
+  if config.adapters and (config.factor_lr_scale not in (None, 'none', '')
+                          or config.jacobian_correction):
+    raise ValueError(f'adapters take neither factor_lr_scale nor jacobian_correction (both are '
+                     f'derived for a kernel the factors make alone); got factor_lr_scale='
+                     f'{config.factor_lr_scale!r}, jacobian_correction='
+                     f'{config.jacobian_correction!r}.')
   if config.adapter_alpha is not None and not config.adapters:
     raise ValueError(f'adapter_alpha={config.adapter_alpha!r} scales adapters; add '
                      f'adapters=True or drop it.')

@@ -76,6 +76,11 @@ def test_head_only_fine_tuning_freezes_the_rest(tmp_path, weights):
     (dict(trainable_layers=('logits',)), r"^trainable_layers=\['logits'\] picks what trains "
                                          r"of a pretrained model; give pretrained=PATH"),
     (dict(adapters=True, pretrained='w.h5', adapter_alpha=-1.0), r'adapter_alpha'),
+    (dict(adapters=True, pretrained='w.h5', factor_lr_scale='safe'),
+     r"^adapters take neither factor_lr_scale nor jacobian_correction .* got "
+     r"factor_lr_scale='safe', jacobian_correction=0.0"),
+    (dict(adapters=True, pretrained='w.h5', jacobian_correction=1.0),
+     r'^adapters take neither factor_lr_scale nor jacobian_correction'),
 ])
 def test_pretrained_settings_are_refused_in_one_line(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
