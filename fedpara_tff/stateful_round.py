@@ -391,13 +391,15 @@ def build_template(parts: ModelParts, initialize: tff.Computation, next_fn: tff.
                                                   initial.init_local)
 
 
-class _NextParts(NamedTuple):
-  """What `next` and `template` are built from when first used."""
-  distribute: Any
-  schedule: Any
-  client: Any
-  state_type: Any
+class _Computations(NamedTuple):
+  """The round's TFF computations, traced together on first use (`StatefulRound`)."""
   initial: Any
+  schedule: Any
+  distribute: Any
+  client: Any
+  initialize: Any
+  state_type: Any
+  finish_round: Any
 
 
 class StatefulRound:
@@ -416,17 +418,23 @@ class StatefulRound:
     settings, algorithm, layout, parts: what the round was built from
       (`fedpara_tff.round_layout.Layout`, `ModelParts`); keras_model_fn, element_spec, inner_aggregator (the `aggregator`
       argument): as given.
+    aggregator_value_type: the TFF type of what the factor aggregator averages.
+
+  The TFF computations below are traced on first use, all but `next`, `evaluate` and
+  `template` together (`trace`): a client executor that runs the round's server half in its
+  own process (`fedpara_tff.in_process_round`) never needs them. An executor that does must
+  trace them before it builds eager Keras models: a Keras 2 model built in a TFF graph makes
+  earlier eager models unusable (docs/DESIGN.md, "TFF runtime facts").
+
     initialize: `() -> server state` at SERVER: `global_weights`, `aggregator`,
       `round_num`, and `control` when the algorithm keeps server state.
     next: `(state, data, local_values, positions) -> (state, new local values,
       metrics, positions)`; the CLIENTS-placed positions come back in the
-      order of the results (a multi-worker context reorders clients). Built on first use,
-      with `template`: an executor that trains the clients itself calls `finish_round` instead.
+      order of the results (a multi-worker context reorders clients).
     finish_round: `(state, uploads, weights, examples, loss_sums, correct,
       diverged) -> (state, metrics)`, the clients' results CLIENTS-placed.
     evaluate: `(global values, data, local values, positions) -> (per-client
-      OrderedDict(accuracy, num_examples), positions)`. Built on first use (an executor that
-      evaluates the clients itself never needs it).
+      OrderedDict(accuracy, num_examples), positions)`.
     template: the same round as a `fedpara_tff.PersonalizedProcess`.
     init_local: `() -> a new client's local state`; `init_control`: the algorithm's initial
       server arrays; `learning_rate_at`: `(round) -> client learning rate`.
@@ -441,40 +449,61 @@ class StatefulRound:
                        f'aggregates them itself (use one or the other).')
     algorithm = algorithms.build(settings)
     layout = round_layout.build_layout(keras_model_fn, element_spec, algorithm, local_layers)
-    parts = round_layout.ModelParts(keras_model_fn, layout, settings, algorithm, loss_fn)
+    self.settings, self.algorithm, self.layout = settings, algorithm, layout
+    self.parts = round_layout.ModelParts(keras_model_fn, layout, settings, algorithm, loss_fn)
+    self.keras_model_fn, self.element_spec, self.inner_aggregator = (keras_model_fn,
+                                                                     element_spec, aggregator)
+    self._aggregation = build_aggregator(self.parts, aggregator)
+    self.aggregator_value_type = self._aggregation.next.type_signature.parameter[1].member
+
+  @functools.cached_property
+  def trace(self) -> _Computations:
+    """The round's computations but `next`, `evaluate` and `template`, traced now."""
+    parts, aggregation = self.parts, self._aggregation
     initial = build_initial_values(parts)
-    schedule = build_schedule(settings)
-    distribute = build_distributor(parts, initial)
-    client = ClientWork(parts)
-    aggregation = build_aggregator(parts, aggregator)
+    schedule = build_schedule(self.settings)
     initialize = build_initialize(parts, initial, schedule, aggregation)
     state_type = initialize.type_signature.result
     finish_round = build_finish_round(parts, initial, schedule, aggregation,
                                       build_finalizer(parts),
-                                      build_round_metrics(parts, element_spec), state_type)
-    self.settings, self.algorithm, self.layout, self.parts = settings, algorithm, layout, parts
-    self.keras_model_fn, self.element_spec, self.inner_aggregator = (keras_model_fn,
-                                                                     element_spec, aggregator)
-    self.initialize, self.finish_round = initialize, finish_round
-    self.init_local, self.init_control = initial.init_local, initial.init_control
-    self.learning_rate_at = schedule.learning_rate_at
-    self.aggregator_value_type = aggregation.next.type_signature.parameter[1].member
-    self._next_parts = _NextParts(distribute, schedule, client, state_type, initial)
+                                      build_round_metrics(parts, self.element_spec), state_type)
+    return _Computations(initial, schedule, build_distributor(parts, initial),
+                         ClientWork(parts), initialize, state_type, finish_round)
+
+  @property
+  def initialize(self) -> tff.Computation:
+    return self.trace.initialize
+
+  @property
+  def finish_round(self) -> tff.Computation:
+    return self.trace.finish_round
+
+  @property
+  def init_local(self) -> tff.Computation:
+    return self.trace.initial.init_local
+
+  @property
+  def init_control(self) -> tff.Computation:
+    return self.trace.initial.init_control
+
+  @property
+  def learning_rate_at(self) -> tff.Computation:
+    return self.trace.schedule.learning_rate_at
 
   @functools.cached_property
   def next(self) -> tff.Computation:
-    parts = self._next_parts
-    return build_next(self.parts, parts.distribute, parts.schedule, parts.client,
-                      self.finish_round, parts.state_type)
+    trace = self.trace
+    return build_next(self.parts, trace.distribute, trace.schedule, trace.client,
+                      trace.finish_round, trace.state_type)
 
   @functools.cached_property
   def evaluate(self) -> tff.Computation:
-    return build_evaluate(self.parts, self._next_parts.client)
+    return build_evaluate(self.parts, self.trace.client)
 
   @functools.cached_property
   def template(self) -> personalized_process.PersonalizedProcess:
-    return build_template(self.parts, self.initialize, self.next, self._next_parts.initial,
-                          self._next_parts.state_type)
+    return build_template(self.parts, self.initialize, self.next, self.trace.initial,
+                          self.trace.state_type)
 
   def client_train(self, model: tf.keras.Model) -> Callable[..., Any]:
     """The client work on `model` (`ModelParts.client_train`)."""

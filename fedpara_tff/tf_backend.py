@@ -102,6 +102,13 @@ class DeviceClients(client_executors.ServerHalf):
     self.round = round_
     self.devices = list(devices)
     self.slots = [d for _ in range(parallel_per_device) for d in self.devices]
+    # The server half: in this process, or TFF's computations when the aggregation is TFF's,
+    # traced before the eager device models below (`StatefulRound`: a later trace would leave
+    # them unusable).
+    self.uses_local_runtime = in_process_round.why_not_in_process(round_) is not None
+    if self.uses_local_runtime:
+      _ = round_.trace
+    self.server = round_ if self.uses_local_runtime else in_process_round.InProcessRound(round_)
     self._clients = []  # per slot: (model, client work on it), built on the slot's device
     for device in self.slots:
       with tf.device(device):
@@ -114,9 +121,6 @@ class DeviceClients(client_executors.ServerHalf):
     # composition again).
     self._trace_lock = threading.Lock()
     self._traced = [False] * len(self.slots)
-    # The server half: in this process, or TFF's computations when the aggregation is TFF's.
-    self.uses_local_runtime = in_process_round.why_not_in_process(round_) is not None
-    self.server = round_ if self.uses_local_runtime else in_process_round.InProcessRound(round_)
     self._evaluate = None
 
   def running(self):
