@@ -24,22 +24,19 @@ executor after training the clients itself.
 
 import collections
 import functools
-import types
-from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, List, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedpara_tff import aggregation_error
 from fedpara_tff import aggregators
 from fedpara_tff import algorithms
-from fedpara_tff import client_work
 from fedpara_tff import communication
-from fedpara_tff import kernel_mean
 from fedpara_tff import personalized_process
 from fedpara_tff import round_layout
 from fedpara_tff import server_half
+from fedpara_tff import server_kernels
 from fedpara_tff import settings as settings_lib
 
 
@@ -218,57 +215,6 @@ def build_initialize(parts: ModelParts, initial: InitialValues,
   return initialize
 
 
-def build_kernel_means(parts: ModelParts) -> Optional[types.SimpleNamespace]:
-  """The round's factorised kernels at the server, or None for a model without factorised
-  kernels made of global factors: an object with
-
-  * `mean(global values at SERVER, uploads at CLIENTS, weights at CLIENTS)`: the clients' kernels
-    `W(x - u_i)` averaged with the aggregation's weights (a client whose upload is not finite
-    weighs 0), at SERVER (telemetry: not counted as bytes; `fedpara_tff.aggregation_error`);
-  * `refit`: `(mean kernels, global values, mean upload) -> mean upload` with the factors
-    refitted to the mean kernels (`fedpara_tff.kernel_mean`), only under
-    `aggregation='kernel_mean'`, else None: TFF traces a computation where it is defined, and
-    the refit's unrolled Gauss-Newton steps take seconds to trace (half of a small model's
-    process build);
-  * `error`: `(mean kernels, global values, mean upload) -> OrderedDict(update_share,
-    kernel_share)`, the aggregation error of the mean upload the server steps with.
-  """
-  layout = parts.layout
-  if not layout.kernels:
-    return None
-  n_global = len(layout.global_specs)
-  kernels_type = tff.types.tensorflow_to_type(
-      [tf.TensorSpec(k.factorization.kernel_shape, tf.float32) for k in layout.kernels])
-
-  @tff.tensorflow.computation(layout.global_type, upload_type(parts), tf.float32)
-  def client_kernels(global_values, upload, weight):
-    kernels, finite = aggregation_error.client_kernels(layout.kernels, list(global_values),
-                                                       list(upload)[:n_global])
-    return kernels, tf.where(finite, weight, tf.zeros_like(weight))
-
-  def refit(mean_kernels, global_values, mean_upload):
-    mean_upload = list(mean_upload)
-    return kernel_mean.refit_update(layout.kernels, list(mean_kernels), list(global_values),
-                                    mean_upload[:n_global]) + mean_upload[n_global:]
-
-  @tff.tensorflow.computation(kernels_type, layout.global_type, upload_type(parts))
-  def error(mean_kernels, global_values, mean_upload):
-    return aggregation_error.measure(layout.kernels, list(mean_kernels), list(global_values),
-                                     list(mean_upload)[:n_global])
-
-  def mean(global_values, upload, weight):
-    kernels, kept_weight = tff.federated_map(client_kernels, (
-        tff.federated_broadcast(global_values), upload, weight))
-    return tff.federated_mean(kernels, kept_weight)
-
-  if parts.settings.aggregation == 'kernel_mean':
-    refit = tff.tensorflow.computation(kernels_type, layout.global_type,
-                                       upload_type(parts))(refit)
-  else:
-    refit = None
-  return types.SimpleNamespace(mean=mean, refit=refit, error=error)
-
-
 def build_finish_round(parts: ModelParts, initial: InitialValues,
                        schedule: Schedule,
                        aggregation: tff.templates.AggregationProcess,
@@ -279,7 +225,7 @@ def build_finish_round(parts: ModelParts, initial: InitialValues,
   CLIENTS-placed."""
   algorithm = parts.algorithm
   at_clients = lambda t: tff.FederatedType(t, tff.CLIENTS)
-  kernels = build_kernel_means(parts)
+  kernels = server_kernels.build_kernel_means(parts, upload_type(parts))
   refits = kernels is not None and kernels.refit is not None
 
   @tff.federated_computation(state_type, at_clients(upload_type(parts)), at_clients(np.float32),
