@@ -13,6 +13,7 @@ import tensorflow as tf
 import keras_layers
 from experiments import run_config
 from keras_layers import adapters as adapters_lib
+from keras_layers import conversion
 from keras_layers import backend
 
 MODELS = run_config.MODELS
@@ -181,20 +182,12 @@ def load_pretrained(keras_model, path):
                      f'{keras_model.name!r} for this data: {reason}') from None
 
 
-def _check_layer_names(keras_model, names, option):
-  known = {layer.name for layer in keras_model.layers}
-  unknown = sorted(set(names) - known)
-  if unknown:
-    raise ValueError(f'{option}={list(names)} names layers not in the model: {unknown}; it has '
-                     f'{sorted(known)}.')
-
-
 def _pretrained_model(keras_model, parameterization, options):
   """The pretrained `keras_model` as the run trains it: under adapters (the frozen model plus a
   factorised delta on every Dense / Conv / LSTM not in `keep_plain` or `trainable_layers`), or
   as it is with only `trainable_layers` training (all of it when none are named)."""
   trainable = list(options['trainable_layers'])
-  _check_layer_names(keras_model, trainable, 'trainable_layers')
+  conversion.check_layer_names(keras_model, trainable, 'trainable_layers')
   if not options['adapters']:
     if trainable:
       for layer in keras_model.layers:

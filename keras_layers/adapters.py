@@ -121,11 +121,7 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
   _check_rank_given(gamma, rank, param_ratio)
   names = select_targets(model, targets)
   trainable = [trainable] if isinstance(trainable, str) else list(trainable)
-  known = {layer.name for layer in model.layers}
-  unknown = sorted(set(trainable) - known)
-  if unknown:
-    raise ValueError(f'trainable names layers not in the model: {unknown}; the model has '
-                     f'{sorted(known)}.')
+  conversion.check_layer_names(model, trainable, 'trainable')
   if targets is None:   # every adaptable layer but those that train as they are
     names = [name for name in names if name not in trainable]
   both = sorted(set(trainable) & set(names))

@@ -111,7 +111,9 @@ def _kernel_shapes(layer):
   return [tuple(kernel.shape) for kernel in warm_start.plain_kernel_variables(layer)]
 
 
-def _check_names(model, names, option):
+def check_layer_names(model: Any, names: Any, option: str) -> Optional[set]:
+  """The set of `names` (one name or several; None passes through) after checking each is a
+  layer of `model`; a ValueError naming the unknown ones and what the model has otherwise."""
   if names is None:
     return None
   if isinstance(names, str):
@@ -211,8 +213,8 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
                      f'shape) before convert.')
   base.check_rank_options(gamma, rank, param_ratio)
   _check_init(init, layer_options)
-  include = _check_names(model, include, 'include')
-  exclude = _check_names(model, exclude, 'exclude') or set()
+  include = check_layer_names(model, include, 'include')
+  exclude = check_layer_names(model, exclude, 'exclude') or set()
   table = _REPLACEMENTS[parameterization]
   options = dict(layer_options, gamma=gamma, rank=rank, param_ratio=param_ratio)
   _check_rank_is_reachable(model, table, include, exclude, rank)

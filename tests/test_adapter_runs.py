@@ -94,4 +94,8 @@ def test_a_missing_or_foreign_weights_file_is_refused_in_one_line(tmp_path, weig
   with pytest.raises(ValueError, match=r"does not hold the weights of model 'small_cnn'"):
     runner.prepare(rs.config(tmp_path, model='small_cnn', parameterization='original',
                              pretrained=weights))
+  with pytest.raises(ValueError, match=r"^trainable_layers names layers not in the model: "
+                                       r"\['nope'\]; the model has \["):
+    runner.prepare(rs.config(tmp_path, parameterization='original', pretrained=weights,
+                             trainable_layers=('nope',)))
   assert run_config.RunConfig.pretrained == ''
