@@ -58,8 +58,12 @@ def pretrain(dataset, data_dir, download, model_name, classes, epochs, batch_siz
             verbose=0)
   seconds = time.time() - start
   partial = output + '.partial.h5'   # written whole, then renamed: never a half file at output
-  model.save_weights(partial)
-  os.replace(partial, output)
+  try:
+    model.save_weights(partial)
+    os.replace(partial, output)
+  finally:
+    if os.path.exists(partial):   # only when the write or the rename failed
+      os.remove(partial)
   return dict(output=output, dataset=dataset, model=model_name, classes=classes,
               examples=int(train.sum()), epochs=epochs, seed=seed,
               test_accuracy_pretraining_classes=float(

@@ -30,6 +30,21 @@ def weights(tmp_path_factory):
   return path
 
 
+def test_a_failed_pretraining_write_leaves_no_file(tmp_path, monkeypatch):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def half_then_fail(self, path, *args, **kwargs):
+    with open(path, 'wb') as f:
+      f.write(b'half a file')
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(tf.keras.Model, 'save_weights', half_then_fail)
+  with pytest.raises(OSError, match='No space left'):
+    pretraining.pretrain('mnist5k', None, False, 'mlp', ['0'], 1, 64, 1e-3, 0,
+                         str(tmp_path / 'w.h5'), False)
+  assert list(tmp_path.iterdir()) == []
+
+
 def _sha256(path):
   with open(path, 'rb') as f:
     return hashlib.sha256(f.read()).hexdigest()
