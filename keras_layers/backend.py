@@ -74,8 +74,8 @@ def no_autograph(function):
   """`function`, left as it is by TensorFlow's AutoGraph, for a layer's `call` without
   tensor-dependent Python control flow. AutoGraph otherwise rewrites the call and every function
   it calls, and routes each of their calls through its own dispatch whenever a graph traces the
-  layer (a TFF round traces its model several times): a 1-round run of the small CNN went from
-  8.6-10.3 s to 8.0-8.6 s without it. Keras 2 only (TFF's Keras): unchanged on Keras 3."""
+  layer (a TFF round traces its model several times). Keras 2 only (TFF's Keras): unchanged on
+  Keras 3."""
   if IS_KERAS_3:
     return function
   tf = importlib.import_module('tensorflow')
