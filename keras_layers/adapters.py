@@ -1,7 +1,8 @@
 """Adapters: a pretrained model's kernels frozen, a FedPara, pFedPara or low-rank delta trained.
 
 `add_adapters(model, 'fedpara', rank=4, alpha=8)` returns a twin of a trained Keras model in
-which each targeted `Dense`, `Conv1D`, `Conv2D` or `LSTM` layer (input and recurrent kernels)
+which each targeted `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` or `LSTM` layer (input and
+recurrent kernels)
 computes with
 
     W = W0 + (alpha / rank) * D,
@@ -30,7 +31,8 @@ from keras_layers import warm_start
 from keras_layers.backend import keras
 
 # The layer types an adapter can target (exactly these types, as `convert` replaces).
-TARGET_TYPES = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.LSTM)
+TARGET_TYPES = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D,
+                keras.layers.Conv2D, keras.layers.LSTM)
 
 
 def _kinds(layer):
@@ -47,7 +49,7 @@ def select_targets(model: Any, targets: Optional[Iterable[Any]] = None) -> list:
 
   Args:
     model: a built Keras model.
-    targets: None (every `Dense`, `Conv1D`, `Conv2D` and `LSTM` layer, also inside
+    targets: None (every `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` and `LSTM` layer, also inside
       `Bidirectional` / `TimeDistributed`), or an iterable (or one item) of: a layer type
       (`keras.layers.Dense`: every layer of that type), a layer name, or a regular expression
       matched against whole layer names (`'fc.*'`).
@@ -72,8 +74,8 @@ def select_targets(model: Any, targets: Optional[Iterable[Any]] = None) -> list:
       raise ValueError(f'targets takes layer types, layer names or name patterns; got '
                        f'{type(item).__name__} {item!r:.60}.')
     if not picked:
-      raise ValueError(f'targets item {item!r} picks no Dense/Conv1D/Conv2D/LSTM layer; the '
-                       f'model has {[layer.name for layer in candidates]}.')
+      raise ValueError(f'targets item {item!r} picks no Dense/EinsumDense/Conv1D/Conv2D/LSTM '
+                       f'layer; the model has {[layer.name for layer in candidates]}.')
     chosen |= picked
   return [layer.name for layer in candidates if layer.name in chosen]
 
@@ -86,8 +88,8 @@ def _check_rank_given(gamma, rank, param_ratio):
 
 def _set_base(plain, twin):
   """Copies the plain layer's kernels into the adapter's frozen bases, and its bias."""
-  for base_kernel, kernel in zip(twin.base_kernels, warm_start.plain_kernel_variables(plain)):
-    base_kernel.assign(backend.to_numpy(kernel))
+  for base_kernel, kernel in zip(twin.base_kernels, warm_start.plain_kernels(plain)):
+    base_kernel.assign(kernel)
   warm_start.copy_bias(plain, twin)
 
 
@@ -105,8 +107,8 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
     rank, gamma, param_ratio: the delta's size, one of them (as `convert`); `rank` is the inner
       rank of each term.
     alpha: the scale's numerator, `W = W0 + (alpha / rank) * D`; default the rank (scale 1).
-    targets: which layers get adapters (`select_targets`); default every Dense, Conv and LSTM
-      not named in `trainable`.
+    targets: which layers get adapters (`select_targets`); default every Dense, EinsumDense,
+      Conv and LSTM not named in `trainable`.
     trainable: names of layers that stay trainable as they are (e.g. a new head); every other
       layer without an adapter is frozen.
     **layer_options: more arguments of the adapter layers (`factor_init` for the non-zero

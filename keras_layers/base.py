@@ -8,6 +8,7 @@ variables are global (sent to the server) and which are local (pFedPara).
 Subclasses set the class attribute `scheme` and arrange shapes.
 """
 
+import math
 from typing import Any, Optional, Union
 
 from keras_layers import backend
@@ -236,9 +237,10 @@ class FactorizedLayer(keras.layers.Layer):
     return factorization
 
   def _add_bias(self, size, initializer=None):
+    """The bias, of `size` entries (or of the shape `size`, a tuple: an `EinsumDense`'s)."""
     if self.use_bias:
       self.bias = self.add_weight(
-          name='bias', shape=(size,),
+          name='bias', shape=(size,) if isinstance(size, int) else tuple(size),
           initializer=initializer or self.bias_initializer,
           regularizer=self.bias_regularizer, constraint=self.bias_constraint,
           trainable=not self.adapter)   # an adapter keeps the pretrained bias
@@ -300,7 +302,7 @@ class FactorizedLayer(keras.layers.Layer):
     """Parameters of the plain layer this one replaces (kernels and bias)."""
     count = sum(ranks.original_param_count(f.kernel_shape)
                 for f in self.factorizations)
-    return count + (int(self.bias.shape[0]) if self.bias is not None else 0)
+    return count + (math.prod(self.bias.shape) if self.bias is not None else 0)
 
   def plain_weights(self):
     """Weights of the equivalent plain layer, as numpy arrays.

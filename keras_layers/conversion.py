@@ -1,8 +1,8 @@
 """Build a factorised twin of a Keras model, and export one back to plain layers.
 
-`convert` replaces the `Dense`, `Conv1D`, `Conv2D`, `LSTM` and `WeightNormLSTM` layers of a
-Sequential or Functional model, also inside `Bidirectional` and `TimeDistributed`, by their
-FedPara, pFedPara or low-rank counterparts (same names, same arguments); `export` composes every
+`convert` replaces the `Dense`, `EinsumDense`, `Conv1D`, `Conv2D`, `LSTM` and `WeightNormLSTM`
+layers of a Sequential or Functional model, also inside `Bidirectional` and `TimeDistributed`, by
+their FedPara, pFedPara or low-rank counterparts (same names, same arguments); `export` composes every
 factorised kernel once and returns a model of ordinary Keras layers with the same outputs,
 which needs nothing from this package to run.
 """
@@ -15,6 +15,7 @@ from keras_layers import backend
 from keras_layers import base
 from keras_layers import conv
 from keras_layers import dense
+from keras_layers import einsum_dense
 from keras_layers import lstm
 from keras_layers import ranks
 from keras_layers import warm_start
@@ -26,16 +27,19 @@ PARAMETERIZATIONS = ('fedpara', 'pfedpara', 'lowrank')
 # exact type, so that subclasses such as Conv2DTranspose are left alone.
 _REPLACEMENTS = {
     'fedpara': {keras.layers.Dense: dense.FedParaDense,
+               keras.layers.EinsumDense: einsum_dense.FedParaEinsumDense,
                 keras.layers.Conv2D: conv.FedParaConv2D,
                 keras.layers.Conv1D: conv.FedParaConv1D,
                 keras.layers.LSTM: lstm.FedParaLSTM,
                 lstm.WeightNormLSTM: lstm.FedParaLSTM},
     'pfedpara': {keras.layers.Dense: dense.PFedParaDense,
+                keras.layers.EinsumDense: einsum_dense.PFedParaEinsumDense,
                  keras.layers.Conv2D: conv.PFedParaConv2D,
                  keras.layers.Conv1D: conv.PFedParaConv1D,
                  keras.layers.LSTM: lstm.PFedParaLSTM,
                  lstm.WeightNormLSTM: lstm.PFedParaLSTM},
     'lowrank': {keras.layers.Dense: dense.LowRankDense,
+               keras.layers.EinsumDense: einsum_dense.LowRankEinsumDense,
                 keras.layers.Conv2D: conv.LowRankConv2D,
                 keras.layers.Conv1D: conv.LowRankConv1D,
                 keras.layers.LSTM: lstm.LowRankLSTM,
@@ -101,14 +105,27 @@ def _unconverted(model, table, skipped):
     if holder.name in skipped:
       continue
     for layer in backend.sublayers(holder):
-      if type(layer) in table:
+      if type(layer) in table and type(layer) is not keras.layers.EinsumDense:
         return layer, holder
   return None
 
 
+def _warn_nested_einsum(model, replaced):
+  """A warning naming the layers of `model` that hold `EinsumDense` layers convert leaves
+  plain (MultiHeadAttention's projections: convert replaces layers of the model only)."""
+  holders = sorted({holder.name for holder in model.layers if holder.name not in replaced
+                    for layer in backend.sublayers(holder)
+                    if layer is not holder and type(layer) is keras.layers.EinsumDense})
+  if holders:
+    warnings.warn(f'convert: the EinsumDense layers inside {holders} (e.g. MultiHeadAttention\'s '
+                  f'projections) stay plain; convert replaces layers of the model itself.',
+                  stacklevel=3)
+
+
 def _kernel_shapes(layer):
-  """Kernel shapes of a built plain layer (one for Dense/Conv, two for LSTM)."""
-  return [tuple(kernel.shape) for kernel in warm_start.plain_kernel_variables(layer)]
+  """Kernel shapes of a built plain layer as its twin factorises them (one for Dense, Conv and
+  EinsumDense: its matrix; two for LSTM)."""
+  return warm_start.plain_kernel_shapes(layer)
 
 
 def check_layer_names(model: Any, names: Any, option: str) -> Optional[set]:
@@ -172,7 +189,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
             include: Optional[Union[str, Sequence[str]]] = None,
             exclude: Optional[Union[str, Sequence[str]]] = None, copy_weights: bool = True,
             init: str = 'random', **layer_options: Any) -> Any:
-  """Returns a twin of `model` with factorised Dense/Conv/LSTM layers.
+  """Returns a twin of `model` with factorised Dense/EinsumDense/Conv/LSTM layers.
 
   Args:
     model: a built Sequential or Functional `keras.Model`.
@@ -249,9 +266,10 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
         f'({type(holder).__name__}) would stay plain; convert replaces layers of the model and '
         f'inside Bidirectional / TimeDistributed: convert {holder.name!r} on its own first, or '
         f'pass exclude=[{holder.name!r}].')
+  _warn_nested_einsum(model, replaced)
   if not replaced:
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
-                  f'Dense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
+                  f'Dense/EinsumDense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
                   f'returning an unchanged copy.', stacklevel=2)
   if copy_weights and not backend.building_graph():   # in a graph, whoever runs it sets them
     for layer in model.layers:
@@ -300,7 +318,7 @@ def _check_fit_source(layer):
 def export(model: Any) -> Any:
   """Returns a plain-Keras copy of `model` with every kernel composed once.
 
-  Factorised layers become `Dense`, `Conv1D`, `Conv2D` or `LSTM` with the
+  Factorised layers become `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` or `LSTM` with the
   composed kernel (pFedPara: `W1 * (W2 + 1)` with this client's local factors);
   other layers keep their weights. The result's outputs match `model`'s.
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from keras_layers import backend
+from keras_layers import einsum_layout
 
 FIT_STEPS = 20
 FIT_CG_STEPS = 10
@@ -179,12 +180,34 @@ def fit_kernel(factorization, target, steps: Optional[int] = None,
 
 
 def plain_kernel_variables(layer) -> List[Any]:
-  """The kernel variables of a built plain Dense / Conv (`[kernel]`) or LSTM / WeightNormLSTM
-  (`[kernel, recurrent_kernel]`), in the order of the factorised twin's factorizations."""
+  """The kernel variables of a built plain Dense / Conv / EinsumDense (`[kernel]`) or LSTM /
+  WeightNormLSTM (`[kernel, recurrent_kernel]`), in the order of the factorised twin's
+  factorizations."""
   cell = getattr(layer, 'cell', None)
   if cell is not None:
     return [cell.kernel, cell.recurrent_kernel]
   return [layer.kernel]
+
+
+def _einsum_equation(layer):
+  """An `EinsumDense`'s equation (its kernel is factorised as a matrix), else None."""
+  return layer.equation if isinstance(layer, backend.keras.layers.EinsumDense) else None
+
+
+def plain_kernel_shapes(layer) -> List[Tuple[int, ...]]:
+  """The shapes of `plain_kernel_variables(layer)` as the twin factorises them: an
+  `EinsumDense`'s kernel as its matrix (`einsum_layout.matrix_shape`), the others as they are."""
+  equation = _einsum_equation(layer)
+  shapes = [tuple(int(d) for d in kernel.shape) for kernel in plain_kernel_variables(layer)]
+  return shapes if equation is None else [einsum_layout.matrix_shape(equation, shapes[0])]
+
+
+def plain_kernels(layer) -> List[np.ndarray]:
+  """The values of `plain_kernel_variables(layer)` as the twin factorises them (numpy; an
+  `EinsumDense`'s kernel as its matrix, `einsum_layout.to_matrix`)."""
+  equation = _einsum_equation(layer)
+  values = [backend.to_numpy(kernel) for kernel in plain_kernel_variables(layer)]
+  return values if equation is None else [einsum_layout.to_matrix(values[0], equation)]
 
 
 def plain_bias(layer):
@@ -205,8 +228,8 @@ def warm_start(plain, twin) -> Sequence[float]:
   """Fits every factorised kernel of `twin` (the factorised part of a converted layer) to its
   kernel in `plain` and copies the bias; returns the relative fit error per kernel, which it
   also keeps as `twin.fit_errors`."""
-  errors = tuple(fit_kernel(factorization, backend.to_numpy(kernel)) for factorization, kernel
-                 in zip(twin.factorizations, plain_kernel_variables(plain)))
+  errors = tuple(fit_kernel(factorization, kernel) for factorization, kernel
+                 in zip(twin.factorizations, plain_kernels(plain)))
   copy_bias(plain, twin)
   twin.fit_errors = errors
   return errors

@@ -8,11 +8,12 @@ import tensorflow as tf
 import keras_layers
 from keras_layers import conv
 from keras_layers import dense
+from keras_layers import einsum_dense
 from keras_layers import lstm
 from keras_layers import lstm_cells
 
 
-@pytest.mark.parametrize('module', [dense, conv, lstm, lstm_cells])
+@pytest.mark.parametrize('module', [dense, einsum_dense, conv, lstm, lstm_cells])
 def test_docstring_examples_hold(module):
   # The public names as a reader's `from keras_layers import *` gets them: the package loads
   # them on first use, so `vars(keras_layers)` lacks them in a process that imported

@@ -30,3 +30,13 @@ def kernel(factorization, scheme, nonlinearity=None):
     else:
       terms.append(ref.to_keras(ref.matrix_term(x, y)))
   return ref.combine(scheme, terms, nonlinearity)
+
+
+def randomized_then_reloaded(twin, path, rng):
+  """`twin` with random trainable values, saved to `path` (a `.keras` file) and loaded back:
+  the loaded model."""
+  from keras_layers.backend import keras   # pylint: disable=g-import-not-at-top
+  for v in twin.trainable_variables:
+    v.assign(rng.normal(size=v.shape).astype(np.float32))
+  twin.save(str(path))
+  return keras.models.load_model(str(path))

@@ -11,6 +11,7 @@ from keras_layers import conversion
 from keras_layers.backend import keras
 from tests.keras3.factor_values import kernel as numpy_kernel
 from tests.keras3.factor_values import np64
+from tests.keras3.factor_values import randomized_then_reloaded
 
 RNG = np.random.default_rng(11)
 SCHEMES = ('fedpara', 'pfedpara', 'lowrank')
@@ -142,7 +143,7 @@ def test_targets_by_type_name_and_pattern():
 
 @pytest.mark.parametrize('call, match', [
     (lambda m: kl.add_adapters(m, rank=2, targets=['nope']),
-     r"targets item 'nope' picks no Dense/Conv1D/Conv2D/LSTM layer; the model has \['conv', "),
+     r"targets item 'nope' picks no Dense/EinsumDense/Conv1D/Conv2D/LSTM layer; the model has \['conv', "),
     (lambda m: kl.add_adapters(m, rank=2, targets=[3]),
      r'targets takes layer types, layer names or name patterns; got int 3'),
     (lambda m: kl.add_adapters(m, targets=['fc1']), r'give rank \(e.g. rank=4\)'),
@@ -167,11 +168,7 @@ def test_bad_adapter_options_are_one_line(call, match):
 def test_a_saved_adapter_model_loads_with_its_frozen_base(tmp_path):
   model = _pretrained()
   twin = kl.add_adapters(model, 'fedpara', rank=2, alpha=4, targets=['fc1', 'conv'])
-  for v in twin.trainable_variables:
-    v.assign(RNG.normal(size=v.shape).astype(np.float32))
-  path = str(tmp_path / 'twin.keras')
-  twin.save(path)
-  loaded = keras.models.load_model(path)
+  loaded = randomized_then_reloaded(twin, tmp_path / 'twin.keras', RNG)
   images = _images()
   np.testing.assert_allclose(np64(loaded(images)), np64(twin(images)), rtol=1e-6, atol=1e-6)
   assert len(loaded.trainable_variables) == len(twin.trainable_variables)
