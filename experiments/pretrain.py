@@ -4,7 +4,9 @@ The federated fine-tuning runs (docs/USAGE.md, "Adapters") start from a model tr
 This binary trains the plain `--model` on the training pool of `--dataset`, optionally on some of
 its classes only (`--classes=0,1,2,3,4`: the rest are left for the federated clients), with Adam,
 and writes its weights to the HDF5 file `--output` (refusing to replace an existing file unless
-`--overwrite`). It prints one JSON line: test accuracy on the pretraining classes and on all.
+`--overwrite`). It prints one JSON line: test accuracy on the pretraining classes and on all. On
+a text set (`--dataset=shakespeare --model=lstm`) it trains next-character prediction on every
+training sequence (no `--classes`).
 
   python -m experiments.pretrain --dataset=fashion_mnist --model=small_cnn \
       --classes=0,1,2,3,4 --epochs=2 --output=runs/pretrained/fashion_cnn_5.h5

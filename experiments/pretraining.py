@@ -1,7 +1,8 @@
 """Central pretraining of a plain zoo model: the weights file that a run's `--pretrained` reads.
 
 `pretrain` trains the plain model of a run's `--model` on the training pool of a data set,
-optionally on some of its classes only (the rest left for the federated clients), with Adam, and
+optionally on some of its classes only (the rest left for the federated clients; image data sets
+only: a text set's labels are its next characters, all of them trained), with Adam, and
 writes its weights as HDF5, whole or not at all (docs/USAGE.md, "Adapters"). The binary
 `experiments.pretrain` calls it.
 """
@@ -43,11 +44,11 @@ def pretrain(dataset, data_dir, download, model_name, classes, epochs, batch_siz
   # pylint: enable=g-import-not-at-top
   check_output(output, overwrite)
   data = registry.load(dataset, data_dir, download=download)
-  if data.task != 'image':
-    raise ValueError(f'pretrain trains image classifiers; dataset={dataset!r} is {data.task}.')
-  classes = parse_classes(classes, data.num_classes)
-  train = np.isin(data.y_train, classes)
-  test = np.isin(data.y_test, classes)
+  if data.task != 'image' and classes:
+    raise ValueError(f'classes={",".join(map(str, classes))} picks labels of an image data set; '
+                     f'dataset={dataset!r} is {data.task}: leave classes out (all of it).')
+  classes = parse_classes(classes, data.num_classes) if data.task == 'image' else None
+  train, test = _subsets(data, classes)
   tf.keras.utils.set_random_seed(seed)
   model = models.plain_model(model_name, data.x_train.shape[1:], data.num_classes)
   model.compile(optimizer=tf.keras.optimizers.Adam(learning_rate),
@@ -64,10 +65,21 @@ def pretrain(dataset, data_dir, download, model_name, classes, epochs, batch_siz
   finally:
     if os.path.exists(partial):   # only when the write or the rename failed
       os.remove(partial)
-  return dict(output=output, dataset=dataset, model=model_name, classes=classes,
-              examples=int(train.sum()), epochs=epochs, seed=seed,
-              test_accuracy_pretraining_classes=float(
-                  model.evaluate(data.x_test[test], data.y_test[test], verbose=0)[1]),
-              test_accuracy_all_classes=float(
-                  model.evaluate(data.x_test, data.y_test, verbose=0)[1]),
-              train_seconds=round(seconds, 1))
+  summary = dict(output=output, dataset=dataset, model=model_name, classes=classes,
+                 examples=int(train.sum()), epochs=epochs, seed=seed)
+  if classes is not None:
+    summary['test_accuracy_pretraining_classes'] = float(
+        model.evaluate(data.x_test[test], data.y_test[test], verbose=0)[1])
+  summary['test_accuracy_all_classes'] = float(
+      model.evaluate(data.x_test, data.y_test, verbose=0)[1])
+  summary['train_seconds'] = round(seconds, 1)
+  return summary
+
+
+def _subsets(data, classes):
+  """`(train, test)` masks over the examples: those labelled with `classes` (an image data
+  set), or every example (a text one: `classes` None; its labels are the next characters)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if classes is None:
+    return np.ones(len(data.x_train), bool), np.ones(len(data.x_test), bool)
+  return np.isin(data.y_train, classes), np.isin(data.y_test, classes)

@@ -14,6 +14,7 @@
 # The convolutions stay frozen under both adapters (--keep_plain=conv1,conv2,logits), so that the
 # two send exactly the same bytes. Rerunning the same command resumes each run and skips
 # finished ones; arguments starting with -- go to every run.
+# VARIANT_lr<LR> is VARIANT at client SGD lr LR (a learning-rate sweep, e.g. fedpara_adapter_lr0.3).
 # Usage: scripts/finetune.sh [VARIANT...] [--flag=value...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -114,3 +114,54 @@ def test_a_missing_or_foreign_weights_file_is_refused_in_one_line(tmp_path, weig
     runner.prepare(rs.config(tmp_path, parameterization='original', pretrained=weights,
                              trainable_layers=('nope',)))
   assert run_config.RunConfig.pretrained == ''
+
+
+def test_pretraining_a_text_set_takes_no_classes(tmp_path):
+  with pytest.raises(ValueError, match=r"^classes=0,1 picks labels of an image data set; "
+                                       r"dataset='shakespeare' is text: leave classes out"):
+    pretraining.pretrain('shakespeare', None, False, 'lstm', ['0', '1'], 1, 64, 1e-3, 0,
+                         str(tmp_path / 'w.h5'), False)
+  assert list(tmp_path.iterdir()) == []
+
+
+def _warm_start_eval(*argv):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, '-m', 'experiments.analysis.warm_start_eval', *argv],
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_warm_start_eval_converts_a_weights_file(weights, tmp_path):
+  import csv  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  from experiments.data import registry  # pylint: disable=g-import-not-at-top
+  table = tmp_path / 'fit.csv'
+  done = _warm_start_eval(f'--pretrained={weights}', '--dataset=mnist5k', '--model=mlp',
+                          '--variants=lowrank:4', f'--output={table}')
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(table, newline='') as f:
+    rows = {(r['variant'], r['init']): r for r in csv.DictReader(f)}
+  # Independently: the weights file's model, its test accuracy, and the rank-4 truncated SVD's
+  # relative error of each hidden kernel (Eckart-Young), logits kept plain.
+  data = registry.load('mnist5k', None)
+  model = models.plain_model('mlp', data.input_shape, data.num_classes)
+  model.load_weights(weights)
+  predicted = model.predict(data.x_test, verbose=0).argmax(axis=-1)
+  assert float(rows[('original', '-')]['test_accuracy']) == pytest.approx(
+      np.mean(predicted == data.y_test), abs=1e-4)
+  want = []
+  for name in ('fc1', 'fc2'):
+    singular = np.linalg.svd(model.get_layer(name).kernel.numpy().astype(np.float64),
+                             compute_uv=False)
+    want.append(np.sqrt(np.sum(singular[4:] ** 2) / np.sum(singular ** 2)))
+  got = [float(e) for e in rows[('lowrank:4', 'fit')]['fit_errors'].split()]
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  assert int(rows[('lowrank:4', 'fit')]['parameters']) == 4 * (784 + 200) + 200 + 4 * (
+      200 + 200) + 200 + LOGITS
+
+
+def test_warm_start_eval_needs_what_a_weights_file_was_trained_as(weights):
+  done = _warm_start_eval(f'--pretrained={weights}', '--model=mlp')
+  assert done.returncode != 0 and 'Traceback' not in done.stderr
+  assert '--pretrained needs --dataset and --model' in done.stderr

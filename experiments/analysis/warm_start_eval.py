@@ -1,30 +1,53 @@
 r"""What converting a trained model keeps: fit errors and test accuracy before any training.
 
-Loads a trained original run (its latest checkpoint), converts it with each `--variants` entry
-(`parameterization:rank`, or `parameterization` for the run's gamma) twice, with fresh factors
-(`init='random'`, what `convert` did before) and fitted ones (`init='fit'`,
-`keras_layers.warm_start`), and prints each conversion's parameters, per-kernel relative fit
-error and test accuracy on the run's test set, beside the original's.
+Loads a trained original run (its latest checkpoint), or a plain zoo model's weights file
+(`--pretrained`, as `experiments.pretrain` writes it, with `--dataset` and `--model`), converts it
+with each `--variants` entry (`parameterization:rank`, or `parameterization` for the run's gamma,
+`--gamma` for a weights file) twice, with fresh factors (`init='random'`, what `convert` did
+before) and fitted ones (`init='fit'`, `keras_layers.warm_start`), and prints each conversion's
+parameters, per-kernel relative fit error and test accuracy on the test set (a text model's:
+over every predicted character), beside the original's.
 
   python -m experiments.analysis.warm_start_eval \
       --run=runs/capacity_map/fashion_cnn_iid/original --variants=lowrank:16,fedpara:8 \
       --output=docs/results/warm_start/small_cnn_iid.csv
+  python -m experiments.analysis.warm_start_eval --pretrained=runs/pretrained/lstm.h5 \
+      --dataset=shakespeare --model=lstm --variants=lowrank:28,fedpara:14
 """
 
 import importlib
+import os
 import time
 
 from absl import flags
 
 from experiments import flagfiles
+from experiments import run_config
+from experiments.data import registry
 
-_RUN = flags.DEFINE_string('run', None, 'Run folder of a trained original model.')
+_RUN = flags.DEFINE_string('run', None, 'Run folder of a trained original model (or '
+                           '--pretrained).')
+_PRETRAINED = flags.DEFINE_string('pretrained', None, 'HDF5 weights of the plain --model on '
+                                  '--dataset (experiments.pretrain), instead of --run.')
+_DATASET = flags.DEFINE_enum('dataset', None, registry.DATASETS, 'With --pretrained: its data '
+                             'set.')
+_MODEL = flags.DEFINE_enum('model', None, run_config.MODELS, 'With --pretrained: its zoo model.')
+_KEEP_PLAIN = flags.DEFINE_list('keep_plain', ['logits'], 'With --pretrained: layers left '
+                                'plain.')
+_GAMMA = flags.DEFINE_float('gamma', 0.1, 'With --pretrained: the rank rule\'s gamma of a '
+                            'variant without a rank.')
 _VARIANTS = flags.DEFINE_list('variants', ['lowrank', 'fedpara'],
                               'parameterization[:rank] per conversion; without a rank, the run\'s '
                               'gamma sets it.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where the run\'s data files are.')
 _OUTPUT = flags.DEFINE_string('output', None, 'CSV file to write (optional).')
-flags.mark_flag_as_required('run')
+flags.register_multi_flags_validator(
+    ['run', 'pretrained'], lambda v: (v['run'] is None) != (v['pretrained'] is None),
+    'give one of --run (a trained run folder) or --pretrained (a weights file).')
+flags.register_multi_flags_validator(
+    ['pretrained', 'dataset', 'model'],
+    lambda v: v['pretrained'] is None or None not in (v['dataset'], v['model']),
+    '--pretrained needs --dataset and --model (what the weights were trained as).')
 
 
 def parse_variant(entry):
@@ -39,10 +62,37 @@ def parse_variant(entry):
 
 
 def accuracy(model, data):
-  """Test accuracy of `model` on the whole test set of `data`."""
+  """Test accuracy of `model` on the whole test set of `data` (a text set's: over every
+  predicted character, as Keras' accuracy metric counts them in training)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   logits = model.predict(data.x_test, batch_size=1000, verbose=0)
-  return float(np.mean(logits.argmax(axis=-1) == data.y_test.reshape(-1)))
+  return float(np.mean(logits.argmax(axis=-1).reshape(-1) == data.y_test.reshape(-1)))
+
+
+def _original(data_dir):
+  """`(settings, data, label, model)`: the trained model to convert, from --run or
+  --pretrained; `settings` holds its `gamma` and `keep_plain`."""
+  # pylint: disable=g-import-not-at-top  # TensorFlow loaded by run_main's load
+  from experiments import models
+  from experiments import run_io
+  from experiments.analysis import trained_model
+  # pylint: enable=g-import-not-at-top
+  if _PRETRAINED.value is not None:
+    data = registry.load(_DATASET.value, data_dir)
+    model = models.plain_model(_MODEL.value, data.input_shape, data.num_classes)
+    models.load_pretrained(model, _PRETRAINED.value)
+    settings = dict(gamma=_GAMMA.value, keep_plain=_KEEP_PLAIN.value)
+    return settings, data, os.path.basename(_PRETRAINED.value), model
+  try:
+    run = run_io.read_run(_RUN.value)
+  except (run_io.NoRunError, run_io.DamagedFileError) as e:
+    raise ValueError(f'--run={_RUN.value}: {e}') from None
+  if run['parameterization'] != 'original':
+    raise ValueError(f'--run={_RUN.value} is a {run["parameterization"]!r} run; it converts a '
+                     f'trained original model.')
+  data = registry.load(run['dataset'], data_dir, sequence_length=run['sequence_length'])
+  label, model = trained_model.load(_RUN.value, data)
+  return run, data, label, model
 
 
 def main(argv):
@@ -54,18 +104,11 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  # TensorFlow loaded by run_main's load
   import keras_layers
   from experiments import run_io
-  from experiments.analysis import trained_model
-  from experiments.data import registry
   # pylint: enable=g-import-not-at-top
   try:
-    run = run_io.read_run(_RUN.value)
-  except (run_io.NoRunError, run_io.DamagedFileError) as e:
-    raise SystemExit(f'warm_start_eval: error: --run={_RUN.value}: {e}') from None
-  if run['parameterization'] != 'original':
-    raise SystemExit(f'warm_start_eval: error: --run={_RUN.value} is a '
-                     f'{run["parameterization"]!r} run; it converts a trained original model.')
-  data = registry.load(run['dataset'], _DATA_DIR.value, sequence_length=run['sequence_length'])
-  label, original = trained_model.load(_RUN.value, data)
+    run, data, label, original = _original(_DATA_DIR.value)
+  except ValueError as e:
+    raise SystemExit(f'warm_start_eval: error: {e}') from None
   rows = [dict(run=label, variant='original', init='-', parameters=original.count_params(),
                fit_errors='', seconds=0.0, test_accuracy=round(accuracy(original, data), 4))]
   for name, rank in variants:
