@@ -2,8 +2,7 @@
 
 `add_adapters(model, 'fedpara', rank=4, alpha=8)` returns a twin of a trained Keras model in
 which each targeted `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` or `LSTM` layer (input and
-recurrent kernels)
-computes with
+recurrent kernels) computes with
 
     W = W0 + (alpha / rank) * D,
 

@@ -46,6 +46,11 @@ _REPLACEMENTS = {
                 lstm.WeightNormLSTM: lstm.LowRankLSTM},
 }
 
+# Replaceable types that convert leaves plain, with a warning, where another layer builds them
+# inside itself (MultiHeadAttention's EinsumDense projections); any other replaceable type nested
+# that way is refused (`_unconverted`).
+_PLAIN_WHEN_NESTED = (keras.layers.EinsumDense,)
+
 _FACTORIZED_TYPES = tuple({cls for table in _REPLACEMENTS.values()
                            for cls in table.values()})
 
@@ -105,7 +110,7 @@ def _unconverted(model, table, skipped):
     if holder.name in skipped:
       continue
     for layer in backend.sublayers(holder):
-      if type(layer) in table and type(layer) is not keras.layers.EinsumDense:
+      if type(layer) in table and type(layer) not in _PLAIN_WHEN_NESTED:
         return layer, holder
   return None
 
@@ -115,7 +120,7 @@ def _warn_nested_einsum(model, replaced):
   plain (MultiHeadAttention's projections: convert replaces layers of the model only)."""
   holders = sorted({holder.name for holder in model.layers if holder.name not in replaced
                     for layer in backend.sublayers(holder)
-                    if layer is not holder and type(layer) is keras.layers.EinsumDense})
+                    if layer is not holder and type(layer) in _PLAIN_WHEN_NESTED})
   if holders:
     warnings.warn(f'convert: the EinsumDense layers inside {holders} (e.g. MultiHeadAttention\'s '
                   f'projections) stay plain; convert replaces layers of the model itself.',

@@ -47,10 +47,9 @@ class _FactorizedEinsumDense(base.FactorizedLayer):
     self.bias_axes = bias_axes or None
     self.factorization = None
     self.kernel_shape = None
-    self.full_output_shape = None
 
   def build(self, input_shape):
-    self.kernel_shape, bias_shape, self.full_output_shape = einsum_layout.shapes(
+    self.kernel_shape, bias_shape, _ = einsum_layout.shapes(
         self.equation, backend.dims(input_shape), self.partial_output_shape, self.bias_axes)
     matrix = einsum_layout.matrix_shape(self.equation, self.kernel_shape)
     self._check_rank(matrix)
