@@ -25,6 +25,8 @@ _EXPORTS = {
     'LowRankConv2D': 'conv', 'PFedParaConv1D': 'conv', 'PFedParaConv2D': 'conv',
     'convert': 'conversion', 'export': 'conversion', 'is_factorized': 'conversion',
     'FedParaDense': 'dense', 'LowRankDense': 'dense', 'PFedParaDense': 'dense',
+    'FedParaMultiHeadAttention': 'attention', 'LowRankMultiHeadAttention': 'attention',
+    'PFedParaMultiHeadAttention': 'attention',
     'FedParaEinsumDense': 'einsum_dense', 'LowRankEinsumDense': 'einsum_dense',
     'PFedParaEinsumDense': 'einsum_dense',
     'JacobianCorrectedModel': 'jacobian',
@@ -41,7 +43,8 @@ _EXPORTS = {
 # Submodules reachable as attributes (`keras_layers.factors`), as before the lazy init.
 _SUBMODULES = ('factors', 'factor_init', 'step_gain', 'jacobian', 'sign_rule', 'weight_norm')
 # Loaded together on first use: every module that defines a layer Keras may deserialise.
-_LAYER_MODULES = ('dense', 'einsum_dense', 'conv', 'lstm_cells', 'lstm', 'jacobian', 'conversion')
+_LAYER_MODULES = ('dense', 'einsum_dense', 'attention', 'conv', 'lstm_cells', 'lstm', 'jacobian',
+                  'conversion')
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ['load_layers']
 

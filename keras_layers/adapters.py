@@ -2,7 +2,7 @@
 
 `add_adapters(model, 'fedpara', rank=4, alpha=8)` returns a twin of a trained Keras model in
 which each targeted `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` or `LSTM` layer (input and
-recurrent kernels) computes with
+recurrent kernels), and the projections of each targeted `MultiHeadAttention`, computes with
 
     W = W0 + (alpha / rank) * D,
 
@@ -31,7 +31,8 @@ from keras_layers.backend import keras
 
 # The layer types an adapter can target (exactly these types, as `convert` replaces).
 TARGET_TYPES = (keras.layers.Dense, keras.layers.EinsumDense, keras.layers.Conv1D,
-                keras.layers.Conv2D, keras.layers.LSTM)
+                keras.layers.Conv2D, keras.layers.LSTM, keras.layers.MultiHeadAttention)
+_TARGET_NAMES = '/'.join(kind.__name__ for kind in TARGET_TYPES)
 
 
 def _kinds(layer):
@@ -48,10 +49,10 @@ def select_targets(model: Any, targets: Optional[Iterable[Any]] = None) -> list:
 
   Args:
     model: a built Keras model.
-    targets: None (every `Dense`, `EinsumDense`, `Conv1D`, `Conv2D` and `LSTM` layer, also inside
-      `Bidirectional` / `TimeDistributed`), or an iterable (or one item) of: a layer type
-      (`keras.layers.Dense`: every layer of that type), a layer name, or a regular expression
-      matched against whole layer names (`'fc.*'`).
+    targets: None (every `Dense`, `EinsumDense`, `Conv1D`, `Conv2D`, `LSTM` and
+      `MultiHeadAttention` layer, also inside `Bidirectional` / `TimeDistributed`), or an
+      iterable (or one item) of: a layer type (`keras.layers.Dense`: every layer of that type),
+      a layer name, or a regular expression matched against whole layer names (`'fc.*'`).
 
   Raises:
     ValueError: an item picks no adaptable layer (naming it and what the model has), or an
@@ -73,8 +74,8 @@ def select_targets(model: Any, targets: Optional[Iterable[Any]] = None) -> list:
       raise ValueError(f'targets takes layer types, layer names or name patterns; got '
                        f'{type(item).__name__} {item!r:.60}.')
     if not picked:
-      raise ValueError(f'targets item {item!r} picks no Dense/EinsumDense/Conv1D/Conv2D/LSTM '
-                       f'layer; the model has {[layer.name for layer in candidates]}.')
+      raise ValueError(f'targets item {item!r} picks no {_TARGET_NAMES} layer; the model has '
+                       f'{[layer.name for layer in candidates]}.')
     chosen |= picked
   return [layer.name for layer in candidates if layer.name in chosen]
 
@@ -95,7 +96,8 @@ def _set_base(plain, twin):
 def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optional[int] = None,
                  gamma: Optional[float] = None, param_ratio: Optional[float] = None,
                  alpha: Optional[float] = None, targets: Optional[Iterable[Any]] = None,
-                 trainable: Union[str, Sequence[str]] = (), **layer_options: Any) -> Any:
+                 trainable: Union[str, Sequence[str]] = (),
+                 projections: Optional[Sequence[str]] = None, **layer_options: Any) -> Any:
   """A twin of the trained `model` with adapters on its `targets` (module docstring).
 
   Args:
@@ -107,9 +109,12 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
       rank of each term.
     alpha: the scale's numerator, `W = W0 + (alpha / rank) * D`; default the rank (scale 1).
     targets: which layers get adapters (`select_targets`); default every Dense, EinsumDense,
-      Conv and LSTM not named in `trainable`.
+      Conv, LSTM and MultiHeadAttention not named in `trainable`.
     trainable: names of layers that stay trainable as they are (e.g. a new head); every other
       layer without an adapter is frozen.
+    projections: which projections of a targeted `MultiHeadAttention` get adapters (as
+      `convert`; e.g. `('query', 'value')`, where LoRA is often put); default every one. Its
+      other projections are frozen.
     **layer_options: more arguments of the adapter layers (`factor_init` for the non-zero
       factors, `nonlinearity`, `factor_regularizer`, ...).
 
@@ -131,13 +136,12 @@ def add_adapters(model: Any, parameterization: str = 'fedpara', *, rank: Optiona
                      f'its pretrained weights frozen: leave them out of one of the two.')
   twin = conversion.convert(model, parameterization, gamma=gamma, rank=rank,
                             param_ratio=param_ratio, include=names, adapter=True,
-                            adapter_alpha=alpha, **layer_options)
+                            adapter_alpha=alpha, projections=projections, **layer_options)
   adapted = set()   # the targets convert made adapters (not those too small to factorise)
   copy = not backend.building_graph()   # as convert: in a graph, whoever runs it sets them
   for name in names:
-    plain, twin_layer = model.get_layer(name), twin.get_layer(name)
-    for plain_part, twin_part in zip(conversion.wrapped_layers(plain) or [plain],
-                                     conversion.wrapped_layers(twin_layer) or [twin_layer]):
+    for plain_part, twin_part in conversion.layer_pairs(model.get_layer(name),
+                                                        twin.get_layer(name)):
       part = conversion.factorized_part(twin_part)
       if part is not None:
         if copy:

@@ -131,6 +131,25 @@ def sublayers(layer):
   return [m for m in layers if id(m) not in unused]
 
 
+def replace_sublayers(holder, attributes):
+  """Sets `holder.<attribute> = layer` for each `(attribute, layer)` of `attributes` (in order),
+  where each attribute holds a sublayer the holder tracks, so that the holder tracks the new
+  layers in the old ones' place and no longer the old ones (its `weights` and `sublayers` then
+  list the new layers' variables in the old ones' order). Keras 3 swaps them in its layer
+  tracker; Keras 2 untracks an attribute's layer when the attribute is deleted and tracks what
+  is set in order, so every attribute is deleted first and set again."""
+  if IS_KERAS_3:
+    tracker = holder._tracker   # pylint: disable=protected-access
+    for attribute, layer in attributes:
+      tracker.replace_tracked_value('layers', getattr(holder, attribute), layer)
+      setattr(holder, attribute, layer)
+    return
+  for attribute, _ in attributes:
+    delattr(holder, attribute)
+  for attribute, layer in attributes:
+    setattr(holder, attribute, layer)
+
+
 def dims(input_shape):
   """`input_shape` (a tuple, list or `tf.TensorShape`) as a tuple of ints and None."""
   if hasattr(input_shape, 'as_list'):

@@ -1,9 +1,10 @@
 """Build a factorised twin of a Keras model, and export one back to plain layers.
 
-`convert` replaces the `Dense`, `EinsumDense`, `Conv1D`, `Conv2D`, `LSTM` and `WeightNormLSTM`
-layers of a Sequential or Functional model, also inside `Bidirectional` and `TimeDistributed`, by
-their FedPara, pFedPara or low-rank counterparts (same names, same arguments); `export` composes every
-factorised kernel once and returns a model of ordinary Keras layers with the same outputs,
+`convert` replaces the `Dense`, `EinsumDense`, `Conv1D`, `Conv2D`, `LSTM`, `WeightNormLSTM` and
+`MultiHeadAttention` layers of a Sequential or Functional model, also inside `Bidirectional` and
+`TimeDistributed`, by their FedPara, pFedPara or low-rank counterparts (same names, same
+arguments; in a `MultiHeadAttention` its projections, `keras_layers.attention`); `export` composes
+every factorised kernel once and returns a model of ordinary Keras layers with the same outputs,
 which needs nothing from this package to run.
 """
 
@@ -11,6 +12,7 @@ from typing import Any, Optional, Sequence, Union
 
 import warnings
 
+from keras_layers import attention
 from keras_layers import backend
 from keras_layers import base
 from keras_layers import conv
@@ -31,25 +33,29 @@ _REPLACEMENTS = {
                 keras.layers.Conv2D: conv.FedParaConv2D,
                 keras.layers.Conv1D: conv.FedParaConv1D,
                 keras.layers.LSTM: lstm.FedParaLSTM,
-                lstm.WeightNormLSTM: lstm.FedParaLSTM},
+                lstm.WeightNormLSTM: lstm.FedParaLSTM,
+                keras.layers.MultiHeadAttention: attention.FedParaMultiHeadAttention},
     'pfedpara': {keras.layers.Dense: dense.PFedParaDense,
                 keras.layers.EinsumDense: einsum_dense.PFedParaEinsumDense,
                  keras.layers.Conv2D: conv.PFedParaConv2D,
                  keras.layers.Conv1D: conv.PFedParaConv1D,
                  keras.layers.LSTM: lstm.PFedParaLSTM,
-                 lstm.WeightNormLSTM: lstm.PFedParaLSTM},
+                 lstm.WeightNormLSTM: lstm.PFedParaLSTM,
+                keras.layers.MultiHeadAttention: attention.PFedParaMultiHeadAttention},
     'lowrank': {keras.layers.Dense: dense.LowRankDense,
                keras.layers.EinsumDense: einsum_dense.LowRankEinsumDense,
                 keras.layers.Conv2D: conv.LowRankConv2D,
                 keras.layers.Conv1D: conv.LowRankConv1D,
                 keras.layers.LSTM: lstm.LowRankLSTM,
-                lstm.WeightNormLSTM: lstm.LowRankLSTM},
+                lstm.WeightNormLSTM: lstm.LowRankLSTM,
+                keras.layers.MultiHeadAttention: attention.LowRankMultiHeadAttention},
 }
 
 # Replaceable types that convert leaves plain, with a warning, where another layer builds them
-# inside itself (MultiHeadAttention's EinsumDense projections); any other replaceable type nested
-# that way is refused (`_unconverted`).
-_PLAIN_WHEN_NESTED = (keras.layers.EinsumDense,)
+# inside itself (the EinsumDense projections of a MultiHeadAttention convert does not replace, a
+# MultiHeadAttention inside a custom layer); any other replaceable type nested that way is
+# refused (`_unconverted`).
+_PLAIN_WHEN_NESTED = (keras.layers.EinsumDense, keras.layers.MultiHeadAttention)
 
 _FACTORIZED_TYPES = tuple({cls for table in _REPLACEMENTS.values()
                            for cls in table.values()})
@@ -115,22 +121,42 @@ def _unconverted(model, table, skipped):
   return None
 
 
-def _warn_nested_einsum(model, replaced):
+def _warn_nested_einsum(model, converted):
   """A warning naming the layers of `model` that hold `EinsumDense` layers convert leaves
-  plain (MultiHeadAttention's projections: convert replaces layers of the model only)."""
-  holders = sorted({holder.name for holder in model.layers if holder.name not in replaced
+  plain (the projections of a MultiHeadAttention inside another layer: convert replaces layers
+  of the model only); `converted`: the names convert replaced or was told to leave."""
+  holders = sorted({holder.name for holder in model.layers if holder.name not in converted
                     for layer in backend.sublayers(holder)
                     if layer is not holder and type(layer) in _PLAIN_WHEN_NESTED})
   if holders:
-    warnings.warn(f'convert: the EinsumDense layers inside {holders} (e.g. MultiHeadAttention\'s '
-                  f'projections) stay plain; convert replaces layers of the model itself.',
-                  stacklevel=3)
+    warnings.warn(f'convert: the EinsumDense / MultiHeadAttention layers inside {holders} stay '
+                  f'plain; convert replaces layers of the model itself.', stacklevel=3)
 
 
-def _kernel_shapes(layer):
+def _kernel_shapes(layer, projections=None):
   """Kernel shapes of a built plain layer as its twin factorises them (one for Dense, Conv and
-  EinsumDense: its matrix; two for LSTM)."""
+  EinsumDense: its matrix; two for LSTM; a MultiHeadAttention's: one per projection in
+  `projections`, default all)."""
+  if isinstance(layer, keras.layers.MultiHeadAttention):
+    return [shape for name, part in attention.projection_layers(layer)
+            if projections is None or name in projections
+            for shape in warm_start.plain_kernel_shapes(part)]
   return warm_start.plain_kernel_shapes(layer)
+
+
+def layer_pairs(plain, twin):
+  """`(plain part, twin part)` for each part of the plain layer `plain` and its converted
+  `twin` that holds a kernel: the layer itself, the layers a wrapper holds, or a
+  MultiHeadAttention's projections (the twin's factorised or plain)."""
+  pairs = []
+  for plain_part, twin_part in zip(wrapped_layers(plain) or [plain],
+                                   wrapped_layers(twin) or [twin]):
+    if isinstance(plain_part, keras.layers.MultiHeadAttention):
+      pairs += [(p, t) for (_, p), (_, t) in zip(attention.projection_layers(plain_part),
+                                                 attention.projection_layers(twin_part))]
+    else:
+      pairs.append((plain_part, twin_part))
+  return pairs
 
 
 def check_layer_names(model: Any, names: Any, option: str) -> Optional[set]:
@@ -149,9 +175,9 @@ def check_layer_names(model: Any, names: Any, option: str) -> Optional[set]:
   return set(names)
 
 
-def _too_small(layer):
+def _too_small(layer, projections=None):
   """True when some kernel of `layer` cannot hold even a rank-1 FedPara factor."""
-  return any(ranks.r_max(shape) < 1 for shape in _kernel_shapes(layer))
+  return any(ranks.r_max(shape) < 1 for shape in _kernel_shapes(layer, projections))
 
 
 def check_model(model, function):
@@ -170,7 +196,7 @@ def _wanted(layer, include, exclude):
   return (include is None or layer.name in include) and layer.name not in exclude
 
 
-def _check_rank_is_reachable(model, table, include, exclude, rank):
+def _check_rank_is_reachable(model, table, include, exclude, rank, projections):
   """An explicit `rank` above the largest rank of every kernel convert would factorise adds
   nothing to any layer (and a huge one exhausts memory while the factors are made): refused in
   one line before any layer is built. Within that bound a rank that adds nothing to some layer
@@ -181,7 +207,7 @@ def _check_rank_is_reachable(model, table, include, exclude, rank):
   for layer in model.layers:
     if _wanted(layer, include, exclude):
       shapes += [shape for part in wrapped_layers(layer) or [layer] if type(part) in table
-                 for shape in _kernel_shapes(part)]
+                 for shape in _kernel_shapes(part, projections)]
   if shapes and rank > max(ranks.max_rank(shape) for shape in shapes):
     largest = max(shapes, key=ranks.max_rank)
     raise ValueError(f'convert: rank {rank} is above {ranks.max_rank(largest)}, the largest rank '
@@ -193,8 +219,9 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
             rank: Optional[int] = None, param_ratio: Optional[float] = None,
             include: Optional[Union[str, Sequence[str]]] = None,
             exclude: Optional[Union[str, Sequence[str]]] = None, copy_weights: bool = True,
-            init: str = 'random', **layer_options: Any) -> Any:
-  """Returns a twin of `model` with factorised Dense/EinsumDense/Conv/LSTM layers.
+            init: str = 'random', projections: Optional[Sequence[str]] = None,
+            **layer_options: Any) -> Any:
+  """Returns a twin of `model` with factorised Dense/EinsumDense/Conv/LSTM/attention layers.
 
   Args:
     model: a built Sequential or Functional `keras.Model`.
@@ -210,6 +237,9 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
       keeps what `model` learned as far as its rank allows (`keras_layers.warm_start`; the
       relative fit error of each kernel is in `parameter_report`). Not with
       `nonlinearity='tanh'` or weight-normalised LSTMs.
+    projections: which projections of each `MultiHeadAttention` to factorise, some of
+      `'query'`, `'key'`, `'value'`, `'attention_output'` (and `'gate'`, Keras 3's
+      `use_gate=True`); default every one. The others stay plain (`keras_layers.attention`).
     **layer_options: more arguments of the factorised layers
       (`nonlinearity`, `factor_init`, `factor_regularizer`, ...).
 
@@ -239,7 +269,8 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
   exclude = check_layer_names(model, exclude, 'exclude') or set()
   table = _REPLACEMENTS[parameterization]
   options = dict(layer_options, gamma=gamma, rank=rank, param_ratio=param_ratio)
-  _check_rank_is_reachable(model, table, include, exclude, rank)
+  projections = attention.check_projections(projections)
+  _check_rank_is_reachable(model, table, include, exclude, rank, projections)
   replaced, skipped = [], set()
 
   def clone(layer):
@@ -250,16 +281,18 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
       skipped.add(layer.name)
     if not wanted or None in targets:
       return layer.__class__.from_config(layer.get_config())
-    if any(_too_small(part) for part in inner):
-      warnings.warn(f'layer {layer.name!r} (kernel {[_kernel_shapes(p) for p in inner]}) is '
-                    f'too small to factorise and stays plain.', stacklevel=3)
+    if any(_too_small(part, projections) for part in inner):
+      warnings.warn(f'layer {layer.name!r} (kernel '
+                    f'{[_kernel_shapes(p, projections) for p in inner]}) is too small to '
+                    f'factorise and stays plain.', stacklevel=3)
       skipped.add(layer.name)
       return layer.__class__.from_config(layer.get_config())
     if init == 'fit':
       for part in inner:
         _check_fit_source(part)
     replaced.append(layer.name)
-    twins = [target.from_plain(part, **options) for target, part in zip(targets, inner)]
+    twins = [target.from_plain(part, **options, **_attention_options(target, projections))
+             for target, part in zip(targets, inner)]
     return _rewrap(layer, twins) if inner[0] is not layer else twins[0]
 
   twin = keras.models.clone_model(model, clone_function=clone)
@@ -271,22 +304,30 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
         f'({type(holder).__name__}) would stay plain; convert replaces layers of the model and '
         f'inside Bidirectional / TimeDistributed: convert {holder.name!r} on its own first, or '
         f'pass exclude=[{holder.name!r}].')
-  _warn_nested_einsum(model, replaced)
+  _warn_nested_einsum(model, skipped | set(replaced))
   if not replaced:
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
-                  f'Dense/EinsumDense/Conv1D/Conv2D/LSTM layer (after include/exclude); '
-                  f'returning an unchanged copy.', stacklevel=2)
-  if copy_weights and not backend.building_graph():   # in a graph, whoever runs it sets them
-    for layer in model.layers:
-      if layer.name not in replaced and layer.weights:
-        twin.get_layer(layer.name).set_weights(layer.get_weights())
-  if init == 'fit':
-    for name in replaced:
-      plain, factorised = model.get_layer(name), twin.get_layer(name)
-      for plain_part, twin_part in zip(wrapped_layers(plain) or [plain],
-                                       wrapped_layers(factorised) or [factorised]):
-        warm_start.warm_start(plain_part, factorized_part(twin_part))
+                  f'Dense/EinsumDense/Conv1D/Conv2D/LSTM/MultiHeadAttention layer (after '
+                  f'include/exclude); returning an unchanged copy.', stacklevel=2)
+  if backend.building_graph():   # in a graph, whoever runs it sets the values
+    return twin
+  for layer in model.layers:
+    if copy_weights and layer.name not in replaced and layer.weights:
+      twin.get_layer(layer.name).set_weights(layer.get_weights())
+  for name in replaced:
+    for plain_part, twin_part in layer_pairs(model.get_layer(name), twin.get_layer(name)):
+      part = factorized_part(twin_part)
+      if part is None and copy_weights:   # a projection left plain
+        twin_part.set_weights(plain_part.get_weights())
+      elif part is not None and init == 'fit':
+        warm_start.warm_start(plain_part, part)
   return twin
+
+
+def _attention_options(target, projections):
+  """The argument a MultiHeadAttention twin takes beside the layer options: `projections`."""
+  return ({'projections': projections}
+          if issubclass(target, keras.layers.MultiHeadAttention) else {})
 
 
 INITS = ('random', 'fit')

@@ -133,3 +133,6 @@ class LowRankEinsumDense(_FactorizedEinsumDense):
   """`EinsumDense` with a low-rank kernel matrix `X Y^T` (the baseline; LoRA as an adapter)."""
 
   scheme = 'lowrank'
+
+
+FACTORIZED_TYPES = (FedParaEinsumDense, PFedParaEinsumDense, LowRankEinsumDense)

@@ -44,8 +44,10 @@ def _layer_rows(model):
 
 
 def _frozen_count(part):
-  """Parameters of an adapter's frozen base kernels and bias (`keras_layers.adapters`); 0 for
-  other factorised layers."""
+  """Parameters of an adapter's frozen base kernels and bias (`keras_layers.adapters`; an
+  attention layer's: also its frozen projections); 0 for other factorised layers."""
+  if hasattr(part, 'frozen_param_count'):
+    return part.frozen_param_count()
   bases = part.base_kernels
   if not bases:
     return 0

@@ -115,21 +115,22 @@ def start_values(factorization, target: np.ndarray,
   return values
 
 
-def _refine(factorization, target, values, steps, cg_steps):
-  """`steps` Gauss-Newton steps from `values` (composed scale) in float64
-  (`keras_layers.cgls.gauss_newton_fit`, eagerly: tracing the unrolled steps costs more than
-  running them); returns the refined values."""
+def _refine(factorization, target, starts, steps, cg_steps):
+  """`steps` Gauss-Newton steps from each of `starts` (factor name -> value, composed scale) in
+  float64 (`keras_layers.cgls.gauss_newton_fits`, one traced step for every start); returns the
+  refined values of each."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  # the TensorFlow backend only
   from keras_layers import cgls  # pylint: disable=g-import-not-at-top
-  names, multiplier = list(values), factorization.multiplier
+  names, multiplier = list(starts[0]), factorization.multiplier
 
   def compose(factors):
     return factorization.compose_unscaled({n: f / multiplier for n, f in zip(names, factors)})
 
-  fitted = cgls.gauss_newton_fit(compose, tf.constant(target, tf.float64),
-                                 [tf.constant(values[n], tf.float64) for n in names], steps,
-                                 cg_steps)
-  return {n: f.numpy() for n, f in zip(names, fitted)}
+  fitted = cgls.gauss_newton_fits(
+      compose, tf.constant(target, tf.float64),
+      [[tf.constant(values[n], tf.float64) for n in names] for values in starts], steps,
+      cg_steps)
+  return [{n: f.numpy() for n, f in zip(names, factors)} for factors in fitted]
 
 
 def _can_refine():
@@ -162,7 +163,7 @@ def fit_values(factorization, target, steps: Optional[int] = None,
   else:
     starts = [start_values(factorization, target, jitter) for jitter in JITTERS]
   if steps and _can_refine():
-    starts = [_refine(factorization, target, values, steps, cg_steps) for values in starts]
+    starts = _refine(factorization, target, starts, steps, cg_steps)
   return min(starts, key=lambda values: _error(factorization, target, values))
 
 

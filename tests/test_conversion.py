@@ -99,7 +99,8 @@ def test_convert_skips_too_small_layers_and_warns():
 
 def test_convert_warns_when_nothing_is_replaceable():
   plain = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.ReLU(name='r')])
-  with pytest.warns(UserWarning, match=r'no replaceable Dense/EinsumDense/Conv1D/Conv2D/LSTM layer'):
+  with pytest.warns(UserWarning, match=r'no replaceable Dense/EinsumDense/Conv1D/Conv2D/LSTM/'
+                                       r'MultiHeadAttention layer'):
     kl.convert(plain)
 
 

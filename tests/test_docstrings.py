@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_layers
+from keras_layers import attention
 from keras_layers import conv
 from keras_layers import dense
 from keras_layers import einsum_dense
@@ -13,7 +14,7 @@ from keras_layers import lstm
 from keras_layers import lstm_cells
 
 
-@pytest.mark.parametrize('module', [dense, einsum_dense, conv, lstm, lstm_cells])
+@pytest.mark.parametrize('module', [dense, einsum_dense, attention, conv, lstm, lstm_cells])
 def test_docstring_examples_hold(module):
   # The public names as a reader's `from keras_layers import *` gets them: the package loads
   # them on first use, so `vars(keras_layers)` lacks them in a process that imported

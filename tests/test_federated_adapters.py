@@ -94,6 +94,66 @@ def test_only_adapters_travel_and_the_base_stays_pretrained(pretrained, data, ba
   np.testing.assert_array_equal(pretrained.variables[0].numpy(), w0)   # the source is untouched
 
 
+# The attention model: the 98 features as 7 tokens of 14, one MultiHeadAttention (2 heads of 4)
+# with adapters on its query and value, pooled, and the logits trainable as they are. What
+# travels, by hand: per adapted projection x1, y1, x2, y2 of its matrix 14 x 8 (rank 2), then
+# logits' kernel 14x10 and bias 10. Query's and value's bases and biases, key and
+# attention_output stay home.
+ATTENTION_ELEMENTS = 2 * 2 * (8 * RANK + 14 * RANK) + 14 * 10 + 10   # 326
+
+
+@pytest.fixture(scope='module')
+def pretrained_attention():
+  tokens = tf.keras.Input((ts.FEATURES,))
+  h = tf.keras.layers.Reshape((7, 14))(tokens)
+  h = tf.keras.layers.MultiHeadAttention(2, 4, name='mha')(h, h)
+  h = tf.keras.layers.GlobalAveragePooling1D()(h)
+  model = tf.keras.Model(tokens, tf.keras.layers.Dense(10, name='logits')(h))
+  rng = np.random.default_rng(4)
+  model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32)
+                     for w in model.get_weights()])
+  return model
+
+
+@pytest.mark.parametrize('backend', ['tff', 'tf'])
+def test_attention_adapters_travel_alone_and_merge_as_numpy_says(pretrained_attention, data,
+                                                                 backend):
+  datasets, arrays = data
+  plain = [v.numpy() for v in pretrained_attention.variables]   # read before any graph traces
+  adapter_fn = lambda: kl.add_adapters(pretrained_attention, 'fedpara', rank=RANK, alpha=ALPHA,
+                                       projections=('query', 'value'), trainable=['logits'])
+  driver = fedpara_tff.build_fedavg_driver(
+      adapter_fn, ts.ELEMENT_SPEC, client_learning_rate=0.1,
+      client_executor=None if backend == 'tff' else tf_backend.on_devices())
+  state = driver.initialize()
+  state, metrics = driver.next(state, ['a', 'b'], datasets[:2])
+  comm = metrics['aggregator']['communication']
+  assert comm['elements_uploaded_per_client'] == ATTENTION_ELEMENTS
+  assert comm['bytes_uploaded'] == 2 * ATTENTION_ELEMENTS * 4
+  # The merge: a plain Keras MultiHeadAttention whose query and value kernels are
+  # W0 + (alpha / rank) * D, D composed by numpy from the round's factors, gives the driver's
+  # accuracy.
+  q_x1, q_y1, q_x2, q_y2, v_x1, v_y1, v_x2, v_y2, kernel, bias = state['global_weights']
+  assert np.abs(q_x1).max() > 0 and np.abs(v_x1).max() > 0   # the zero factors moved
+  merged = tf.keras.models.clone_model(pretrained_attention)
+  values = list(plain)   # query kernel, bias, key kernel, bias, value kernel, bias, output ...
+  values[0] = plain[0] + ALPHA / RANK * _delta(q_x1, q_y1, q_x2, q_y2).reshape(14, 2, 4)
+  values[4] = plain[4] + ALPHA / RANK * _delta(v_x1, v_y1, v_x2, v_y2).reshape(14, 2, 4)
+  values[-2:] = [kernel, bias]
+  merged.set_weights(values)
+  (x, y), = arrays[2:]
+  # The round's values in an eager twin give the merged model's logits, and the driver its
+  # accuracy.
+  twin = adapter_fn()
+  for variable, value in zip(twin.trainable_variables, state['global_weights']):
+    variable.assign(value)
+  logits = merged.predict(x, verbose=0)
+  np.testing.assert_allclose(twin.predict(x, verbose=0), logits, rtol=1e-4, atol=1e-5)
+  assert np.abs(logits - pretrained_attention.predict(x, verbose=0)).max() > 1e-3
+  after = driver.evaluate(state, ['c'], datasets[2:])
+  assert after[0]['accuracy'] == pytest.approx(np.mean(np.argmax(logits, axis=1) == y))
+
+
 def test_pfedpara_adapters_keep_their_second_term_on_the_clients(pretrained):
   driver = fedpara_tff.build_pfedpara_driver(_adapter_fn(pretrained, 'pfedpara'),
                                              ts.ELEMENT_SPEC,

@@ -143,7 +143,8 @@ def test_targets_by_type_name_and_pattern():
 
 @pytest.mark.parametrize('call, match', [
     (lambda m: kl.add_adapters(m, rank=2, targets=['nope']),
-     r"targets item 'nope' picks no Dense/EinsumDense/Conv1D/Conv2D/LSTM layer; the model has \['conv', "),
+     r"targets item 'nope' picks no Dense/EinsumDense/Conv1D/Conv2D/LSTM/MultiHeadAttention "
+     r"layer; the model has \['conv', "),
     (lambda m: kl.add_adapters(m, rank=2, targets=[3]),
      r'targets takes layer types, layer names or name patterns; got int 3'),
     (lambda m: kl.add_adapters(m, targets=['fc1']), r'give rank \(e.g. rank=4\)'),

@@ -3,8 +3,6 @@ whichever Keras is installed: the kernel is the numpy composition of the factors
 back into the kernel's axes by hand, the shapes are Keras' own `EinsumDense`'s, convert fits and
 exports them, adapters start as the model and merge."""
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -136,17 +134,6 @@ def test_a_model_with_einsum_twins_saves_and_loads(tmp_path):
   tokens = _tokens()
   np.testing.assert_allclose(np64(loaded(tokens)), np64(twin(tokens)), rtol=1e-6, atol=1e-6)
   assert loaded.get_layer('q').equation == 'abc,cde->abde'
-
-
-def test_attention_projections_stay_plain_with_a_warning():
-  tokens = keras.Input((5, 16))
-  attended = keras.layers.MultiHeadAttention(2, 4, name='mha')(tokens, tokens)
-  model = keras.Model(tokens, keras.layers.Dense(8, name='fc')(attended))
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter('always')
-    twin = kl.convert(model, rank=2)
-  assert any("EinsumDense layers inside ['mha']" in str(w.message) for w in caught)
-  assert type(twin.get_layer('fc')).__name__ == 'FedParaDense'
 
 
 @pytest.mark.parametrize('equation, match', [
