@@ -173,6 +173,7 @@ def test_a_binary_flagfile_is_one_line(tmp_path):
       f'flagfile holds --name=value lines.']
 
 
+@pytest.mark.slow   # a binary in a subprocess, end to end (pytest.ini)
 def test_the_training_binary_builds_and_trains_a_convolutional_model(tmp_path):
   """Found while making the binaries answer at once: with TensorFlow first imported inside
   absl's `app.run`, Keras 2.14 refused every functional model ("Output tensors of a Sequential
@@ -182,8 +183,6 @@ def test_the_training_binary_builds_and_trains_a_convolutional_model(tmp_path):
       [sys.executable, '-m', 'experiments.train', '--dataset=mnist5k', '--model=small_cnn',
        '--parameterization=fedpara', '--clients=4', '--clients_per_round=2', '--rounds=1',
        '--batch_size=64', '--progress=false', f'--output_dir={tmp_path / "run"}',
-       f'--cache_dir={tmp_path / "cache"}',
-       '--backend=tf'],   # the model is built inside app.run either way; no TFF worker to start
-      capture_output=True, text=True, timeout=600)
+       f'--cache_dir={tmp_path / "cache"}'], capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'metrics, checkpoints and plot:' in result.stdout

@@ -213,6 +213,7 @@ print(child.returncode, len(workers), sorted(listening))
 '''
 
 
+@pytest.mark.slow   # a binary in a subprocess, end to end (pytest.ini)
 @pytest.mark.skipif(not _can_lock_down(), reason='cannot make a user namespace here')
 def test_a_tf_backend_run_in_a_locked_down_container_starts_no_worker_and_listens_nowhere(
     tmp_path):

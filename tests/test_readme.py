@@ -60,6 +60,7 @@ def test_usage_python_examples_run():
   assert namespace['store'].committed_round() == 1
 
 
+@pytest.mark.slow   # a binary in a subprocess, end to end (pytest.ini)
 def test_the_tff_example_run_as_a_script_prints_no_tensorflow_log_noise(tmp_path):
   """The TFF pipeline block of docs/USAGE.md as a user's script: only its own print lines."""
   (block,) = [b for b in _blocks(USAGE) if 'build_weighted_fed_avg' in b]

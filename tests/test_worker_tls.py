@@ -270,6 +270,7 @@ def test_unusable_key_files_are_named_and_a_readable_key_warns(certs, tmp_path, 
     worker_tls.TLSFiles.from_dir(str(folder), 'worker')
 
 
+@pytest.mark.slow   # a binary in a subprocess, end to end (pytest.ini)
 @pytest.mark.skipif(not local_worker_test._can_lock_down(), reason='cannot make a user namespace')
 def test_a_tls_driver_in_a_locked_down_container_starts_no_worker_and_listens_nowhere(
     tls_worker, certs, tmp_path):
@@ -290,6 +291,7 @@ def test_a_tls_driver_in_a_locked_down_container_starts_no_worker_and_listens_no
   assert f'worker {address}: ' in result.stdout
 
 
+@pytest.mark.slow   # a binary in a subprocess, end to end (pytest.ini)
 @pytest.mark.skipif(not local_worker_test._can_lock_down(), reason='cannot make a user namespace')
 def test_a_pod_isolated_worker_serves_tls_where_no_namespace_can_be_made(certs):
   """Issue 37: under Pod Security "restricted" a worker cannot unshare; `--isolation=pod` runs
