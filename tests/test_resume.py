@@ -25,6 +25,13 @@ from tests import run_support as rs
 from tests import tff_support as ts
 
 
+# The fast tests below check the runner's run folder (checkpoints, metrics.csv, the client store,
+# run identities, the partition cache), the same code on either backend: their tiny runs go on the
+# TF backend, which builds no TFF computations (a tiny run there took 7 s against 10 s on TFF,
+# measured once). The SIGKILL and killed-binary tests (slow) run the binary on TFF.
+FAST = dict(backend='tf')
+
+
 def _run_killed_at(config, after_rows, delay):
   """Starts the binary in its own process group and SIGKILLs the whole group (TFF's worker
   included) `delay` seconds after `metrics.csv` first holds `after_rows` rows.
@@ -130,7 +137,7 @@ def test_sigkilled_sqlite_store_run_resumes_exactly(tmp_path_factory, tmp_path, 
 
 def test_sqlite_store_missing_or_damaged_stops_with_one_line(tmp_path_factory, tmp_path):
   config = rs.finished_copy(tmp_path_factory, tmp_path, parameterization='pfedpara', rounds=1,
-                            client_store='sqlite')
+                            client_store='sqlite', **FAST)
   path = os.path.join(config.output_dir, client_store.FILE_NAME)
   os.rename(path, path + '.away')
   config = dataclasses.replace(config, rounds=2)
@@ -148,7 +155,7 @@ def test_a_torn_last_metrics_row_is_not_a_row(tmp_path_factory, tmp_path):
   """The issue's case: a short write left `...,7638` of 763872 and empty cells; the row was
   kept and rewritten with those values on resume. A last line without its newline is dropped,
   and the run rewrites that round from its checkpoint."""
-  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2, **FAST)
   whole = rs.rows(config.output_dir)
   path = os.path.join(config.output_dir, run_io.METRICS_FILE)
   with open(path) as f:
@@ -167,7 +174,7 @@ def test_a_torn_last_metrics_row_is_not_a_row(tmp_path_factory, tmp_path):
 
 def test_a_deleted_metrics_file_is_refused_not_restarted_at_the_resumed_round(tmp_path_factory,
                                                                              tmp_path):
-  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2, **FAST)
   os.remove(os.path.join(config.output_dir, run_io.METRICS_FILE))
   config = dataclasses.replace(config, rounds=3)
   with pytest.raises(run_io.DamagedFileError,
@@ -183,7 +190,7 @@ def test_damaged_checkpoints_are_refused_before_training_and_the_history_kept(
   """Issue 38: with `checkpoints/` deleted the run restarted at round 0 and blanked round 2's
   evaluation in metrics.csv; with `checkpoints` a file it retrained and rewrote metrics.csv,
   then claimed "the last checkpoint (round 0) is kept". Both are refused before any training."""
-  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=2, **FAST)
   directory = os.path.join(config.output_dir, 'checkpoints')
   shutil.rmtree(directory)
   if damage == 'a_file':
@@ -206,7 +213,7 @@ def test_damaged_checkpoints_are_refused_before_training_and_the_history_kept(
 def test_a_new_run_makes_its_checkpoints_folder_before_its_first_round(tmp_path, monkeypatch):
   """So that a resume can tell "killed before the first checkpoint" (an empty folder: resume
   from round 0, its rows dropped) from deleted checkpoints (refused)."""
-  config = rs.config(tmp_path, rounds=1, checkpoint_every=1)
+  config = rs.config(tmp_path, rounds=1, checkpoint_every=1, **FAST)
   seen = []
   real = runner.round_loop.run_rounds
 
@@ -223,8 +230,8 @@ def test_state_of_another_run_is_refused(tmp_path_factory, tmp_path):
   """The issue's case: a seed-1 run's checkpoint, or its SQLite client store, copied into a
   seed-0 run folder was resumed without a word. Both carry the run's identity now."""
   flags = dict(parameterization='pfedpara', rounds=1, client_store='sqlite')
-  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0', **flags),
-          1: rs.finished(tmp_path_factory, seed=1, **flags)}   # only read
+  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0', **flags, **FAST),
+          1: rs.finished(tmp_path_factory, seed=1, **flags, **FAST)}   # only read
   assert runs[0].seed == 0
   mine, theirs = runs[0].output_dir, runs[1].output_dir
   name = os.path.join('checkpoints', 'ckpt-000001.npz')
@@ -256,8 +263,8 @@ def test_a_checkpoint_without_identity_resumes_only_where_the_folders_history_vo
     tmp_path_factory, tmp_path):
   """Issue 38: a checkpoint written before checkpoints recorded their run (no `run` key) was
   resumed by a run with another seed."""
-  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0'),
-          1: rs.finished(tmp_path_factory, seed=1)}   # only read
+  runs = {0: rs.finished_copy(tmp_path_factory, tmp_path, 'seed0', **FAST),
+          1: rs.finished(tmp_path_factory, seed=1, **FAST)}   # only read
   mine = os.path.join(runs[0].output_dir, 'checkpoints', 'ckpt-000002.npz')
   theirs = os.path.join(tmp_path, 'theirs.npz')
   shutil.copy(os.path.join(runs[1].output_dir, 'checkpoints', 'ckpt-000002.npz'), theirs)
@@ -278,7 +285,7 @@ def test_a_checkpoint_without_identity_resumes_only_where_the_folders_history_vo
 def test_an_emptied_store_is_not_silently_a_new_one(tmp_path_factory, tmp_path):
   """The issue's case: a store truncated to 0 bytes became a new, empty store."""
   config = rs.finished_copy(tmp_path_factory, tmp_path, parameterization='pfedpara', rounds=1,
-                            client_store='sqlite')
+                            client_store='sqlite', **FAST)
   with open(os.path.join(config.output_dir, client_store.FILE_NAME), 'wb'):
     pass
   config = dataclasses.replace(config, rounds=2)
@@ -362,13 +369,13 @@ def test_resume_on_other_data_or_evaluation_set_is_refused(tmp_path_factory, tmp
   lines[0] = ','.join(first)
   with gzip.open(other / 'mnist_5k.csv.gz', 'wt') as f:
     f.write('\n'.join(lines) + '\n')
-  rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
+  rs.finished_copy(tmp_path_factory, tmp_path, rounds=1, **FAST)
   # The same data from another folder resumes.
-  assert runner.run(rs.config(tmp_path, rounds=2, data_dir=str(same)))['rounds'] == 2
+  assert runner.run(rs.config(tmp_path, rounds=2, data_dir=str(same), **FAST))['rounds'] == 2
   with pytest.raises(run_io.RunConflictError, match=r'different flags \(data_sha256: '):
-    runner.run(rs.config(tmp_path, rounds=3, data_dir=str(other)))
+    runner.run(rs.config(tmp_path, rounds=3, data_dir=str(other), **FAST))
   with pytest.raises(run_io.RunConflictError, match=r'different flags \(max_test_examples: 0 -> 50'):
-    runner.run(rs.config(tmp_path, rounds=3, max_test_examples=50))
+    runner.run(rs.config(tmp_path, rounds=3, max_test_examples=50, **FAST))
   assert [r['round'] for r in rs.rows(str(tmp_path / 'run'))] == ['1', '2']
 
 
@@ -396,13 +403,13 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capf
 
 
 def test_damaged_partition_cache_is_recomputed(tmp_path_factory, tmp_path):
-  config = rs.finished(tmp_path_factory, rounds=1)   # only read; its cache is copied
+  config = rs.finished(tmp_path_factory, rounds=1, **FAST)   # only read; its cache is copied
   shutil.copytree(config.cache_dir, tmp_path / 'cache')
   (entry,) = glob.glob(os.path.join(tmp_path, 'cache', '*.npz'))
   with open(entry, 'r+b') as f:
     f.seek(40)
     f.write(b'\xff' * 64)   # bad CRC / header
-  again = rs.config(tmp_path, 'again', rounds=1)
+  again = rs.config(tmp_path, 'again', rounds=1, **FAST)
   runner.run(again)
   assert rs.rows(again.output_dir)[0]['train_loss'] == rs.rows(config.output_dir)[0]['train_loss']
 
@@ -414,7 +421,7 @@ def test_damaged_partition_cache_is_recomputed(tmp_path_factory, tmp_path):
                  r'metrics.csv is damaged', marks=pytest.mark.slow),
 ])
 def test_damaged_run_files_are_named(tmp_path_factory, tmp_path, name, content, message):
-  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1)
+  config = rs.finished_copy(tmp_path_factory, tmp_path, rounds=1, **FAST)
   with open(os.path.join(config.output_dir, name), 'w') as f:
     f.write(content)
   config = dataclasses.replace(config, rounds=2)
@@ -432,7 +439,7 @@ def test_failed_checkpoint_write_leaves_no_temporary_file(tmp_path, monkeypatch)
 
 
 def test_metrics_keep_full_precision_on_resume(tmp_path):
-  config = rs.config(tmp_path, model='small_cnn', parameterization='original', rounds=1)
+  config = rs.config(tmp_path, model='small_cnn', parameterization='original', rounds=1, **FAST)
   runner.run(config)
   before = rs.rows(config.output_dir)[0]
   config = dataclasses.replace(config, rounds=2)
@@ -461,10 +468,10 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('mine')
   with pytest.raises(run_io.RunConflictError, match=r'output_dir .*a_file is a file, not a folder'):
-    runner.run(rs.config(tmp_path, 'a_file', rounds=1))
+    runner.run(rs.config(tmp_path, 'a_file', rounds=1, **FAST))
   with pytest.raises(run_io.RunConflictError, match=r'output_dir .*cannot be written \(Not a '):
-    runner.run(rs.config(tmp_path, 'a_file/run', rounds=1))
-  config = dataclasses.replace(rs.config(tmp_path, 'cached', rounds=1),
+    runner.run(rs.config(tmp_path, 'a_file/run', rounds=1, **FAST))
+  config = dataclasses.replace(rs.config(tmp_path, 'cached', rounds=1, **FAST),
                                cache_dir=str(a_file / 'cache'))
   with pytest.raises(ValueError, match=r'partition cache .*cannot be written \(Not a directory'):
     runner.run(config)
@@ -472,9 +479,9 @@ def test_output_and_cache_paths_that_are_files_are_refused(tmp_path):
 
 
 def test_rerun_with_fewer_rounds_says_that_more_were_done(tmp_path_factory, tmp_path, capfd):
-  finished = rs.finished_copy(tmp_path_factory, tmp_path, 'run', rounds=2)
+  finished = rs.finished_copy(tmp_path_factory, tmp_path, 'run', rounds=2, **FAST)
   capfd.readouterr()
-  summary = runner.run(rs.config(tmp_path, 'run', rounds=1))
+  summary = runner.run(rs.config(tmp_path, 'run', rounds=1, **FAST))
   err = capfd.readouterr().err
   assert (f'note: output_dir {finished.output_dir} holds 2 rounds of this run, more than '
           f'--rounds=1: nothing was trained, and the summary is of round 2.') in err
