@@ -45,6 +45,11 @@ def projection_layers(layer: Any) -> List[Tuple[str, Any]]:
           if getattr(layer, attribute, None) is not None]
 
 
+def _factorized(projection):
+  """Whether a projection is a factorised twin (not Keras' plain `EinsumDense`)."""
+  return isinstance(projection, einsum_dense.FACTORIZED_TYPES)
+
+
 def check_projections(projections: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
   """`projections` as a tuple of names (None: every projection the layer makes), each one of
   `PROJECTIONS` and given once; else a ValueError naming the value and what is allowed."""
@@ -136,8 +141,7 @@ class _FactorizedMultiHeadAttention(keras.layers.MultiHeadAttention):
   def factorized_projections(self) -> List[Any]:
     """The factorised projections (twins of `keras_layers.einsum_dense`), in `PROJECTIONS`
     order."""
-    return [layer for _, layer in projection_layers(self)
-            if isinstance(layer, einsum_dense.FACTORIZED_TYPES)]
+    return [layer for _, layer in projection_layers(self) if _factorized(layer)]
 
   # -- the queries of a factorised layer (`conversion.factorized_part`) -----------------------
 
@@ -152,11 +156,6 @@ class _FactorizedMultiHeadAttention(keras.layers.MultiHeadAttention):
     return tuple(e for layer in self.factorized_projections()
                  for e in getattr(layer, 'fit_errors', ()))
 
-  @property
-  def base_kernels(self) -> list:
-    """The adapters' frozen kernels `W0`, one per factorised projection; [] if not adapters."""
-    return [k for layer in self.factorized_projections() for k in layer.base_kernels]
-
   def adapter_param_count(self) -> int:
     """Parameters of the adapters' factors (what trains); 0 if not adapters."""
     return sum(layer.adapter_param_count() for layer in self.factorized_projections())
@@ -167,15 +166,14 @@ class _FactorizedMultiHeadAttention(keras.layers.MultiHeadAttention):
 
   def original_param_count(self) -> int:
     """Parameters of the plain `MultiHeadAttention` this layer replaces."""
-    return sum(layer.original_param_count() if layer in self.factorized_projections()
-               else layer.count_params() for _, layer in projection_layers(self))
+    return sum(layer.original_param_count() if _factorized(layer) else layer.count_params()
+               for _, layer in projection_layers(self))
 
   def plain_weights(self) -> list:
     """The weights of the equivalent plain `MultiHeadAttention`, in its order (numpy): each
     projection's kernel (composed) and bias."""
-    factorized = self.factorized_projections()
     return [w for _, layer in projection_layers(self)
-            for w in (layer.plain_weights() if layer in factorized else layer.get_weights())]
+            for w in (layer.plain_weights() if _factorized(layer) else layer.get_weights())]
 
   # -- config ----------------------------------------------------------------------------------
 

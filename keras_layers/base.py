@@ -298,6 +298,13 @@ class FactorizedLayer(keras.layers.Layer):
     """Parameters of an adapter's factors (what trains); 0 for other layers."""
     return sum(f.param_count for f in self.factorizations) if self.adapter else 0
 
+  def frozen_param_count(self):
+    """Parameters an adapter keeps frozen: its base kernels and bias; 0 for other layers."""
+    if not self.adapter:
+      return 0
+    frozen = self.base_kernels + ([self.bias] if self.bias is not None else [])
+    return sum(math.prod(v.shape) for v in frozen)
+
   def original_param_count(self):
     """Parameters of the plain layer this one replaces (kernels and bias)."""
     count = sum(ranks.original_param_count(f.kernel_shape)

@@ -121,7 +121,7 @@ def _unconverted(model, table, skipped):
   return None
 
 
-def _warn_nested_einsum(model, converted):
+def _warn_nested_plain(model, converted):
   """A warning naming the layers of `model` that hold `EinsumDense` layers convert leaves
   plain (the projections of a MultiHeadAttention inside another layer: convert replaces layers
   of the model only); `converted`: the names convert replaced or was told to leave."""
@@ -304,7 +304,7 @@ def convert(model: Any, parameterization: str = 'fedpara', *, gamma: Optional[fl
         f'({type(holder).__name__}) would stay plain; convert replaces layers of the model and '
         f'inside Bidirectional / TimeDistributed: convert {holder.name!r} on its own first, or '
         f'pass exclude=[{holder.name!r}].')
-  _warn_nested_einsum(model, skipped | set(replaced))
+  _warn_nested_plain(model, skipped | set(replaced))
   if not replaced:
     warnings.warn(f'convert: model {model.name!r} has no replaceable '
                   f'Dense/EinsumDense/Conv1D/Conv2D/LSTM/MultiHeadAttention layer (after '

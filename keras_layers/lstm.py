@@ -186,6 +186,9 @@ class _FactorizedLSTM(_KernelLSTM):
   def adapter_param_count(self):
     return self.cell.adapter_param_count()
 
+  def frozen_param_count(self):
+    return self.cell.frozen_param_count()
+
   @classmethod
   def from_plain(cls, layer, **options):
     """A twin of the plain `tf.keras.layers.LSTM` or `WeightNormLSTM` `layer` with `options`

@@ -3,10 +3,8 @@
 from typing import Any, List, Tuple
 
 import collections
-import math
 
 from keras_layers import conversion
-from keras_layers import warm_start
 from keras_layers.backend import keras
 
 LayerReport = collections.namedtuple(
@@ -33,7 +31,7 @@ def _layer_rows(model):
     original = count + sum(part.original_param_count() - part_layer.count_params()
                            for part, part_layer in zip(parts, inner or [layer])
                            if part is not None)
-    frozen = sum(_frozen_count(part) for part in parts if part is not None)
+    frozen = sum(part.frozen_param_count() for part in parts if part is not None)
     if frozen:   # an adapter: what it trains, beside the plain layer it adapts
       kind += ' adapter'
       original, count = count - sum(part.adapter_param_count() for part in parts
@@ -41,19 +39,6 @@ def _layer_rows(model):
     fit_errors = tuple(e for part in parts if part is not None
                        for e in getattr(part, 'fit_errors', ()))
     yield LayerReport(layer.name, kind, ranks, original, count, fit_errors)
-
-
-def _frozen_count(part):
-  """Parameters of an adapter's frozen base kernels and bias (`keras_layers.adapters`; an
-  attention layer's: also its frozen projections); 0 for other factorised layers."""
-  if hasattr(part, 'frozen_param_count'):
-    return part.frozen_param_count()
-  bases = part.base_kernels
-  if not bases:
-    return 0
-  bias = warm_start.plain_bias(part)
-  return sum(math.prod(b.shape) for b in bases) + (math.prod(bias.shape) if bias is not None
-                                                   else 0)
 
 
 def parameter_report(model: Any) -> List[LayerReport]:
